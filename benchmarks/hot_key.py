@@ -1,0 +1,227 @@
+"""Contention on one breaker: 8 processes calling through the same key at once.
+
+For each PostgreSQL mode, with ``synchronous_commit`` on and off: total successful
+calls per second and the p99 latency of a call. Every process has its own storage
+and connection(s), as separate application processes would; the key's row is the
+point of contention. The server's floor is the same load issuing a plain one-row
+``UPDATE`` of one shared row (label ``floor``, plain psycopg).
+
+Run by run.py; by hand (with an interpreter that has the library and psycopg):
+
+    python benchmarks/hot_key.py --label ours --dsn postgresql://postgres@127.0.0.1/rc_bench
+
+Standard library only in the coordinator; children import the library under test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from _harness import mode_tag
+
+HERE = Path(__file__).resolve().parent
+PROCESSES = 8
+SECONDS = 2.0
+START_TIMEOUT_S = 60
+
+
+def run(
+    python: str,
+    label: str,
+    dsn: str,
+    modes: list[str],
+    *,
+    processes: int = PROCESSES,
+    seconds: float = SECONDS,
+    env: dict[str, str] | None = None,
+    cwd: str | None = None,
+) -> dict[str, Any]:
+    """Every mode x synchronous_commit setting; returns a worker-style report dict."""
+    report: dict[str, Any] = {"library": label, "results": {}, "errors": {}, "info": {}}
+    for mode in modes:
+        for sync in ("on", "off"):
+            name = f"hot.{mode_tag(mode)}.{sync}"
+            try:
+                result = _one(python, label, dsn, mode, sync, processes, seconds, env, cwd)
+                result["mode"] = mode
+                report["results"][name] = result
+            except Exception as exc:
+                report["errors"][name] = str(exc)[:300]
+    return report
+
+
+def _one(
+    python: str,
+    label: str,
+    dsn: str,
+    mode: str,
+    sync: str,
+    processes: int,
+    seconds: float,
+    env: dict[str, str] | None,
+    cwd: str | None,
+) -> dict[str, Any]:
+    key = f"bench-hot-{mode_tag(mode)}-{sync}-{os.getpid()}-{time.time_ns()}"
+    argv = [python, str(HERE / "hot_key.py"), "--child", "--label", label, "--dsn", dsn]
+    argv += ["--mode", mode, "--sync", sync, "--key", key, "--seconds", str(seconds)]
+    children = [
+        subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=cwd,
+        )
+        for _ in range(processes)
+    ]
+    try:
+        # Everyone connects and warms up first, then all start together: the
+        # measured window is one of full contention, not of staggered start-up.
+        for child in children:
+            assert child.stdout is not None
+            line = child.stdout.readline()
+            if line.strip() != "ready":
+                raise RuntimeError(_failure(child, line))
+        for child in children:
+            assert child.stdin is not None
+            child.stdin.write("go\n")
+            child.stdin.flush()
+        outputs = []
+        for child in children:
+            out, err = child.communicate(timeout=seconds + START_TIMEOUT_S)
+            if child.returncode != 0 or not out.strip():
+                raise RuntimeError(err.strip().splitlines()[-1] if err.strip() else "no output")
+            outputs.append(json.loads(out.strip().splitlines()[-1]))
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+    samples = sorted(s for o in outputs for s in o["lat_us"])
+    calls = sum(o["calls"] for o in outputs)
+    return {
+        "kind": "throughput",
+        "calls_per_s": sum(o["calls"] / o["elapsed_s"] for o in outputs),
+        "median_ns": samples[len(samples) // 2] * 1000 if samples else float("nan"),
+        "p99_ns": _p99(samples) * 1000,
+        "calls": calls,
+        "errors": sum(o["errors"] for o in outputs),
+        "processes": processes,
+        "seconds": seconds,
+    }
+
+
+def _p99(samples: list[int]) -> float:
+    if not samples:
+        return float("nan")
+    return float(samples[min(len(samples) - 1, int(len(samples) * 0.99))])
+
+
+def _failure(child: subprocess.Popen[str], line: str) -> str:
+    try:
+        _, err = child.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        _, err = child.communicate()
+    lines = [x for x in (err or "").strip().splitlines() if x.strip()]
+    return lines[-1] if lines else f"child did not start ({line.strip()!r})"
+
+
+def child(label: str, dsn: str, mode: str, sync: str, key: str, seconds: float) -> None:
+    from _harness import noop, pg_conninfo
+
+    if sync == "off":
+        dsn = pg_conninfo(dsn, options="-c synchronous_commit=off")
+    watch = None
+    if label == "floor":
+        import psycopg
+
+        conn = psycopg.connect(dsn, autocommit=True)
+
+        def call() -> Any:
+            return conn.execute("UPDATE bench_floor SET n = n + 1 WHERE id = 1")
+    else:
+        from fractions import Fraction
+
+        from _harness import LogWatch
+
+        watch = LogWatch("resilient_circuit")
+
+        from worker_rc import Api, modes_for
+
+        from resilient_circuit.storage import PostgresStorage
+
+        api = Api()
+        storage = PostgresStorage(dsn, namespace="bench")
+        policy = api.policy(key, storage, Fraction(1, 10), **modes_for(api, label)[mode])
+        call = policy(noop)
+    for _ in range(20):
+        call()
+    if watch is not None and watch.first():
+        raise RuntimeError(watch.first())
+    sys.stdout.write("ready\n")
+    sys.stdout.flush()
+    sys.stdin.readline()
+
+    lat_us: list[int] = []
+    errors = 0
+    clock = time.perf_counter_ns
+    start = clock()
+    deadline = start + int(seconds * 1e9)
+    now = start
+    while now < deadline:
+        before = now
+        try:
+            call()
+        except Exception:
+            errors += 1
+        now = clock()
+        lat_us.append((now - before) // 1000)
+    elapsed = (now - start) / 1e9
+    if watch is not None and watch.first():
+        raise RuntimeError(watch.first())
+    sys.stdout.write(
+        json.dumps({"calls": len(lat_us), "elapsed_s": elapsed, "lat_us": lat_us, "errors": errors})
+        + "\n"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--label", required=True, help="ours | rc086 | floor")
+    parser.add_argument("--dsn", required=True)
+    parser.add_argument("--mode", action="append", help="a mode name; default: all")
+    parser.add_argument("--processes", type=int, default=PROCESSES)
+    parser.add_argument("--seconds", type=float, default=SECONDS)
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--sync", default="on", help=argparse.SUPPRESS)
+    parser.add_argument("--key", default="bench-hot", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args.label, args.dsn, args.mode[0], args.sync, args.key, args.seconds)
+        return
+    if args.mode:
+        modes = args.mode
+    elif args.label == "floor":
+        modes = ["one-row UPDATE"]
+    else:
+        from worker_rc import Api, modes_for
+
+        modes = list(modes_for(Api(), args.label))
+    report = run(
+        sys.executable, args.label, args.dsn, modes, processes=args.processes, seconds=args.seconds
+    )
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""Circuit breaker and retry whose breaker state is shared through PostgreSQL.
+
+The breaker's state machine runs inside PostgreSQL (``resilient-circuit-cli
+pg-setup`` installs it), so every process and host of an application shares one
+breaker; without a database the same state machine runs in memory.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from resilient_circuit._machine import CircuitState
+from resilient_circuit._testing import is_testing, set_testing
+from resilient_circuit.backoff import ExponentialDelay, FixedDelay
+from resilient_circuit.circuit_breaker import (
+    CircuitProtectorPolicy,
+    CircuitStatus,
+    ExecutionLog,
+    StatusChangeListener,
+)
+from resilient_circuit.exceptions import ProtectedCallError, ProtectionException, RetryLimitReached
+from resilient_circuit.failsafe import SafetyNet
+from resilient_circuit.policy import ProtectionPolicy
+from resilient_circuit.retry import RetryEvent, RetryHook, RetryWithBackoffPolicy
+from resilient_circuit.storage import StorageError
+
+try:
+    __version__ = version("resilient_circuit")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0+unknown"
+
+__all__ = (
+    "CircuitProtectorPolicy",
+    "CircuitState",
+    "CircuitStatus",
+    "ExecutionLog",
+    "ExponentialDelay",
+    "FixedDelay",
+    "ProtectedCallError",
+    "ProtectionException",
+    "ProtectionPolicy",
+    "RetryEvent",
+    "RetryHook",
+    "RetryLimitReached",
+    "RetryWithBackoffPolicy",
+    "SafetyNet",
+    "StatusChangeListener",
+    "StorageError",
+    "__version__",
+    "is_testing",
+    "set_testing",
+)

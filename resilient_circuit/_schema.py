@@ -1,0 +1,563 @@
+"""Install and upgrade the breaker's tables and PL/pgSQL functions in one schema.
+
+All SQL ships in the package's ``sql`` folder: ``schema.sql`` is the full current
+state, ``migrations/NNNN_*.sql`` upgrade older installs one version at a time.
+``rc_schema_migrations`` records which versions a schema holds.  A table left by
+resilient_circuit 0.4.5 (which kept no such record) counts as version 1.
+
+Everything runs in one transaction under a fixed advisory lock, so two installers
+started at once neither interleave nor leave a half-upgraded schema behind.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
+
+if sys.version_info >= (3, 11):
+    from importlib.resources.abc import Traversable
+else:  # pragma: no cover - Python 3.10
+    from importlib.abc import Traversable
+
+__all__ = [
+    "LOCK_KEY",
+    "STATUS_VIEW",
+    "TABLE",
+    "TRACKING_TABLE",
+    "CannotConnect",
+    "DatabaseNotFound",
+    "Migration",
+    "PermissionDenied",
+    "RoleNotFound",
+    "ServerUnreachable",
+    "SetupError",
+    "Step",
+    "Target",
+    "applied_versions",
+    "connect",
+    "connection_target",
+    "install",
+    "load_migrations",
+    "load_schema_sql",
+    "plan",
+]
+
+TABLE = "rc_circuit_breakers"
+TRACKING_TABLE = "rc_schema_migrations"
+STATUS_VIEW = "rc_circuit_breaker_status"
+
+#: The version a 0.4.5 table is (``0001_seed_0_4_5.sql`` reproduces it).
+SEED_VERSION = 1
+
+#: One key for every installer of every schema: installs are rare, and a single key
+#: means no two of them ever run DDL against the same database concurrently.
+#: The value is "rc_setup" in ASCII, so it is recognisable in ``pg_locks``.
+LOCK_KEY = 0x72635F7365747570
+
+# PostgreSQL silently truncates longer identifiers, which would make the schema we
+# create differ from the one we were asked for.
+_MAX_IDENTIFIER_BYTES = 63
+
+_MIGRATION_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+_TRACKING_DDL = """\
+CREATE TABLE IF NOT EXISTS {table} (
+    version integer PRIMARY KEY,
+    name text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)"""
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class SetupError(Exception):
+    """A failure that one line explains; the CLI prints it without a traceback."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a connection goes, for messages (never includes the password)."""
+
+    host: str
+    port: str
+    dbname: str
+    user: str
+
+    def __str__(self) -> str:
+        return f"database {self.dbname!r} on {self.host}:{self.port} (user {self.user!r})"
+
+    def createdb_command(self) -> str:
+        """The shell command that creates the missing database."""
+        args = ["createdb", "-h", self.host, "-p", self.port, "-U", self.user, self.dbname]
+        return " ".join(shlex.quote(arg) for arg in args)
+
+
+class CannotConnect(SetupError):
+    """The server refused the connection for a reason not covered by a subclass."""
+
+    def __init__(self, message: str, target: Target) -> None:
+        super().__init__(message)
+        self.target = target
+
+
+class ServerUnreachable(CannotConnect):
+    """No PostgreSQL server answered (refused, timed out, unknown host, no socket)."""
+
+
+class DatabaseNotFound(CannotConnect):
+    """The server answered but the database does not exist."""
+
+
+class PermissionDenied(SetupError):
+    """The role may not log in, or lacks a privilege the installation needs."""
+
+
+class RoleNotFound(SetupError):
+    """The role passed as ``app_role`` does not exist."""
+
+
+# ------------------------------------------------------------------------ SQL files
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One ``sql/migrations/NNNN_name.sql`` file."""
+
+    version: int
+    name: str
+    sql: str
+
+    @property
+    def filename(self) -> str:
+        return f"{self.version:04d}_{self.name}.sql"
+
+
+def _sql_root() -> Traversable:
+    # Installed wheels carry the repository's sql/ folder as resilient_circuit/sql.
+    # A source checkout (or an editable install, which does not copy it) keeps it
+    # next to the package instead.
+    try:
+        packaged = resources.files("resilient_circuit").joinpath("sql")
+        if packaged.is_dir():
+            return packaged
+    except (ModuleNotFoundError, TypeError):
+        pass
+    source = Path(__file__).resolve().parent.parent / "sql"
+    if source.is_dir():
+        return source
+    raise SetupError(
+        "the SQL files are missing from this installation of resilient_circuit "
+        "(expected a 'sql' folder inside the package); reinstall the package"
+    )
+
+
+def load_schema_sql() -> str:
+    """The text of ``schema.sql``, the full current state."""
+    return _sql_root().joinpath("schema.sql").read_text(encoding="utf-8")
+
+
+def load_migrations() -> list[Migration]:
+    """Every numbered migration, in version order."""
+    folder = _sql_root().joinpath("migrations")
+    found: dict[int, Migration] = {}
+    for entry in folder.iterdir():
+        match = _MIGRATION_FILE.match(entry.name)
+        if not match:
+            continue
+        version = int(match.group(1))
+        if version in found:
+            # Two files claiming one version would make the applied set ambiguous.
+            raise SetupError(f"two migrations share version {version}: {entry.name}")
+        found[version] = Migration(version, match.group(2), entry.read_text(encoding="utf-8"))
+    return [found[version] for version in sorted(found)]
+
+
+# --------------------------------------------------------------------------- planning
+
+
+@dataclass(frozen=True)
+class Step:
+    """One unit of the plan: SQL to run, then the migrations it marks as applied."""
+
+    kind: Literal["schema", "adopt", "migration"]
+    description: str
+    sql: str
+    records: tuple[Migration, ...]
+
+
+@dataclass(frozen=True)
+class _Catalog:
+    schema_exists: bool
+    table_exists: bool
+    tracking_exists: bool
+    execution_log_type: str | None
+    applied: frozenset[int]
+
+
+def _inspect(conn: psycopg.Connection[Any], schema: str) -> _Catalog:
+    # Names are bound as parameters: the schema comes from the command line.
+    row = conn.execute("SELECT oid FROM pg_namespace WHERE nspname = %s", [schema]).fetchone()
+    if row is None:
+        return _Catalog(False, False, False, None, frozenset())
+    relations = {
+        name: oid
+        for oid, name in conn.execute(
+            """
+            SELECT c.oid, c.relname FROM pg_class c
+            WHERE c.relnamespace = %s AND c.relname = ANY(%s) AND c.relkind IN ('r', 'p')
+            """,
+            [row[0], [TABLE, TRACKING_TABLE]],
+        ).fetchall()
+    }
+    log_type = None
+    if TABLE in relations:
+        type_row = conn.execute(
+            """
+            SELECT format_type(atttypid, atttypmod) FROM pg_attribute
+            WHERE attrelid = %s AND attname = 'execution_log' AND NOT attisdropped
+            """,
+            [relations[TABLE]],
+        ).fetchone()
+        log_type = type_row[0] if type_row else None
+    applied: frozenset[int] = frozenset()
+    if TRACKING_TABLE in relations:
+        query = sql.SQL("SELECT version FROM {}").format(sql.Identifier(schema, TRACKING_TABLE))
+        applied = frozenset(version for (version,) in conn.execute(query).fetchall())
+    return _Catalog(True, TABLE in relations, TRACKING_TABLE in relations, log_type, applied)
+
+
+def applied_versions(conn: psycopg.Connection[Any], schema: str = "public") -> list[int]:
+    """The migration versions ``schema`` holds (``[1]`` for a bare 0.4.5 table)."""
+    catalog = _inspect(conn, schema)
+    if catalog.table_exists and not catalog.tracking_exists:
+        return [SEED_VERSION]
+    return sorted(catalog.applied)
+
+
+def plan(conn: psycopg.Connection[Any], schema: str = "public") -> list[Step]:
+    """What ``install`` would run in ``schema``, in order; empty when it is up to date."""
+    _check_identifier(schema, "schema")
+    migrations = load_migrations()
+    catalog = _inspect(conn, schema)
+    newest = migrations[-1].version if migrations else 0
+    unknown = sorted(v for v in catalog.applied if v > newest)
+    if unknown:
+        raise SetupError(
+            f"schema {schema!r} is at version {unknown[-1]}, newer than this resilient_circuit "
+            f"knows (up to {newest}); upgrade the package instead"
+        )
+    if not catalog.table_exists:
+        # Nothing to upgrade: schema.sql is the same end state as replaying every
+        # migration, and much quicker to run.
+        return [Step("schema", "install schema.sql", load_schema_sql(), tuple(migrations))]
+    steps: list[Step] = []
+    applied = set(catalog.applied)
+    if not catalog.tracking_exists:
+        if catalog.execution_log_type != "jsonb":
+            raise SetupError(
+                f"{schema}.{TABLE} exists but was not created by pg-setup (no {TRACKING_TABLE} "
+                f"table, and it is not the 0.4.5 layout); move it aside and run pg-setup again"
+            )
+        seed = [m for m in migrations if m.version == SEED_VERSION]
+        steps.append(Step("adopt", "adopt the resilient_circuit 0.4.5 table", "", tuple(seed)))
+        applied.add(SEED_VERSION)
+    for migration in migrations:
+        if migration.version not in applied:
+            steps.append(
+                Step("migration", f"apply {migration.filename}", migration.sql, (migration,))
+            )
+    return steps
+
+
+# ------------------------------------------------------------------------ installing
+
+
+def _check_identifier(name: str, what: str) -> None:
+    if not name or "\x00" in name or len(name.encode("utf-8")) > _MAX_IDENTIFIER_BYTES:
+        raise ValueError(f"{what} must be 1 to {_MAX_IDENTIFIER_BYTES} bytes long, got {name!r}")
+
+
+def _check_app_role(conn: psycopg.Connection[Any], schema: str, role: str) -> None:
+    row = conn.execute(
+        """
+        SELECT r.rolsuper,
+               pg_has_role(r.oid, coalesce(c.relowner, o.oid), 'USAGE')
+        FROM pg_roles r
+        CROSS JOIN (SELECT oid FROM pg_roles WHERE rolname = current_user) AS o
+        LEFT JOIN (pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace)
+               ON n.nspname = %s AND c.relname = %s
+        WHERE r.rolname = %s
+        """,
+        [schema, TABLE, role],
+    ).fetchone()
+    if row is None:
+        raise RoleNotFound(
+            f"role {role!r} does not exist on {connection_target(conn)}; "
+            f"create it first (CREATE ROLE ... LOGIN)"
+        )
+    superuser, acts_as_owner = row
+    if superuser or acts_as_owner:
+        # Revoking its table privileges would then cut off the SECURITY DEFINER
+        # functions themselves, and the separation would be void anyway.
+        raise SetupError(
+            f"role {role!r} is a superuser or owns the breaker objects (directly or through "
+            f"membership); --app-role must be a separate, unprivileged role"
+        )
+
+
+def _current_search_path(conn: psycopg.Connection[Any]) -> str:
+    row = conn.execute("SELECT current_setting('search_path')").fetchone()
+    return str(row[0]) if row else ""
+
+
+def connection_target(conn: psycopg.Connection[Any]) -> Target:
+    """Where ``conn`` is connected, for messages."""
+    info = conn.info
+    return Target(info.host, str(info.port), info.dbname, info.user)
+
+
+def _record_statement(schema: str, migrations: Iterable[Migration]) -> sql.Composed | None:
+    rows = [sql.SQL("({}, {})").format(m.version, m.name) for m in migrations]
+    if not rows:
+        return None
+    return sql.SQL(
+        "INSERT INTO {} (version, name) VALUES {} ON CONFLICT (version) DO NOTHING"
+    ).format(sql.Identifier(schema, TRACKING_TABLE), sql.SQL(", ").join(rows))
+
+
+# The functions an application may call: the SECURITY DEFINER rc_* ones, except the
+# explicit-time "_at" variants (they let a caller choose "now").  Functions that are
+# not SECURITY DEFINER would run with the caller's own privileges, which exclude
+# the table, so they are of no use to the application and are not granted either.
+_PUBLIC_FUNCTION_FILTER = r"""p.prokind = 'f' AND p.prosecdef
+          AND p.proname LIKE 'rc\_%' AND p.proname NOT LIKE '%\_at'
+          AND p.prorettype <> 'trigger'::regtype"""
+
+
+def _public_functions(conn: psycopg.Connection[Any], schema: str) -> list[tuple[str, str]]:
+    query = f"""
+        SELECT p.proname, pg_get_function_identity_arguments(p.oid)
+        FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+        WHERE n.nspname = %s AND {_PUBLIC_FUNCTION_FILTER.replace("%", "%%")}
+        ORDER BY 1, 2
+        """
+    return [(name, args) for name, args in conn.execute(query, [schema]).fetchall()]
+
+
+def _grant_statements(
+    conn: psycopg.Connection[Any], schema: str, role: str, *, functions_exist: bool
+) -> list[sql.SQL | sql.Composed]:
+    to_role = sql.Identifier(role)
+    statements: list[sql.SQL | sql.Composed] = [
+        sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(schema), to_role),
+        # Direct table access would let the application bypass the state machine,
+        # so privileges granted by hand earlier (0.4.5 needed them) are taken back.
+        sql.SQL("REVOKE ALL ON TABLE {}, {} FROM {}").format(
+            sql.Identifier(schema, TABLE), sql.Identifier(schema, TRACKING_TABLE), to_role
+        ),
+    ]
+    if functions_exist:
+        for name, args in _public_functions(conn, schema):
+            # The argument list comes from pg_get_function_identity_arguments(),
+            # i.e. from the server's catalog, never from user input.
+            statements.append(
+                sql.SQL("GRANT EXECUTE ON FUNCTION {}({}) TO {}").format(
+                    sql.Identifier(schema, name), sql.SQL(args), to_role
+                )
+            )
+    else:
+        # A dry run cannot list functions that the pending SQL has not created yet,
+        # so it shows the same catalog lookup done on the server.
+        statements.append(_grant_functions_block(conn, schema, role))
+    statements.append(
+        sql.SQL("GRANT SELECT ON TABLE {} TO {}").format(
+            sql.Identifier(schema, STATUS_VIEW), to_role
+        )
+    )
+    return statements
+
+
+def _grant_functions_block(conn: psycopg.Connection[Any], schema: str, role: str) -> sql.SQL:
+    body = sql.SQL(
+        """
+DECLARE
+    f regprocedure;
+BEGIN
+    FOR f IN
+        SELECT p.oid FROM pg_proc p
+        WHERE p.pronamespace = {schema}::regnamespace AND {filter}
+        ORDER BY p.proname
+    LOOP
+        EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %I', f, {role});
+    END LOOP;
+END
+"""
+    ).format(
+        schema=sql.Literal(sql.Identifier(schema).as_string(conn)),
+        filter=sql.SQL(_PUBLIC_FUNCTION_FILTER),
+        role=sql.Literal(role),
+    )
+    text = body.as_string(conn)
+    tag = "$grant$"
+    while tag in text:  # the role name could contain the dollar-quote tag
+        tag = tag[:-1] + "_$"
+    return sql.SQL("DO " + tag + text + tag)
+
+
+def install(
+    conn: psycopg.Connection[Any],
+    *,
+    schema: str = "public",
+    app_role: str | None = None,
+    dry_run: bool = False,
+) -> list[str]:
+    """Bring ``schema`` up to date in one transaction; return the SQL it ran.
+
+    With ``app_role``, that role gets USAGE on the schema, EXECUTE on the public
+    ``rc_*`` functions and SELECT on the status view, and no table privileges.
+    With ``dry_run`` nothing is changed (the transaction is read-only and rolled
+    back) and the returned SQL is what a real run would execute.  An empty list
+    means there was nothing to do.  On a connection already inside a transaction
+    the work joins it and the caller commits.
+    """
+    _check_identifier(schema, "schema")
+    if app_role is not None:
+        _check_identifier(app_role, "app_role")
+    outermost = conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    done: list[str] = []
+
+    def run(statement: sql.SQL | sql.Composed) -> None:
+        done.append(statement.as_string(conn))
+        if not dry_run:
+            conn.execute(statement)
+
+    try:
+        with conn.transaction(force_rollback=dry_run):
+            if dry_run and outermost:
+                # Belt and braces: even a bug here cannot write during a dry run.
+                conn.execute("SET TRANSACTION READ ONLY")
+            lock = sql.SQL("SELECT pg_advisory_xact_lock({})").format(LOCK_KEY)
+            if not dry_run:
+                # Taken before looking at the catalog, so the plan cannot go stale.
+                conn.execute(lock)
+            if app_role is not None:
+                _check_app_role(conn, schema, app_role)
+            schema_exists = _inspect(conn, schema).schema_exists
+            steps = plan(conn, schema)
+            if not steps and app_role is None:
+                return []
+            done.append(lock.as_string(conn))
+            # SET LOCAL outlives our savepoint when the caller's transaction goes on.
+            previous_path = None if outermost else _current_search_path(conn)
+            if not schema_exists:
+                run(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+            # The SQL files are schema-agnostic: they create objects in the first
+            # schema of search_path, and their functions pin this path with
+            # SET search_path FROM CURRENT.  pg_temp last keeps temporary objects
+            # from shadowing ours.
+            run(sql.SQL("SET LOCAL search_path TO {}, pg_temp").format(sql.Identifier(schema)))
+            if steps:
+                run(sql.SQL(_TRACKING_DDL).format(table=sql.Identifier(schema, TRACKING_TABLE)))
+            for step in steps:
+                if step.sql.strip():
+                    run(sql.SQL(step.sql))
+                record = _record_statement(schema, step.records)
+                if record is not None:
+                    run(record)
+            if app_role is not None:
+                grants = _grant_statements(
+                    conn, schema, app_role, functions_exist=not (dry_run and steps)
+                )
+                for statement in grants:
+                    run(statement)
+            if previous_path is not None:
+                conn.execute("SELECT set_config('search_path', %s, true)", [previous_path])
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise PermissionDenied(
+            f"permission denied on {connection_target(conn)}: {exc.diag.message_primary}; "
+            f"run pg-setup as the owner of schema {schema!r} or a role allowed to create it"
+        ) from exc
+    return done
+
+
+# ----------------------------------------------------------------------- connecting
+
+
+def _connect_target(dsn: str, exc: psycopg.Error | None) -> Target:
+    # After a failed attempt libpq reports what it actually tried (defaults and
+    # PG* variables applied); before one, fall back to parsing the DSN ourselves.
+    pgconn = getattr(exc, "pgconn", None)
+    if pgconn is not None:
+        values = [pgconn.host, pgconn.port, pgconn.db, pgconn.user]
+        host, port, dbname, user = (v.decode("utf-8", "replace") for v in values)
+        if host or port or dbname or user:
+            return Target(host or "localhost", port or "5432", dbname, user)
+    params = conninfo_to_dict(dsn)
+    env = os.environ
+    user = str(params.get("user") or env.get("PGUSER") or "postgres")
+    return Target(
+        str(params.get("host") or env.get("PGHOST") or "localhost"),
+        str(params.get("port") or env.get("PGPORT") or "5432"),
+        str(params.get("dbname") or env.get("PGDATABASE") or user),
+        user,
+    )
+
+
+def _reason(exc: BaseException) -> str:
+    # libpq messages span lines and repeat the address; keep the server's words.
+    text = str(exc).strip()
+    text = re.sub(r"^connection failed:\s*", "", text)
+    text = re.sub(
+        r'^connection to server (?:at|on socket) "[^"]*"(?:, port \d+)? failed:\s*', "", text
+    )
+    text = re.sub(r"^FATAL:\s*", "", text)
+    return text.splitlines()[0].strip() if text else type(exc).__name__
+
+
+_AUTH_FAILURE = re.compile(
+    r"authentication failed|role \".*\" does not exist|not permitted to log in"
+    r"|permission denied|no pg_hba\.conf entry|password",
+    re.IGNORECASE,
+)
+
+
+def connect(dsn: str, *, connect_timeout: int = 10) -> psycopg.Connection[Any]:
+    """Open an autocommit connection, turning failures into one-line ``SetupError``s."""
+    try:
+        params = conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError as exc:
+        raise SetupError(f"invalid database DSN: {_reason(exc)}") from exc
+    extra: dict[str, Any] = {}
+    # Without a timeout an unreachable host hangs for the OS's TCP timeout (minutes).
+    if "connect_timeout" not in params and not os.environ.get("PGCONNECT_TIMEOUT"):
+        extra["connect_timeout"] = connect_timeout
+    try:
+        return psycopg.connect(dsn, autocommit=True, **extra)
+    except psycopg.OperationalError as exc:
+        target = _connect_target(dsn, exc)
+        reason = _reason(exc)
+        message = str(exc)
+        # libpq gives no SQLSTATE for failed connections, so the (English) message
+        # is all there is to go on.
+        if re.search(r'database ".*" does not exist', reason):
+            raise DatabaseNotFound(f"{target} does not exist", target) from exc
+        if _AUTH_FAILURE.search(message):
+            raise PermissionDenied(f"{target}: login refused: {reason}") from exc
+        if "FATAL" not in message and "server closed" not in message:
+            # libpq itself failed: no server spoke to us at all.
+            raise ServerUnreachable(
+                f"cannot reach PostgreSQL for {target}: {reason}", target
+            ) from exc
+        raise CannotConnect(f"cannot connect to {target}: {reason}", target) from exc

@@ -1,0 +1,402 @@
+"""The circuit breaker policy: admission, then the call, then its outcome recorded.
+
+The state machine runs in the storage (PostgreSQL's functions or the in-memory
+port); the policy only asks it for admission, runs the function with no lock held,
+and reports the outcome with the generation it was admitted under.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import threading
+from collections.abc import Awaitable, Callable, Iterator
+from datetime import timedelta
+from fractions import Fraction
+from typing import Any, Literal, Protocol, TypeVar, cast
+
+from resilient_circuit._machine import (
+    DEFAULT_HALF_OPEN_TIMEOUT,
+    Admission,
+    CircuitState,
+    Config,
+    parse_state,
+)
+from resilient_circuit.exceptions import ProtectedCallError
+from resilient_circuit.policy import ProtectionPolicy
+from resilient_circuit.storage import CircuitBreakerStorage, InMemoryStorage, create_storage
+from resilient_circuit.storage.base import Breaker, Snapshot, StorageError, check_name
+
+__all__ = (
+    "CircuitProtectorPolicy",
+    "CircuitState",
+    "CircuitStatus",
+    "ExecutionLog",
+    "StatusChangeListener",
+)
+
+CircuitStatus = CircuitState  # 0.4.5's name for the same enum
+
+F = TypeVar("F", bound=Callable[..., Any])
+StorageErrorMode = Literal["open", "closed", "local"]
+
+logger = logging.getLogger(__name__)
+
+
+class StatusChangeListener(Protocol):
+    """``on_status_change(policy, old, new)``: called once per transition seen."""
+
+    def __call__(
+        self, policy: CircuitProtectorPolicy, old: CircuitState, new: CircuitState
+    ) -> None: ...
+
+
+class _NotSet:
+    def __repr__(self) -> str:
+        return "Fraction(1, 1)"
+
+
+_NOT_SET: Any = _NotSet()
+
+
+def _handle_all(exc: Exception) -> bool:
+    return True
+
+
+class ExecutionLog:
+    """The outcomes of the breaker's current phase, oldest first (True = success)."""
+
+    __slots__ = ("_outcomes", "size")
+
+    def __init__(self, outcomes: tuple[bool, ...], size: int) -> None:
+        self._outcomes = outcomes
+        self.size = size
+
+    def __len__(self) -> int:
+        return len(self._outcomes)
+
+    def __iter__(self) -> Iterator[bool]:
+        return iter(self._outcomes)
+
+    def __repr__(self) -> str:
+        return f"<ExecutionLog(size={self.size}): {list(self._outcomes)}>"
+
+    @property
+    def is_full(self) -> bool:
+        return len(self._outcomes) >= self.size
+
+    @property
+    def success_count(self) -> int:
+        return sum(self._outcomes)
+
+    @property
+    def failure_count(self) -> int:
+        return len(self._outcomes) - self.success_count
+
+    @property
+    def success_rate(self) -> Fraction:
+        return Fraction(self.success_count, len(self)) if self._outcomes else Fraction(0)
+
+    @property
+    def failure_rate(self) -> Fraction:
+        return Fraction(self.failure_count, len(self)) if self._outcomes else Fraction(0)
+
+
+class CircuitProtectorPolicy(ProtectionPolicy):
+    """A circuit breaker, shared by every policy that uses the same storage and key.
+
+    With PostgreSQL configured (``RC_DB_DSN`` or ``RC_DB_*``) the breaker lives in
+    the database and is shared by every process; otherwise it lives in memory.
+    ``on_storage_error`` chooses what a database outage means: ``"open"`` lets calls
+    through, ``"closed"`` rejects them, ``"local"`` runs an in-memory breaker with
+    the same configuration until the database answers again.
+
+    In PostgreSQL, ``admission="cached"`` admits CLOSED calls from the last reply
+    (kept honest by LISTEN/NOTIFY) instead of asking the database each time, and
+    ``recording="batched"`` queues the outcomes of CLOSED calls and flushes them
+    together every few milliseconds; half-open trial calls always go to the database.
+    """
+
+    DEFAULT_THRESHOLD = Fraction(1, 1)
+
+    def __init__(
+        self,
+        *,
+        resource_key: str | None = None,
+        storage: CircuitBreakerStorage | None = None,
+        namespace: str | None = None,
+        cooldown: timedelta = timedelta(0),
+        failure_limit: Fraction = DEFAULT_THRESHOLD,
+        success_limit: Fraction = _NOT_SET,
+        should_handle: Callable[[Exception], bool] = _handle_all,
+        on_status_change: StatusChangeListener | None = None,
+        window_size: int | None = None,
+        half_open_timeout: timedelta = DEFAULT_HALF_OPEN_TIMEOUT,
+        on_storage_error: StorageErrorMode = "open",
+        admission: Literal["strict", "cached"] = "strict",
+        recording: Literal["immediate", "batched"] = "immediate",
+    ) -> None:
+        if not callable(should_handle):
+            raise TypeError("`should_handle` must be callable")
+        if on_status_change is not None and not callable(on_status_change):
+            raise TypeError("`on_status_change` must be callable or None")
+        if on_storage_error not in ("open", "closed", "local"):
+            raise ValueError(
+                f"`on_storage_error` must be 'open', 'closed' or 'local', got {on_storage_error!r}"
+            )
+        if storage is not None and not isinstance(storage, CircuitBreakerStorage):
+            raise TypeError(
+                f"`storage` must be a CircuitBreakerStorage, got {type(storage).__name__}"
+            )
+        self._config = Config.build(
+            failure_limit=failure_limit,
+            window_size=window_size,
+            success_limit=None if success_limit is _NOT_SET else success_limit,
+            cooldown=cooldown,
+            half_open_timeout=half_open_timeout,
+        )
+        self.resource_key = check_name(
+            resource_key if resource_key is not None else f"anonymous_{id(self)}", "resource_key"
+        )
+        self.storage = storage if storage is not None else create_storage(namespace)
+        self.namespace = check_name(
+            namespace if namespace is not None else self.storage.namespace, "namespace"
+        )
+        self.cooldown = cooldown
+        self.should_consider_failure = should_handle
+        self.on_storage_error = on_storage_error
+        self._on_status_change = on_status_change
+        self._seen_lock = threading.Lock()
+        self._seen_state = CircuitState.CLOSED
+        self._seen_generation = -1
+        self._local: Breaker | None = None
+        self.admission = admission
+        self.recording = recording
+        self._breaker = self.storage.breaker(
+            self.resource_key,
+            self.namespace,
+            self._config,
+            admission=admission,
+            recording=recording,
+        )
+        initial = self._breaker.last_known
+        if initial is not None:
+            self._seen_state, self._seen_generation = initial.state, initial.generation
+
+    # -- configuration, read-only -------------------------------------------------
+
+    @property
+    def failure_limit(self) -> Fraction:
+        return self._config.failure_limit
+
+    @property
+    def success_limit(self) -> Fraction:
+        """The configured success limit; 1/1 (0.4.5's default) when none was given."""
+        s = self._config.success_limit
+        return s if s is not None else self.DEFAULT_THRESHOLD
+
+    @property
+    def window_size(self) -> int:
+        return self._config.window_size
+
+    @property
+    def half_open_timeout(self) -> timedelta:
+        return timedelta(microseconds=self._config.half_open_timeout_ns // 1000)
+
+    @property
+    def config(self) -> Config:
+        return self._config
+
+    # -- state ----------------------------------------------------------------------
+
+    def snapshot(self) -> Snapshot:
+        """The breaker as the store sees it now (one read)."""
+        snap: Snapshot = self._call_store(lambda b: b.snapshot())
+        self._observe(snap.state, snap.generation)
+        return snap
+
+    @property
+    def status(self) -> CircuitState:
+        """The breaker's state now, read from the store (the last one seen if it is down)."""
+        try:
+            return self.snapshot().state
+        except StorageError:
+            return self._seen_state
+
+    @status.setter
+    def status(self, new_status: CircuitState | str) -> None:
+        target = parse_state(new_status, "status")
+        reply = self._call_store(lambda b: b.force(target))
+        self._observe(reply.state, reply.generation)
+
+    def reset(self) -> None:
+        """Back to a fresh CLOSED breaker for every process sharing it."""
+        reply = self._call_store(lambda b: b.reset())
+        self._observe(reply.state, reply.generation)
+
+    @property
+    def execution_log(self) -> ExecutionLog:
+        """Outcomes of the current phase (the window that tripped it while OPEN)."""
+        snap = self.snapshot()
+        return ExecutionLog(snap.window, snap.window_capacity)
+
+    def _call_store(self, op: Callable[[Breaker], Any]) -> Any:
+        try:
+            return op(self._breaker)
+        except StorageError:
+            if self.on_storage_error != "local":
+                raise
+            return op(self._local_breaker())
+
+    # -- transitions seen ---------------------------------------------------------
+
+    def _observe(self, state: CircuitState, generation: int) -> None:
+        if generation != self._seen_generation:
+            self._advance(state, generation)
+
+    def _advance(self, state: CircuitState, generation: int) -> None:
+        # Replies from concurrent calls arrive in any order: only a newer generation
+        # moves what this policy has seen, so each transition fires once.
+        with self._seen_lock:
+            if generation <= self._seen_generation:
+                return
+            old = self._seen_state
+            self._seen_state, self._seen_generation = state, generation
+        if old is not state:
+            self.on_status_change(old, state)
+
+    def on_status_change(self, current: CircuitState, new: CircuitState) -> None:
+        """Called once for each transition this policy makes or observes."""
+        if self._on_status_change is not None:
+            try:
+                self._on_status_change(self, current, new)
+            except Exception:
+                # A faulty listener must not turn a transition into a failed call.
+                logger.exception("on_status_change listener of %r failed", self.resource_key)
+
+    # -- storage outages ----------------------------------------------------------
+
+    def _local_breaker(self) -> Breaker:
+        if self._local is None:
+            self._local = InMemoryStorage(namespace=self.namespace).breaker(
+                self.resource_key, self.namespace, self._config
+            )
+        return self._local
+
+    def _degraded_admission(self) -> tuple[Breaker | None, int | None]:
+        mode = self.on_storage_error
+        if mode == "open":
+            return None, None
+        if mode == "closed":
+            raise ProtectedCallError(
+                "breaker storage unavailable; failing closed",
+                resource_key=self.resource_key,
+                state=CircuitState.OPEN,
+            )
+        local = self._local_breaker()
+        return local, self._admitted(local, local.acquire())
+
+    def _admitted(self, breaker: Breaker, admission: Admission) -> int:
+        if admission.generation != self._seen_generation and breaker is self._breaker:
+            self._advance(admission.state, admission.generation)
+        if not admission.permitted:
+            raise ProtectedCallError(
+                resource_key=self.resource_key,
+                state=admission.state,
+                retry_after_ns=admission.retry_after,
+            )
+        return admission.generation
+
+    def _is_failure(self, exc: Exception) -> bool:
+        try:
+            return bool(self.should_consider_failure(exc))
+        except Exception:
+            logger.exception("should_handle of %r failed; counting a failure", self.resource_key)
+            return True
+
+    def _settle(self, breaker: Breaker | None, generation: int | None, success: bool) -> None:
+        if breaker is None:
+            return
+        try:
+            reply = breaker.record(success, generation)
+        except StorageError:
+            return
+        if reply.generation != self._seen_generation and breaker is self._breaker:
+            self._advance(reply.state, reply.generation)
+
+    async def _asettle(
+        self, breaker: Breaker | None, generation: int | None, success: bool
+    ) -> None:
+        if breaker is None:
+            return
+        try:
+            reply = await breaker.arecord(success, generation)
+        except StorageError:
+            return
+        if reply.generation != self._seen_generation and breaker is self._breaker:
+            self._advance(reply.state, reply.generation)
+
+    # -- decorators ---------------------------------------------------------------
+
+    def __call__(self, func: F) -> F:
+        """Protect ``func`` (sync or ``async def``) with this breaker."""
+        if inspect.iscoroutinefunction(func):
+            return cast(F, self._wrap_async(func))
+        return cast(F, self._wrap_sync(func))
+
+    # The drivers below are the per-call hot path: admission is read inline and the
+    # slow paths (rejection, a transition seen, a storage outage) are method calls.
+
+    def _wrap_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        policy, breaker, is_failure = self, self._breaker, self._is_failure
+
+        @functools.wraps(func)
+        def protected(*args: Any, **kwargs: Any) -> Any:
+            try:
+                admission = breaker.acquire()
+            except StorageError:
+                used, generation = policy._degraded_admission()
+            else:
+                used, generation = breaker, admission.generation
+                if not admission.permitted or generation != policy._seen_generation:
+                    policy._admitted(breaker, admission)
+            try:
+                result = func(*args, **kwargs)
+            except Exception as exc:
+                policy._settle(used, generation, not is_failure(exc))
+                raise
+            policy._settle(used, generation, True)
+            return result
+
+        return protected
+
+    def _wrap_async(self, func: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        policy, breaker, is_failure = self, self._breaker, self._is_failure
+
+        @functools.wraps(func)
+        async def protected(*args: Any, **kwargs: Any) -> Any:
+            try:
+                admission = await breaker.aacquire()
+            except StorageError:
+                used, generation = policy._degraded_admission()
+            else:
+                used, generation = breaker, admission.generation
+                if not admission.permitted or generation != policy._seen_generation:
+                    policy._admitted(breaker, admission)
+            try:
+                result = await func(*args, **kwargs)
+            except Exception as exc:
+                await policy._asettle(used, generation, not is_failure(exc))
+                raise
+            await policy._asettle(used, generation, True)
+            return result
+
+        return protected
+
+    def __repr__(self) -> str:
+        return (
+            f"CircuitProtectorPolicy(resource_key={self.resource_key!r}, "
+            f"namespace={self.namespace!r}, failure_limit={self.failure_limit}, "
+            f"cooldown={self.cooldown!r})"
+        )

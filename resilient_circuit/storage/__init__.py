@@ -1,0 +1,51 @@
+"""Where breakers live: in this process's memory, or in PostgreSQL for the whole fleet."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from resilient_circuit._settings import database_dsn
+from resilient_circuit.storage.base import CircuitBreakerStorage, StorageError
+from resilient_circuit.storage.memory import InMemoryStorage
+
+if TYPE_CHECKING:
+    from resilient_circuit.storage._pg_notify import Transition
+    from resilient_circuit.storage.postgres import PostgresStorage
+
+__all__ = (
+    "CircuitBreakerStorage",
+    "InMemoryStorage",
+    "PostgresStorage",
+    "StorageError",
+    "Transition",
+    "create_storage",
+)
+
+
+def create_storage(namespace: str | None = None) -> CircuitBreakerStorage:
+    """PostgreSQL when ``RC_DB_DSN`` or ``RC_DB_HOST`` is set (``.env`` is read), else memory.
+
+    PostgreSQL storages are shared per (DSN, namespace): every policy of the process
+    uses one connection pool. A database that does not answer yet is not a reason to
+    fall back to memory for ever: the policies fail open (by default) and use it as
+    soon as it answers.
+    """
+    dsn = database_dsn()
+    if dsn is None:
+        return InMemoryStorage(namespace=namespace)
+    from resilient_circuit.storage.postgres import shared_storage
+
+    return shared_storage(dsn, namespace)
+
+
+def __getattr__(name: str) -> Any:
+    # psycopg is an optional dependency: import the PostgreSQL store on first use.
+    if name == "PostgresStorage":
+        from resilient_circuit.storage.postgres import PostgresStorage
+
+        return PostgresStorage
+    if name == "Transition":
+        from resilient_circuit.storage._pg_notify import Transition
+
+        return Transition
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

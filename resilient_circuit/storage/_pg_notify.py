@@ -1,0 +1,159 @@
+"""Transitions announced by the database (``NOTIFY resilient_circuit``).
+
+Every ``rc_*`` function that changes a breaker's state notifies the channel in the
+same transaction, so listeners learn of a peer's trip as soon as it commits,
+without polling.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+
+from resilient_circuit._machine import CircuitState
+
+CHANNEL = "resilient_circuit"
+
+logger = logging.getLogger("resilient_circuit.storage")
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """One breaker changed state somewhere in the fleet."""
+
+    namespace: str
+    resource_key: str
+    old: CircuitState
+    new: CircuitState
+    generation: int
+    open_until: datetime | None
+
+    @classmethod
+    def parse(cls, payload: str) -> Transition | None:
+        """The notification's JSON, or None when it is not one of ours."""
+        try:
+            raw = json.loads(payload)
+            return cls(
+                namespace=str(raw["namespace"]),
+                resource_key=str(raw["key"]),
+                old=CircuitState(raw["from"]),
+                new=CircuitState(raw["to"]),
+                generation=int(raw["generation"]),
+                open_until=(
+                    datetime.fromisoformat(raw["open_until"]) if raw.get("open_until") else None
+                ),
+            )
+        except (ValueError, KeyError, TypeError):
+            return None
+
+
+def watch(
+    dsn: str, *, timeout: float | None = None, connect_timeout: int = 5
+) -> Iterator[Transition]:
+    """Yield transitions as they commit, from a dedicated connection.
+
+    Ends after ``timeout`` seconds without a notification (never, when None).
+    """
+    with psycopg.connect(dsn, autocommit=True, connect_timeout=connect_timeout) as conn:
+        conn.execute(f"LISTEN {CHANNEL}")
+        while True:
+            received = False
+            for note in conn.notifies(timeout=timeout if timeout is not None else 1.0):
+                received = True
+                event = Transition.parse(note.payload)
+                if event is not None:
+                    yield event
+            if not received and timeout is not None:
+                return
+
+
+async def awatch(
+    dsn: str, *, timeout: float | None = None, connect_timeout: int = 5
+) -> AsyncIterator[Transition]:
+    """The coroutine twin of ``watch``, on an async connection."""
+    conn = await psycopg.AsyncConnection.connect(
+        dsn, autocommit=True, connect_timeout=connect_timeout
+    )
+    async with conn:
+        await conn.execute(f"LISTEN {CHANNEL}")
+        while True:
+            received = False
+            async for note in conn.notifies(timeout=timeout if timeout is not None else 1.0):
+                received = True
+                event = Transition.parse(note.payload)
+                if event is not None:
+                    yield event
+            if not received and timeout is not None:
+                return
+
+
+class Listener:
+    """A daemon thread holding one LISTEN connection for a store.
+
+    ``on_event(transition)`` runs for every transition; ``on_event(None)`` whenever
+    the connection is (re)established, since what happened while it was down is
+    unknown. ``healthy`` is True only while the connection is listening.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        connect_kwargs: dict[str, Any],
+        on_event: Callable[[Transition | None], None],
+    ) -> None:
+        self._dsn = dsn
+        self._kwargs = {k: v for k, v in connect_kwargs.items() if k != "options"}
+        self._on_event = on_event
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._listening = threading.Event()
+
+    @property
+    def healthy(self) -> bool:
+        return self._listening.is_set()
+
+    def start(self) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="resilient_circuit-listener", daemon=True
+                )
+                self._thread.start()
+
+    def wait_until_listening(self, timeout: float) -> bool:
+        return self._listening.wait(timeout)
+
+    def stop(self) -> None:
+        self._stop.set()
+        thread = self._thread
+        if thread is not None:
+            thread.join(5)
+
+    def _run(self) -> None:
+        backoff = 0.25
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(self._dsn, **self._kwargs) as conn:
+                    conn.execute(f"LISTEN {CHANNEL}")
+                    self._on_event(None)
+                    self._listening.set()
+                    backoff = 0.25
+                    while not self._stop.is_set():
+                        for note in conn.notifies(timeout=0.5):
+                            event = Transition.parse(note.payload)
+                            if event is not None:
+                                self._on_event(event)
+            except psycopg.Error as exc:
+                logger.debug("transition listener disconnected: %s", exc)
+            finally:
+                self._listening.clear()
+            self._stop.wait(backoff)
+            backoff = min(backoff * 2, 5.0)

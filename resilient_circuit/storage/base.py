@@ -1,0 +1,145 @@
+"""What a storage is: a factory of breaker handles, plus 0.4.5's admin API."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Literal, Protocol
+
+from resilient_circuit._machine import MAX_WINDOW, Admission, CircuitState, Config
+
+__all__ = ("Breaker", "CircuitBreakerStorage", "Observed", "Snapshot", "StorageError")
+
+MAX_KEY_LENGTH = 255
+
+
+class StorageError(Exception):
+    """The store could not answer (database down, pool exhausted, timeout, read-only)."""
+
+
+class Observed(Protocol):
+    """The state and generation a store reported after an operation."""
+
+    @property
+    def state(self) -> CircuitState: ...
+
+    @property
+    def generation(self) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A breaker as one read saw it."""
+
+    state: CircuitState
+    generation: int
+    window: tuple[bool, ...]  # oldest first; True is a success
+    window_capacity: int
+    failure_count: int
+    open_remaining: timedelta | None  # time left in OPEN's cooldown
+    permits: int
+    successes: int
+    failures: int
+
+
+class Breaker(abc.ABC):
+    """One breaker in one store, bound once by a policy and then called per call.
+
+    ``acquire``/``record`` may raise StorageError; the policy decides what an outage
+    means. The ``a``-prefixed variants are for event loops: a store doing I/O
+    awaits it, the memory store answers at once.
+    """
+
+    __slots__ = ()
+
+    @property
+    @abc.abstractmethod
+    def last_known(self) -> Observed | None:
+        """The state and generation last heard from the store, if any yet."""
+
+    @abc.abstractmethod
+    def acquire(self) -> Admission: ...
+
+    @abc.abstractmethod
+    def record(self, success: bool, generation: int | None) -> Observed: ...
+
+    @abc.abstractmethod
+    def force(self, state: CircuitState) -> Observed: ...
+
+    @abc.abstractmethod
+    def reset(self) -> Observed: ...
+
+    @abc.abstractmethod
+    def snapshot(self) -> Snapshot: ...
+
+    @abc.abstractmethod
+    def aacquire(self) -> Awaitable[Admission]: ...
+
+    @abc.abstractmethod
+    def arecord(self, success: bool, generation: int | None) -> Awaitable[Observed]: ...
+
+
+def check_name(value: object, name: str) -> str:
+    """Keys and namespaces: non-empty strings of at most 255 characters."""
+    if not isinstance(value, str):
+        raise TypeError(f"`{name}` must be a str, got {type(value).__name__}")
+    if not value:
+        raise ValueError(f"`{name}` must not be empty")
+    if len(value) > MAX_KEY_LENGTH:
+        raise ValueError(f"`{name}` must be at most {MAX_KEY_LENGTH} characters, got {len(value)}")
+    if "\x00" in value:
+        raise ValueError(f"`{name}` must not contain NUL characters")
+    return value
+
+
+class CircuitBreakerStorage(abc.ABC):
+    """Where breakers live. Policies sharing a storage object and a key share a breaker."""
+
+    namespace: str
+
+    @abc.abstractmethod
+    def breaker(
+        self,
+        resource_key: str,
+        namespace: str,
+        config: Config,
+        *,
+        admission: Literal["strict", "cached"] = "strict",
+        recording: Literal["immediate", "batched"] = "immediate",
+    ) -> Breaker:
+        """The handle of one breaker, adopting ``config`` as its configuration.
+
+        ``admission`` and ``recording`` choose how a remote store trades round trips
+        for freshness; a store in this process's memory is always exact and free.
+        """
+
+    @abc.abstractmethod
+    def get_state(self, resource_key: str) -> dict[str, Any] | None:
+        """0.4.5's admin read: state, failure_count, open_until (epoch seconds or 0),
+        execution_log; None when the breaker does not exist."""
+
+    @abc.abstractmethod
+    def set_state(
+        self,
+        resource_key: str,
+        state: str,
+        failure_count: int,
+        open_until: float,
+        execution_log: list[bool] | None = None,
+    ) -> None:
+        """0.4.5's admin write: overwrite a breaker's state (a new generation begins)."""
+
+
+def check_execution_log(execution_log: object, limit: int = MAX_WINDOW) -> tuple[bool, ...]:
+    """The admin API's window argument, validated."""
+    if execution_log is None:
+        return ()
+    if not isinstance(execution_log, list | tuple) or not all(
+        isinstance(x, bool) for x in execution_log
+    ):
+        raise TypeError("`execution_log` must be a list of booleans (True = success)")
+    if len(execution_log) > limit:
+        raise ValueError(f"`execution_log` must hold at most {limit} outcomes")
+    return tuple(execution_log)

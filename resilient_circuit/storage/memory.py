@@ -1,0 +1,238 @@
+"""Breakers in this process's memory, driven by the pure state machine."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any, Literal
+
+from resilient_circuit import _machine as m
+from resilient_circuit._machine import CLOSED, Admission, CircuitState, Config, State
+from resilient_circuit._settings import default_namespace
+from resilient_circuit.storage.base import (
+    Breaker,
+    CircuitBreakerStorage,
+    Snapshot,
+    check_execution_log,
+    check_name,
+)
+
+__all__ = ("InMemoryStorage",)
+
+
+class MemoryBreaker(Breaker):
+    """One breaker: its state and configuration, swapped under its store's lock."""
+
+    __slots__ = (
+        "_admit_closed",
+        "_clock",
+        "_lock",
+        "config",
+        "failures",
+        "namespace",
+        "resource_key",
+        "state",
+        "successes",
+    )
+
+    def __init__(
+        self,
+        resource_key: str,
+        namespace: str,
+        config: Config,
+        lock: threading.Lock,
+        clock: Callable[[], int],
+    ) -> None:
+        self.resource_key = resource_key
+        self.namespace = namespace
+        self.config = config
+        self.state = m.INITIAL
+        self.successes = 0
+        self.failures = 0
+        self._lock = lock
+        self._clock = clock
+        self._admit_closed = Admission(True, CLOSED, 0, None)
+
+    @property
+    def last_known(self) -> State:
+        return self.state
+
+    def acquire(self) -> Admission:
+        st = self.state
+        if st.state is CLOSED:
+            # CLOSED admits without changing anything: no lock, and the same reply
+            # object for every call of a generation.
+            admission = self._admit_closed
+            if admission.generation != st.generation:
+                admission = self._admit_closed = Admission(True, CLOSED, st.generation, None)
+            return admission
+        # Decide optimistically on the state as read; lock only to change it.
+        admission, nxt = m.try_acquire(st, self.config, self._clock())
+        if nxt is st:
+            return admission
+        with self._lock:
+            admission, self.state = m.try_acquire(self.state, self.config, self._clock())
+        return admission
+
+    def record(self, success: bool, generation: int | None) -> State:
+        with self._lock:
+            st = self.state
+            if success:
+                self.successes += 1
+            else:
+                self.failures += 1
+            # A CLOSED success never reads the time, so it is not asked for.
+            now = 0 if success and st.state is CLOSED else self._clock()
+            st = self.state = m.record(st, self.config, now, success, generation)
+        return st
+
+    def force(self, state: CircuitState) -> State:
+        with self._lock:
+            st = self.state = m.force(self.state, self.config, self._clock(), state)
+        return st
+
+    def reset(self) -> State:
+        with self._lock:
+            st = self.state = m.reset(self.state)
+            self.successes = self.failures = 0
+        return st
+
+    def configure(self, config: Config) -> State:
+        with self._lock:
+            self.config = config
+            st = self.state = m.reconfigure(self.state, config)
+        return st
+
+    def snapshot(self) -> Snapshot:
+        with self._lock:
+            st, cfg, now = self.state, self.config, self._clock()
+            successes, failures = self.successes, self.failures
+        remaining = None
+        if st.state is m.OPEN and st.open_until is not None:
+            remaining = timedelta(microseconds=max(0, st.open_until - now) // 1000)
+        capacity = cfg.half_open_window if st.state is m.HALF_OPEN else cfg.window_size
+        return Snapshot(
+            state=st.state,
+            generation=st.generation,
+            window=st.window,
+            window_capacity=capacity,
+            failure_count=st.failure_count,
+            open_remaining=remaining,
+            permits=len(st.permits),
+            successes=successes,
+            failures=failures,
+        )
+
+    async def aacquire(self) -> Admission:
+        return self.acquire()
+
+    async def arecord(self, success: bool, generation: int | None) -> State:
+        return self.record(success, generation)
+
+
+class InMemoryStorage(CircuitBreakerStorage):
+    """Breakers shared by the policies of one process that use this storage object.
+
+    Thread-safe; the lock is held only while the state machine computes the next
+    state, never while a protected function runs. ``clock`` (monotonic nanoseconds)
+    is injectable so tests can move time without sleeping.
+    """
+
+    def __init__(
+        self, *, namespace: str | None = None, clock: Callable[[], int] = time.monotonic_ns
+    ) -> None:
+        if not callable(clock):
+            raise TypeError("`clock` must be callable")
+        self.namespace = check_name(
+            namespace if namespace is not None else default_namespace(), "namespace"
+        )
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._breakers: dict[tuple[str, str], MemoryBreaker] = {}
+
+    def breaker(
+        self,
+        resource_key: str,
+        namespace: str,
+        config: Config,
+        *,
+        admission: Literal["strict", "cached"] = "strict",
+        recording: Literal["immediate", "batched"] = "immediate",
+    ) -> MemoryBreaker:
+        if admission not in ("strict", "cached"):
+            raise ValueError(f"`admission` must be 'strict' or 'cached', got {admission!r}")
+        if recording not in ("immediate", "batched"):
+            raise ValueError(f"`recording` must be 'immediate' or 'batched', got {recording!r}")
+        with self._lock:
+            found = self._breakers.get((namespace, resource_key))
+            if found is None:
+                found = MemoryBreaker(resource_key, namespace, config, self._lock, self._clock)
+                self._breakers[(namespace, resource_key)] = found
+                return found
+        found.configure(config)
+        return found
+
+    def _existing(self, resource_key: str, namespace: str | None) -> MemoryBreaker | None:
+        return self._breakers.get((namespace or self.namespace, resource_key))
+
+    def get_state(self, resource_key: str, namespace: str | None = None) -> dict[str, Any] | None:
+        found = self._existing(resource_key, namespace)
+        if found is None:
+            return None
+        with self._lock:
+            st, now = found.state, self._clock()
+        open_until = 0.0
+        if st.state is m.OPEN and st.open_until is not None:
+            open_until = time.time() + (st.open_until - now) / 1e9
+        return {
+            "state": st.state.value,
+            "failure_count": st.failure_count,
+            "open_until": open_until,
+            "execution_log": list(st.window),
+            "generation": st.generation,
+        }
+
+    def set_state(
+        self,
+        resource_key: str,
+        state: str,
+        failure_count: int,
+        open_until: float,
+        execution_log: list[bool] | None = None,
+        namespace: str | None = None,
+    ) -> None:
+        check_name(resource_key, "resource_key")
+        target = m.parse_state(state)
+        if isinstance(failure_count, bool) or not isinstance(failure_count, int):
+            raise TypeError("`failure_count` must be an int")
+        if failure_count < 0:
+            raise ValueError(f"`failure_count` must be >= 0, got {failure_count}")
+        if isinstance(open_until, bool) or not isinstance(open_until, int | float):
+            raise TypeError("`open_until` must be epoch seconds (0 for none)")
+        window = check_execution_log(execution_log)
+        ns = namespace or self.namespace
+        found = self._existing(resource_key, ns) or self.breaker(resource_key, ns, m.DEFAULT_CONFIG)
+        with self._lock:
+            now = self._clock()
+            cfg = found.config
+            capacity = cfg.half_open_window if target is m.HALF_OPEN else cfg.window_size
+            window = window[-capacity:]
+            bits = 0
+            for ok in window:
+                bits = (bits << 1) | (not ok)
+            until = None
+            if target is m.OPEN:
+                until = now + max(0, int((open_until - time.time()) * 1e9)) if open_until else now
+            old = found.state
+            found.state = State(
+                target,
+                old.generation + 1,
+                bits,
+                len(window),
+                bits.bit_count(),
+                failure_count,
+                until,
+                (),
+            )

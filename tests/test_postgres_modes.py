@@ -1,0 +1,279 @@
+"""Cached admission, batched recording and transition watching on a real PostgreSQL."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from click.testing import CliRunner
+
+from resilient_circuit import CircuitProtectorPolicy, CircuitState, ProtectedCallError
+from resilient_circuit.cli import main as cli
+from resilient_circuit.storage import PostgresStorage
+
+
+@pytest.fixture
+def stores(pg_dsn: str) -> Iterator[list[PostgresStorage]]:
+    """Two stores with their own pools and listeners, like two processes."""
+    made = [PostgresStorage(pg_dsn, namespace="modes") for _ in range(2)]
+    yield made
+    for store in made:
+        store.close()
+
+
+def round_trips(monkeypatch: pytest.MonkeyPatch, store: PostgresStorage) -> list[Any]:
+    sent: list[Any] = []
+    real_fetch = store.fetch
+
+    def fetch(breaker: Any, statement: Any, params: Any, **kw: Any) -> Any:
+        sent.append(params)
+        return real_fetch(breaker, statement, params, **kw)
+
+    monkeypatch.setattr(store, "fetch", fetch)
+    return sent
+
+
+def counters(dsn: str, key: str, namespace: str = "modes") -> tuple[int, int]:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "SELECT successes, failures FROM rc_circuit_breakers"
+            " WHERE resource_key = %s AND namespace = %s",
+            (key, namespace),
+        ).fetchone()
+    return (row[0], row[1]) if row else (0, 0)
+
+
+def wait_for(predicate: Any, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.005)
+    return predicate()
+
+
+def test_cached_admission_makes_one_round_trip_per_call(
+    stores: list[PostgresStorage], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once listening, a CLOSED call only records: one round trip instead of two."""
+    policy = CircuitProtectorPolicy(resource_key="cached", storage=stores[0], admission="cached")
+    assert stores[0].wait_listening()
+
+    @policy
+    def call() -> str:
+        return "ok"
+
+    call()
+    sent = round_trips(monkeypatch, stores[0])
+    for _ in range(20):
+        assert call() == "ok"
+    assert len(sent) == 20
+
+
+def test_cached_admission_learns_of_a_peer_trip_by_notify(
+    stores: list[PostgresStorage], pg_dsn: str
+) -> None:
+    """A peer's trip reaches a cached policy by NOTIFY; its next call is rejected unrun."""
+    cached = CircuitProtectorPolicy(
+        resource_key="shared",
+        storage=stores[0],
+        admission="cached",
+        cooldown=timedelta(minutes=5),
+    )
+    assert stores[0].wait_listening()
+    ran: list[int] = []
+
+    @cached
+    def call() -> None:
+        ran.append(1)
+
+    call()
+    peer = CircuitProtectorPolicy(
+        resource_key="shared", storage=stores[1], cooldown=timedelta(minutes=5)
+    )
+    peer.status = CircuitState.OPEN
+    breaker = cached._breaker
+    assert wait_for(
+        lambda: breaker.last_known is not None and breaker.last_known.state is CircuitState.OPEN
+    )
+    with pytest.raises(ProtectedCallError):
+        call()
+    assert ran == [1]
+
+
+def test_cached_admission_asks_the_server_while_not_listening(
+    pg_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without a live LISTEN connection, cached admission falls back to asking every time."""
+    store = PostgresStorage(pg_dsn, namespace="modes")
+    try:
+        policy = CircuitProtectorPolicy(resource_key="k", storage=store, admission="cached")
+        assert store.wait_listening()
+        store._listener.stop()  # type: ignore[union-attr]
+        assert not store.listening()
+
+        @policy
+        def call() -> None:
+            pass
+
+        sent = round_trips(monkeypatch, store)
+        call()
+        call()
+        assert len(sent) == 4
+    finally:
+        store.close()
+
+
+def test_batched_recording_flushes_everything_in_few_transactions(
+    stores: list[PostgresStorage], pg_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Thousands of outcomes arrive intact, in far fewer transactions than calls."""
+    policy = CircuitProtectorPolicy(
+        resource_key="hot",
+        storage=stores[0],
+        admission="cached",
+        recording="batched",
+        failure_limit=Fraction(1, 1),
+        window_size=10_000,
+    )
+    assert stores[0].wait_listening()
+
+    @policy
+    def call(ok: bool) -> None:
+        if not ok:
+            raise ConnectionError("x")
+
+    call(True)
+    sent = round_trips(monkeypatch, stores[0])
+    for i in range(3000):
+        try:
+            call(i % 10 != 0)
+        except ConnectionError:
+            pass
+    stores[0].flush()
+    assert counters(pg_dsn, "hot") == (1 + 2700, 300)
+    assert len(sent) <= 3000 * 0.01 + 2
+    assert list(policy.execution_log).count(False) == 300
+
+
+def test_batched_trip_is_seen_after_the_flush(stores: list[PostgresStorage]) -> None:
+    """Queued failures trip the breaker when flushed; the next call is then rejected."""
+    policy = CircuitProtectorPolicy(
+        resource_key="trip",
+        storage=stores[0],
+        recording="batched",
+        failure_limit=Fraction(1, 2),
+        window_size=4,
+        cooldown=timedelta(minutes=1),
+    )
+
+    @policy
+    def fail() -> None:
+        raise ConnectionError("x")
+
+    for _ in range(4):
+        with pytest.raises(ConnectionError):
+            fail()
+    stores[0].flush()
+    with pytest.raises(ProtectedCallError):
+        fail()
+
+
+def test_batched_half_open_trials_are_recorded_at_once(
+    stores: list[PostgresStorage], pg_dsn: str
+) -> None:
+    """A trial call's outcome is never queued: it closes the breaker immediately."""
+    policy = CircuitProtectorPolicy(
+        resource_key="trial", storage=stores[0], recording="batched", cooldown=timedelta(0)
+    )
+    policy.status = CircuitState.OPEN
+
+    @policy
+    def call() -> str:
+        return "ok"
+
+    assert call() == "ok"
+    assert policy._breaker.queued == 0
+    with psycopg.connect(pg_dsn) as conn:
+        row = conn.execute(
+            "SELECT state FROM rc_circuit_breakers WHERE resource_key = 'trial'"
+        ).fetchone()
+    assert row == ("CLOSED",)
+
+
+def test_batched_outcomes_are_flushed_when_the_process_exits(pg_dsn: str) -> None:
+    """A process that ends normally flushes its queue on the way out: nothing is lost."""
+    worker = Path(__file__).parent / "workers" / "batched_exit.py"
+    root = Path(__file__).parent.parent
+    done = subprocess.run(
+        [sys.executable, str(worker), pg_dsn, "2500"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"},
+    )
+    assert done.returncode == 0, done.stderr
+    assert counters(pg_dsn, "hot", "exit") == (2500, 0)
+
+
+def test_watch_yields_transitions_as_they_commit(stores: list[PostgresStorage]) -> None:
+    """watch() sees every transition another client makes, in order."""
+    seen: list[Any] = []
+    ready = threading.Event()
+
+    def follow() -> None:
+        events = stores[0].watch(timeout=3.0)
+        ready.set()
+        for event in events:
+            seen.append(event)
+            if len(seen) == 2:
+                return
+
+    watcher = threading.Thread(target=follow)
+    watcher.start()
+    assert ready.wait(5)
+    time.sleep(0.3)  # the generator connects and LISTENs on its first step
+    policy = CircuitProtectorPolicy(
+        resource_key="watched", storage=stores[1], cooldown=timedelta(minutes=1)
+    )
+    policy.status = CircuitState.OPEN
+    policy.status = CircuitState.CLOSED
+    watcher.join(10)
+    assert [(e.resource_key, e.old, e.new) for e in seen] == [
+        ("watched", CircuitState.CLOSED, CircuitState.OPEN),
+        ("watched", CircuitState.OPEN, CircuitState.CLOSED),
+    ]
+    assert seen[0].open_until is not None
+    assert seen[1].generation == seen[0].generation + 1
+
+
+def test_cli_watch_prints_transitions(stores: list[PostgresStorage], pg_dsn: str) -> None:
+    """resilient-circuit-cli watch prints one line per transition across the fleet."""
+
+    def trip_soon() -> None:
+        time.sleep(0.8)
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            conn.execute("SELECT * FROM rc_force('cli-watched', 'OPEN', 'modes')")
+
+    threading.Thread(target=trip_soon).start()
+    result = CliRunner().invoke(cli, ["watch", "--dsn", pg_dsn, "--count", "1", "--timeout", "10"])
+    assert result.exit_code == 0, result.output
+    assert "modes/cli-watched: CLOSED -> OPEN (generation 1)" in result.output
+
+
+def test_modes_are_validated(stores: list[PostgresStorage]) -> None:
+    """Unknown admission or recording modes are refused, naming the parameter."""
+    with pytest.raises(ValueError, match="admission"):
+        CircuitProtectorPolicy(resource_key="v", storage=stores[0], admission="lazy")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="recording"):
+        CircuitProtectorPolicy(resource_key="v", storage=stores[0], recording="later")  # type: ignore[arg-type]
