@@ -170,6 +170,7 @@ class State(NamedTuple):
 
 
 INITIAL = State(CLOSED, 0, 0, 0, 0, 0, None, ())
+_new = tuple.__new__
 
 
 class Admission(NamedTuple):
@@ -222,17 +223,34 @@ def record(st: State, cfg: Config, now: int, success: bool, generation: int | No
     if phase is OPEN or (generation is not None and generation != st.generation):
         return st
     if phase is CLOSED:
+        # The CLOSED path is every call of a healthy breaker: _append is inlined and
+        # the tuple built without NamedTuple's Python-level __new__.
         size = cfg.window_size
+        bits = st.window_bits
+        length = st.window_len
         if success:
-            if st.window_bits == 0 and st.window_len == size and st.failure_count == 0:
+            if bits == 0 and length == size and st.failure_count == 0:
                 return st  # a full window of successes stays one
-            bits, length, in_window = _append(st, size, True)
-            return State(CLOSED, st.generation, bits, length, in_window, 0, None, ())
-        bits, length, in_window = _append(st, size, False)
-        limit = cfg.failure_limit
-        if length == size and in_window * limit.denominator >= limit.numerator * size:
-            return _open(st, cfg, now, bits, length, in_window, st.failure_count + 1)
-        return State(CLOSED, st.generation, bits, length, in_window, st.failure_count + 1, None, ())
+            in_window = st.window_failures
+            bits <<= 1
+            failure_count = 0
+        else:
+            in_window = st.window_failures + 1
+            bits = (bits << 1) | 1
+            failure_count = st.failure_count + 1
+        if length < size:
+            length += 1
+        else:
+            if (bits >> size) & 1:
+                in_window -= 1
+            bits &= (1 << size) - 1
+        if not success:
+            limit = cfg.failure_limit
+            if length == size and in_window * limit.denominator >= limit.numerator * size:
+                return _open(st, cfg, now, bits, length, in_window, failure_count)
+        return _new(
+            State, (CLOSED, st.generation, bits, length, in_window, failure_count, None, ())
+        )
 
     size = cfg.half_open_window
     permits = _live(st.permits, now)[1:]

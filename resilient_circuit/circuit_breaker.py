@@ -301,19 +301,19 @@ class CircuitProtectorPolicy(ProtectionPolicy):
         if admission.generation != self._seen_generation and breaker is self._breaker:
             self._advance(admission.state, admission.generation)
         if not admission.permitted:
-            raise ProtectedCallError(
-                resource_key=self.resource_key,
-                state=admission.state,
-                retry_after_ns=admission.retry_after,
-            )
+            raise self._rejection(admission)
         return admission.generation
 
-    def _is_failure(self, exc: Exception) -> bool:
-        try:
-            return bool(self.should_consider_failure(exc))
-        except Exception:
-            logger.exception("should_handle of %r failed; counting a failure", self.resource_key)
-            return True
+    def _rejection(self, admission: Admission) -> ProtectedCallError:
+        return ProtectedCallError.rejected(
+            self.resource_key, admission.state, admission.retry_after
+        )
+
+    def _predicate_failed(self) -> bool:
+        # A faulty should_handle must not hide the caller's own exception: log it and
+        # count a failure, the safe reading for a breaker.
+        logger.exception("should_handle of %r failed; counting a failure", self.resource_key)
+        return True
 
     def _settle(self, breaker: Breaker | None, generation: int | None, success: bool) -> None:
         if breaker is None:
@@ -349,7 +349,7 @@ class CircuitProtectorPolicy(ProtectionPolicy):
     # slow paths (rejection, a transition seen, a storage outage) are method calls.
 
     def _wrap_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
-        policy, breaker, is_failure = self, self._breaker, self._is_failure
+        policy, breaker, should_handle = self, self._breaker, self.should_consider_failure
 
         @functools.wraps(func)
         def protected(*args: Any, **kwargs: Any) -> Any:
@@ -359,20 +359,34 @@ class CircuitProtectorPolicy(ProtectionPolicy):
                 used, generation = policy._degraded_admission()
             else:
                 used, generation = breaker, admission.generation
-                if not admission.permitted or generation != policy._seen_generation:
-                    policy._admitted(breaker, admission)
+                if generation != policy._seen_generation:
+                    policy._advance(admission.state, generation)
+                if not admission.permitted:
+                    raise policy._rejection(admission)
             try:
                 result = func(*args, **kwargs)
             except Exception as exc:
-                policy._settle(used, generation, not is_failure(exc))
+                try:
+                    handled = should_handle(exc)
+                except Exception:
+                    handled = policy._predicate_failed()
+                policy._settle(used, generation, not handled)
                 raise
-            policy._settle(used, generation, True)
+            if used is not breaker:
+                policy._settle(used, generation, True)
+                return result
+            try:
+                reply = breaker.record(True, generation)
+            except StorageError:
+                return result
+            if reply.generation != policy._seen_generation:
+                policy._advance(reply.state, reply.generation)
             return result
 
         return protected
 
     def _wrap_async(self, func: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-        policy, breaker, is_failure = self, self._breaker, self._is_failure
+        policy, breaker, should_handle = self, self._breaker, self.should_consider_failure
 
         @functools.wraps(func)
         async def protected(*args: Any, **kwargs: Any) -> Any:
@@ -382,12 +396,18 @@ class CircuitProtectorPolicy(ProtectionPolicy):
                 used, generation = policy._degraded_admission()
             else:
                 used, generation = breaker, admission.generation
-                if not admission.permitted or generation != policy._seen_generation:
-                    policy._admitted(breaker, admission)
+                if generation != policy._seen_generation:
+                    policy._advance(admission.state, generation)
+                if not admission.permitted:
+                    raise policy._rejection(admission)
             try:
                 result = await func(*args, **kwargs)
             except Exception as exc:
-                await policy._asettle(used, generation, not is_failure(exc))
+                try:
+                    handled = should_handle(exc)
+                except Exception:
+                    handled = policy._predicate_failed()
+                await policy._asettle(used, generation, not handled)
                 raise
             await policy._asettle(used, generation, True)
             return result

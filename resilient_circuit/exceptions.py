@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from resilient_circuit._machine import CircuitState
@@ -23,8 +23,10 @@ class ProtectedCallError(ProtectionException):
     PostgreSQL mode.
     """
 
-    # Rejections are the breaker's hot path: the message and the timedelta are only
-    # built when somebody looks at them.
+    resource_key: str | None = None
+    state: CircuitState | None = None
+    retry_after_ns: int | None = None
+
     def __init__(
         self,
         message: str | None = None,
@@ -37,6 +39,24 @@ class ProtectedCallError(ProtectionException):
         self.resource_key = resource_key
         self.state = state
         self.retry_after_ns = retry_after_ns
+
+    @classmethod
+    def rejected(
+        cls, resource_key: str, state: CircuitState, retry_after_ns: int | None
+    ) -> ProtectedCallError:
+        """The breaker's own rejection. Rejecting is a hot path, so this skips
+        ``__init__``; the message and the timedelta are built only when read."""
+        exc = cls.__new__(cls)
+        exc.resource_key = resource_key
+        exc.state = state
+        exc.retry_after_ns = retry_after_ns
+        return exc
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (
+            _rebuild,
+            (type(self), self.args, self.resource_key, self.state, self.retry_after_ns),
+        )
 
     @property
     def retry_after(self) -> timedelta | None:
@@ -52,6 +72,16 @@ class ProtectedCallError(ProtectionException):
         if self.retry_after_ns is not None:
             text += f" (retry after {self.retry_after_ns / 1e9:.3f}s)"
         return text
+
+
+def _rebuild(
+    cls: type[ProtectedCallError],
+    args: tuple[Any, ...],
+    resource_key: str | None,
+    state: CircuitState | None,
+    retry_after_ns: int | None,
+) -> ProtectedCallError:
+    return cls(*args[:1], resource_key=resource_key, state=state, retry_after_ns=retry_after_ns)
 
 
 class RetryLimitReached(ProtectionException):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Callable
@@ -22,6 +23,24 @@ from resilient_circuit.storage.base import (
 __all__ = ("InMemoryStorage",)
 
 
+class _Counter:
+    """A lifetime counter that threads may bump without a lock.
+
+    ``itertools.count.__next__`` is atomic under the GIL; its value is read back
+    from its repr (``count(N)``), which only snapshots and admin reads do.
+    """
+
+    __slots__ = ("_count", "add")
+
+    def __init__(self) -> None:
+        self._count = itertools.count()
+        self.add = self._count.__next__
+
+    @property
+    def value(self) -> int:
+        return int(repr(self._count)[6:-1])
+
+
 class MemoryBreaker(Breaker):
     """One breaker: its state and configuration, swapped under its store's lock."""
 
@@ -30,11 +49,11 @@ class MemoryBreaker(Breaker):
         "_clock",
         "_lock",
         "config",
-        "failures",
+        "_failures",
+        "_successes",
         "namespace",
         "resource_key",
         "state",
-        "successes",
     )
 
     def __init__(
@@ -49,8 +68,8 @@ class MemoryBreaker(Breaker):
         self.namespace = namespace
         self.config = config
         self.state = m.INITIAL
-        self.successes = 0
-        self.failures = 0
+        self._successes = _Counter()
+        self._failures = _Counter()
         self._lock = lock
         self._clock = clock
         self._admit_closed = Admission(True, CLOSED, 0, None)
@@ -77,16 +96,37 @@ class MemoryBreaker(Breaker):
         return admission
 
     def record(self, success: bool, generation: int | None) -> State:
+        st = self.state
+        if success:
+            self._successes.add()
+            if st.state is CLOSED:
+                # A healthy breaker's success usually changes nothing (machine returns the
+                # same state): then no lock is taken. Otherwise the computed state is
+                # swapped in under the lock if nobody changed the breaker meanwhile.
+                nxt = m.record(st, self.config, 0, True, generation)
+                if nxt is st:
+                    return st
+                with self._lock:
+                    if self.state is st:
+                        self.state = nxt
+                        return nxt
+                    return self._apply(success, generation)
+        else:
+            self._failures.add()
         with self._lock:
-            st = self.state
-            if success:
-                self.successes += 1
-            else:
-                self.failures += 1
-            # A CLOSED success never reads the time, so it is not asked for.
-            now = 0 if success and st.state is CLOSED else self._clock()
-            st = self.state = m.record(st, self.config, now, success, generation)
+            return self._apply(success, generation)
+
+    def _apply(self, success: bool, generation: int | None) -> State:
+        st = self.state = m.record(self.state, self.config, self._clock(), success, generation)
         return st
+
+    @property
+    def successes(self) -> int:
+        return self._successes.value
+
+    @property
+    def failures(self) -> int:
+        return self._failures.value
 
     def force(self, state: CircuitState) -> State:
         with self._lock:
@@ -96,7 +136,8 @@ class MemoryBreaker(Breaker):
     def reset(self) -> State:
         with self._lock:
             st = self.state = m.reset(self.state)
-            self.successes = self.failures = 0
+            self._successes = _Counter()
+            self._failures = _Counter()
         return st
 
     def configure(self, config: Config) -> State:
