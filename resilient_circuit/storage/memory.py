@@ -47,10 +47,10 @@ class MemoryBreaker(Breaker):
     __slots__ = (
         "_admit_closed",
         "_clock",
-        "_lock",
-        "config",
         "_failures",
+        "_lock",
         "_successes",
+        "config",
         "namespace",
         "resource_key",
         "state",
