@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Literal, Protocol
 
-from resilient_circuit._machine import MAX_WINDOW, Admission, CircuitState, Config
+from resilient_circuit._machine import MAX_WINDOW, Admission, CircuitState, Config, parse_state
 
 __all__ = ("Breaker", "CircuitBreakerStorage", "Observed", "Snapshot", "StorageError")
 
@@ -132,14 +132,40 @@ class CircuitBreakerStorage(abc.ABC):
         """0.4.5's admin write: overwrite a breaker's state (a new generation begins)."""
 
 
-def check_execution_log(execution_log: object, limit: int = MAX_WINDOW) -> tuple[bool, ...]:
-    """The admin API's window argument, validated."""
+@dataclass(frozen=True, slots=True)
+class AdminState:
+    """The arguments of 0.4.5's ``set_state``, validated."""
+
+    state: CircuitState
+    failure_count: int
+    open_until: float  # epoch seconds; 0 for none
+    window: tuple[bool, ...]  # oldest first; True is a success
+
+
+def check_admin_state(
+    resource_key: object,
+    state: object,
+    failure_count: object,
+    open_until: object,
+    execution_log: object,
+) -> AdminState:
+    """Validate ``set_state``'s arguments the same way for every storage."""
+    check_name(resource_key, "resource_key")
+    target = parse_state(state)
+    if isinstance(failure_count, bool) or not isinstance(failure_count, int):
+        raise TypeError("`failure_count` must be an int")
+    if failure_count < 0:
+        raise ValueError(f"`failure_count` must be >= 0, got {failure_count}")
+    if isinstance(open_until, bool) or not isinstance(open_until, int | float):
+        raise TypeError("`open_until` must be epoch seconds (0 for none)")
     if execution_log is None:
-        return ()
-    if not isinstance(execution_log, list | tuple) or not all(
+        window: tuple[bool, ...] = ()
+    elif not isinstance(execution_log, list | tuple) or not all(
         isinstance(x, bool) for x in execution_log
     ):
         raise TypeError("`execution_log` must be a list of booleans (True = success)")
-    if len(execution_log) > limit:
-        raise ValueError(f"`execution_log` must hold at most {limit} outcomes")
-    return tuple(execution_log)
+    elif len(execution_log) > MAX_WINDOW:
+        raise ValueError(f"`execution_log` must hold at most {MAX_WINDOW} outcomes")
+    else:
+        window = tuple(execution_log)
+    return AdminState(target, failure_count, float(open_until), window)

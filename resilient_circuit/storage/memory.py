@@ -16,7 +16,7 @@ from resilient_circuit.storage.base import (
     Breaker,
     CircuitBreakerStorage,
     Snapshot,
-    check_execution_log,
+    check_admin_state,
     check_name,
 )
 
@@ -244,15 +244,8 @@ class InMemoryStorage(CircuitBreakerStorage):
         execution_log: list[bool] | None = None,
         namespace: str | None = None,
     ) -> None:
-        check_name(resource_key, "resource_key")
-        target = m.parse_state(state)
-        if isinstance(failure_count, bool) or not isinstance(failure_count, int):
-            raise TypeError("`failure_count` must be an int")
-        if failure_count < 0:
-            raise ValueError(f"`failure_count` must be >= 0, got {failure_count}")
-        if isinstance(open_until, bool) or not isinstance(open_until, int | float):
-            raise TypeError("`open_until` must be epoch seconds (0 for none)")
-        window = check_execution_log(execution_log)
+        admin = check_admin_state(resource_key, state, failure_count, open_until, execution_log)
+        target, window = admin.state, admin.window
         ns = namespace or self.namespace
         found = self._existing(resource_key, ns) or self.breaker(resource_key, ns, m.DEFAULT_CONFIG)
         with self._lock:
@@ -265,7 +258,8 @@ class InMemoryStorage(CircuitBreakerStorage):
                 bits = (bits << 1) | (not ok)
             until = None
             if target is m.OPEN:
-                until = now + max(0, int((open_until - time.time()) * 1e9)) if open_until else now
+                seconds = admin.open_until
+                until = now + max(0, int((seconds - time.time()) * 1e9)) if seconds else now
             old = found.state
             found.state = State(
                 target,

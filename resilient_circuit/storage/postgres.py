@@ -25,7 +25,6 @@ except ImportError as exc:  # pragma: no cover - depends on the install
         "pip install 'resilient_circuit[postgres]'"
     ) from exc
 
-from resilient_circuit import _machine as m
 from resilient_circuit._machine import Admission, CircuitState, Config
 from resilient_circuit._settings import database_schema, default_namespace
 from resilient_circuit.storage import _pg_batch, _pg_notify
@@ -35,7 +34,7 @@ from resilient_circuit.storage.base import (
     CircuitBreakerStorage,
     Snapshot,
     StorageError,
-    check_execution_log,
+    check_admin_state,
     check_name,
 )
 
@@ -616,18 +615,10 @@ class PostgresStorage(CircuitBreakerStorage):
         execution_log: list[bool] | None = None,
         namespace: str | None = None,
     ) -> None:
-        check_name(resource_key, "resource_key")
-        target = m.parse_state(state)
-        if isinstance(failure_count, bool) or not isinstance(failure_count, int):
-            raise TypeError("`failure_count` must be an int")
-        if failure_count < 0:
-            raise ValueError(f"`failure_count` must be >= 0, got {failure_count}")
-        if isinstance(open_until, bool) or not isinstance(open_until, int | float):
-            raise TypeError("`open_until` must be epoch seconds (0 for none)")
-        window = list(check_execution_log(execution_log))
+        admin = check_admin_state(resource_key, state, failure_count, open_until, execution_log)
         until = (
-            datetime.fromtimestamp(open_until, timezone.utc)
-            if target is CircuitState.OPEN and open_until
+            datetime.fromtimestamp(admin.open_until, timezone.utc)
+            if admin.state is CircuitState.OPEN and admin.open_until
             else None
         )
         ns = namespace or self.namespace
@@ -637,10 +628,10 @@ class PostgresStorage(CircuitBreakerStorage):
             {
                 "key": resource_key,
                 "ns": ns,
-                "state": target.value,
-                "fc": failure_count,
+                "state": admin.state.value,
+                "fc": admin.failure_count,
                 "until": until,
-                "log": window,
+                "log": list(admin.window),
             },
             missing_ok=True,
         )
