@@ -143,9 +143,9 @@ class Outage:
     and each failed probe doubles the wait up to ``max_backoff``. One WARNING when an
     outage starts and one INFO when it ends, never a line per call, however many
     threads and tasks race: an attempt begun before the outage was known (or before
-    the database last answered) is old news and changes nothing. An outage shown by
-    a write (a read-only or locked database still answers reads) ends only when a
-    write succeeds again.
+    the database last answered) is old news and changes nothing. A read answering
+    is not enough to end an outage of a store that records (a read-only or locked
+    database still answers reads): that takes a write.
     """
 
     __slots__ = (
@@ -153,7 +153,6 @@ class Outage:
         "_describe",
         "_failed_at",
         "_lock",
-        "_needs_write",
         "down_since",
         "max_backoff",
         "min_backoff",
@@ -171,7 +170,6 @@ class Outage:
         self.up_since = float("-inf")  # when the last outage ended
         self.retry_at = 0.0
         self._failed_at = 0.0  # when the last failure that moved the backoff was seen
-        self._needs_write = False
 
     def skip(self, probe_for: float = 0.0) -> bool:
         """True while the database is known down and this call should not try it.
@@ -192,14 +190,13 @@ class Outage:
             self.retry_at = now + probe_for
         return False
 
-    def failed(self, exc: BaseException, started: float | None = None, wrote: bool = True) -> None:
+    def failed(self, exc: BaseException, started: float | None = None) -> None:
         """An attempt begun at ``started`` (monotonic seconds) failed."""
         now = time.monotonic()
         if started is None:
             started = now
         with self._lock:
             if self.down_since is not None:
-                self._needs_write = self._needs_write or wrote
                 if started >= self._failed_at:
                     # A probe, sent after the last failure was known: back off further.
                     self._backoff = min(self._backoff * 2, self.max_backoff)
@@ -209,7 +206,6 @@ class Outage:
             if started < self.up_since:
                 return  # it began before the database last answered: old news
             self.down_since = self._failed_at = now
-            self._needs_write = wrote
             self._backoff = self.min_backoff
             self.retry_at = now + self._backoff
         logger.warning(
@@ -218,8 +214,12 @@ class Outage:
             _one_line(exc),
         )
 
-    def succeeded(self, started: float | None = None, wrote: bool = True) -> None:
-        """An attempt begun at ``started`` (monotonic seconds) got its answer."""
+    def succeeded(self, started: float | None = None, conclusive: bool = True) -> None:
+        """An attempt begun at ``started`` (monotonic seconds) got its answer.
+
+        Only a ``conclusive`` one (a write, for a store that records) ends an outage;
+        another lets the next statement try at once instead of waiting its turn.
+        """
         if self.down_since is None:
             return
         now = time.monotonic()
@@ -229,8 +229,7 @@ class Outage:
             down_since = self.down_since
             if down_since is None or started < down_since:
                 return  # it began before the outage was known: old news
-            if self._needs_write and not wrote:
-                # Reads answer, writes did not: let the next write try at once.
+            if not conclusive:
                 if started >= self._failed_at:
                     self.retry_at = 0.0
                 return

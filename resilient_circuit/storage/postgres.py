@@ -43,6 +43,9 @@ __all__ = ("AdmissionMode", "PostgresStorage", "RecordingMode", "shared_storage"
 AdmissionMode = Literal["strict", "cached"]
 RecordingMode = Literal["immediate", "batched"]
 
+# How long an OPEN verdict is trusted while no LISTEN connection can revoke it.
+UNHEARD_OPEN_HOLD_NS = 1_000_000_000
+
 # Errors that mean "the store could not answer", as opposed to a bug or bad input.
 _UNAVAILABLE = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout)
 
@@ -97,6 +100,7 @@ class PgBreaker(Breaker):
         "_configured",
         "_last",
         "_open_deadline",
+        "_open_until",
         "_queue",
         "_store",
         "_trusted",
@@ -119,6 +123,7 @@ class PgBreaker(Breaker):
         self._configured = False
         self._last: eng.Reply | None = None
         self._open_deadline = 0  # monotonic ns; 0 = no cached OPEN verdict
+        self._open_until = 0  # monotonic ns: the end of the cooldown the server reported
         self._admit_closed = Admission(True, CircuitState.CLOSED, -1, None)
         self._trusted = False  # may the last reply admit without asking the server?
         self._cached = False
@@ -154,7 +159,10 @@ class PgBreaker(Breaker):
         self._heard(eng.reply(row))
 
     def _heard(self, reply: eng.Reply) -> eng.Reply:
-        self._last = reply
+        # Replies and announcements race; a reply never undoes a newer announcement.
+        last = self._last
+        if last is None or reply.generation >= last.generation:
+            self._last = reply
         self._trusted = True
         return reply
 
@@ -166,9 +174,9 @@ class PgBreaker(Breaker):
     def announced(self, event: _pg_notify.Transition) -> None:
         """A transition of this breaker committed somewhere in the fleet."""
         last = self._last
-        if last is None or event.generation >= last.generation:
+        if last is None or event.generation > last.generation:
             self._last = eng.Reply(event.new, event.generation)
-        self._open_deadline = 0
+            self._open_deadline = 0
 
     def _local_verdict(self) -> Admission | None:
         deadline = self._open_deadline
@@ -177,7 +185,7 @@ class PgBreaker(Breaker):
             if now < deadline:
                 last = self._last
                 generation = last.generation if last is not None else 0
-                return Admission(False, CircuitState.OPEN, generation, deadline - now)
+                return Admission(False, CircuitState.OPEN, generation, self._open_until - now)
             self._open_deadline = 0
         if self._cached and self._trusted and self._store.listening():
             last = self._last
@@ -195,7 +203,18 @@ class PgBreaker(Breaker):
         self._heard(eng.Reply(adm.state, adm.generation))
         if adm.state is CircuitState.OPEN and adm.retry_after:
             # A remaining duration, on our monotonic clock: never an absolute server time.
-            self._open_deadline = time.monotonic_ns() + adm.retry_after
+            # It is held for the whole cooldown only while NOTIFY can end it early (a
+            # peer forcing CLOSED, a reset); unheard, for a second at most.
+            hold = adm.retry_after
+            if not self._store.listening():
+                self._store.listen()
+                hold = min(hold, UNHEARD_OPEN_HOLD_NS)
+            now = time.monotonic_ns()
+            self._open_until = now + adm.retry_after
+            self._open_deadline = now + hold
+            last = self._last
+            if last is not None and last.generation > adm.generation:
+                self._open_deadline = 0  # a newer transition was announced meanwhile
         return adm
 
     def _recorded(self, row: tuple[Any, ...]) -> eng.Reply:
@@ -419,9 +438,7 @@ class PostgresStorage(CircuitBreakerStorage):
 
     # -- one round trip -----------------------------------------------------------
 
-    def _failed(
-        self, exc: Exception, started: float | None = None, wrote: bool = True
-    ) -> StorageError:
+    def _failed(self, exc: Exception, started: float | None = None) -> StorageError:
         if isinstance(exc, psycopg.Error) and getattr(exc, "sqlstate", None) == "22023":
             raise ValueError(str(exc).strip()) from exc
         if not _unavailable(exc):
@@ -437,7 +454,7 @@ class PostgresStorage(CircuitBreakerStorage):
                     loop.call_soon_threadsafe(_drain_async, apool)
                 except RuntimeError:  # that event loop is closed
                     pass
-        self.outage.failed(exc, started, wrote)
+        self.outage.failed(exc, started)
         return StorageError(f"breaker storage unavailable: {eng._one_line(exc)}")
 
     def fetch(
@@ -453,7 +470,7 @@ class PostgresStorage(CircuitBreakerStorage):
         if outage.skip(self.connect_timeout + self.statement_timeout):
             raise StorageError("breaker storage unavailable (backing off)")
         # Admission (while CLOSED) and status only read, which a read-only or locked
-        # database still answers: only a write may end an outage that a write showed.
+        # database still answers: for a store that records, only a write ends an outage.
         wrote = statement is not self.statements.acquire and statement is not self.statements.status
         started = time.monotonic()
         try:
@@ -467,9 +484,9 @@ class PostgresStorage(CircuitBreakerStorage):
                         breaker.configured(configured)
                 row = conn.execute(statement, params, prepare=True).fetchone()
         except Exception as exc:
-            raise self._failed(exc, started, wrote) from exc
+            raise self._failed(exc, started) from exc
         if outage.down_since is not None:
-            outage.succeeded(started, wrote)
+            outage.succeeded(started, wrote or not self._breakers)
         if row is None and not missing_ok:
             raise StorageError("breaker function returned no row")
         return row
@@ -502,9 +519,9 @@ class PostgresStorage(CircuitBreakerStorage):
                 cur = await conn.execute(statement, params, prepare=True)
                 row = await cur.fetchone()
         except Exception as exc:
-            raise self._failed(exc, started, wrote) from exc
+            raise self._failed(exc, started) from exc
         if outage.down_since is not None:
-            outage.succeeded(started, wrote)
+            outage.succeeded(started, wrote or not self._breakers)
         if row is None and not missing_ok:
             raise StorageError("breaker function returned no row")
         return row
