@@ -193,7 +193,8 @@ def test_eight_processes_lose_no_outcome(pg_dsn: str) -> None:
     audited(pg_dsn)
     configure(pg_dsn, config)
     streams = [[call % 10 != worker % 10 for call in range(300)] for worker in range(PROCESSES)]
-    start = CTX.Event()
+    # Every worker builds its policy before any calls: a barrier, not an event.
+    start = CTX.Barrier(PROCESSES + 1)
     with (
         queue() as out,
         processes(
@@ -201,7 +202,7 @@ def test_eight_processes_lose_no_outcome(pg_dsn: str) -> None:
             *((pg_dsn, NAMESPACE, KEY, config, stream, start, out) for stream in streams),
         ),
     ):
-        start.set()
+        start.wait(60)
         results = [out.get(timeout=120) for _ in range(PROCESSES)]
     calls = calls_of(results)
     assert len(calls) == PROCESSES * 300
@@ -234,7 +235,8 @@ def test_mixed_streams_trip_exactly_where_the_commit_order_says(pg_dsn: str) -> 
     for worker in range(PROCESSES):
         rng = random.Random(worker)
         streams.append([rng.random() > (0.1 if call < 100 else 0.8) for call in range(200)])
-    start = CTX.Event()
+    # Every worker builds its policy before any calls: a barrier, not an event.
+    start = CTX.Barrier(PROCESSES + 1)
     with (
         queue() as out,
         processes(
@@ -242,7 +244,7 @@ def test_mixed_streams_trip_exactly_where_the_commit_order_says(pg_dsn: str) -> 
             *((pg_dsn, NAMESPACE, KEY, config, stream, start, out) for stream in streams),
         ),
     ):
-        start.set()
+        start.wait(60)
         results = [out.get(timeout=120) for _ in range(PROCESSES)]
 
     calls = calls_of(results)
