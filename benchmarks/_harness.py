@@ -105,6 +105,7 @@ def failure_overhead(
     protect: Callable[[Callable[[], Any]], Callable[[], Any]],
     rounds: int = ROUNDS,
     prefill: int = 0,
+    protect_success: Callable[[Callable[[], Any]], Callable[[], Any]] | None = None,
 ) -> dict[str, Any]:
     """Per-call overhead of a counted failure, with ``protect`` wrapping one breaker.
 
@@ -114,9 +115,14 @@ def failure_overhead(
     in the same round: failure = 2 x overhead(stream) - overhead(success). Doing the
     subtraction per round keeps a drift of the machine out of it. ``prefill`` calls of
     the stream come first, so that a window is measured full, as it is in service.
+
+    ``protect_success`` (a second breaker of the same configuration) takes the success
+    share: through the stream's own breaker, the first successes of every round would
+    also be shifting the stream's failures out of its window, and a window of 1000
+    would have its failures' cost counted as its successes'.
     """
     bare_stream, stream = flaky(), protect(flaky())
-    success = protect(noop)
+    success = (protect_success or protect)(noop)
     timed_loop(stream, prefill + prefill % 2)
     n = calibrate(stream)
     for fn in (bare_stream, stream, noop, success):
@@ -129,6 +135,112 @@ def failure_overhead(
     result = _summary(statistics.median(per_round), per_round, n, rounds)
     result["note"] = "from a 1:1 failure/success stream"
     return result
+
+
+def interleaved(fns: dict[str, Callable[[], Any]], rounds: int = ROUNDS) -> dict[str, list[float]]:
+    """Per-round ns per call of every callable, all timed in the same rounds.
+
+    Comparisons between scenarios (window 10 against window 1000, a component
+    against its baseline) are then taken round by round: a machine whose speed
+    drifts (another process on the sibling core, frequency) shifts both sides of
+    every difference alike. Each callable has its own iteration count (about
+    ROUND_TARGET_NS a round), as in ``overhead``, so that short loops do not make
+    cold caches a larger share of one callable than of another.
+    """
+    counts = {name: calibrate(fn) for name, fn in fns.items()}
+    for name, fn in fns.items():
+        timed_loop(fn, counts[name])  # warm-up
+    out: dict[str, list[float]] = {name: [] for name in fns}
+    names = list(fns)
+    for r in range(rounds):
+        # Alternate the order, so that no callable always runs right after another.
+        for name in names if r % 2 == 0 else reversed(names):
+            out[name].append(timed_loop(fns[name], counts[name]) / counts[name])
+    return out
+
+
+def summary_of(per_round: list[float], rounds: int | None = None) -> dict[str, Any]:
+    """An overhead result from per-round differences (their median, and IQR)."""
+    return _summary(statistics.median(per_round), per_round, 0, rounds or len(per_round))
+
+
+def median_ratio(a: list[float], b: list[float]) -> float:
+    """The median of the per-round ratios a/b: robust to a drift that hits both."""
+    return statistics.median(x / y for x, y in zip(a, b, strict=True) if y > 0)
+
+
+def profile_calls(
+    fn: Callable[[], Any], bare: Callable[[], Any] | None = None, calls: int = 2000
+) -> dict[str, Any]:
+    """Function calls (Python, and C as cProfile sees them) per call of ``fn``.
+
+    Deterministic where timings are not: how many frames, lock operations and clock
+    reads a path costs explains a timing better than another timing does. The calls
+    ``bare`` makes (the protected function's own) are taken out.
+    """
+    mine = _call_counts(fn, calls)
+    for name, per in _call_counts(bare or noop, calls).items():
+        mine[name] = mine.get(name, 0.0) - per
+    rows = sorted(((name, per) for name, per in mine.items() if per >= 0.01), key=lambda r: -r[1])
+    return {
+        "kind": "calls",
+        "calls_per_call": sum(per for _, per in rows),
+        "functions": [(name, round(per, 3)) for name, per in rows],
+    }
+
+
+def _call_counts(fn: Callable[[], Any], calls: int) -> dict[str, float]:
+    import cProfile
+    import pstats
+    import re
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in repeat(None, calls):
+        try:
+            fn()
+        except Exception:
+            pass
+    profiler.disable()
+    counts: dict[str, float] = {}
+    stats = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
+    for (filename, _line, name), (primitive, *_rest) in stats.items():
+        if "_lsprof" in name:
+            continue  # the profiler's own disable()
+        if filename != "~":
+            path = Path(filename)
+            module = path.parent.name if path.stem == "__init__" else path.stem
+            name = f"{module}.{name}"
+        name = re.sub(r" at 0x[0-9a-f]+", "", name)  # a type's address differs per run
+        counts[name] = counts.get(name, 0.0) + primitive / calls
+    return counts
+
+
+def count_sleeps(fn: Callable[[], Any], calls: int = 200) -> dict[str, Any]:
+    """How often ``time.sleep`` is called per call of ``fn`` (a retried call).
+
+    Counted by replacing ``time.sleep`` for the duration: a retry library that
+    "waits" zero seconds by calling ``sleep(0)`` still pays a system call and gives
+    up the GIL, which a zero delay should not.
+    """
+    import time as time_module
+
+    real = time_module.sleep
+    seen: list[float] = []
+
+    def counting(seconds: float) -> None:
+        seen.append(seconds)
+
+    time_module.sleep = counting
+    try:
+        for _ in range(calls):
+            try:
+                fn()
+            except Exception:
+                pass
+    finally:
+        time_module.sleep = real
+    return {"kind": "count", "per_call": len(seen) / calls, "calls": calls, "sleeps": len(seen)}
 
 
 def _summary(ns: float, per_round: list[float], n: int, rounds: int) -> dict[str, Any]:
@@ -238,6 +350,8 @@ def retry_worker(library: str, decorate: Callable[[Callable[[], Any]], Callable[
         report.ok("retry.success", overhead(noop, decorate(noop)))
     with report.scenario("retry.one_failure"):
         report.ok("retry.one_failure", overhead(by_hand(flaky()), decorate(flaky())))
+    with report.scenario("retry.sleeps"):
+        report.ok("retry.sleeps", count_sleeps(decorate(flaky())))
     report.emit()
 
 

@@ -6,6 +6,11 @@ and connection(s), as separate application processes would; the key's row is the
 point of contention. The server's floor is the same load issuing a plain one-row
 ``UPDATE`` of one shared row (label ``floor``, plain psycopg).
 
+What limits each run is read from the server: a sampler process polls
+``pg_stat_activity`` every SAMPLE_EVERY_S and sorts the benchmark's backends into
+waiting for the row lock, waiting for the commit's WAL flush, running, or idle
+(waiting for the client: its network round trip and its own CPU time).
+
 Run by run.py; by hand (with an interpreter that has the library and psycopg):
 
     python benchmarks/hot_key.py --label ours --dsn postgresql://postgres@127.0.0.1/rc_bench
@@ -30,6 +35,17 @@ HERE = Path(__file__).resolve().parent
 PROCESSES = 8
 SECONDS = 2.0
 START_TIMEOUT_S = 60
+SAMPLE_EVERY_S = 0.01
+
+# pg_stat_activity of the benchmark's own backends, by what they are doing. The
+# LISTEN connections of cached admission sit idle by design and are left out.
+WAITS_QUERY = """
+SELECT state, wait_event_type, wait_event
+FROM pg_stat_activity
+WHERE datname = current_database() AND backend_type = 'client backend'
+  AND pid <> pg_backend_pid() AND query NOT LIKE 'LISTEN%'
+"""
+WAIT_KINDS = ("row lock", "commit (WAL flush)", "server CPU", "client (idle)", "other")
 
 
 def run(
@@ -71,9 +87,11 @@ def _one(
     key = f"bench-hot-{mode_tag(mode)}-{sync}-{os.getpid()}-{time.time_ns()}"
     argv = [python, str(HERE / "hot_key.py"), "--child", "--label", label, "--dsn", dsn]
     argv += ["--mode", mode, "--sync", sync, "--key", key, "--seconds", str(seconds)]
+    sampler_argv = [python, str(HERE / "hot_key.py"), "--sample", "--label", label]
+    sampler_argv += ["--dsn", dsn, "--seconds", str(seconds)]
     children = [
         subprocess.Popen(
-            argv,
+            command,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -81,7 +99,7 @@ def _one(
             env=env,
             cwd=cwd,
         )
-        for _ in range(processes)
+        for command in [argv] * processes + [sampler_argv]
     ]
     try:
         # Everyone connects and warms up first, then all start together: the
@@ -101,6 +119,7 @@ def _one(
             if child.returncode != 0 or not out.strip():
                 raise RuntimeError(err.strip().splitlines()[-1] if err.strip() else "no output")
             outputs.append(json.loads(out.strip().splitlines()[-1]))
+        waits = outputs.pop()  # the sampler's, started last
     finally:
         for child in children:
             if child.poll() is None:
@@ -117,6 +136,8 @@ def _one(
         "errors": sum(o["errors"] for o in outputs),
         "processes": processes,
         "seconds": seconds,
+        "waits": waits["shares"],
+        "wait_samples": waits["samples"],
     }
 
 
@@ -195,6 +216,38 @@ def child(label: str, dsn: str, mode: str, sync: str, key: str, seconds: float) 
     )
 
 
+def classify(state: str | None, wait_type: str | None, wait_event: str | None) -> str:
+    if not state or state.startswith("idle"):
+        return "client (idle)"
+    if wait_type == "Lock":
+        return "row lock"
+    if (wait_event or "").startswith("WAL") or wait_event == "SyncRep":
+        return "commit (WAL flush)"
+    if wait_type is None:
+        return "server CPU"
+    return "other"
+
+
+def sampler(dsn: str, seconds: float) -> None:
+    """Poll pg_stat_activity while the children run; print each kind's share."""
+    import psycopg
+
+    counts = dict.fromkeys(WAIT_KINDS, 0)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(WAITS_QUERY, prepare=True)
+        sys.stdout.write("ready\n")
+        sys.stdout.flush()
+        sys.stdin.readline()
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            for row in conn.execute(WAITS_QUERY, prepare=True):
+                counts[classify(*row)] += 1
+            time.sleep(SAMPLE_EVERY_S)
+    total = sum(counts.values())
+    shares = {kind: n / total for kind, n in counts.items()} if total else {}
+    sys.stdout.write(json.dumps({"samples": total, "shares": shares}) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--label", required=True, help="ours | rc086 | floor")
@@ -203,11 +256,15 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=PROCESSES)
     parser.add_argument("--seconds", type=float, default=SECONDS)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--sample", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--sync", default="on", help=argparse.SUPPRESS)
     parser.add_argument("--key", default="bench-hot", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args.label, args.dsn, args.mode[0], args.sync, args.key, args.seconds)
+        return
+    if args.sample:
+        sampler(args.dsn, args.seconds)
         return
     if args.mode:
         modes = args.mode

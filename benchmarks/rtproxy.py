@@ -20,6 +20,9 @@ import sys
 import threading
 
 counters = {"connections": 0, "round_trips": 0, "client_bytes": 0, "server_bytes": 0}
+# Round trips by connection, numbered from 1 in the order they were accepted: tells a
+# call's own questions from a connection being set up (a pool's, a LISTEN thread's).
+per_connection: dict[int, int] = {}
 
 
 async def _pump(
@@ -27,6 +30,7 @@ async def _pump(
     writer: asyncio.StreamWriter,
     turn: list[str],
     side: str,
+    number: int,
 ) -> None:
     try:
         while True:
@@ -38,6 +42,7 @@ async def _pump(
                 # the counter already includes it, so a snapshot is never behind.
                 if turn[0] != "server":
                     counters["round_trips"] += 1
+                    per_connection[number] = per_connection.get(number, 0) + 1
                 counters["server_bytes"] += len(data)
             else:
                 counters["client_bytes"] += len(data)
@@ -58,6 +63,7 @@ def main() -> None:
 
     async def handle(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         counters["connections"] += 1
+        number = counters["connections"]
         try:
             server_r, server_w = await asyncio.open_connection(target_host, target_port)
         except OSError:
@@ -66,8 +72,8 @@ def main() -> None:
         turn = ["none"]
         try:
             await asyncio.gather(
-                _pump(client_r, server_w, turn, "client"),
-                _pump(server_r, client_w, turn, "server"),
+                _pump(client_r, server_w, turn, "client", number),
+                _pump(server_r, client_w, turn, "server", number),
             )
         except asyncio.CancelledError:
             pass  # shutting down with connections still open: nothing to report
@@ -82,7 +88,8 @@ def main() -> None:
         def control() -> None:
             # Counters are read from this thread; ints under the GIL are safe to read.
             for _line in sys.stdin:
-                sys.stdout.write(json.dumps(counters) + "\n")
+                snapshot = dict(counters, per_connection=dict(per_connection))
+                sys.stdout.write(json.dumps(snapshot) + "\n")
                 sys.stdout.flush()
             loop.call_soon_threadsafe(done.set_result, None)
 

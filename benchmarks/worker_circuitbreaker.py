@@ -9,7 +9,7 @@ from importlib.metadata import version
 from typing import Any
 
 import circuitbreaker
-from _harness import Report, failure_overhead, flaky, noop, overhead
+from _harness import Report, failure_overhead, flaky, noop, overhead, profile_calls
 
 NEVER = 10**9  # a failure count the benchmark never reaches: the breaker stays CLOSED
 
@@ -20,6 +20,7 @@ def main() -> None:
     with report.scenario("breaker.success"):
         breaker = circuitbreaker.CircuitBreaker(failure_threshold=5, recovery_timeout=60)
         report.ok("breaker.success", overhead(noop, breaker(noop)))
+        report.ok("profile.success", profile_calls(breaker(noop)))
 
     with report.scenario("breaker.failure"):
         # The 1:1 failure/success stream every breaker here gets (see failure_overhead).
@@ -28,6 +29,7 @@ def main() -> None:
         if not breaker.closed:
             raise RuntimeError("breaker left CLOSED during the failure scenario")
         report.ok("breaker.failure", result)
+        report.ok("profile.failure", profile_calls(breaker(flaky()), flaky()))
 
     with report.scenario("breaker.rejection"):
         # No public "open" switch: one failure with a threshold of one trips it.
@@ -42,6 +44,7 @@ def main() -> None:
             protected()
         except circuitbreaker.CircuitBreakerError:
             report.ok("breaker.rejection", overhead(noop, protected))
+            report.ok("profile.rejection", profile_calls(protected))
         else:
             raise RuntimeError("the breaker did not reject a call while OPEN")
 

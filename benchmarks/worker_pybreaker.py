@@ -1,6 +1,6 @@
 """Worker for pybreaker: in-memory breaker, and its CircuitRedisStorage against Redis.
 
-python worker_pybreaker.py [--redis HOST:PORT]
+python worker_pybreaker.py [--redis HOST:PORT] [--part all|memory|redis]
 """
 
 from __future__ import annotations
@@ -15,9 +15,11 @@ from _harness import (
     RoundTripCounter,
     count_round_trips,
     failure_overhead,
+    flaky,
     latencies,
     noop,
     overhead,
+    profile_calls,
 )
 
 NEVER = 10**9  # a failure count the benchmark never reaches: the breaker stays CLOSED
@@ -35,6 +37,7 @@ def memory_scenarios(report: Report) -> None:
     with report.scenario("breaker.success"):
         breaker = pybreaker.CircuitBreaker(fail_max=5, reset_timeout=60)
         report.ok("breaker.success", overhead(noop, breaker(noop)))
+        report.ok("profile.success", profile_calls(breaker(noop)))
 
     with report.scenario("breaker.failure"):
         # Same 1:1 failure/success stream as for every breaker here (see
@@ -44,6 +47,7 @@ def memory_scenarios(report: Report) -> None:
         if breaker.current_state != pybreaker.STATE_CLOSED:
             raise RuntimeError("breaker left CLOSED during the failure scenario")
         report.ok("breaker.failure", result)
+        report.ok("profile.failure", profile_calls(breaker(flaky()), flaky()))
 
     with report.scenario("breaker.rejection"):
         breaker = pybreaker.CircuitBreaker(fail_max=5, reset_timeout=60)
@@ -51,6 +55,7 @@ def memory_scenarios(report: Report) -> None:
         breaker.open()
         expect_rejection(protected)
         report.ok("breaker.rejection", overhead(noop, protected))
+        report.ok("profile.rejection", profile_calls(protected))
 
 
 def redis_scenarios(report: Report, host: str, port: int) -> None:
@@ -100,10 +105,12 @@ _KEYS = ("fail_counter", "success_counter", "state", "opened_at")
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--redis", help="HOST:PORT of a Redis server for CircuitRedisStorage")
+    parser.add_argument("--part", choices=("all", "memory", "redis"), default="all")
     args = parser.parse_args()
     report = Report("pybreaker", version("pybreaker"))
-    memory_scenarios(report)
-    if args.redis:
+    if args.part in ("all", "memory"):
+        memory_scenarios(report)
+    if args.redis and args.part in ("all", "redis"):
         host, _, port = args.redis.rpartition(":")
         try:
             redis_scenarios(report, host, int(port))

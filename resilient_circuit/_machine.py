@@ -12,7 +12,7 @@ an int shift and mask instead of the list copy per call that 0.4.5 made.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import Decimal
 from fractions import Fraction
@@ -101,6 +101,14 @@ class Config:
     success_limit: Fraction | None
     cooldown_ns: int
     half_open_timeout_ns: int
+    # Derived, for record's CLOSED path: the failures in a full window that trip it,
+    # in_window * den >= num * size solved once for in_window (Fraction's numerator
+    # and denominator are properties, dearer than a slot).
+    closed_trip: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        f = self.failure_limit
+        object.__setattr__(self, "closed_trip", -(-f.numerator * self.window_size // f.denominator))
 
     @classmethod
     def build(
@@ -186,11 +194,14 @@ def try_acquire(st: State, cfg: Config, now: int) -> tuple[Admission, State]:
     """May a call run now? Returns the decision and the next state (``st`` if unchanged)."""
     phase = st.state
     if phase is CLOSED:
-        return Admission(True, CLOSED, st.generation, None), st
+        return _new(Admission, (True, CLOSED, st.generation, None)), st
     if phase is OPEN:
-        open_until = st.open_until if st.open_until is not None else now
+        open_until = st.open_until
+        if open_until is None:
+            open_until = now
         if now < open_until:
-            return Admission(False, OPEN, st.generation, open_until - now), st
+            # A rejection while cooling down is every call of an OPEN breaker.
+            return _new(Admission, (False, OPEN, st.generation, open_until - now)), st
         generation = st.generation + 1
         trial = (now + cfg.half_open_timeout_ns,)
         nxt = State(HALF_OPEN, generation, 0, 0, 0, st.failure_count, None, trial)
@@ -219,38 +230,33 @@ def record(st: State, cfg: Config, now: int, success: bool, generation: int | No
     ``now`` is only read when the outcome can trip or settle the breaker: a CLOSED
     success never looks at it.
     """
-    phase = st.state
-    if phase is OPEN or (generation is not None and generation != st.generation):
+    # One unpacking instead of a field access per value: this is every call's path.
+    phase, current, bits, length, in_window, failure_count, _, _ = st
+    if phase is OPEN or (generation is not None and generation != current):
         return st
     if phase is CLOSED:
         # The CLOSED path is every call of a healthy breaker: _append is inlined and
         # the tuple built without NamedTuple's Python-level __new__.
         size = cfg.window_size
-        bits = st.window_bits
-        length = st.window_len
         if success:
-            if bits == 0 and length == size and st.failure_count == 0:
+            if bits == 0 and length == size and failure_count == 0:
                 return st  # a full window of successes stays one
-            in_window = st.window_failures
             bits <<= 1
             failure_count = 0
         else:
-            in_window = st.window_failures + 1
+            in_window += 1
             bits = (bits << 1) | 1
-            failure_count = st.failure_count + 1
+            failure_count += 1
         if length < size:
             length += 1
-        else:
-            if (bits >> size) & 1:
-                in_window -= 1
-            bits &= (1 << size) - 1
-        if not success:
-            limit = cfg.failure_limit
-            if length == size and in_window * limit.denominator >= limit.numerator * size:
-                return _open(st, cfg, now, bits, length, in_window, failure_count)
-        return _new(
-            State, (CLOSED, st.generation, bits, length, in_window, failure_count, None, ())
-        )
+        elif bits >> size:
+            # The outcome falling out of the window (the bit just past its end) was a
+            # failure; a success falling out leaves nothing to mask.
+            in_window -= 1
+            bits ^= 1 << size
+        if not success and length == size and in_window >= cfg.closed_trip:
+            return _open(st, cfg, now, bits, length, in_window, failure_count)
+        return _new(State, (CLOSED, current, bits, length, in_window, failure_count, None, ()))
 
     size = cfg.half_open_window
     permits = _live(st.permits, now)[1:]

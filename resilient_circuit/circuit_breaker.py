@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import sys
 import threading
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import timedelta
@@ -346,10 +347,15 @@ class CircuitProtectorPolicy(ProtectionPolicy):
         return cast(F, self._wrap_sync(func))
 
     # The drivers below are the per-call hot path: admission is read inline and the
-    # slow paths (rejection, a transition seen, a storage outage) are method calls.
+    # slow paths (a transition seen, a storage outage, a faulty predicate) are method
+    # calls. With the default predicate (every exception is a failure) there is
+    # nothing to ask, so it is not called; a rejection is built right here.
 
     def _wrap_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
-        policy, breaker, should_handle = self, self._breaker, self.should_consider_failure
+        policy, breaker = self, self._breaker
+        should_handle = self.should_consider_failure
+        check = None if should_handle is _handle_all else should_handle
+        rejected = ProtectedCallError.rejected
 
         @functools.wraps(func)
         def protected(*args: Any, **kwargs: Any) -> Any:
@@ -362,15 +368,29 @@ class CircuitProtectorPolicy(ProtectionPolicy):
                 if generation != policy._seen_generation:
                     policy._advance(admission.state, generation)
                 if not admission.permitted:
-                    raise policy._rejection(admission)
+                    raise rejected(policy.resource_key, admission.state, admission.retry_after)
             try:
                 result = func(*args, **kwargs)
-            except Exception as exc:
+            except Exception:
+                # Not bound with "as": the binding and its clean-up cost more than
+                # fetching the exception for the rare custom predicate.
+                if check is None:
+                    success = False
+                else:
+                    try:
+                        success = not check(cast(Exception, sys.exc_info()[1]))
+                    except Exception:
+                        success = not policy._predicate_failed()
+                if used is not breaker:
+                    policy._settle(used, generation, success)
+                    raise
                 try:
-                    handled = should_handle(exc)
-                except Exception:
-                    handled = policy._predicate_failed()
-                policy._settle(used, generation, not handled)
+                    reply = breaker.record(success, generation)
+                except StorageError:
+                    pass  # the outage is the store's to report; the caller gets its error
+                else:
+                    if reply.generation != policy._seen_generation:
+                        policy._advance(reply.state, reply.generation)
                 raise
             if used is not breaker:
                 policy._settle(used, generation, True)
@@ -386,7 +406,10 @@ class CircuitProtectorPolicy(ProtectionPolicy):
         return protected
 
     def _wrap_async(self, func: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-        policy, breaker, should_handle = self, self._breaker, self.should_consider_failure
+        policy, breaker = self, self._breaker
+        should_handle = self.should_consider_failure
+        check = None if should_handle is _handle_all else should_handle
+        rejected = ProtectedCallError.rejected
 
         @functools.wraps(func)
         async def protected(*args: Any, **kwargs: Any) -> Any:
@@ -399,17 +422,38 @@ class CircuitProtectorPolicy(ProtectionPolicy):
                 if generation != policy._seen_generation:
                     policy._advance(admission.state, generation)
                 if not admission.permitted:
-                    raise policy._rejection(admission)
+                    raise rejected(policy.resource_key, admission.state, admission.retry_after)
             try:
                 result = await func(*args, **kwargs)
-            except Exception as exc:
+            except Exception:
+                if check is None:
+                    success = False
+                else:
+                    try:
+                        success = not check(cast(Exception, sys.exc_info()[1]))
+                    except Exception:
+                        success = not policy._predicate_failed()
+                if used is not breaker:
+                    await policy._asettle(used, generation, success)
+                    raise
+                # Awaited here rather than through _asettle: one coroutine less per call.
                 try:
-                    handled = should_handle(exc)
-                except Exception:
-                    handled = policy._predicate_failed()
-                await policy._asettle(used, generation, not handled)
+                    reply = await breaker.arecord(success, generation)
+                except StorageError:
+                    pass  # the outage is the store's to report; the caller gets its error
+                else:
+                    if reply.generation != policy._seen_generation:
+                        policy._advance(reply.state, reply.generation)
                 raise
-            await policy._asettle(used, generation, True)
+            if used is not breaker:
+                await policy._asettle(used, generation, True)
+                return result
+            try:
+                reply = await breaker.arecord(True, generation)
+            except StorageError:
+                return result
+            if reply.generation != policy._seen_generation:
+                policy._advance(reply.state, reply.generation)
             return result
 
         return protected

@@ -22,6 +22,8 @@ from resilient_circuit.storage.base import (
 
 __all__ = ("InMemoryStorage",)
 
+_new = tuple.__new__  # builds a NamedTuple without its Python-level __new__
+
 
 class _Counter:
     """A lifetime counter that threads may bump without a lock.
@@ -49,6 +51,8 @@ class MemoryBreaker(Breaker):
         "_clock",
         "_failures",
         "_lock",
+        "_rejecting",
+        "_steady",
         "_successes",
         "config",
         "namespace",
@@ -73,6 +77,14 @@ class MemoryBreaker(Breaker):
         self._lock = lock
         self._clock = clock
         self._admit_closed = Admission(True, CLOSED, 0, None)
+        # A state the machine returned unchanged for a success of its own generation:
+        # a full window of successes, which every success of a healthy breaker meets.
+        # States are immutable, so the machine's answer holds for as long as the state
+        # object is current (configure swaps in a fresh one).
+        self._steady: State | None = None
+        # The state last rejected, until when, and the reply's state and generation
+        # (one tuple, so that it is read and replaced at once).
+        self._rejecting: tuple[State | None, int, CircuitState, int] = (None, 0, CLOSED, 0)
 
     @property
     def last_known(self) -> State:
@@ -87,9 +99,19 @@ class MemoryBreaker(Breaker):
             if admission.generation != st.generation:
                 admission = self._admit_closed = Admission(True, CLOSED, st.generation, None)
             return admission
+        now = self._clock()
+        rejecting, until, phase, generation = self._rejecting
+        if rejecting is st and now < until:
+            # The machine rejected this very state until `until`: a verdict that holds
+            # for every call before then, as its retry_after says (an OPEN breaker
+            # cooling down; trials all out). Any change of state is a new object.
+            return _new(Admission, (False, phase, generation, until - now))
         # Decide optimistically on the state as read; lock only to change it.
-        admission, nxt = m.try_acquire(st, self.config, self._clock())
+        admission, nxt = m.try_acquire(st, self.config, now)
         if nxt is st:
+            if not admission.permitted and admission.retry_after:
+                until = now + admission.retry_after
+                self._rejecting = (st, until, admission.state, admission.generation)
             return admission
         with self._lock:
             admission, self.state = m.try_acquire(self.state, self.config, self._clock())
@@ -99,20 +121,26 @@ class MemoryBreaker(Breaker):
         st = self.state
         if success:
             self._successes.add()
-            if st.state is CLOSED:
-                # A healthy breaker's success usually changes nothing (machine returns the
-                # same state): then no lock is taken. Otherwise the computed state is
-                # swapped in under the lock if nobody changed the breaker meanwhile.
-                nxt = m.record(st, self.config, 0, True, generation)
-                if nxt is st:
-                    return st
+            if st is self._steady:
+                return st
+        else:
+            self._failures.add()
+        if st.state is CLOSED:
+            # A CLOSED outcome is decided on the state as read, outside the lock, and
+            # swapped in under it if nobody changed the breaker meanwhile. The machine
+            # reads the clock only to trip (a result still CLOSED did not use it), so
+            # none is read here; a trip is recomputed under the lock with the time.
+            nxt = m.record(st, self.config, 0, success, generation)
+            if nxt is st:
+                if success and generation == st.generation:
+                    self._steady = st
+                return st
+            if nxt.state is CLOSED:
                 with self._lock:
                     if self.state is st:
                         self.state = nxt
                         return nxt
                     return self._apply(success, generation)
-        else:
-            self._failures.add()
         with self._lock:
             return self._apply(success, generation)
 
@@ -143,7 +171,10 @@ class MemoryBreaker(Breaker):
     def configure(self, config: Config) -> State:
         with self._lock:
             self.config = config
-            st = self.state = m.reconfigure(self.state, config)
+            st = m.reconfigure(self.state, config)
+            # Always a fresh object: a decision computed on the current one under the
+            # old configuration (the _steady memo, a record's swap) then never applies.
+            st = self.state = State._make(st)
         return st
 
     def snapshot(self) -> Snapshot:

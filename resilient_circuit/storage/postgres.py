@@ -98,6 +98,7 @@ class PgBreaker(Breaker):
         "_admit_closed",
         "_cached",
         "_configured",
+        "_flushing",
         "_last",
         "_open_deadline",
         "_open_until",
@@ -128,6 +129,8 @@ class PgBreaker(Breaker):
         self._trusted = False  # may the last reply admit without asking the server?
         self._cached = False
         self._queue: _pg_batch.OutcomeQueue | None = None
+        # Held while a batch is on its way, so flush() returns only once it has landed.
+        self._flushing = threading.Lock()
 
     def set_modes(self, admission: AdmissionMode, recording: RecordingMode) -> None:
         if admission not in ("strict", "cached"):
@@ -266,8 +269,13 @@ class PgBreaker(Breaker):
     def flush(self) -> None:
         """Send the queued outcomes in one ``rc_record_many`` (kept if the database is down)."""
         queue = self._queue
-        if queue is None or not len(queue):
+        if queue is None:
             return
+        with self._flushing:
+            if len(queue):
+                self._send(queue)
+
+    def _send(self, queue: _pg_batch.OutcomeQueue) -> None:
         batch = queue.take()
         successes, generations = _pg_batch.split(batch)
         try:

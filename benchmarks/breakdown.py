@@ -1,0 +1,221 @@
+"""Where an in-memory breaker call's time goes, component by component (this library).
+
+Each component is timed against its own baseline, every one of them in the same
+interleaved rounds as the whole calls they are part of (see ``interleaved``), so that
+the parts and the totals share the machine's state. The parts are measured apart from
+each other and do not add up exactly: what they leave over is shown as "the rest"
+(the driver's own bookkeeping: the generation checks, local variables).
+
+    python breakdown.py        (prints one JSON line, like every worker)
+"""
+
+from __future__ import annotations
+
+import statistics
+import threading
+from collections.abc import Callable
+from datetime import timedelta
+from fractions import Fraction
+from functools import partial
+from itertools import cycle
+from typing import Any
+
+from _harness import LogWatch, Report, flaky, interleaved, noop, timed_loop
+
+COOLDOWN = timedelta(seconds=60)
+
+
+def _nop2(a: object, b: object) -> None:
+    return None
+
+
+def _nop3(a: object, b: object, c: object) -> None:
+    return None
+
+
+def _nop5(a: object, b: object, c: object, d: object, e: object) -> None:
+    return None
+
+
+def passthrough(func: Callable[..., Any]) -> Callable[..., Any]:
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return func(*args, **kwargs)
+
+    return call
+
+
+def reraising(func: Callable[..., Any]) -> Callable[..., Any]:
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except Exception:
+            raise
+
+    return call
+
+
+def raiser() -> None:
+    raise ValueError("always")
+
+
+def measure() -> dict[str, Any]:
+    from resilient_circuit import CircuitProtectorPolicy, CircuitState
+    from resilient_circuit import _machine as m
+    from resilient_circuit.exceptions import ProtectedCallError
+    from resilient_circuit.storage import InMemoryStorage
+
+    def policy(key: str, limit: Fraction) -> Any:
+        return CircuitProtectorPolicy(
+            resource_key=key, storage=InMemoryStorage(), failure_limit=limit, cooldown=COOLDOWN
+        )
+
+    healthy = policy("healthy", Fraction(1, 10))
+    success = healthy(noop)
+    timed_loop(success, 100)
+    closed = healthy._breaker  # the breaker handle the decorator drives
+    generation = closed.acquire().generation
+
+    flaky_policy = policy("flaky", Fraction(9, 10))
+    stream = flaky_policy(flaky())
+    timed_loop(stream, 100)
+    alternating = policy("alternating", Fraction(9, 10))._breaker
+    flip, flip_base, flip_machine, flip_machine_base = (cycle((False, True)) for _ in range(4))
+
+    def records() -> None:
+        alternating.record(next(flip), 0)
+
+    def records_base() -> None:
+        _nop2(next(flip_base), 0)
+
+    config = alternating.config
+    box = [m.INITIAL]
+
+    def machine() -> None:
+        box[0] = m.record(box[0], config, 0, next(flip_machine), 0)
+
+    base_box = [m.INITIAL]
+
+    def machine_base() -> None:
+        base_box[0] = _nop5(base_box[0], config, 0, next(flip_machine_base), 0) or base_box[0]
+
+    lock = threading.Lock()
+
+    def locked() -> None:
+        with lock:
+            pass
+
+    values = tuple(m.INITIAL)
+    new = tuple.__new__
+
+    opened = policy("open", Fraction(1, 10))
+    rejection = opened(noop)
+    opened.status = CircuitState.OPEN
+    open_breaker = opened._breaker
+    rejected = ProtectedCallError.rejected
+    state = CircuitState.OPEN
+
+    def build_and_raise() -> None:
+        raise rejected("open", state, 1)
+
+    fns: dict[str, Callable[[], Any]] = {
+        "noop": noop,
+        "success": success,
+        "bare_stream": flaky(),
+        "stream": stream,
+        "rejection": rejection,
+        "passthrough": passthrough(noop),
+        "raiser": raiser,
+        "passthrough_raise": passthrough(raiser),
+        "reraise": reraising(raiser),
+        "acquire_closed": closed.acquire,
+        "record_steady": partial(closed.record, True, generation),
+        "nop2": partial(_nop2, True, generation),
+        "records": records,
+        "records_base": records_base,
+        "machine": machine,
+        "machine_base": machine_base,
+        "locked": locked,
+        "state_alloc": partial(new, m.State, values),
+        "acquire_open": open_breaker.acquire,
+        "build_rejection": partial(rejected, "open", state, 1),
+        "nop3": partial(_nop3, "open", state, 1),
+        "raise_rejection": build_and_raise,
+    }
+    rows = interleaved(fns)
+    med = {name: statistics.median(values) for name, values in rows.items()}
+
+    def diff(a: str, b: str) -> float:
+        return statistics.median(x - y for x, y in zip(rows[a], rows[b], strict=True))
+
+    total_success = diff("success", "noop")
+    total_failure = 2 * diff("stream", "bare_stream") - total_success
+    total_rejection = diff("rejection", "noop")
+    frame = diff("passthrough", "noop")
+    acquire_closed = diff("acquire_closed", "noop")
+    record_steady = diff("record_steady", "nop2")
+    record_pair = 2 * diff("records", "records_base")  # one failure + one success
+    machine_pair = 2 * diff("machine", "machine_base")
+    lock_ns = diff("locked", "noop")
+    alloc = diff("state_alloc", "nop2")
+    build = diff("build_rejection", "nop3")
+    paths: dict[str, list[tuple[str, float]]] = {
+        "success": [
+            ("decorator frame: protected(*args, **kwargs) calling the function", frame),
+            ("admission: MemoryBreaker.acquire() while CLOSED", acquire_closed),
+            ("outcome: MemoryBreaker.record(True) on a full window of successes", record_steady),
+        ],
+        "failure": [
+            (
+                "the exception passing through the decorator's frame",
+                diff("passthrough_raise", "raiser"),
+            ),
+            (
+                "catching it (except Exception) and re-raising it",
+                diff("reraise", "passthrough_raise"),
+            ),
+            ("admission: MemoryBreaker.acquire() while CLOSED", acquire_closed),
+            (
+                "outcome: record(False), and the next success shifting it through the window, "
+                "less a steady success; of which:",
+                record_pair - record_steady,
+            ),
+            ("  · the state machine (_machine.record, twice)", machine_pair - 2 * alloc),
+            ("  · a new State tuple (twice: the failure, the success after it)", 2 * alloc),
+            ("  · the breaker's lock (twice: both swap a new state in)", 2 * lock_ns),
+        ],
+        "rejection": [
+            ("decorator frame: protected(*args, **kwargs)", frame),
+            (
+                "admission: MemoryBreaker.acquire() while OPEN (a remembered verdict)",
+                diff("acquire_open", "noop"),
+            ),
+            ("building ProtectedCallError (ProtectedCallError.rejected)", build),
+            (
+                "raising it through the frame and catching it",
+                diff("raise_rejection", "noop") - build,
+            ),
+        ],
+    }
+    totals = {"success": total_success, "failure": total_failure, "rejection": total_rejection}
+    out: dict[str, Any] = {"kind": "breakdown", "paths": {}, "medians": med}
+    for path, parts in paths.items():
+        counted = sum(ns for name, ns in parts if not name.startswith("  ·"))
+        out["paths"][path] = {
+            "total": totals[path],
+            "parts": [
+                *parts,
+                ("the rest (driver bookkeeping; parts overlap)", totals[path] - counted),
+            ],
+        }
+    return out
+
+
+def main() -> None:
+    report = Report("resilient_circuit", None, LogWatch("resilient_circuit"))
+    with report.scenario("breakdown"):
+        report.ok("breakdown", measure())
+    report.emit()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,637 @@
+"""The performance targets, checked against one run's results; and the profile section.
+
+Every target is evaluated from the same run's numbers (the peers' and the server's
+floors included), so a bound that is a ratio moves with the machine. A target that
+is not met says why, from the run's own breakdowns: the profile section below the
+table holds them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass
+class Target:
+    name: str
+    measured: str
+    bound: str
+    status: str  # "met", "NOT met", "reported", "n/a"
+    why: str = ""
+
+
+def fmt_ns(ns: float) -> str:
+    if ns != ns:  # NaN
+        return "n/a"
+    a = abs(ns)
+    if a >= 1e6:
+        return f"{ns / 1e6:.2f} ms"
+    if a >= 1e3:
+        return f"{ns / 1e3:.2f} µs"
+    return f"{ns:.0f} ns"
+
+
+class Results:
+    """Lookups into the run's worker reports: None where a scenario was not measured."""
+
+    def __init__(self, out: dict[str, dict[str, Any]]) -> None:
+        self.out = out
+
+    def get(self, worker: str, key: str) -> dict[str, Any] | None:
+        return self.out.get(worker, {}).get("results", {}).get(key)  # type: ignore[no-any-return]
+
+    def ns(self, worker: str, key: str) -> float | None:
+        found = self.get(worker, key)
+        if found is None:
+            return None
+        return float(found["ns"] if found["kind"] == "overhead" else found["median_ns"])
+
+    def head_to_head(
+        self, peer: str, path: str
+    ) -> tuple[dict[str, Any] | None, dict[str, Any] | None, dict[str, Any] | None]:
+        """(ratio, ours, peer's) of the head-to-head run with the median ratio."""
+        runs = [
+            run["results"]
+            for run in self.out.get("head_to_head_runs", {}).get("runs", [])
+            if f"h2h.ratio.{peer}.{path}" in run.get("results", {})
+        ]
+        if not runs:
+            return None, None, None
+        runs.sort(key=lambda res: res[f"h2h.ratio.{peer}.{path}"]["ratio"])
+        chosen = runs[(len(runs) - 1) // 2]
+        return (
+            chosen[f"h2h.ratio.{peer}.{path}"],
+            chosen[f"h2h.ours.{path}"],
+            chosen[f"h2h.{peer}.{path}"],
+        )
+
+    def part(self, path: str, starts: str) -> float | None:
+        """A component of the in-memory breakdown, by the start of its name."""
+        found = self.get("breakdown", "breakdown")
+        if found is None:
+            return None
+        for name, ns in found["paths"][path]["parts"]:
+            if name.strip(" ·").startswith(starts):
+                return float(ns)
+        return None
+
+
+def _status(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("met" if ok else "NOT met")
+
+
+def evaluate(out: dict[str, dict[str, Any]], labels: dict[str, str]) -> list[Target]:
+    r = Results(out)
+    targets: list[Target] = []
+    add = targets.append
+
+    # -- in memory: each path against circuitbreaker's cost and 0.4x pybreaker's
+    paths = (
+        ("success", "successful call"),
+        ("failure", "counted failure while CLOSED"),
+        ("rejection", "rejection while OPEN"),
+    )
+    for path, what in paths:
+        key = f"breaker.{path}"
+        for peer, factor in (("circuitbreaker", 1.0), ("pybreaker", 0.4)):
+            name = f"In memory, {what}: ≤ {'' if factor == 1 else f'{factor:g}x '}{peer}'s cost"
+            bound = r.ns(peer, key)
+            # The verdict comes from the head-to-head run (same process, same rounds);
+            # the table's own rows, each library in its own process, are shown too.
+            ratio, mine, theirs = r.head_to_head(peer, path)
+            if ratio is not None and mine is not None and theirs is not None:
+                value = float(ratio["ratio"])
+                ok: bool | None = value <= factor
+                measured = (
+                    f"{value:.2f}x ({fmt_ns(mine['ns'])} vs {fmt_ns(theirs['ns'])}, same "
+                    f"process and rounds); own processes: {fmt_ns(r.ns('ours', key) or 0)} vs "
+                    f"{fmt_ns(bound or 0)}"
+                )
+            else:
+                ours_ns = r.ns("ours", key)
+                ok = None if ours_ns is None or bound is None else ours_ns <= factor * bound
+                value = float("nan")
+                measured = (
+                    "n/a" if ours_ns is None else f"{fmt_ns(ours_ns)} vs {fmt_ns(bound or 0)}"
+                )
+            add(
+                Target(
+                    name,
+                    measured,
+                    f"≤ {factor:g}x",
+                    _status(ok),
+                    "" if ok is not False else _why_memory(r, path, value, factor, peer),
+                )
+            )
+
+    for outcome in ("success", "failure"):
+        found = r.get("ours", f"window.ratio.{outcome}")
+        value = None if found is None else float(found["ratio"])
+        add(
+            Target(
+                f"Window 1000 within 10% of window 10 ({outcome})",
+                "n/a" if value is None else f"{value:.3f}x",
+                "≤ 1.10x",
+                _status(None if value is None else value <= 1.10),
+                ""
+                if value is None or value <= 1.10
+                else "the window is a Python int of 1000 bits: shifting it allocates a "
+                "new one per outcome",
+            )
+        )
+
+    found = r.get("ours", "retry.success")
+    floor_found = r.get("ours", "floor.decorator")
+    if found is not None:
+        # An absolute bound: judged on the fastest run, as timeit advises (slower runs
+        # are the machine's doing: a bare decorator slows down alike, see its runs).
+        runs = found.get("runs") or [found["ns"]]
+        best = min(runs)
+        floor_runs = (floor_found or {}).get("runs") or [(floor_found or {}).get("ns", 0)]
+        add(
+            Target(
+                "Retry: success-path overhead ≤ 0.2 µs",
+                f"{fmt_ns(best)} in the fastest of {len(runs)} runs (median run "
+                f"{fmt_ns(found['ns'])}); a pass-through decorator in the same rounds: "
+                f"{fmt_ns(min(floor_runs))} … {fmt_ns(max(floor_runs))}",
+                "≤ 200 ns",
+                _status(best <= 200),
+                ""
+                if best <= 200
+                else f"a pass-through decorator alone (*args, **kwargs) costs "
+                f"{fmt_ns(min(floor_runs))} on this machine; the retry adds a loop set-up",
+            )
+        )
+    else:
+        add(Target("Retry: success-path overhead ≤ 0.2 µs", "n/a", "≤ 200 ns", "n/a"))
+    sleeps = r.get("ours", "retry.sleeps")
+    add(
+        Target(
+            "Retry: a zero delay never sleeps",
+            "n/a" if sleeps is None else f"{sleeps['sleeps']} sleep() calls in {sleeps['calls']}",
+            "0",
+            _status(None if sleeps is None else sleeps["sleeps"] == 0),
+        )
+    )
+
+    # -- PostgreSQL, strict (the default)
+    strict = r.get("ours_pg", "pg.strict-immediate.success")
+    select1, update = r.ns("floor", "floor.select1"), r.ns("floor", "floor.update")
+    rt = None if strict is None else strict.get("rt_per_call")
+    add(
+        Target(
+            "PostgreSQL strict: ≤ 2 round trips per call",
+            "n/a" if rt is None else f"{rt:.2f}",
+            "≤ 2",
+            _status(None if rt is None else rt <= 2.0),
+        )
+    )
+    median = None if strict is None else float(strict["median_ns"])
+    profile = r.get("ours_pg", "pg.profile")
+    if profile is not None:
+        # Judged on the same-rounds measurement: the call and both floors interleaved,
+        # so that the server's (and the disk's) drift hits them alike.
+        call, floor_sum = float(profile["call"]), float(profile["select1"] + profile["update"])
+        measured = f"{fmt_ns(call)}, {call / floor_sum:.2f}x {fmt_ns(floor_sum)} (same rounds)" + (
+            ""
+            if median is None or select1 is None or update is None
+            else f"; separate runs: {fmt_ns(median)}, "
+            f"{median / (select1 + update):.2f}x {fmt_ns(select1 + update)}"
+        )
+        ok = call <= 1.3 * floor_sum
+    else:
+        floor_sum = None if select1 is None or update is None else select1 + update
+        ok = None if median is None or floor_sum is None else median <= 1.3 * floor_sum
+        measured = (
+            "n/a"
+            if median is None or floor_sum is None
+            else f"{fmt_ns(median)} ({median / floor_sum:.2f}x {fmt_ns(floor_sum)})"
+        )
+    add(
+        Target(
+            "PostgreSQL strict: median ≤ 1.3x the SELECT 1 + one-row UPDATE floor",
+            measured,
+            "≤ 1.3x",
+            _status(ok),
+            "" if ok is not False else _why_pg(r),
+        )
+    )
+    old = r.ns("rc086_pg", "pg.default.success")
+    ok = None if old is None or median is None else old / median >= 15
+    add(
+        Target(
+            f"PostgreSQL strict: ≥ 15x faster than {labels['rc086']} (its default mode)",
+            "n/a" if old is None or median is None else f"{old / median:.1f}x ({fmt_ns(old)})",
+            "≥ 15x",
+            _status(ok),
+            "" if ok is not False else _why_086(r, old),
+        )
+    )
+    redis = r.ns("pybreaker_redis", "redis.pybreaker.success")
+    if profile is not None and "pybreaker_redis" in profile:
+        mine, theirs = float(profile["call"]), float(profile["pybreaker_redis"])
+        ok = mine <= theirs
+        measured = f"{fmt_ns(mine)} vs {fmt_ns(theirs)} (same rounds)" + (
+            ""
+            if median is None or redis is None
+            else f"; separate runs: {fmt_ns(median)} vs {fmt_ns(redis)}"
+        )
+    else:
+        ok = None if redis is None or median is None else median <= redis
+        measured = (
+            "n/a" if median is None or redis is None else f"{fmt_ns(median)} vs {fmt_ns(redis)}"
+        )
+    add(
+        Target(
+            "PostgreSQL strict: no slower than pybreaker on Redis",
+            measured,
+            "≤ 1x",
+            _status(ok),
+            "" if ok is not False else _why_redis(r),
+        )
+    )
+
+    # -- while OPEN
+    modes = out.get("ours_pg", {}).get("info", {}).get("pg_modes") or []
+    rejections = {m: r.get("ours_pg", f"pg.{m.replace('/', '-')}.rejection") for m in modes if m}
+    measured = {m: res for m, res in rejections.items() if res is not None}
+    if measured:
+        trips = []
+        questions: list[int] = []
+        for mode, res in measured.items():
+            windows = res.get("open_windows") or []
+            counts = " then ".join(
+                f"{w['round_trips']}"
+                + (f" (+{w['setup_round_trips']} connecting)" if w["setup_round_trips"] else "")
+                for w in windows
+            )
+            trips.append(f"{mode}: {counts}")
+            questions.append(sum(w["round_trips"] for w in windows))
+        window = next(iter(measured.values())).get("open_window_s", 0)
+        ok = not any(questions)
+        add(
+            Target(
+                "While OPEN: 0 round trips until open_until (every mode)",
+                f"questions to the server in two {window:g} s windows of rejections after "
+                "the verdict: " + "; ".join(trips),
+                "0",
+                _status(ok),
+                ""
+                if ok
+                else "a strict store is not listening when its first OPEN verdict comes: "
+                "it holds the verdict for 1 s only (it could not hear a peer close the "
+                "breaker) and opens its LISTEN connection, which forgets cached verdicts "
+                "as it comes up; so it asks again then and once more a second later, and "
+                "from then on not until open_until (see the second window)",
+            )
+        )
+        slowest = max(measured.items(), key=lambda item: item[1].get("overhead_ns", 0))
+        per = float(slowest[1].get("overhead_ns", float("nan")))
+        memory = r.ns("ours", "breaker.rejection")
+        add(
+            Target(
+                "While OPEN: ≤ 1 µs per rejection (every mode)",
+                f"{fmt_ns(per)} (slowest: {slowest[0]}; latency "
+                f"{fmt_ns(float(slowest[1]['median_ns']))})",
+                "≤ 1 µs",
+                _status(per <= 1000),
+                "" if per <= 1000 else _why_open(r, per, memory or 0),
+            )
+        )
+    else:
+        add(Target("While OPEN: 0 round trips until open_until", "n/a", "0", "n/a"))
+        add(Target("While OPEN: ≤ 1 µs per rejection", "n/a", "≤ 1 µs", "n/a"))
+
+    # -- cached admission, batched recording
+    cached = r.get("ours_pg", "pg.cached-immediate.success")
+    rt = None if cached is None else cached.get("rt_per_call")
+    add(
+        Target(
+            "Cached admission: 1 round trip per CLOSED call",
+            "n/a" if rt is None else f"{rt:.2f}",
+            "≤ 1",
+            _status(None if rt is None else rt <= 1.0),
+        )
+    )
+    idle, busy = r.get("ours_pg", "pg.staleness.idle"), r.get("ours_pg", "pg.staleness.busy")
+    if idle is not None:
+        text = (
+            f"idle: median {fmt_ns(idle['median_ns'])}, p99 {fmt_ns(idle['p99_ns'])} "
+            f"({idle['n']} trials)"
+        )
+        if busy is not None:
+            text += (
+                f"; busy: median {fmt_ns(busy['median_ns'])}, p99 {fmt_ns(busy['p99_ns'])} "
+                f"({busy['n']} trials)"
+            )
+        add(
+            Target(
+                "Cached admission: staleness of a verdict after a peer's transition",
+                text,
+                "measure and report",
+                "reported",
+                "timed from the peer sending rc_force, so its own statement "
+                f"({fmt_ns(idle['peer_statement_ns'])} median) is included; from its reply: "
+                f"median {fmt_ns(idle['lower_median_ns'])}",
+            )
+        )
+    else:
+        add(Target("Cached admission: staleness", "n/a", "measure and report", "n/a"))
+
+    batched = r.get("ours_pg", "pg.batched")
+    if batched is not None:
+        per, rate = batched["rt_per_call"], batched["calls_per_s"]
+        add(
+            Target(
+                "Batched: ≤ 0.01 transactions per call at ≥ 10k calls/s, one process",
+                f"{per:.1e} per call ({batched['round_trips']} in {batched['calls']:,} calls) "
+                f"at {rate:,.0f} calls/s",
+                "≤ 0.01 at ≥ 10,000 calls/s",
+                _status(per <= 0.01 and rate >= 10_000),
+            )
+        )
+        added = float(batched["added"]["ns"])
+        add(
+            Target(
+                "Batched: ≤ 2 µs added on the call path (vs the in-memory call)",
+                f"{fmt_ns(added)} (in-memory call {fmt_ns(batched['memory_call_ns'])})",
+                "≤ 2 µs",
+                _status(added <= 2000),
+            )
+        )
+    else:
+        add(Target("Batched: ≤ 0.01 transactions per call", "n/a", "≤ 0.01", "n/a"))
+        add(Target("Batched: ≤ 2 µs added on the call path", "n/a", "≤ 2 µs", "n/a"))
+    exit_check = r.get("ours_pg", "pg.exit_flush")
+    if exit_check is not None and batched is not None:
+        ok = bool(exit_check["ok"]) and batched["recorded"] == batched["made"]
+        add(
+            Target(
+                "Batched: flush on exit, nothing lost on a normal exit",
+                f"{sum(exit_check['found']):,} of {sum(exit_check['expected']):,} outcomes "
+                f"in the row ({exit_check['queued_at_exit']:,} were queued at exit); "
+                f"{batched['recorded']:,} of {batched['made']:,} after close() "
+                f"({batched.get('backlog', 0):,} were still queued when the calls stopped; "
+                f"close() took {fmt_ns(batched.get('close_ns', float('nan')))})",
+                "all",
+                _status(ok),
+            )
+        )
+    else:
+        add(Target("Batched: flush on exit, nothing lost", "n/a", "all", "n/a"))
+
+    hot = out.get("hot_ours", {}).get("results", {})
+    if hot:
+        parts = []
+        for key, res in hot.items():
+            waits = res.get("waits") or {}
+            top = max(waits, key=lambda kind, w=waits: w[kind]) if waits else "?"
+            sync = key.rsplit(".", 1)[1]
+            parts.append(
+                f"{res.get('mode')} sync {sync}: {res['calls_per_s']:,.0f}/s, "
+                f"p99 {fmt_ns(res['p99_ns'])}, {top}"
+            )
+        add(
+            Target(
+                "Hot key, 8 processes: calls/s, p99 and what limits it",
+                "; ".join(parts),
+                "measure and report",
+                "reported",
+            )
+        )
+    mem = [r.get("mem_ours", k) for k in ("mem.window100", "mem.100k", "mem.pg_row")]
+    if all(m is not None for m in mem):
+        add(
+            Target(
+                "Memory: per breaker (window 100), among 100k, per PostgreSQL row",
+                f"{mem[0]['bytes']:,.0f} B; {mem[1]['bytes']:,.0f} B; "  # type: ignore[index]
+                f"{mem[2]['bytes']:,.0f} B",  # type: ignore[index]
+                "measure and report",
+                "reported",
+            )
+        )
+    return targets
+
+
+def _sum(*values: float | None) -> float:
+    return sum(v for v in values if v is not None)
+
+
+def _why_memory(r: Results, path: str, ratio: float, factor: float, peer: str) -> str:
+    """From the breakdown: the parts that alone cost more than the bound allows.
+
+    Shares of the breakdown's own whole call, against the bound as a share of ours
+    (factor / ratio): both are taken within one run, whatever the machine's speed.
+    """
+    found = r.get("breakdown", "breakdown")
+    total = float(found["paths"][path]["total"]) if found else 0.0
+    allowed = (
+        f"; the bound allows {factor / ratio:.0%} of it"
+        if ratio == ratio and ratio > 0  # not NaN
+        else ""
+    )
+    if path == "failure":
+        lock = r.part("failure", "the breaker's lock") or 0.0
+        machine = r.part("failure", "the state machine") or 0.0
+        alloc = r.part("failure", "a new State") or 0.0
+        exc = _sum(r.part("failure", "the exception"), r.part("failure", "catching"))
+        share = (lock + machine + alloc + exc) / total if total else float("nan")
+        return (
+            f"{peer} keeps a counter; this breaker keeps a window of outcomes under a lock. "
+            f"For the failure and the success that shifts it out of the window, the lock "
+            f"({fmt_ns(lock)}), the state machine ({fmt_ns(machine)}) and a new state "
+            f"({fmt_ns(alloc)}), with the exception's passage through the decorator "
+            f"({fmt_ns(exc)}), are {share:.0%} of this breaker's counted failure "
+            f"({fmt_ns(total)} in the breakdown){allowed}"
+        )
+    if path == "rejection":
+        build = _sum(r.part("rejection", "building"), r.part("rejection", "raising"))
+        return (
+            f"building, raising and catching ProtectedCallError alone costs {fmt_ns(build)} "
+            f"of {fmt_ns(total)}; admission (a clock read and the Admission tuple) "
+            f"{fmt_ns(r.part('rejection', 'admission') or 0)}{allowed}"
+        )
+    return (
+        f"the decorator frame alone costs {fmt_ns(r.part('success', 'decorator') or 0)} of "
+        f"{fmt_ns(total)}, admission {fmt_ns(r.part('success', 'admission') or 0)}, the "
+        f"outcome {fmt_ns(r.part('success', 'outcome') or 0)}{allowed}"
+    )
+
+
+def _why_pg(r: Results) -> str:
+    p = r.get("ours_pg", "pg.profile")
+    if p is None:
+        return "see the PostgreSQL breakdown"
+    return (
+        f"rc_try_acquire takes {fmt_ns(p['acquire'])} against SELECT 1's {fmt_ns(p['select1'])} "
+        f"(PL/pgSQL: {fmt_ns(p['acquire_exec'])} executing), rc_record "
+        f"{fmt_ns(p['record'])} against the UPDATE's {fmt_ns(p['update'])} (executing "
+        f"{fmt_ns(p['record_exec'])} against {fmt_ns(p['update_exec'])}), and the client side "
+        f"(pool, psycopg, Python) adds {fmt_ns(p['call'] - p['acquire'] - p['record'])}"
+    )
+
+
+def _why_open(r: Results, per: float, memory: float) -> str:
+    exception = _sum(r.part("rejection", "building"), r.part("rejection", "raising"))
+    peer = r.head_to_head("circuitbreaker", "rejection")[2]
+    text = (
+        f"a rejection raises ProtectedCallError: building, raising and catching it costs "
+        f"{fmt_ns(exception)} here, the in-memory rejection {fmt_ns(memory)} in all"
+    )
+    if peer is not None:
+        text += f" (circuitbreaker's own: {fmt_ns(peer['ns'])})"
+    admission = r.get("ours_pg", "pg.open_acquire")
+    if admission is not None and per > memory:
+        text += (
+            f"; the PostgreSQL store adds {fmt_ns(per - memory)}, in its admission from the "
+            f"cached OPEN verdict: PgBreaker.acquire() costs {fmt_ns(admission['pg_ns'])} "
+            f"against MemoryBreaker's {fmt_ns(admission['memory_ns'])}"
+        )
+    return text
+
+
+def _why_086(r: Results, old: float) -> str:
+    connect = r.get("rc086_pg", "pg.default.success") or {}
+    p = r.get("ours_pg", "pg.profile")
+    if p is not None:
+        floor = float(p["select1"] + p["update"])
+    else:
+        floor = _sum(r.ns("floor", "floor.select1"), r.ns("floor", "floor.update"))
+    needed = old / 15
+    against = (
+        f"below even the SELECT 1 + UPDATE floor ({fmt_ns(floor)}): out of reach here for "
+        "any call that reads and then commits a write"
+        if needed < floor
+        else f"within {needed / floor - 1:.0%} of the SELECT 1 + UPDATE floor ({fmt_ns(floor)}): "
+        "the functions would have to cost what bare statements cost (see the PostgreSQL "
+        "breakdown for their excess)"
+    )
+    return (
+        f"0.8.6 opens a connection per call ({connect.get('conn_per_call', 0):.2f} per call; "
+        f"connect + SELECT 1 + close alone costs {fmt_ns(r.ns('floor', 'floor.connect') or 0)}), "
+        f"so 15x asks a strict call of {fmt_ns(needed)}, {against}"
+    )
+
+
+def _why_redis(r: Results) -> str:
+    p = r.get("ours_pg", "pg.profile")
+    if p is not None and "pybreaker_redis" in p:
+        floor, redis = float(p["select1"] + p["update"]), float(p["pybreaker_redis"])
+    else:
+        floor = _sum(r.ns("floor", "floor.select1"), r.ns("floor", "floor.update"))
+        redis = r.ns("pybreaker_redis", "redis.pybreaker.success") or 0
+    text = (
+        f"a strict call reads, then commits a write and waits for its WAL to reach the disk; "
+        f"the server's own floor for that, SELECT 1 + one-row UPDATE, is {fmt_ns(floor)} "
+        f"against pybreaker's whole call on Redis, {fmt_ns(redis)}, which acknowledges from "
+        "memory"
+    )
+    if p is not None:
+        text += (
+            f" (the UPDATE costs {fmt_ns(p['update'])} with synchronous_commit on, "
+            f"{fmt_ns(p['update_async'])} off)"
+        )
+    return text
+
+
+def markdown(targets: list[Target]) -> str:
+    lines = [
+        "| Target | Measured | Bound | Status | Why |",
+        "|---|---|---|---|---|",
+    ]
+    for t in targets:
+        status = f"**{t.status}**" if t.status == "NOT met" else t.status
+        lines.append(f"| {t.name} | {t.measured} | {t.bound} | {status} | {t.why} |")
+    met = sum(t.status == "met" for t in targets)
+    missed = [t.name for t in targets if t.status == "NOT met"]
+    lines.append("")
+    summary = f"{met} met, {len(missed)} not met"
+    summary += f", {sum(t.status == 'reported' for t in targets)} reported"
+    lines.append(summary + (": " + "; ".join(missed) + "." if missed else "."))
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- profile
+
+
+def profile_markdown(out: dict[str, dict[str, Any]], labels: dict[str, str]) -> str:
+    r = Results(out)
+    parts: list[str] = []
+
+    parts.append("### Function calls per protected call (cProfile)\n")
+    parts.append(
+        "Python frames, and C functions as cProfile sees them (a `with lock:` shows as "
+        "its `__exit__`), per call; for the failure, per call of the 1:1 stream. The "
+        "protected function's own calls are taken out.\n"
+    )
+    head = "| Path | " + " | ".join(labels[w] for w in _BREAKERS) + " |"
+    rows = [head, "|---|" + "---|" * len(_BREAKERS)]
+    for path in ("success", "failure", "rejection"):
+        cells = []
+        for w in _BREAKERS:
+            found = r.get(w, f"profile.{path}")
+            cells.append("n/a" if found is None else f"{found['calls_per_call']:.1f}")
+        rows.append(f"| {path} | " + " | ".join(cells) + " |")
+    parts.append("\n".join(rows) + "\n")
+    for path in ("success", "failure", "rejection"):
+        found = r.get("ours", f"profile.{path}")
+        if found is not None:
+            names = ", ".join(f"`{name}` x{per:g}" for name, per in found["functions"])
+            parts.append(f"- {labels['ours']}, {path}: {names}")
+    parts.append("")
+
+    breakdown = r.get("breakdown", "breakdown")
+    parts.append("### Where the time goes in memory (this library)\n")
+    if breakdown is None:
+        parts.append("n/a: " + str(out.get("breakdown", {}).get("errors", {})) + "\n")
+    else:
+        parts.append(
+            "Each part timed against its own baseline, in the same interleaved rounds as the "
+            "whole calls (`benchmarks/breakdown.py`); the parts are measured apart, so "
+            '"the rest" also absorbs their overlap. Indented lines are shares of the line '
+            "above them.\n"
+        )
+        rows = ["| Path | Part | ns |", "|---|---|---|"]
+        for path, data in breakdown["paths"].items():
+            rows.append(f"| **{path}** | **whole call** | **{data['total']:.0f}** |")
+            for name, ns in data["parts"]:
+                rows.append(f"| | {name} | {ns:.0f} |")
+        parts.append("\n".join(rows) + "\n")
+
+    p = r.get("ours_pg", "pg.profile")
+    parts.append("### Where a strict/immediate PostgreSQL call goes\n")
+    if p is None:
+        parts.append("n/a\n")
+    else:
+        parts.append(
+            "The statements a strict/immediate call sends, each on an open autocommit "
+            "connection, all in the same rounds (median); execution is the server's own "
+            "(EXPLAIN ANALYZE: no network, no parse, no commit).\n"
+        )
+        rows = [
+            "| Step | From the client | Executing on the server |",
+            "|---|---|---|",
+            f"| SELECT 1 (one round trip) | {fmt_ns(p['select1'])} | |",
+            f"| rc_try_acquire (admission, read-only) | {fmt_ns(p['acquire'])} "
+            f"| {fmt_ns(p['acquire_exec'])} |",
+            f"| one-row UPDATE | {fmt_ns(p['update'])} | {fmt_ns(p['update_exec'])} |",
+            f"| one-row UPDATE, synchronous_commit=off | {fmt_ns(p['update_async'])} | |",
+            f"| rc_record (outcome, a write) | {fmt_ns(p['record'])} "
+            f"| {fmt_ns(p['record_exec'])} |",
+            f"| the whole call through the policy | {fmt_ns(p['call'])} | |",
+            f"| of which the client side (pool, psycopg, Python) "
+            f"| {fmt_ns(p['call'] - p['acquire'] - p['record'])} | |",
+            f"| of which the commit's WAL flush (UPDATE on minus off) "
+            f"| {fmt_ns(p['update'] - p['update_async'])} | |",
+        ]
+        if "pybreaker_redis" in p:
+            rows.append(
+                f"| for comparison, in the same rounds: pybreaker's call on Redis "
+                f"| {fmt_ns(p['pybreaker_redis'])} | |"
+            )
+        parts.append("\n".join(rows) + "\n")
+    return "\n".join(parts)
+
+
+_BREAKERS = ("ours", "rc086", "pybreaker", "circuitbreaker")
