@@ -169,9 +169,14 @@ class PgBreaker(Breaker):
         self._trusted = True
         return reply
 
-    def invalidate(self) -> None:
-        """Forget every cached verdict: the next call asks the server."""
-        self._open_deadline = 0
+    def invalidate(self, *, keep_open: bool = False) -> None:
+        """Forget cached verdicts: the next call asks the server.
+
+        ``keep_open`` keeps a held OPEN verdict: right when listening first starts,
+        every held one was taken unheard and so is already capped at a second.
+        """
+        if not keep_open:
+            self._open_deadline = 0
         self._trusted = False
 
     def announced(self, event: _pg_notify.Transition) -> None:
@@ -363,6 +368,7 @@ class PostgresStorage(CircuitBreakerStorage):
         self._apools: dict[asyncio.AbstractEventLoop, AsyncConnectionPool] = {}
         self._breakers: dict[tuple[str, str], PgBreaker] = {}
         self._listener: _pg_notify.Listener | None = None
+        self._listened = False  # has a LISTEN connection ever been up?
         self._flusher = _pg_batch.Flusher(float(flush_interval), self.flush)
 
     def _describe(self) -> str:
@@ -588,8 +594,11 @@ class PostgresStorage(CircuitBreakerStorage):
 
     def _announced(self, event: _pg_notify.Transition | None) -> None:
         if event is None:
+            # (Re)connected: what happened while not listening is unknown.
+            first = not self._listened
+            self._listened = True
             for each in self.breakers():
-                each.invalidate()
+                each.invalidate(keep_open=first)
             return
         found = self._breakers.get((event.namespace, event.resource_key))
         if found is not None:
