@@ -211,7 +211,7 @@ class Outage:
         logger.warning(
             "breaker storage %s unavailable, calls proceed without it until it answers: %s",
             self._describe,
-            _one_line(exc),
+            one_line(exc),
         )
 
     def succeeded(self, started: float | None = None, conclusive: bool = True) -> None:
@@ -241,6 +241,6 @@ class Outage:
         )
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}"

@@ -469,7 +469,24 @@ class PostgresStorage(CircuitBreakerStorage):
                 except RuntimeError:  # that event loop is closed
                     pass
         self.outage.failed(exc, started)
-        return StorageError(f"breaker storage unavailable: {eng._one_line(exc)}")
+        return StorageError(f"breaker storage unavailable: {eng.one_line(exc)}")
+
+    def _begin(self, statement: Any) -> tuple[bool, float]:
+        """Before a round trip (sync or async): skip a database known down, note the time."""
+        if self.outage.skip(self.connect_timeout + self.statement_timeout):
+            raise StorageError("breaker storage unavailable (backing off)")
+        # Admission (while CLOSED) and status only read, which a read-only or locked
+        # database still answers: for a store that records, only a write ends an outage.
+        wrote = statement is not self.statements.acquire and statement is not self.statements.status
+        return wrote, time.monotonic()
+
+    def _finish(self, row: Any, started: float, wrote: bool, missing_ok: bool) -> Any:
+        """After a round trip that got its answer: maybe end an outage, check the row."""
+        if self.outage.down_since is not None:
+            self.outage.succeeded(started, wrote or not self._breakers)
+        if row is None and not missing_ok:
+            raise StorageError("breaker function returned no row")
+        return row
 
     def fetch(
         self,
@@ -480,13 +497,7 @@ class PostgresStorage(CircuitBreakerStorage):
         missing_ok: bool = False,
     ) -> Any:
         """Run one statement (configuring the breaker first if it never was)."""
-        outage = self.outage
-        if outage.skip(self.connect_timeout + self.statement_timeout):
-            raise StorageError("breaker storage unavailable (backing off)")
-        # Admission (while CLOSED) and status only read, which a read-only or locked
-        # database still answers: for a store that records, only a write ends an outage.
-        wrote = statement is not self.statements.acquire and statement is not self.statements.status
-        started = time.monotonic()
+        wrote, started = self._begin(statement)
         try:
             with self.pool().connection(timeout=self.connect_timeout) as conn:
                 if breaker is not None and not breaker._configured:
@@ -499,11 +510,7 @@ class PostgresStorage(CircuitBreakerStorage):
                 row = conn.execute(statement, params, prepare=True).fetchone()
         except Exception as exc:
             raise self._failed(exc, started) from exc
-        if outage.down_since is not None:
-            outage.succeeded(started, wrote or not self._breakers)
-        if row is None and not missing_ok:
-            raise StorageError("breaker function returned no row")
-        return row
+        return self._finish(row, started, wrote, missing_ok)
 
     async def afetch(
         self,
@@ -514,11 +521,7 @@ class PostgresStorage(CircuitBreakerStorage):
         missing_ok: bool = False,
     ) -> Any:
         """The coroutine twin of ``fetch``: same statements, awaited on an async pool."""
-        outage = self.outage
-        if outage.skip(self.connect_timeout + self.statement_timeout):
-            raise StorageError("breaker storage unavailable (backing off)")
-        wrote = statement is not self.statements.acquire and statement is not self.statements.status
-        started = time.monotonic()
+        wrote, started = self._begin(statement)
         try:
             pool = await self.apool()
             async with pool.connection(timeout=self.connect_timeout) as conn:
@@ -534,11 +537,7 @@ class PostgresStorage(CircuitBreakerStorage):
                 row = await cur.fetchone()
         except Exception as exc:
             raise self._failed(exc, started) from exc
-        if outage.down_since is not None:
-            outage.succeeded(started, wrote or not self._breakers)
-        if row is None and not missing_ok:
-            raise StorageError("breaker function returned no row")
-        return row
+        return self._finish(row, started, wrote, missing_ok)
 
     # -- breakers -------------------------------------------------------------------
 
