@@ -164,7 +164,7 @@ def watch(dsn: str | None, namespace: str | None, count: int | None, timeout: fl
     try:
         import psycopg
 
-        from resilient_circuit.storage._pg_notify import watch as watch_transitions
+        from resilient_circuit.storage.postgres.notify import watch as watch_transitions
     except ImportError as exc:
         raise click.ClickException(
             "watch needs psycopg: pip install 'resilient_circuit[postgres]'"

@@ -159,6 +159,24 @@ def test_invalid_names_are_refused_before_anything_is_written(
     assert table(pg_dsn) == before
 
 
+# rc_configure's parameters, named as the store's statement names them (p_key is key).
+CONFIGURE_PARAMETERS = (
+    "key",
+    "namespace",
+    "failure_limit_num",
+    "failure_limit_den",
+    "window_size",
+    "success_limit_num",
+    "success_limit_den",
+    "cooldown",
+    "half_open_timeout",
+)
+
+
+def configure_args(*values: Any) -> dict[str, Any]:
+    return dict(zip(CONFIGURE_PARAMETERS, values, strict=True))
+
+
 # (parameters after key and namespace, the parameter the message must name)
 BAD_CONFIGURATIONS = [
     ((3, 2, None, None, None, timedelta(0), timedelta(seconds=10)), "p_failure_limit_num"),
@@ -189,7 +207,7 @@ def test_invalid_configuration_reaching_rc_configure_is_a_value_error_not_an_out
     assert call(True) == "ok"
     before = table(pg_dsn)
     with pytest.raises(ValueError, match=parameter):
-        store.fetch(None, store.statements.configure, ("svc", "default", *params))
+        store.fetch(None, store.statements.configure, configure_args("svc", "default", *params))
     assert table(pg_dsn) == before
     # A caller's mistake is not an outage: nothing logged, no backoff, the store works.
     assert [r for r in caplog.records if r.name.startswith("resilient_circuit")] == []
@@ -214,11 +232,15 @@ def test_unknown_states_are_refused_in_python_and_in_sql(
         with pytest.raises(ValueError, match="state"):
             store.set_state("svc", bad, 0, 0)
         with pytest.raises(ValueError, match="p_state"):
-            store.fetch(None, store.statements.force, ("svc", bad, "default"))
+            store.fetch(
+                None, store.statements.force, {"key": "svc", "state": bad, "namespace": "default"}
+            )
     with pytest.raises(TypeError, match="status"):
         policy.status = None  # type: ignore[assignment]
     with pytest.raises(ValueError, match="p_state"):
-        store.fetch(None, store.statements.force, ("svc", None, "default"))
+        store.fetch(
+            None, store.statements.force, {"key": "svc", "state": None, "namespace": "default"}
+        )
     assert table(pg_dsn) == before
     assert [r for r in caplog.records if r.name.startswith("resilient_circuit")] == []
     assert policy.status is CircuitState.OPEN

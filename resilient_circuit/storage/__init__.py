@@ -9,8 +9,8 @@ from resilient_circuit.storage.base import CircuitBreakerStorage, StorageError
 from resilient_circuit.storage.memory import InMemoryStorage
 
 if TYPE_CHECKING:
-    from resilient_circuit.storage._pg_notify import Transition
     from resilient_circuit.storage.postgres import PostgresStorage
+    from resilient_circuit.storage.postgres.notify import Transition
 
 __all__ = (
     "CircuitBreakerStorage",
@@ -45,7 +45,7 @@ def __getattr__(name: str) -> Any:
 
         return PostgresStorage
     if name == "Transition":
-        from resilient_circuit.storage._pg_notify import Transition
+        from resilient_circuit.storage.postgres.notify import Transition
 
         return Transition
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -19,18 +19,15 @@ logger = logging.getLogger("resilient_circuit.storage")
 # Beyond this many unflushed outcomes per breaker (a long outage), the oldest go.
 MAX_QUEUED = 100_000
 
-Outcome = tuple[bool, "int | None"]
-
 
 class OutcomeQueue:
     """One breaker's unflushed outcomes. ``deque`` appends and pops are atomic, so the
     call path takes no lock."""
 
-    __slots__ = ("_items", "dropped")
+    __slots__ = ("_items",)
 
     def __init__(self) -> None:
         self._items: deque[tuple[bool, int | None]] = deque()
-        self.dropped = 0
 
     def put(self, success: bool, generation: int | None) -> None:
         self._items.append((success, generation))
@@ -46,7 +43,6 @@ class OutcomeQueue:
         if excess > 0:
             for _ in range(excess):
                 self._items.popleft()
-            self.dropped += excess
 
     def __len__(self) -> int:
         return len(self._items)

@@ -1,0 +1,151 @@
+"""When the database counts as down: which errors are outages, and the backoff between tries.
+
+Only availability failures are outages (connection lost, admin shutdown, too many
+connections, timeouts, read-only, pool exhausted); a bug or a caller's bad argument
+is not, and reaches the caller as itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import psycopg
+from psycopg_pool import PoolTimeout
+
+__all__ = ("Outage", "connection_lost", "one_line", "unavailable")
+
+logger = logging.getLogger("resilient_circuit.storage")
+
+# Errors that mean "the store could not answer", as opposed to a bug or bad input.
+_UNAVAILABLE = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout)
+
+
+def unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` means the store could not answer (an outage, not a bug)."""
+    if isinstance(exc, _UNAVAILABLE):
+        return True
+    # Read-only replicas, admin shutdown, statement/lock timeouts, missing schema.
+    sqlstate = getattr(exc, "sqlstate", None) or ""
+    return sqlstate[:2] in ("25", "57", "08", "53", "55", "42", "40")
+
+
+def connection_lost(exc: BaseException) -> bool:
+    """A dead connection: the others pooled before it (a restart, a failover) may be too."""
+    if isinstance(exc, PoolTimeout) or not isinstance(exc, psycopg.OperationalError):
+        return isinstance(exc, psycopg.InterfaceError)
+    sqlstate = exc.sqlstate or ""
+    return not sqlstate or sqlstate.startswith(("08", "57P"))
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one log-friendly line: its type and the first line of its text."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
+
+
+class Outage:
+    """Whether the database is known to be down, and when to try it again.
+
+    While down, calls skip the database until ``retry_at`` instead of each waiting
+    for a connect timeout; then one call probes it while the others keep skipping,
+    and each failed probe doubles the wait up to ``max_backoff``. One WARNING when an
+    outage starts and one INFO when it ends, never a line per call, however many
+    threads and tasks race: an attempt begun before the outage was known (or before
+    the database last answered) is old news and changes nothing. A read answering
+    is not enough to end an outage of a store that records (a read-only or locked
+    database still answers reads): that takes a write.
+    """
+
+    __slots__ = (
+        "_backoff",
+        "_describe",
+        "_failed_at",
+        "_lock",
+        "down_since",
+        "max_backoff",
+        "min_backoff",
+        "retry_at",
+        "up_since",
+    )
+
+    def __init__(self, describe: str, min_backoff: float = 0.25, max_backoff: float = 5.0) -> None:
+        self._describe = describe
+        self.min_backoff = min_backoff
+        self.max_backoff = max_backoff
+        self._backoff = min_backoff
+        self._lock = threading.Lock()
+        self.down_since: float | None = None
+        self.up_since = float("-inf")  # when the last outage ended
+        self.retry_at = 0.0
+        self._failed_at = 0.0  # when the last failure that moved the backoff was seen
+
+    def skip(self, probe_for: float = 0.0) -> bool:
+        """True while the database is known down and this call should not try it.
+
+        When a try is due the first caller gets False and probes; the others keep
+        skipping for up to ``probe_for`` seconds while it finds out.
+        """
+        if self.down_since is None:
+            return False
+        now = time.monotonic()
+        if now < self.retry_at:
+            return True
+        with self._lock:
+            if self.down_since is None:
+                return False
+            if now < self.retry_at:
+                return True
+            self.retry_at = now + probe_for
+        return False
+
+    def failed(self, exc: BaseException, started: float | None = None) -> None:
+        """An attempt begun at ``started`` (monotonic seconds) failed."""
+        now = time.monotonic()
+        if started is None:
+            started = now
+        with self._lock:
+            if self.down_since is not None:
+                if started >= self._failed_at:
+                    # A probe, sent after the last failure was known: back off further.
+                    self._backoff = min(self._backoff * 2, self.max_backoff)
+                    self._failed_at = now
+                    self.retry_at = now + self._backoff
+                return
+            if started < self.up_since:
+                return  # it began before the database last answered: old news
+            self.down_since = self._failed_at = now
+            self._backoff = self.min_backoff
+            self.retry_at = now + self._backoff
+        logger.warning(
+            "breaker storage %s unavailable, calls proceed without it until it answers: %s",
+            self._describe,
+            one_line(exc),
+        )
+
+    def succeeded(self, started: float | None = None, conclusive: bool = True) -> None:
+        """An attempt begun at ``started`` (monotonic seconds) got its answer.
+
+        Only a ``conclusive`` one (a write, for a store that records) ends an outage;
+        another lets the next statement try at once instead of waiting its turn.
+        """
+        if self.down_since is None:
+            return
+        now = time.monotonic()
+        if started is None:
+            started = now
+        with self._lock:
+            down_since = self.down_since
+            if down_since is None or started < down_since:
+                return  # it began before the outage was known: old news
+            if not conclusive:
+                if started >= self._failed_at:
+                    self.retry_at = 0.0
+                return
+            self.down_since = None
+            self.up_since = now
+            self.retry_at = 0.0
+        logger.info(
+            "breaker storage %s available again after %.1fs", self._describe, now - down_since
+        )

@@ -1,0 +1,153 @@
+"""Every statement the store sends, by name, and how their reply rows are read.
+
+Statements take named parameters (``%(key)s``), named after the SQL functions' own
+(``p_key`` is ``key``). They list the columns they read, because the rows are read
+by position and a function may return more columns later. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from psycopg import sql
+
+from resilient_circuit._machine import Admission, CircuitState, Config
+from resilient_circuit.storage.base import Snapshot
+
+__all__ = (
+    "Reply",
+    "Statements",
+    "admission",
+    "configure_params",
+    "reply",
+    "snapshot",
+    "window",
+)
+
+STATES = {s.value: s for s in CircuitState}
+_US = timedelta(microseconds=1)
+
+
+def interval_ns(value: timedelta | None) -> int | None:
+    return None if value is None else (value // _US) * 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A state and generation as a function returned them."""
+
+    state: CircuitState
+    generation: int
+
+
+# The statements, by name, with ``{s}`` standing for the install schema.
+_STATEMENTS = {
+    "acquire": (
+        "SELECT permitted, state, generation, retry_after"
+        " FROM {s}.rc_try_acquire(%(key)s, %(namespace)s)"
+    ),
+    "record": (
+        "SELECT state, generation"
+        " FROM {s}.rc_record(%(key)s, %(success)s, %(namespace)s, %(generation)s)"
+    ),
+    "record_many": (
+        "SELECT state, generation FROM {s}.rc_record_many("
+        "%(key)s, %(namespace)s, %(successes)s::boolean[], %(generations)s::bigint[])"
+    ),
+    "configure": (
+        "SELECT state, generation FROM {s}.rc_configure(%(key)s, %(namespace)s,"
+        " %(failure_limit_num)s, %(failure_limit_den)s, %(window_size)s,"
+        " %(success_limit_num)s, %(success_limit_den)s, %(cooldown)s, %(half_open_timeout)s)"
+    ),
+    "force": ("SELECT state, generation FROM {s}.rc_force(%(key)s, %(state)s, %(namespace)s)"),
+    "reset": "SELECT state, generation FROM {s}.rc_reset(%(key)s, %(namespace)s)",
+    "status": (
+        "SELECT state, generation, execution_log, failure_count, open_until,"
+        " cooldown_remaining, permits, successes, failures, window_size,"
+        " half_open_window FROM {s}.rc_status(%(key)s, %(namespace)s)"
+    ),
+    # 0.4.5's set_state overwrites a row outright: the one statement that is not a
+    # state-machine function (the admin API predates them).
+    "set_state": (
+        "INSERT INTO {s}.rc_circuit_breakers AS b"
+        " (resource_key, namespace, state, failure_count, open_until, execution_log)"
+        " VALUES (%(key)s, %(namespace)s, %(state)s, %(failure_count)s, %(open_until)s,"
+        " %(execution_log)s)"
+        " ON CONFLICT (resource_key, namespace) DO UPDATE SET state = excluded.state,"
+        " failure_count = excluded.failure_count, open_until = excluded.open_until,"
+        " execution_log = excluded.execution_log, permits = '{{}}',"
+        " generation = b.generation + 1, updated_at = clock_timestamp()"
+        " RETURNING state, generation"
+    ),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Statements:
+    """The named statements, qualified once with the install schema."""
+
+    acquire: sql.Composed
+    record: sql.Composed
+    record_many: sql.Composed
+    configure: sql.Composed
+    force: sql.Composed
+    reset: sql.Composed
+    status: sql.Composed
+    set_state: sql.Composed
+
+    @classmethod
+    def for_schema(cls, schema: str) -> Statements:
+        s = sql.Identifier(schema)
+        return cls(**{name: sql.SQL(text).format(s=s) for name, text in _STATEMENTS.items()})
+
+    def reads_only(self, statement: object) -> bool:
+        """Whether ``statement`` only reads, which a read-only or locked database answers."""
+        return statement is self.acquire or statement is self.status
+
+
+def configure_params(key: str, namespace: str, cfg: Config) -> dict[str, Any]:
+    s = cfg.success_limit
+    return {
+        "key": key,
+        "namespace": namespace,
+        "failure_limit_num": cfg.failure_limit.numerator,
+        "failure_limit_den": cfg.failure_limit.denominator,
+        "window_size": cfg.window_size,
+        "success_limit_num": None if s is None else s.numerator,
+        "success_limit_den": None if s is None else s.denominator,
+        "cooldown": timedelta(microseconds=cfg.cooldown_ns // 1000),
+        "half_open_timeout": timedelta(microseconds=cfg.half_open_timeout_ns // 1000),
+    }
+
+
+def admission(row: tuple[Any, ...]) -> Admission:
+    permitted, state, generation, retry_after = row
+    return Admission(permitted, STATES[state], generation, interval_ns(retry_after))
+
+
+def reply(row: tuple[Any, ...]) -> Reply:
+    return Reply(STATES[row[0]], row[1])
+
+
+def window(text: str | None) -> tuple[bool, ...]:
+    """The status view's window ('SSF', oldest first) as booleans."""
+    return tuple(c == "S" for c in text or "")
+
+
+def snapshot(row: tuple[Any, ...] | None, cfg: Config) -> Snapshot:
+    if row is None:
+        return Snapshot(CircuitState.CLOSED, 0, (), cfg.window_size, 0, None, 0, 0, 0)
+    state = STATES[row[0]]
+    return Snapshot(
+        state=state,
+        generation=row[1],
+        window=window(row[2]),
+        window_capacity=row[10] if state is CircuitState.HALF_OPEN else row[9],
+        failure_count=row[3],
+        open_remaining=row[5],
+        permits=row[6],
+        successes=row[7],
+        failures=row[8],
+    )

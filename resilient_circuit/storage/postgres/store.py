@@ -1,0 +1,348 @@
+"""PostgresStorage: breakers shared through PostgreSQL, each operation one ``rc_*`` call.
+
+The state machine runs in the database (installed by ``resilient-circuit-cli
+pg-setup``), so every process and host sharing the database shares each breaker.
+One statement per operation, prepared, autocommit, on pooled connections.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from datetime import datetime, timezone
+from typing import Any
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
+
+from resilient_circuit._machine import CircuitState, Config
+from resilient_circuit._settings import database_schema, default_namespace
+from resilient_circuit.storage.base import (
+    CircuitBreakerStorage,
+    StorageError,
+    check_admin_state,
+    check_name,
+)
+from resilient_circuit.storage.postgres import notify, queries
+from resilient_circuit.storage.postgres.batch import Flusher
+from resilient_circuit.storage.postgres.breaker import AdmissionMode, PgBreaker, RecordingMode
+from resilient_circuit.storage.postgres.connection import Pools, describe
+from resilient_circuit.storage.postgres.notify import Transition
+from resilient_circuit.storage.postgres.outage import (
+    Outage,
+    connection_lost,
+    one_line,
+    unavailable,
+)
+
+__all__ = ("PostgresStorage", "shared_storage")
+
+
+class PostgresStorage(CircuitBreakerStorage):
+    """Breakers shared through PostgreSQL by every process that uses the same database.
+
+    ``dsn`` is any libpq connection string or URI. ``connect_timeout`` bounds how long
+    a call may wait for the database (connection and pool), ``statement_timeout`` how
+    long one function may run; after a failure the store skips the database for a
+    short, growing backoff instead of making every call wait.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        namespace: str | None = None,
+        schema: str | None = None,
+        connect_timeout: float = 2.0,
+        statement_timeout: float = 2.0,
+        max_connections: int = 10,
+        flush_interval: float = 0.05,
+    ) -> None:
+        if not isinstance(dsn, str) or not dsn.strip():
+            raise ValueError("`dsn` must be a non-empty connection string")
+        for name, value in (
+            ("connect_timeout", connect_timeout),
+            ("statement_timeout", statement_timeout),
+            ("flush_interval", flush_interval),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+                raise ValueError(f"`{name}` must be a positive number of seconds, got {value!r}")
+        if isinstance(max_connections, bool) or not isinstance(max_connections, int):
+            raise TypeError("`max_connections` must be an int")
+        if max_connections < 1:
+            raise ValueError(f"`max_connections` must be >= 1, got {max_connections}")
+        self.dsn = dsn
+        self.namespace = check_name(
+            namespace if namespace is not None else default_namespace(), "namespace"
+        )
+        self.schema = check_name(schema if schema is not None else database_schema(), "schema")
+        self.connect_timeout = float(connect_timeout)
+        self.statement_timeout = float(statement_timeout)
+        self.max_connections = max_connections
+        self.statements = queries.Statements.for_schema(self.schema)
+        self.outage = Outage(describe(dsn))
+        self._pools = Pools(
+            dsn,
+            connect_timeout=self.connect_timeout,
+            statement_timeout=self.statement_timeout,
+            max_connections=max_connections,
+        )
+        self._lock = threading.Lock()
+        self._breakers: dict[tuple[str, str], PgBreaker] = {}
+        self._listener: notify.Listener | None = None
+        self._listened = False  # has a LISTEN connection ever been up?
+        self._flusher = Flusher(float(flush_interval), self.flush)
+
+    # -- connections --------------------------------------------------------------
+
+    def pool(self) -> ConnectionPool:
+        """The pool of sync callers."""
+        return self._pools.sync()
+
+    async def apool(self) -> AsyncConnectionPool:
+        """The pool of the running event loop."""
+        return await self._pools.running_loop()
+
+    def close(self) -> None:
+        """Flush queued outcomes, stop listening, close the sync pool.
+
+        Async pools belong to their event loop: close them with ``aclose``.
+        """
+        self._flusher.stop()
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.stop()
+        self._pools.close()
+
+    async def aclose(self) -> None:
+        """Close the async pool of the running event loop."""
+        await self._pools.aclose()
+
+    # -- one round trip -----------------------------------------------------------
+
+    def _failed(self, exc: Exception, started: float | None = None) -> StorageError:
+        if isinstance(exc, psycopg.Error) and getattr(exc, "sqlstate", None) == "22023":
+            raise ValueError(str(exc).strip()) from exc
+        if not unavailable(exc):
+            raise exc
+        if connection_lost(exc):
+            # Idle connections opened before this one died are most likely dead too:
+            # replace them now, or each would fail once after the database is back.
+            self._pools.drain()
+        self.outage.failed(exc, started)
+        return StorageError(f"breaker storage unavailable: {one_line(exc)}")
+
+    def _begin(self, statement: Any) -> tuple[bool, float]:
+        """Before a round trip (sync or async): skip a database known down, note the time."""
+        if self.outage.skip(self.connect_timeout + self.statement_timeout):
+            raise StorageError("breaker storage unavailable (backing off)")
+        # Admission (while CLOSED) and status only read, which a read-only or locked
+        # database still answers: for a store that records, only a write ends an outage.
+        return not self.statements.reads_only(statement), time.monotonic()
+
+    def _finish(self, row: Any, started: float, wrote: bool, missing_ok: bool) -> Any:
+        """After a round trip that got its answer: maybe end an outage, check the row."""
+        if self.outage.down_since is not None:
+            self.outage.succeeded(started, wrote or not self._breakers)
+        if row is None and not missing_ok:
+            raise StorageError("breaker function returned no row")
+        return row
+
+    def fetch(
+        self,
+        breaker: PgBreaker | None,
+        statement: Any,
+        params: Any,
+        *,
+        missing_ok: bool = False,
+    ) -> Any:
+        """Run one statement (configuring the breaker first if it never was)."""
+        wrote, started = self._begin(statement)
+        try:
+            with self.pool().connection(timeout=self.connect_timeout) as conn:
+                pending = breaker.pending_configuration() if breaker is not None else None
+                if breaker is not None and pending is not None:
+                    wrote = True
+                    configured = conn.execute(
+                        self.statements.configure, pending, prepare=True
+                    ).fetchone()
+                    if configured is not None:
+                        breaker.configured(configured)
+                row = conn.execute(statement, params, prepare=True).fetchone()
+        except Exception as exc:
+            raise self._failed(exc, started) from exc
+        return self._finish(row, started, wrote, missing_ok)
+
+    async def afetch(
+        self,
+        breaker: PgBreaker | None,
+        statement: Any,
+        params: Any,
+        *,
+        missing_ok: bool = False,
+    ) -> Any:
+        """The coroutine twin of ``fetch``: same statements, awaited on an async pool."""
+        wrote, started = self._begin(statement)
+        try:
+            pool = await self.apool()
+            async with pool.connection(timeout=self.connect_timeout) as conn:
+                pending = breaker.pending_configuration() if breaker is not None else None
+                if breaker is not None and pending is not None:
+                    wrote = True
+                    cur = await conn.execute(self.statements.configure, pending, prepare=True)
+                    configured = await cur.fetchone()
+                    if configured is not None:
+                        breaker.configured(configured)
+                cur = await conn.execute(statement, params, prepare=True)
+                row = await cur.fetchone()
+        except Exception as exc:
+            raise self._failed(exc, started) from exc
+        return self._finish(row, started, wrote, missing_ok)
+
+    # -- breakers -------------------------------------------------------------------
+
+    def breaker(
+        self,
+        resource_key: str,
+        namespace: str,
+        config: Config,
+        *,
+        admission: AdmissionMode = "strict",
+        recording: RecordingMode = "immediate",
+    ) -> PgBreaker:
+        """Bind a breaker and store ``config`` in its row (now, or on first contact)."""
+        with self._lock:
+            found = self._breakers.get((namespace, resource_key))
+            if found is None:
+                found = PgBreaker(self, resource_key, namespace, config)
+                self._breakers[(namespace, resource_key)] = found
+            else:
+                found.reconfigure(config)
+        # Outside the lock: the modes may start the listener or the flusher.
+        found.set_modes(admission, recording)
+        pending = found.pending_configuration()
+        if pending is not None:
+            try:
+                found.configured(self.fetch(None, self.statements.configure, pending))
+            except StorageError:
+                pass  # configured on the first call that reaches the database
+        return found
+
+    def breakers(self) -> list[PgBreaker]:
+        with self._lock:
+            return list(self._breakers.values())
+
+    # -- transitions and batches ------------------------------------------------------
+
+    def listen(self) -> None:
+        """Start the LISTEN connection that keeps cached verdicts honest."""
+        with self._lock:
+            if self._listener is None:
+                self._listener = notify.Listener(
+                    self.dsn, self._pools.connect_kwargs(), self._announced
+                )
+                self._listener.start()
+
+    def listening(self) -> bool:
+        listener = self._listener
+        return listener is not None and listener.healthy
+
+    def wait_listening(self, timeout: float = 5.0) -> bool:
+        """Block until the LISTEN connection is up (for start-up and tests)."""
+        listener = self._listener
+        return listener is not None and listener.wait_until_listening(timeout)
+
+    def _announced(self, event: Transition | None) -> None:
+        if event is None:
+            # (Re)connected: what happened while not listening is unknown.
+            first = not self._listened
+            self._listened = True
+            for each in self.breakers():
+                each.invalidate(keep_open=first)
+            return
+        found = self._breakers.get((event.namespace, event.resource_key))
+        if found is not None:
+            found.announced(event)
+
+    def start_flusher(self) -> None:
+        self._flusher.start()
+
+    def flush(self) -> None:
+        """Send every breaker's queued outcomes now."""
+        for found in self.breakers():
+            found.flush()
+
+    def watch(self, *, timeout: float | None = None) -> Iterator[Transition]:
+        """Transitions of every breaker in the database, as they commit."""
+        return notify.watch(self.dsn, timeout=timeout)
+
+    def awatch(self, *, timeout: float | None = None) -> AsyncIterator[Transition]:
+        """The async twin of ``watch``."""
+        return notify.awatch(self.dsn, timeout=timeout)
+
+    # -- 0.4.5's admin API ----------------------------------------------------------
+
+    def get_state(self, resource_key: str, namespace: str | None = None) -> dict[str, Any] | None:
+        row = self.fetch(
+            None,
+            self.statements.status,
+            {"key": resource_key, "namespace": namespace or self.namespace},
+            missing_ok=True,
+        )
+        if row is None:
+            return None
+        open_until: datetime | None = row[4]
+        return {
+            "state": row[0],
+            "failure_count": row[3],
+            "open_until": open_until.timestamp() if open_until is not None else 0,
+            "execution_log": list(queries.window(row[2])),
+            "generation": row[1],
+        }
+
+    def set_state(
+        self,
+        resource_key: str,
+        state: str,
+        failure_count: int,
+        open_until: float,
+        execution_log: list[bool] | None = None,
+        namespace: str | None = None,
+    ) -> None:
+        admin = check_admin_state(resource_key, state, failure_count, open_until, execution_log)
+        until = (
+            datetime.fromtimestamp(admin.open_until, timezone.utc)
+            if admin.state is CircuitState.OPEN and admin.open_until
+            else None
+        )
+        ns = namespace or self.namespace
+        self.fetch(
+            None,
+            self.statements.set_state,
+            {
+                "key": resource_key,
+                "namespace": ns,
+                "state": admin.state.value,
+                "failure_count": admin.failure_count,
+                "open_until": until,
+                "execution_log": list(admin.window),
+            },
+            missing_ok=True,
+        )
+        found = self._breakers.get((ns, resource_key))
+        if found is not None:
+            found.invalidate()
+
+
+_shared: dict[tuple[str, str | None], PostgresStorage] = {}
+_shared_lock = threading.Lock()
+
+
+def shared_storage(dsn: str, namespace: str | None) -> PostgresStorage:
+    """One PostgresStorage (one pool) per DSN and namespace in this process."""
+    with _shared_lock:
+        found = _shared.get((dsn, namespace))
+        if found is None:
+            found = _shared[(dsn, namespace)] = PostgresStorage(dsn, namespace=namespace)
+        return found
