@@ -329,6 +329,21 @@ def noop() -> None:
     return None
 
 
+def breaker_of(policy: Any) -> Any:
+    """The breaker handle ``policy``'s decorator drives, through the public storage API.
+
+    A storage keeps one handle per key, so binding the policy's key again (with its
+    own configuration and modes) returns that very handle.
+    """
+    return policy.storage.breaker(
+        policy.resource_key,
+        policy.namespace,
+        policy.config,
+        admission=policy.admission,
+        recording=policy.recording,
+    )
+
+
 def by_hand(fn: Callable[[], Any]) -> Callable[[], Any]:
     """The baseline of a retried call: the same two attempts under a hand-written retry."""
 

@@ -20,7 +20,7 @@ from functools import partial
 from itertools import cycle
 from typing import Any
 
-from _harness import LogWatch, Report, flaky, interleaved, noop, timed_loop
+from _harness import LogWatch, Report, breaker_of, flaky, interleaved, noop, timed_loop
 
 COOLDOWN = timedelta(seconds=60)
 
@@ -59,8 +59,7 @@ def raiser() -> None:
 
 
 def measure() -> dict[str, Any]:
-    from resilient_circuit import CircuitProtectorPolicy, CircuitState
-    from resilient_circuit import _machine as m
+    from resilient_circuit import CircuitProtectorPolicy, CircuitState, _machine
     from resilient_circuit.exceptions import ProtectedCallError
     from resilient_circuit.storage import InMemoryStorage
 
@@ -70,15 +69,15 @@ def measure() -> dict[str, Any]:
         )
 
     healthy = policy("healthy", Fraction(1, 10))
+    closed = breaker_of(healthy)  # the breaker handle the decorator drives
     success = healthy(noop)
     timed_loop(success, 100)
-    closed = healthy._breaker  # the breaker handle the decorator drives
     generation = closed.acquire().generation
 
     flaky_policy = policy("flaky", Fraction(9, 10))
     stream = flaky_policy(flaky())
     timed_loop(stream, 100)
-    alternating = policy("alternating", Fraction(9, 10))._breaker
+    alternating = breaker_of(policy("alternating", Fraction(9, 10)))
     flip, flip_base, flip_machine, flip_machine_base = (cycle((False, True)) for _ in range(4))
 
     def records() -> None:
@@ -88,12 +87,12 @@ def measure() -> dict[str, Any]:
         _nop2(next(flip_base), 0)
 
     config = alternating.config
-    box = [m.INITIAL]
+    box = [_machine.INITIAL]
 
     def machine() -> None:
-        box[0] = m.record(box[0], config, 0, next(flip_machine), 0)
+        box[0] = _machine.record(box[0], config, 0, next(flip_machine), 0)
 
-    base_box = [m.INITIAL]
+    base_box = [_machine.INITIAL]
 
     def machine_base() -> None:
         base_box[0] = _nop5(base_box[0], config, 0, next(flip_machine_base), 0) or base_box[0]
@@ -104,13 +103,13 @@ def measure() -> dict[str, Any]:
         with lock:
             pass
 
-    values = tuple(m.INITIAL)
+    values = tuple(_machine.INITIAL)
     new = tuple.__new__
 
     opened = policy("open", Fraction(1, 10))
+    open_breaker = breaker_of(opened)
     rejection = opened(noop)
     opened.status = CircuitState.OPEN
-    open_breaker = opened._breaker
     rejected = ProtectedCallError.rejected
     state = CircuitState.OPEN
 
@@ -135,7 +134,7 @@ def measure() -> dict[str, Any]:
         "machine": machine,
         "machine_base": machine_base,
         "locked": locked,
-        "state_alloc": partial(new, m.State, values),
+        "state_alloc": partial(new, _machine.State, values),
         "acquire_open": open_breaker.acquire,
         "build_rejection": partial(rejected, "open", state, 1),
         "nop3": partial(_nop3, "open", state, 1),

@@ -35,6 +35,7 @@ from typing import Any
 from _harness import (
     Report,
     RoundTripCounter,
+    breaker_of,
     interleaved,
     latencies,
     noop,
@@ -135,32 +136,29 @@ def peer_main(dsn: str, key: str, namespace: str) -> None:
             print(sent, replied, row[0] if row else -1, flush=True)
 
 
-def timed_storage(dsn: str) -> Any:
-    """A PostgresStorage that timestamps each transition its listener delivers.
+class Heard:
+    """When this process's store heard each transition, from its public ``subscribe``.
 
-    The timestamp is taken after the store has applied the notification, in the
-    listener thread: the moment the cached verdict changes.
+    The timestamp is taken in the store's listener thread, once the store has applied
+    the notification: the moment the cached verdict changes.
     """
-    from resilient_circuit.storage import PostgresStorage
 
-    class Timed(PostgresStorage):
-        def __init__(self, dsn: str) -> None:
-            super().__init__(dsn, namespace=NAMESPACE)
-            self.heard: dict[tuple[str, int], int] = {}
-            self.arrived = threading.Event()
+    def __init__(self) -> None:
+        self.at: dict[tuple[str, int], int] = {}
+        self.arrived = threading.Event()
 
-        def _announced(self, event: Any) -> None:
-            super()._announced(event)
-            if event is not None:
-                self.heard[(event.resource_key, event.generation)] = perf_counter_ns()
-                self.arrived.set()
-
-    return Timed(dsn)
+    def __call__(self, event: Any) -> None:
+        self.at[(event.resource_key, event.generation)] = perf_counter_ns()
+        self.arrived.set()
 
 
 def staleness(api: Any, dsn: str, busy: bool) -> dict[str, Any]:
+    from resilient_circuit.storage import PostgresStorage
+
     key = f"bench-stale-{'busy' if busy else 'idle'}-{os.getpid()}"
-    storage = timed_storage(dsn)
+    storage = PostgresStorage(dsn, namespace=NAMESPACE)
+    heard = Heard()
+    storage.subscribe(heard)
     policy = api.policy(key, storage, Fraction(1, 10), admission="cached")
     protected = policy(noop)
     if not storage.wait_listening(5):
@@ -174,11 +172,11 @@ def staleness(api: Any, dsn: str, busy: bool) -> dict[str, Any]:
     done = threading.Event()
 
     def seen(generation: int) -> int:
-        while (key, generation) not in storage.heard:
-            if not storage.arrived.wait(NOTIFY_TIMEOUT_S):
+        while (key, generation) not in heard.at:
+            if not heard.arrived.wait(NOTIFY_TIMEOUT_S):
                 raise RuntimeError(f"no notification within {NOTIFY_TIMEOUT_S:g} s")
-            storage.arrived.clear()
-        return storage.heard[(key, generation)]  # type: ignore[no-any-return]
+            heard.arrived.clear()
+        return heard.at[(key, generation)]
 
     def trials(count: int) -> None:
         try:
@@ -475,7 +473,7 @@ def profile(
 def open_acquire(api: Any, dsn: str) -> dict[str, Any]:
     """Admission of a call while OPEN, from the store's cached verdict, against memory's.
 
-    The handle a policy drives (``policy._breaker``) is timed on its own, both stores
+    The handle a policy drives (``breaker_of(policy)``) is timed on its own, both stores
     in the same rounds: what a PostgreSQL rejection costs beyond an in-memory one.
     """
     from resilient_circuit.storage import PostgresStorage
@@ -484,6 +482,7 @@ def open_acquire(api: Any, dsn: str) -> dict[str, Any]:
     pg_policy = api.policy(f"bench-open-acquire-{os.getpid()}", storage, Fraction(1, 10))
     memory_policy = api.policy("bench-open-acquire", api.InMemoryStorage(), Fraction(1, 10))
     try:
+        handles = {"pg": breaker_of(pg_policy), "memory": breaker_of(memory_policy)}
         for policy in (pg_policy, memory_policy):
             policy.status = api.State.OPEN
             try:
@@ -493,8 +492,8 @@ def open_acquire(api: Any, dsn: str) -> dict[str, Any]:
         rows = interleaved(
             {
                 "noop": noop,
-                "pg": pg_policy._breaker.acquire,
-                "memory": memory_policy._breaker.acquire,
+                "pg": handles["pg"].acquire,
+                "memory": handles["memory"].acquire,
             }
         )
     finally:

@@ -93,16 +93,8 @@ class Api:
 
 
 def modes_for(api: Api, label: str) -> dict[str, dict[str, Any]]:
-    """The PostgreSQL modes to measure for this library.
-
-    Until this repository's policy takes ``admission``/``recording``, its one
-    behaviour is measured as "default".
-    """
-    if label != "ours":
-        return OLD_MODES
-    if "admission" in inspect.signature(api.Policy).parameters:
-        return OUR_MODES
-    return {"default": {}}
+    """The PostgreSQL modes to measure: this repository's, or 0.8.6's."""
+    return OUR_MODES if label == "ours" else OLD_MODES
 
 
 def expect_rejection(api: Api, fn: Any) -> None:
@@ -321,7 +313,7 @@ def postgres_scenarios(
                 result["mode"] = mode
                 report.ok(name, result)
 
-        if label == "ours" and "admission" in inspect.signature(api.Policy).parameters:
+        if label == "ours":
             import pg_extra
 
             pg_extra.scenarios(api, report, dsn, counter, redis, tuple(peer_paths or ()))

@@ -7,9 +7,10 @@ One statement per operation, prepared, autocommit, on pooled connections.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import datetime, timezone
 from typing import Any
 
@@ -37,6 +38,8 @@ from resilient_circuit.storage.postgres.outage import (
 )
 
 __all__ = ("PostgresStorage", "shared_storage")
+
+logger = logging.getLogger("resilient_circuit.storage")
 
 
 class PostgresStorage(CircuitBreakerStorage):
@@ -92,6 +95,7 @@ class PostgresStorage(CircuitBreakerStorage):
         self._breakers: dict[tuple[str, str], PgBreaker] = {}
         self._listener: notify.Listener | None = None
         self._listened = False  # has a LISTEN connection ever been up?
+        self._subscribers: tuple[Callable[[Transition], None], ...] = ()
         self._flusher = Flusher(float(flush_interval), self.flush)
 
     # -- connections --------------------------------------------------------------
@@ -264,6 +268,31 @@ class PostgresStorage(CircuitBreakerStorage):
         found = self._breakers.get((event.namespace, event.resource_key))
         if found is not None:
             found.announced(event)
+        for callback in self._subscribers:
+            try:
+                callback(event)
+            except Exception:
+                # The listener thread serves every breaker: one faulty callback must not stop it.
+                logger.exception("transition subscriber %r failed", callback)
+
+    def subscribe(self, callback: Callable[[Transition], None]) -> Callable[[], None]:
+        """Call ``callback(transition)`` for each transition heard; returns the unsubscribe.
+
+        It runs in the store's LISTEN thread, once the transition has been applied to
+        this process's breakers (their cached verdicts already reflect it), so it must
+        be quick. Subscribing starts the LISTEN connection.
+        """
+        if not callable(callback):
+            raise TypeError("`callback` must be callable")
+        with self._lock:
+            self._subscribers = (*self._subscribers, callback)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                self._subscribers = tuple(c for c in self._subscribers if c is not callback)
+
+        self.listen()
+        return unsubscribe
 
     def start_flusher(self) -> None:
         self._flusher.start()
