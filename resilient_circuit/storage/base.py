@@ -48,8 +48,8 @@ class Breaker(abc.ABC):
     """One breaker in one store, bound once by a policy and then called per call.
 
     ``acquire``/``record`` may raise StorageError; the policy decides what an outage
-    means. The ``a``-prefixed variants are for event loops: a store doing I/O
-    awaits it, the memory store answers at once.
+    means. The ``a``-prefixed variants are for event loops, so that async code never
+    blocks its loop: a store doing I/O awaits it, the memory store answers at once.
     """
 
     __slots__ = ()
@@ -79,6 +79,15 @@ class Breaker(abc.ABC):
 
     @abc.abstractmethod
     def arecord(self, success: bool, generation: int | None) -> Awaitable[Observed]: ...
+
+    @abc.abstractmethod
+    def aforce(self, state: CircuitState) -> Awaitable[Observed]: ...
+
+    @abc.abstractmethod
+    def areset(self) -> Awaitable[Observed]: ...
+
+    @abc.abstractmethod
+    def asnapshot(self) -> Awaitable[Snapshot]: ...
 
 
 def check_name(value: object, name: str) -> str:

@@ -203,6 +203,15 @@ class MemoryBreaker(Breaker):
     async def arecord(self, success: bool, generation: int | None) -> State:
         return self.record(success, generation)
 
+    async def aforce(self, state: CircuitState) -> State:
+        return self.force(state)
+
+    async def areset(self) -> State:
+        return self.reset()
+
+    async def asnapshot(self) -> Snapshot:
+        return self.snapshot()
+
 
 class InMemoryStorage(CircuitBreakerStorage):
     """Breakers shared by the policies of one process that use this storage object.
