@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from resilient_circuit._demo import quiet_platformdirs
+from resilient_circuit._testing import quiet_platformdirs
 
 Mode = Literal["forward", "refuse", "blackhole"]
 

@@ -32,7 +32,7 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from resilient_circuit._demo import quiet_platformdirs
+from resilient_circuit._testing import quiet_platformdirs
 
 BACKENDS = ("dsn", "embedded", "testcontainers")
 TESTCONTAINERS_IMAGE = "postgres:16-alpine"
@@ -255,12 +255,12 @@ def pg_empty_dsn(pg_make_database: Callable[[], str]) -> str:
 @pytest.fixture(scope="session")
 def _pg_template(pg_backend: PgBackend) -> Iterator[str]:
     """A database with the current schema installed, copied for each ``pg_dsn``."""
-    from resilient_circuit import _schema
+    from resilient_circuit import _installer
 
     name = _create_database(pg_backend.admin_dsn, "rc_template")
     try:
         with psycopg.connect(make_conninfo(pg_backend.admin_dsn, dbname=name)) as conn:
-            _schema.install(conn)
+            _installer.install(conn)
         # CREATE DATABASE ... TEMPLATE needs the template to have no sessions:
         # the connection above is closed here and nothing else ever connects.
         yield name

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from resilient_circuit import CircuitState
-from resilient_circuit._demo import run_memory_demo, run_postgres_demo
+from resilient_circuit.cli.demo import run_memory_demo, run_postgres_demo
 
 CLOSED, OPEN = CircuitState.CLOSED, CircuitState.OPEN
 

@@ -18,7 +18,8 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from resilient_circuit import CircuitProtectorPolicy, CircuitState, ProtectedCallError, _schema
+from resilient_circuit import CircuitProtectorPolicy, CircuitState, ProtectedCallError, _installer
+from resilient_circuit.cli.connect import connect
 from resilient_circuit.storage import PostgresStorage
 
 HOSTILE = [
@@ -251,8 +252,8 @@ def test_hostile_schema_name_through_the_store(
 ) -> None:
     """Installed into a schema named like an injection, the store finds and uses it."""
     schema = 'we"ird; DROP SCHEMA public CASCADE; --'
-    with _schema.connect(pg_empty_dsn) as conn:
-        _schema.install(conn, schema=schema)
+    with connect(pg_empty_dsn) as conn:
+        _installer.install(conn, schema=schema)
     store = stores(pg_empty_dsn, namespace="x", schema=schema)
     policy = CircuitProtectorPolicy(resource_key="k'ey", storage=store)
     with pytest.raises(Failed):
@@ -268,8 +269,8 @@ def test_hostile_schema_name_through_the_store(
 def app_dsn(pg_dsn: str, pg_role: Callable[[], str]) -> str:
     """A DSN logging in as a role set up by ``pg-setup --app-role`` (EXECUTE only)."""
     role = pg_role()
-    with _schema.connect(pg_dsn) as conn:
-        _schema.install(conn, app_role=role)
+    with connect(pg_dsn) as conn:
+        _installer.install(conn, app_role=role)
     return make_conninfo(pg_dsn, user=role)
 
 

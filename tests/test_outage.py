@@ -23,7 +23,7 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from resilient_circuit import CircuitProtectorPolicy, CircuitState, ProtectedCallError, _schema
+from resilient_circuit import CircuitProtectorPolicy, CircuitState, ProtectedCallError, _installer
 from resilient_circuit.storage import PostgresStorage
 
 from ._fleet_net import FaultyProxy, StoppableServer, faulty_proxy
@@ -79,7 +79,7 @@ def stoppable_dsn(stoppable: StoppableServer) -> Iterator[str]:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     dsn = make_conninfo(stoppable.dsn, dbname=name)
     with psycopg.connect(dsn) as conn:
-        _schema.install(conn)
+        _installer.install(conn)
     yield dsn
     if not stoppable.running:
         stoppable.start()

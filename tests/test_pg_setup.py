@@ -20,7 +20,7 @@ from click.testing import CliRunner, Result
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from resilient_circuit import _schema, _settings, cli
+from resilient_circuit import _installer, _settings, cli
 from resilient_circuit.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
@@ -145,14 +145,14 @@ def rc_functions(dsn: str, schema: str) -> set[str]:
 def tracked_versions(dsn: str, schema: str = "public") -> list[int]:
     """Versions recorded in the tracking table."""
     with connect(dsn) as conn:
-        table = sql.Identifier(schema, _schema.TRACKING_TABLE)
+        table = sql.Identifier(schema, _installer.TRACKING_TABLE)
         rows = conn.execute(sql.SQL("SELECT version FROM {} ORDER BY 1").format(table)).fetchall()
     return [version for (version,) in rows]
 
 
 def all_versions() -> list[int]:
     """Every migration version shipped with the package."""
-    return [m.version for m in _schema.load_migrations()]
+    return [m.version for m in _installer.load_migrations()]
 
 
 def call(conn: psycopg.Connection[Any], query: str, *params: Any) -> tuple[Any, ...]:
@@ -196,8 +196,8 @@ def test_second_run_changes_nothing(pg_empty_dsn: str) -> None:
     assert tracked_versions(pg_empty_dsn) == all_versions()
     with connect(pg_empty_dsn) as conn:
         assert call(conn, "SELECT state, failure_count FROM rc_circuit_breakers") == ("OPEN", 1)
-        assert _schema.plan(conn, "public") == []
-        assert _schema.install(conn) == []
+        assert _installer.plan(conn, "public") == []
+        assert _installer.install(conn) == []
 
 
 def test_dry_run_prints_the_sql_and_changes_nothing(pg_empty_dsn: str) -> None:
@@ -218,7 +218,7 @@ def test_dry_run_prints_the_sql_and_changes_nothing(pg_empty_dsn: str) -> None:
     # leaves nothing for pg-setup to do.
     with connect(pg_empty_dsn) as conn:
         conn.execute(script.encode())
-        assert _schema.plan(conn, "rc_dry") == []
+        assert _installer.plan(conn, "rc_dry") == []
     assert tracked_versions(pg_empty_dsn, "rc_dry") == all_versions()
 
     again = pg_setup("--dry-run", "--dsn", pg_empty_dsn, "--schema", "rc_dry")
@@ -260,8 +260,8 @@ def test_installs_serialise_on_the_advisory_lock(pg_empty_dsn: str) -> None:
 
     def installer() -> None:
         try:
-            with _schema.connect(pg_empty_dsn) as conn:
-                results.append(_schema.install(conn))
+            with connect(pg_empty_dsn) as conn:
+                results.append(_installer.install(conn))
         except BaseException as exc:
             errors.append(exc)
 
@@ -270,7 +270,7 @@ def test_installs_serialise_on_the_advisory_lock(pg_empty_dsn: str) -> None:
         connect(pg_empty_dsn) as observer,
         holder.transaction(),
     ):
-        holder.execute("SELECT pg_advisory_xact_lock(%s)", [_schema.LOCK_KEY])
+        holder.execute("SELECT pg_advisory_xact_lock(%s)", [_installer.LOCK_KEY])
         threads = [threading.Thread(target=installer) for _ in range(2)]
         for thread in threads:
             thread.start()
@@ -298,7 +298,7 @@ def test_installs_serialise_on_the_advisory_lock(pg_empty_dsn: str) -> None:
 
 def create_0_4_5_table(dsn: str) -> None:
     """Build the table exactly as 0.4.5's pg-setup did, holding breakers in every state."""
-    seed = _schema.load_migrations()[0]
+    seed = _installer.load_migrations()[0]
     assert seed.version == 1
     with connect(dsn) as conn, conn.transaction():
         conn.execute(sql.SQL(seed.sql))
@@ -328,7 +328,7 @@ def test_upgrade_from_0_4_5_keeps_rows(pg_empty_dsn: str) -> None:
             "SELECT resource_key, namespace, state, failure_count, open_until, created_at, "
             "execution_log FROM rc_circuit_breakers ORDER BY 1, 2"
         ).fetchall()
-        assert _schema.applied_versions(conn) == [1]
+        assert _installer.applied_versions(conn) == [1]
 
     dry = pg_setup("--dry-run", "--dsn", pg_empty_dsn)
     assert dry.exit_code == 0, dry.output

@@ -17,7 +17,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from resilient_circuit import _schema
+from resilient_circuit import _installer
+from resilient_circuit.cli.connect import connect
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "sql" / "migrations"
 
@@ -166,7 +167,7 @@ def catalog(dsn: str, schema: str, *, tracked: bool = True) -> Described:
         if tracked:
             versions = conn.execute(
                 sql.SQL("SELECT version, name FROM {} ORDER BY 1").format(
-                    sql.Identifier(schema, _schema.TRACKING_TABLE)
+                    sql.Identifier(schema, _installer.TRACKING_TABLE)
                 )
             )
             described["tracked versions"] = [tuple(row) for row in versions]
@@ -209,26 +210,26 @@ def differences(fresh: Described, upgraded: Described) -> str:
 
 def install_fresh(dsn: str, schema: str) -> None:
     """Install from schema.sql."""
-    with _schema.connect(dsn) as conn:
-        steps = _schema.plan(conn, schema)
+    with connect(dsn) as conn:
+        steps = _installer.plan(conn, schema)
         assert [step.kind for step in steps] == ["schema"]
-        _schema.install(conn, schema=schema)
+        _installer.install(conn, schema=schema)
 
 
 def install_by_replaying(dsn: str, schema: str) -> None:
     """Create 0.4.5's table with 0001, then let the installer apply every later migration."""
-    seed, *later = _schema.load_migrations()
-    with _schema.connect(dsn) as conn, conn.transaction():
+    seed, *later = _installer.load_migrations()
+    with connect(dsn) as conn, conn.transaction():
         conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
         conn.execute(sql.SQL("SET LOCAL search_path TO {}, pg_temp").format(sql.Identifier(schema)))
         conn.execute(sql.SQL(seed.sql))
-    with _schema.connect(dsn) as conn:
-        steps = _schema.plan(conn, schema)
+    with connect(dsn) as conn:
+        steps = _installer.plan(conn, schema)
         assert [step.kind for step in steps] == ["adopt"] + ["migration"] * len(later)
         assert [m.version for step in steps for m in step.records] == [1] + [
             m.version for m in later
         ]
-        _schema.install(conn, schema=schema)
+        _installer.install(conn, schema=schema)
 
 
 @pytest.mark.parametrize("schema", ["public", "Rc Breakers"])
@@ -244,16 +245,16 @@ def test_schema_sql_equals_replayed_migrations(
     if fresh != upgraded:
         pytest.fail("schema.sql and the migrations differ:\n" + differences(fresh, upgraded))
     for dsn in (fresh_dsn, upgraded_dsn):
-        with _schema.connect(dsn) as conn:
-            assert _schema.plan(conn, schema) == []
-            assert _schema.applied_versions(conn, schema) == [
-                m.version for m in _schema.load_migrations()
+        with connect(dsn) as conn:
+            assert _installer.plan(conn, schema) == []
+            assert _installer.applied_versions(conn, schema) == [
+                m.version for m in _installer.load_migrations()
             ]
 
 
 def test_every_migration_file_is_recognised() -> None:
     """Migration files are numbered 0001, 0002, ... without gaps, and none is silently ignored."""
-    migrations = _schema.load_migrations()
+    migrations = _installer.load_migrations()
     assert [m.version for m in migrations] == list(range(1, len(migrations) + 1))
     assert migrations[0].name == "seed_0_4_5"
     on_disk = sorted(path.name for path in MIGRATIONS_DIR.glob("*.sql"))
@@ -263,7 +264,7 @@ def test_every_migration_file_is_recognised() -> None:
 def test_seed_migration_is_the_0_4_5_table(pg_empty_dsn: str) -> None:
     """0001 builds exactly the table, trigger and indexes 0.4.5's pg-setup created."""
     with psycopg.connect(pg_empty_dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL(_schema.load_migrations()[0].sql))
+        conn.execute(sql.SQL(_installer.load_migrations()[0].sql))
     described = catalog(pg_empty_dsn, "public", tracked=False)
     columns = {row[0]: row[1:4] for row in described["columns"]}
     assert columns == {
@@ -298,4 +299,4 @@ def test_seed_migration_is_the_0_4_5_table(pg_empty_dsn: str) -> None:
     assert [row[0] for row in described["functions"]] == ["rc_update_updated_at()"]
     # Running it twice is harmless (the installer never needs to, but a person might).
     with psycopg.connect(pg_empty_dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL(_schema.load_migrations()[0].sql))
+        conn.execute(sql.SQL(_installer.load_migrations()[0].sql))

@@ -15,7 +15,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from resilient_circuit import _schema
+from resilient_circuit import _installer
+from resilient_circuit.cli.connect import connect
 
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 SHARED = "-- ==== shared definitions: byte-identical in schema.sql and the newest migration"
@@ -36,7 +37,7 @@ def _code(text: str) -> str:
 
 def test_schema_sql_and_newest_migration_share_their_definitions_byte_for_byte() -> None:
     """The functions, view, comments and privileges in schema.sql equal the migration's copy."""
-    carriers = [m for m in _schema.load_migrations() if SHARED in m.sql]
+    carriers = [m for m in _installer.load_migrations() if SHARED in m.sql]
     assert carriers, "no migration carries the shared definitions"
     newest = carriers[-1]
     assert _shared(_schema_sql()) == _shared(newest.sql), (
@@ -91,7 +92,7 @@ SEED_ROWS = [
 
 
 def _install_0_4_5(dsn: str) -> datetime:
-    seed = _schema.load_migrations()[0]
+    seed = _installer.load_migrations()[0]
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(seed.sql)
         now: datetime = conn.execute("SELECT clock_timestamp()").fetchone()[0]  # type: ignore[index]
@@ -114,9 +115,9 @@ def test_upgrade_from_0_4_5_keeps_rows_and_states(pg_empty_dsn: str) -> None:
                 "SELECT resource_key, created_at, updated_at FROM rc_circuit_breakers"
             )
         }
-    with _schema.connect(pg_empty_dsn) as conn:
-        assert [step.kind for step in _schema.plan(conn)][:2] == ["adopt", "migration"]
-        _schema.install(conn)
+    with connect(pg_empty_dsn) as conn:
+        assert [step.kind for step in _installer.plan(conn)][:2] == ["adopt", "migration"]
+        _installer.install(conn)
 
     with psycopg.connect(pg_empty_dsn, autocommit=True) as conn:
         rows = {

