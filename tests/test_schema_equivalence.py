@@ -252,6 +252,31 @@ def test_schema_sql_equals_replayed_migrations(
             ]
 
 
+@pytest.mark.parametrize("version", [m.version for m in _installer.load_migrations()[:-1]])
+def test_an_install_left_at_any_older_version_upgrades_to_the_fresh_catalog(
+    pg_make_database: Callable[[], str], monkeypatch: pytest.MonkeyPatch, version: int
+) -> None:
+    """Installed by a package that knew migrations up to ``version``, then upgraded: as fresh."""
+    fresh_dsn, upgraded_dsn = pg_make_database(), pg_make_database()
+    install_fresh(fresh_dsn, "public")
+    every = _installer.load_migrations()
+    with monkeypatch.context() as older_package:
+        older_package.setattr(_installer, "load_migrations", lambda: every[:version])
+        install_by_replaying(upgraded_dsn, "public")
+    with connect(upgraded_dsn) as conn:
+        steps = _installer.plan(conn, "public")
+        assert [m.version for step in steps for m in step.records] == [
+            m.version for m in every[version:]
+        ]
+        _installer.install(conn, schema="public")
+    fresh, upgraded = catalog(fresh_dsn, "public"), catalog(upgraded_dsn, "public")
+    if fresh != upgraded:
+        pytest.fail(
+            f"schema.sql and an upgrade from version {version} differ:\n"
+            + differences(fresh, upgraded)
+        )
+
+
 def test_every_migration_file_is_recognised() -> None:
     """Migration files are numbered 0001, 0002, ... without gaps, and none is silently ignored."""
     migrations = _installer.load_migrations()
