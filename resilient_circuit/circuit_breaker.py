@@ -165,7 +165,7 @@ class CircuitProtectorPolicy(ProtectionPolicy):
             namespace if namespace is not None else self.storage.namespace, "namespace"
         )
         self.cooldown = cooldown
-        self.should_consider_failure = should_handle
+        self.should_handle = should_handle
         self.on_storage_error = on_storage_error
         self._on_status_change = on_status_change
         self._seen_lock = threading.Lock()
@@ -353,7 +353,7 @@ class CircuitProtectorPolicy(ProtectionPolicy):
 
     def _wrap_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
         policy, breaker = self, self._breaker
-        should_handle = self.should_consider_failure
+        should_handle = self.should_handle
         check = None if should_handle is _handle_all else should_handle
         rejected = ProtectedCallError.rejected
 
@@ -407,7 +407,7 @@ class CircuitProtectorPolicy(ProtectionPolicy):
 
     def _wrap_async(self, func: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
         policy, breaker = self, self._breaker
-        should_handle = self.should_consider_failure
+        should_handle = self.should_handle
         check = None if should_handle is _handle_all else should_handle
         rejected = ProtectedCallError.rejected
 

@@ -9,8 +9,16 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, Literal
 
-from resilient_circuit import _machine as m
-from resilient_circuit._machine import CLOSED, Admission, CircuitState, Config, State
+from resilient_circuit import _machine
+from resilient_circuit._machine import (
+    CLOSED,
+    HALF_OPEN,
+    OPEN,
+    Admission,
+    CircuitState,
+    Config,
+    State,
+)
 from resilient_circuit._settings import default_namespace
 from resilient_circuit.storage.base import (
     Breaker,
@@ -71,7 +79,7 @@ class MemoryBreaker(Breaker):
         self.resource_key = resource_key
         self.namespace = namespace
         self.config = config
-        self.state = m.INITIAL
+        self.state = _machine.INITIAL
         self._successes = _Counter()
         self._failures = _Counter()
         self._lock = lock
@@ -107,14 +115,14 @@ class MemoryBreaker(Breaker):
             # cooling down; trials all out). Any change of state is a new object.
             return _new(Admission, (False, phase, generation, until - now))
         # Decide optimistically on the state as read; lock only to change it.
-        admission, nxt = m.try_acquire(st, self.config, now)
+        admission, nxt = _machine.try_acquire(st, self.config, now)
         if nxt is st:
             if not admission.permitted and admission.retry_after:
                 until = now + admission.retry_after
                 self._rejecting = (st, until, admission.state, admission.generation)
             return admission
         with self._lock:
-            admission, self.state = m.try_acquire(self.state, self.config, self._clock())
+            admission, self.state = _machine.try_acquire(self.state, self.config, self._clock())
         return admission
 
     def record(self, success: bool, generation: int | None) -> State:
@@ -130,7 +138,7 @@ class MemoryBreaker(Breaker):
             # swapped in under it if nobody changed the breaker meanwhile. The machine
             # reads the clock only to trip (a result still CLOSED did not use it), so
             # none is read here; a trip is recomputed under the lock with the time.
-            nxt = m.record(st, self.config, 0, success, generation)
+            nxt = _machine.record(st, self.config, 0, success, generation)
             if nxt is st:
                 if success and generation == st.generation:
                     self._steady = st
@@ -145,7 +153,9 @@ class MemoryBreaker(Breaker):
             return self._apply(success, generation)
 
     def _apply(self, success: bool, generation: int | None) -> State:
-        st = self.state = m.record(self.state, self.config, self._clock(), success, generation)
+        st = self.state = _machine.record(
+            self.state, self.config, self._clock(), success, generation
+        )
         return st
 
     @property
@@ -158,12 +168,12 @@ class MemoryBreaker(Breaker):
 
     def force(self, state: CircuitState) -> State:
         with self._lock:
-            st = self.state = m.force(self.state, self.config, self._clock(), state)
+            st = self.state = _machine.force(self.state, self.config, self._clock(), state)
         return st
 
     def reset(self) -> State:
         with self._lock:
-            st = self.state = m.reset(self.state)
+            st = self.state = _machine.reset(self.state)
             self._successes = _Counter()
             self._failures = _Counter()
         return st
@@ -171,7 +181,7 @@ class MemoryBreaker(Breaker):
     def configure(self, config: Config) -> State:
         with self._lock:
             self.config = config
-            st = m.reconfigure(self.state, config)
+            st = _machine.reconfigure(self.state, config)
             # Always a fresh object: a decision computed on the current one under the
             # old configuration (the _steady memo, a record's swap) then never applies.
             st = self.state = State._make(st)
@@ -182,9 +192,9 @@ class MemoryBreaker(Breaker):
             st, cfg, now = self.state, self.config, self._clock()
             successes, failures = self.successes, self.failures
         remaining = None
-        if st.state is m.OPEN and st.open_until is not None:
+        if st.state is OPEN and st.open_until is not None:
             remaining = timedelta(microseconds=max(0, st.open_until - now) // 1000)
-        capacity = cfg.half_open_window if st.state is m.HALF_OPEN else cfg.window_size
+        capacity = cfg.half_open_window if st.state is HALF_OPEN else cfg.window_size
         return Snapshot(
             state=st.state,
             generation=st.generation,
@@ -265,7 +275,7 @@ class InMemoryStorage(CircuitBreakerStorage):
         with self._lock:
             st, now = found.state, self._clock()
         open_until = 0.0
-        if st.state is m.OPEN and st.open_until is not None:
+        if st.state is OPEN and st.open_until is not None:
             open_until = time.time() + (st.open_until - now) / 1e9
         return {
             "state": st.state.value,
@@ -287,17 +297,19 @@ class InMemoryStorage(CircuitBreakerStorage):
         admin = check_admin_state(resource_key, state, failure_count, open_until, execution_log)
         target, window = admin.state, admin.window
         ns = namespace or self.namespace
-        found = self._existing(resource_key, ns) or self.breaker(resource_key, ns, m.DEFAULT_CONFIG)
+        found = self._existing(resource_key, ns) or self.breaker(
+            resource_key, ns, _machine.DEFAULT_CONFIG
+        )
         with self._lock:
             now = self._clock()
             cfg = found.config
-            capacity = cfg.half_open_window if target is m.HALF_OPEN else cfg.window_size
+            capacity = cfg.half_open_window if target is HALF_OPEN else cfg.window_size
             window = window[-capacity:]
             bits = 0
             for ok in window:
                 bits = (bits << 1) | (not ok)
             until = None
-            if target is m.OPEN:
+            if target is OPEN:
                 seconds = admin.open_until
                 until = now + max(0, int((seconds - time.time()) * 1e9)) if seconds else now
             old = found.state
