@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -28,7 +28,11 @@ else:  # pragma: no cover - Python 3.10
     from importlib.abc import Traversable
 
 __all__ = [
+    "ALL_NAMESPACES",
+    "DEFAULT_NAMESPACE",
+    "GRANTS_TABLE",
     "LOCK_KEY",
+    "SCHEMA_PLACEHOLDER",
     "STATUS_VIEW",
     "TABLE",
     "TRACKING_TABLE",
@@ -38,17 +42,32 @@ __all__ = [
     "SetupError",
     "Step",
     "Target",
+    "WritableSchema",
     "applied_versions",
     "connection_target",
+    "granted_namespaces",
     "install",
     "load_migrations",
     "load_schema_sql",
     "plan",
+    "render",
 ]
 
 TABLE = "rc_circuit_breakers"
 TRACKING_TABLE = "rc_schema_migrations"
+GRANTS_TABLE = "rc_namespace_grants"
 STATUS_VIEW = "rc_circuit_breaker_status"
+
+#: What the SQL files write in front of our own objects' names; replaced by the target
+#: schema's quoted name, so the functions resolve nothing through ``search_path``.
+SCHEMA_PLACEHOLDER = "@extschema@"
+
+#: The namespace a role may use when ``install`` is given an ``app_role`` without
+#: ``namespaces`` and the role holds none yet: the one the library uses by default.
+DEFAULT_NAMESPACE = "default"
+
+#: Grants every namespace.
+ALL_NAMESPACES = "*"
 
 #: The version a 0.4.5 table is (``0001_seed_0_4_5.sql`` reproduces it).
 SEED_VERSION = 1
@@ -100,6 +119,10 @@ class RoleNotFound(SetupError):
     """The role passed as ``app_role`` does not exist."""
 
 
+class WritableSchema(SetupError):
+    """Roles other than the schema's owner may create objects in it."""
+
+
 # ------------------------------------------------------------------------ SQL files
 
 
@@ -138,6 +161,11 @@ def _sql_root() -> Traversable:
 def load_schema_sql() -> str:
     """The text of ``schema.sql``, the full current state."""
     return _sql_root().joinpath("schema.sql").read_text(encoding="utf-8")
+
+
+def render(text: str, schema: str, conn: psycopg.Connection[Any]) -> str:
+    """``text`` with every ``@extschema@`` replaced by ``schema``, quoted."""
+    return text.replace(SCHEMA_PLACEHOLDER, sql.Identifier(schema).as_string(conn))
 
 
 def load_migrations() -> list[Migration]:
@@ -289,6 +317,82 @@ def _check_app_role(conn: psycopg.Connection[Any], schema: str, role: str) -> No
         )
 
 
+def _check_schema_not_writable(conn: psycopg.Connection[Any], schema: str) -> None:
+    # A role that can create objects in the schema can plant look-alikes of what our
+    # functions use, or replace them outright: the install would be only as safe as
+    # the least trusted of those roles.
+    rows = conn.execute(
+        """
+        SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(r.rolname) END
+        FROM pg_namespace n
+        CROSS JOIN LATERAL aclexplode(n.nspacl) AS a
+        LEFT JOIN pg_roles r ON r.oid = a.grantee
+        WHERE n.nspname = %s AND a.privilege_type = 'CREATE' AND a.grantee <> n.nspowner
+        ORDER BY 1
+        """,
+        [schema],
+    ).fetchall()
+    if rows:
+        grantees = ", ".join(row[0] for row in rows)
+        fix = sql.SQL("REVOKE CREATE ON SCHEMA {} FROM {};").format(
+            sql.Identifier(schema), sql.SQL(grantees)
+        )
+        raise WritableSchema(
+            f"refusing to install into schema {schema!r}: {grantees} may create objects in it, "
+            f"and could plant objects that the breaker functions would run with their owner's "
+            f"rights; run as its owner: {fix.as_string(conn)}"
+        )
+
+
+def _check_namespaces(namespaces: Sequence[str]) -> list[str]:
+    checked: list[str] = []
+    for namespace in namespaces:
+        if not isinstance(namespace, str) or not 1 <= len(namespace) <= 255:
+            raise ValueError(
+                f"namespaces must hold names of 1 to 255 characters, got {namespace!r}"
+            )
+        if "\x00" in namespace:
+            raise ValueError(f"namespaces must not contain NUL characters, got {namespace!r}")
+        if namespace not in checked:
+            checked.append(namespace)
+    if not checked:
+        raise ValueError("namespaces must name at least one namespace (or '*' for all)")
+    return checked
+
+
+def _namespace_grant_statements(
+    schema: str, role: str, namespaces: Sequence[str] | None
+) -> list[sql.Composed]:
+    grants = sql.Identifier(schema, GRANTS_TABLE)
+    if namespaces is None:
+        # A role keeps what it was given; a new one gets the namespace calls use when they
+        # name none, which is what an application written for one namespace needs.
+        return [
+            sql.SQL(
+                "INSERT INTO {} (role_name, namespace) SELECT {}, {} "
+                "WHERE NOT EXISTS (SELECT 1 FROM {} WHERE role_name = {})"
+            ).format(grants, role, DEFAULT_NAMESPACE, grants, role)
+        ]
+    values = sql.SQL(", ").join(sql.SQL("({}, {})").format(role, ns) for ns in namespaces)
+    return [
+        # Exactly the namespaces asked for: running pg-setup again narrows as well as widens.
+        sql.SQL("DELETE FROM {} WHERE role_name = {} AND NOT namespace = ANY({})").format(
+            grants, role, list(namespaces)
+        ),
+        sql.SQL("INSERT INTO {} (role_name, namespace) VALUES {} ON CONFLICT DO NOTHING").format(
+            grants, values
+        ),
+    ]
+
+
+def granted_namespaces(conn: psycopg.Connection[Any], schema: str, role: str) -> list[str]:
+    """The namespaces ``role`` may use in ``schema`` (``['*']``: all), sorted."""
+    query = sql.SQL("SELECT namespace FROM {} WHERE role_name = %s ORDER BY 1").format(
+        sql.Identifier(schema, GRANTS_TABLE)
+    )
+    return [str(namespace) for (namespace,) in conn.execute(query, [role]).fetchall()]
+
+
 def _current_search_path(conn: psycopg.Connection[Any]) -> str:
     row = conn.execute("SELECT current_setting('search_path')").fetchone()
     return str(row[0]) if row else ""
@@ -336,8 +440,11 @@ def _grant_statements(
         sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(schema), to_role),
         # Direct table access would let the application bypass the state machine,
         # so privileges granted by hand earlier (0.4.5 needed them) are taken back.
-        sql.SQL("REVOKE ALL ON TABLE {}, {} FROM {}").format(
-            sql.Identifier(schema, TABLE), sql.Identifier(schema, TRACKING_TABLE), to_role
+        sql.SQL("REVOKE ALL ON TABLE {}, {}, {} FROM {}").format(
+            sql.Identifier(schema, TABLE),
+            sql.Identifier(schema, TRACKING_TABLE),
+            sql.Identifier(schema, GRANTS_TABLE),
+            to_role,
         ),
     ]
     if functions_exist:
@@ -393,12 +500,17 @@ def install(
     *,
     schema: str = "public",
     app_role: str | None = None,
+    namespaces: Sequence[str] | None = None,
     dry_run: bool = False,
 ) -> list[str]:
     """Bring ``schema`` up to date in one transaction; return the SQL it ran.
 
     With ``app_role``, that role gets USAGE on the schema, EXECUTE on the public
-    ``rc_*`` functions and SELECT on the status view, and no table privileges.
+    ``rc_*`` functions and SELECT on the status view, and no table privileges; the
+    functions let it use exactly ``namespaces`` (``'*'``: all).  Without
+    ``namespaces`` a role keeps the namespaces it was given before, and a role that
+    holds none gets ``'default'``.  A schema in which roles other than its owner may
+    create objects is refused (``WritableSchema``, naming the ``REVOKE`` that fixes it).
     With ``dry_run`` nothing is changed (the transaction is read-only and rolled
     back) and the returned SQL is what a real run would execute.  An empty list
     means there was nothing to do.  On a connection already inside a transaction
@@ -407,6 +519,10 @@ def install(
     _check_identifier(schema, "schema")
     if app_role is not None:
         _check_identifier(app_role, "app_role")
+    if namespaces is not None:
+        if app_role is None:
+            raise ValueError("namespaces needs app_role: they are granted to that role")
+        namespaces = _check_namespaces(namespaces)
     outermost = conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
     done: list[str] = []
 
@@ -427,6 +543,8 @@ def install(
             if app_role is not None:
                 _check_app_role(conn, schema, app_role)
             schema_exists = _inspect(conn, schema).schema_exists
+            if schema_exists:
+                _check_schema_not_writable(conn, schema)
             steps = plan(conn, schema)
             if not steps and app_role is None:
                 return []
@@ -435,16 +553,16 @@ def install(
             previous_path = None if outermost else _current_search_path(conn)
             if not schema_exists:
                 run(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
-            # The SQL files are schema-agnostic: they create objects in the first
-            # schema of search_path, and their functions pin this path with
-            # SET search_path FROM CURRENT.  pg_temp last keeps temporary objects
-            # from shadowing ours.
+            # Older SQL files create objects in the first schema of search_path;
+            # newer ones name it (@extschema@) and their functions pin
+            # search_path = pg_catalog, pg_temp.  pg_temp last keeps temporary
+            # objects from shadowing ours.
             run(sql.SQL("SET LOCAL search_path TO {}, pg_temp").format(sql.Identifier(schema)))
             if steps:
                 run(sql.SQL(_TRACKING_DDL).format(table=sql.Identifier(schema, TRACKING_TABLE)))
             for step in steps:
                 if step.sql.strip():
-                    run(sql.SQL(step.sql))
+                    run(sql.SQL(render(step.sql, schema, conn)))
                 record = _record_statement(schema, step.records)
                 if record is not None:
                     run(record)
@@ -452,6 +570,7 @@ def install(
                 grants = _grant_statements(
                     conn, schema, app_role, functions_exist=not (dry_run and steps)
                 )
+                grants += _namespace_grant_statements(schema, app_role, namespaces)
                 for statement in grants:
                     run(statement)
             if previous_path is not None:

@@ -20,6 +20,9 @@ from typing import NamedTuple
 
 MAX_WINDOW = 10_000
 DEFAULT_HALF_OPEN_TIMEOUT = timedelta(seconds=10)
+#: The longest cooldown or half-open timeout, as the SQL functions enforce it: long
+#: enough for any real breaker, short enough that no clock plus it overflows.
+MAX_DURATION = timedelta(days=365)
 _NS_PER_US = 1_000
 
 
@@ -83,12 +86,19 @@ def to_ns(value: object, name: str, *, allow_zero: bool = True) -> int:
     """Whole nanoseconds (at microsecond precision, as PostgreSQL keeps) from a timedelta."""
     if isinstance(value, bool) or not isinstance(value, timedelta | int | float):
         raise TypeError(f"`{name}` must be a timedelta, got {type(value).__name__}")
+    bound = ">= 0" if allow_zero else "> 0"
     if isinstance(value, int | float):
-        value = timedelta(seconds=value)
+        try:
+            value = timedelta(seconds=value)
+        except (OverflowError, ValueError):
+            raise ValueError(
+                f"`{name}` must be {bound} and at most {MAX_DURATION.days} days, got {value!r}"
+            ) from None
     micros = value // timedelta(microseconds=1)
-    if micros < 0 or (micros == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"`{name}` must be {bound}, got {value}")
+    if micros < 0 or (micros == 0 and not allow_zero) or value > MAX_DURATION:
+        raise ValueError(
+            f"`{name}` must be {bound} and at most {MAX_DURATION.days} days, got {value}"
+        )
     return micros * _NS_PER_US
 
 

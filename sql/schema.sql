@@ -1,15 +1,16 @@
 -- resilient_circuit: the breaker table and its state machine, as a fresh install creates them.
 --
--- `resilient-circuit-cli pg-setup` runs this file on an empty schema, inside one transaction,
--- after `SET LOCAL search_path = <schema>, pg_temp`. Nothing here names a schema: every
--- function pins the schema it was created in with `SET search_path FROM CURRENT`, so the
--- functions keep working whatever search_path their callers use.
+-- `resilient-circuit-cli pg-setup` runs this file on an empty schema, inside one transaction.
+-- Every reference to one of our objects is written `@extschema@.name`; the installer replaces
+-- @extschema@ with the target schema's quoted name. The functions pin
+-- `search_path = pg_catalog, pg_temp`, so no name they use (table, function, operator, type)
+-- can be resolved through a schema that another role may create objects in.
 --
 -- Older installs are upgraded by sql/migrations/ instead. Everything from the "shared
 -- definitions" line to the end is repeated byte for byte by the newest migration holding that
 -- line, so both paths create the same functions and view (tests/test_sql_files.py checks it).
 
-CREATE TABLE rc_circuit_breakers (
+CREATE TABLE @extschema@.rc_circuit_breakers (
     -- The first eight columns are the ones resilient_circuit 0.4.5 created, in its order, so
     -- monitoring queries written for it keep working and upgraded tables match this one.
     resource_key      varchar(255)  NOT NULL,
@@ -50,17 +51,93 @@ CREATE TABLE rc_circuit_breakers (
                    AND success_limit_den <= 10000
                    AND gcd(success_limit_num, success_limit_den) = 1)),
     CONSTRAINT rc_circuit_breakers_cooldown_check
-        CHECK (cooldown >= interval '0'),
+        CHECK (cooldown >= interval '0' AND cooldown <= interval '365 days'
+               AND extract(year FROM cooldown) = 0 AND extract(month FROM cooldown) = 0),
     CONSTRAINT rc_circuit_breakers_half_open_timeout_check
-        CHECK (half_open_timeout > interval '0')
+        CHECK (half_open_timeout > interval '0' AND half_open_timeout <= interval '365 days'
+               AND extract(year FROM half_open_timeout) = 0
+               AND extract(month FROM half_open_timeout) = 0)
 );
 
-CREATE INDEX idx_rc_circuit_breakers_state ON rc_circuit_breakers (state);
-CREATE INDEX idx_rc_circuit_breakers_namespace ON rc_circuit_breakers (namespace);
+CREATE INDEX idx_rc_circuit_breakers_state ON @extschema@.rc_circuit_breakers (state);
+CREATE INDEX idx_rc_circuit_breakers_namespace ON @extschema@.rc_circuit_breakers (namespace);
+
+-- Which namespaces each application role may use ('*': all of them). The functions check it
+-- for the session's login role; `pg-setup --app-role ROLE --namespace NS` writes it.
+CREATE TABLE @extschema@.rc_namespace_grants (
+    role_name  name          NOT NULL,
+    namespace  varchar(255)  NOT NULL,
+    granted_at timestamptz   NOT NULL DEFAULT now(),
+    CONSTRAINT rc_namespace_grants_pkey PRIMARY KEY (role_name, namespace),
+    CONSTRAINT rc_namespace_grants_namespace_check
+        CHECK (char_length(namespace) BETWEEN 1 AND 255)
+);
 
 -- ==== shared definitions: byte-identical in schema.sql and the newest migration with this line
 
-CREATE OR REPLACE VIEW rc_circuit_breaker_status AS
+-- True when the session's login role administers every namespace: it owns the breaker objects,
+-- is a member of their owner, or is a superuser. session_user, because inside a SECURITY
+-- DEFINER function current_user is always the owner.
+CREATE OR REPLACE FUNCTION @extschema@.rc_session_is_owner()
+RETURNS boolean
+LANGUAGE sql
+STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT pg_has_role(session_user, current_user, 'MEMBER')
+$$;
+
+-- Raises insufficient_privilege unless the session's login role may use p_namespace.
+CREATE OR REPLACE FUNCTION @extschema@.rc_check_namespace(p_namespace text)
+RETURNS void
+LANGUAGE plpgsql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    -- Called only from the SECURITY DEFINER functions, where current_user is their owner.
+    -- A NULL namespace is left to the caller's name check, which reports it as invalid.
+    IF p_namespace IS NULL OR pg_has_role(session_user, current_user, 'MEMBER')
+       OR EXISTS (SELECT 1 FROM @extschema@.rc_namespace_grants AS g
+                  WHERE g.role_name = session_user AND g.namespace IN (p_namespace, '*')) THEN
+        RETURN;
+    END IF;
+    RAISE EXCEPTION 'rc: role % may not use namespace %', quote_ident(session_user),
+        quote_nullable(p_namespace)
+        USING ERRCODE = 'insufficient_privilege',
+              HINT = 'pg-setup grants an application role its namespaces.';
+END;
+$$;
+
+-- Durations are bounded so that no later call can overflow a timestamp, and month-bearing
+-- intervals are refused because a month has no fixed length (the Python side uses seconds).
+CREATE OR REPLACE FUNCTION @extschema@.rc_check_duration(
+    p_name text,
+    p_value interval,
+    p_zero_allowed boolean
+)
+RETURNS void
+LANGUAGE plpgsql
+IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF p_value IS NULL OR extract(year FROM p_value) <> 0 OR extract(month FROM p_value) <> 0
+       OR p_value > interval '365 days'
+       OR (p_zero_allowed AND p_value < interval '0')
+       OR (NOT p_zero_allowed AND p_value <= interval '0') THEN
+        RAISE EXCEPTION 'rc: % must be % and at most 365 days, in days, hours, minutes or '
+            'seconds (no months or years), got %', p_name,
+            CASE WHEN p_zero_allowed THEN '>= 0' ELSE '> 0' END,
+            coalesce(p_value::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END;
+$$;
+
+-- A security barrier, so that no condition a caller adds can see rows of other namespaces.
+CREATE OR REPLACE VIEW @extschema@.rc_circuit_breaker_status WITH (security_barrier) AS
 SELECT
     b.resource_key,
     b.namespace,
@@ -83,15 +160,19 @@ SELECT
     b.half_open_timeout,
     b.created_at,
     b.updated_at
-FROM rc_circuit_breakers AS b;
+FROM @extschema@.rc_circuit_breakers AS b
+-- Each application role sees its own namespaces only (the owner sees all).
+WHERE (SELECT @extschema@.rc_session_is_owner())
+   OR EXISTS (SELECT 1 FROM @extschema@.rc_namespace_grants AS g
+              WHERE g.role_name = session_user AND g.namespace IN (b.namespace, '*'));
 
 -- Raises the error for a bad key or namespace. Callers test the cheap condition inline and
 -- call this only when it fails, so a valid call pays no extra function call.
-CREATE OR REPLACE FUNCTION rc_check_names(p_key text, p_namespace text)
+CREATE OR REPLACE FUNCTION @extschema@.rc_check_names(p_key text, p_namespace text)
 RETURNS void
 LANGUAGE plpgsql
 IMMUTABLE
-SET search_path FROM CURRENT
+SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     IF p_key IS NULL OR char_length(p_key) NOT BETWEEN 1 AND 255 THEN
@@ -107,7 +188,7 @@ BEGIN
 END;
 $$;
 
-CREATE OR REPLACE FUNCTION rc_notify_transition(
+CREATE OR REPLACE FUNCTION @extschema@.rc_notify_transition(
     p_key text,
     p_namespace text,
     p_from text,
@@ -117,7 +198,7 @@ CREATE OR REPLACE FUNCTION rc_notify_transition(
 )
 RETURNS void
 LANGUAGE plpgsql
-SET search_path FROM CURRENT
+SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     -- Delivered at commit, so listeners never hear of a transition that was rolled back.
@@ -132,26 +213,26 @@ BEGIN
 END;
 $$;
 
-CREATE OR REPLACE FUNCTION rc_try_acquire_at(p_key text, p_namespace text, p_now timestamptz)
+CREATE OR REPLACE FUNCTION @extschema@.rc_try_acquire_at(p_key text, p_namespace text, p_now timestamptz)
 RETURNS TABLE (permitted boolean, state text, generation bigint, retry_after interval)
 LANGUAGE plpgsql
-SET search_path FROM CURRENT
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    _row rc_circuit_breakers%ROWTYPE;
+    _row @extschema@.rc_circuit_breakers%ROWTYPE;
     _now timestamptz;
     _live timestamptz[];
 BEGIN
     IF (char_length(p_key) BETWEEN 1 AND 255
         AND char_length(p_namespace) BETWEEN 1 AND 255) IS NOT TRUE THEN
-        PERFORM rc_check_names(p_key, p_namespace);
+        PERFORM @extschema@.rc_check_names(p_key, p_namespace);
     END IF;
 
     -- Fast path, no lock and no write: a CLOSED breaker admits and an OPEN one still cooling
     -- down rejects, whatever concurrent calls do. This is nearly every call.
     SELECT b.state, b.generation, b.open_until
     INTO _row.state, _row.generation, _row.open_until
-    FROM rc_circuit_breakers AS b
+    FROM @extschema@.rc_circuit_breakers AS b
     WHERE b.resource_key = p_key AND b.namespace = p_namespace;
     IF NOT FOUND THEN
         -- A breaker never used is CLOSED; admitting changes nothing, so no row is created.
@@ -169,7 +250,7 @@ BEGIN
 
     -- The call may change the row: lock it and decide on what it holds once locked.
     SELECT * INTO _row
-    FROM rc_circuit_breakers AS b
+    FROM @extschema@.rc_circuit_breakers AS b
     WHERE b.resource_key = p_key AND b.namespace = p_namespace
     FOR UPDATE;
     IF NOT FOUND THEN
@@ -189,7 +270,7 @@ BEGIN
             RETURN;
         END IF;
         -- Cooldown over (or never set): this call is the first trial of a fresh half-open phase.
-        UPDATE rc_circuit_breakers AS b
+        UPDATE @extschema@.rc_circuit_breakers AS b
         SET state = 'HALF_OPEN',
             generation = _row.generation + 1,
             execution_log = '{}',
@@ -197,7 +278,7 @@ BEGIN
             permits = ARRAY[_now + _row.half_open_timeout],
             updated_at = _now
         WHERE b.resource_key = p_key AND b.namespace = p_namespace;
-        PERFORM rc_notify_transition(p_key, p_namespace, 'OPEN', 'HALF_OPEN',
+        PERFORM @extschema@.rc_notify_transition(p_key, p_namespace, 'OPEN', 'HALF_OPEN',
                                      _row.generation + 1, NULL);
         RETURN QUERY SELECT true, 'HALF_OPEN'::text, _row.generation + 1, NULL::interval;
         RETURN;
@@ -211,7 +292,7 @@ BEGIN
     );
     IF cardinality(_live) < coalesce(_row.success_limit_den, _row.window_size)
                             - cardinality(_row.execution_log) THEN
-        UPDATE rc_circuit_breakers AS b
+        UPDATE @extschema@.rc_circuit_breakers AS b
         SET permits = _live || (_now + _row.half_open_timeout),
             updated_at = _now
         WHERE b.resource_key = p_key AND b.namespace = p_namespace;
@@ -219,7 +300,7 @@ BEGIN
         RETURN;
     END IF;
     IF cardinality(_live) < cardinality(_row.permits) THEN
-        UPDATE rc_circuit_breakers AS b
+        UPDATE @extschema@.rc_circuit_breakers AS b
         SET permits = _live,
             updated_at = _now
         WHERE b.resource_key = p_key AND b.namespace = p_namespace;
@@ -231,7 +312,7 @@ BEGIN
 END;
 $$;
 
-CREATE OR REPLACE FUNCTION rc_record_many_at(
+CREATE OR REPLACE FUNCTION @extschema@.rc_record_many_at(
     p_key text,
     p_namespace text,
     p_successes boolean[],
@@ -240,10 +321,10 @@ CREATE OR REPLACE FUNCTION rc_record_many_at(
 )
 RETURNS TABLE (state text, generation bigint)
 LANGUAGE plpgsql
-SET search_path FROM CURRENT
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    _row rc_circuit_breakers%ROWTYPE;
+    _row @extschema@.rc_circuit_breakers%ROWTYPE;
     _now timestamptz;
     _count integer := coalesce(cardinality(p_successes), 0);
     _first integer := array_lower(p_successes, 1);
@@ -258,7 +339,7 @@ DECLARE
 BEGIN
     IF (char_length(p_key) BETWEEN 1 AND 255
         AND char_length(p_namespace) BETWEEN 1 AND 255) IS NOT TRUE THEN
-        PERFORM rc_check_names(p_key, p_namespace);
+        PERFORM @extschema@.rc_check_names(p_key, p_namespace);
     END IF;
     IF p_successes IS NULL OR array_ndims(p_successes) > 1
        OR array_position(p_successes, NULL) IS NOT NULL THEN
@@ -275,7 +356,7 @@ BEGIN
 
     IF _count = 0 THEN
         SELECT b.state, b.generation INTO state, generation
-        FROM rc_circuit_breakers AS b
+        FROM @extschema@.rc_circuit_breakers AS b
         WHERE b.resource_key = p_key AND b.namespace = p_namespace;
         IF NOT FOUND THEN
             state := 'CLOSED';
@@ -286,15 +367,15 @@ BEGIN
     END IF;
 
     SELECT * INTO _row
-    FROM rc_circuit_breakers AS b
+    FROM @extschema@.rc_circuit_breakers AS b
     WHERE b.resource_key = p_key AND b.namespace = p_namespace
     FOR UPDATE;
     IF NOT FOUND THEN
-        INSERT INTO rc_circuit_breakers (resource_key, namespace)
+        INSERT INTO @extschema@.rc_circuit_breakers (resource_key, namespace)
         VALUES (p_key, p_namespace)
         ON CONFLICT DO NOTHING;
         SELECT * INTO _row
-        FROM rc_circuit_breakers AS b
+        FROM @extschema@.rc_circuit_breakers AS b
         WHERE b.resource_key = p_key AND b.namespace = p_namespace
         FOR UPDATE;
     END IF;
@@ -364,13 +445,13 @@ BEGIN
                 _row.execution_log := '{}';
                 _row.open_until := NULL;
             END IF;
-            PERFORM rc_notify_transition(p_key, p_namespace, _from, _to,
+            PERFORM @extschema@.rc_notify_transition(p_key, p_namespace, _from, _to,
                                          _row.generation, _row.open_until);
             _to := NULL;
         END IF;
     END LOOP;
 
-    UPDATE rc_circuit_breakers AS b
+    UPDATE @extschema@.rc_circuit_breakers AS b
     SET state = _row.state,
         generation = _row.generation,
         execution_log = _row.execution_log,
@@ -388,7 +469,7 @@ BEGIN
 END;
 $$;
 
-CREATE OR REPLACE FUNCTION rc_record_at(
+CREATE OR REPLACE FUNCTION @extschema@.rc_record_at(
     p_key text,
     p_success boolean,
     p_namespace text,
@@ -397,7 +478,7 @@ CREATE OR REPLACE FUNCTION rc_record_at(
 )
 RETURNS TABLE (state text, generation bigint)
 LANGUAGE plpgsql
-SET search_path FROM CURRENT
+SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     IF p_success IS NULL THEN
@@ -405,12 +486,12 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     RETURN QUERY
-    SELECT * FROM rc_record_many_at(p_key, p_namespace, ARRAY[p_success],
+    SELECT * FROM @extschema@.rc_record_many_at(p_key, p_namespace, ARRAY[p_success],
                                     ARRAY[p_generation], p_now);
 END;
 $$;
 
-CREATE OR REPLACE FUNCTION rc_force_at(
+CREATE OR REPLACE FUNCTION @extschema@.rc_force_at(
     p_key text,
     p_state text,
     p_namespace text,
@@ -418,17 +499,17 @@ CREATE OR REPLACE FUNCTION rc_force_at(
 )
 RETURNS TABLE (state text, generation bigint)
 LANGUAGE plpgsql
-SET search_path FROM CURRENT
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    _row rc_circuit_breakers%ROWTYPE;
+    _row @extschema@.rc_circuit_breakers%ROWTYPE;
     _target text := upper(btrim(p_state));
     _from text;
     _now timestamptz;
 BEGIN
     IF (char_length(p_key) BETWEEN 1 AND 255
         AND char_length(p_namespace) BETWEEN 1 AND 255) IS NOT TRUE THEN
-        PERFORM rc_check_names(p_key, p_namespace);
+        PERFORM @extschema@.rc_check_names(p_key, p_namespace);
     END IF;
     IF _target IS NULL OR _target NOT IN ('CLOSED', 'OPEN', 'HALF_OPEN') THEN
         RAISE EXCEPTION 'rc: p_state must be one of CLOSED, OPEN, HALF_OPEN, got %',
@@ -437,15 +518,15 @@ BEGIN
     END IF;
 
     SELECT * INTO _row
-    FROM rc_circuit_breakers AS b
+    FROM @extschema@.rc_circuit_breakers AS b
     WHERE b.resource_key = p_key AND b.namespace = p_namespace
     FOR UPDATE;
     IF NOT FOUND THEN
-        INSERT INTO rc_circuit_breakers (resource_key, namespace)
+        INSERT INTO @extschema@.rc_circuit_breakers (resource_key, namespace)
         VALUES (p_key, p_namespace)
         ON CONFLICT DO NOTHING;
         SELECT * INTO _row
-        FROM rc_circuit_breakers AS b
+        FROM @extschema@.rc_circuit_breakers AS b
         WHERE b.resource_key = p_key AND b.namespace = p_namespace
         FOR UPDATE;
     END IF;
@@ -455,7 +536,7 @@ BEGIN
     -- no longer count.
     _from := _row.state;
     IF _target = 'OPEN' THEN
-        UPDATE rc_circuit_breakers AS b
+        UPDATE @extschema@.rc_circuit_breakers AS b
         SET state = 'OPEN',
             generation = _row.generation + 1,
             open_until = _now + _row.cooldown,
@@ -465,7 +546,7 @@ BEGIN
         RETURNING b.state, b.generation, b.open_until
         INTO _row.state, _row.generation, _row.open_until;
     ELSE
-        UPDATE rc_circuit_breakers AS b
+        UPDATE @extschema@.rc_circuit_breakers AS b
         SET state = _target,
             generation = _row.generation + 1,
             execution_log = '{}',
@@ -477,7 +558,7 @@ BEGIN
         RETURNING b.state, b.generation, b.open_until
         INTO _row.state, _row.generation, _row.open_until;
     END IF;
-    PERFORM rc_notify_transition(p_key, p_namespace, _from, _target,
+    PERFORM @extschema@.rc_notify_transition(p_key, p_namespace, _from, _target,
                                  _row.generation, _row.open_until);
     state := _target;
     generation := _row.generation;
@@ -485,37 +566,37 @@ BEGIN
 END;
 $$;
 
-CREATE OR REPLACE FUNCTION rc_reset_at(p_key text, p_namespace text, p_now timestamptz)
+CREATE OR REPLACE FUNCTION @extschema@.rc_reset_at(p_key text, p_namespace text, p_now timestamptz)
 RETURNS TABLE (state text, generation bigint)
 LANGUAGE plpgsql
-SET search_path FROM CURRENT
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    _row rc_circuit_breakers%ROWTYPE;
+    _row @extschema@.rc_circuit_breakers%ROWTYPE;
     _now timestamptz;
 BEGIN
     IF (char_length(p_key) BETWEEN 1 AND 255
         AND char_length(p_namespace) BETWEEN 1 AND 255) IS NOT TRUE THEN
-        PERFORM rc_check_names(p_key, p_namespace);
+        PERFORM @extschema@.rc_check_names(p_key, p_namespace);
     END IF;
 
     SELECT * INTO _row
-    FROM rc_circuit_breakers AS b
+    FROM @extschema@.rc_circuit_breakers AS b
     WHERE b.resource_key = p_key AND b.namespace = p_namespace
     FOR UPDATE;
     IF NOT FOUND THEN
-        INSERT INTO rc_circuit_breakers (resource_key, namespace)
+        INSERT INTO @extschema@.rc_circuit_breakers (resource_key, namespace)
         VALUES (p_key, p_namespace)
         ON CONFLICT DO NOTHING;
         SELECT * INTO _row
-        FROM rc_circuit_breakers AS b
+        FROM @extschema@.rc_circuit_breakers AS b
         WHERE b.resource_key = p_key AND b.namespace = p_namespace
         FOR UPDATE;
     END IF;
     _now := coalesce(p_now, clock_timestamp());
 
     -- A fresh CLOSED breaker, counters zeroed; the configuration stays.
-    UPDATE rc_circuit_breakers AS b
+    UPDATE @extschema@.rc_circuit_breakers AS b
     SET state = 'CLOSED',
         generation = _row.generation + 1,
         execution_log = '{}',
@@ -526,7 +607,7 @@ BEGIN
         failures = 0,
         updated_at = _now
     WHERE b.resource_key = p_key AND b.namespace = p_namespace;
-    PERFORM rc_notify_transition(p_key, p_namespace, _row.state, 'CLOSED',
+    PERFORM @extschema@.rc_notify_transition(p_key, p_namespace, _row.state, 'CLOSED',
                                  _row.generation + 1, NULL);
     state := 'CLOSED';
     generation := _row.generation + 1;
@@ -534,7 +615,7 @@ BEGIN
 END;
 $$;
 
-CREATE OR REPLACE FUNCTION rc_configure(
+CREATE OR REPLACE FUNCTION @extschema@.rc_configure(
     p_key text,
     p_namespace text DEFAULT 'default',
     p_failure_limit_num integer DEFAULT 1,
@@ -548,10 +629,10 @@ CREATE OR REPLACE FUNCTION rc_configure(
 RETURNS TABLE (state text, generation bigint)
 LANGUAGE plpgsql
 SECURITY DEFINER
-SET search_path FROM CURRENT
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    _row rc_circuit_breakers%ROWTYPE;
+    _row @extschema@.rc_circuit_breakers%ROWTYPE;
     -- bigint so that flipping the sign of -2^31 cannot overflow.
     _fnum bigint := p_failure_limit_num;
     _fden bigint := p_failure_limit_den;
@@ -564,8 +645,9 @@ DECLARE
 BEGIN
     IF (char_length(p_key) BETWEEN 1 AND 255
         AND char_length(p_namespace) BETWEEN 1 AND 255) IS NOT TRUE THEN
-        PERFORM rc_check_names(p_key, p_namespace);
+        PERFORM @extschema@.rc_check_names(p_key, p_namespace);
     END IF;
+    PERFORM @extschema@.rc_check_namespace(p_namespace);
 
     -- Limits are fractions in (0, 1], stored reduced: 5/10 is 1/2, a window of 2.
     IF _fden < 0 THEN
@@ -619,22 +701,15 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
 
-    IF (p_cooldown >= interval '0') IS NOT TRUE THEN
-        RAISE EXCEPTION 'rc: p_cooldown must be >= 0, got %', coalesce(p_cooldown::text, 'NULL')
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    IF (p_half_open_timeout > interval '0') IS NOT TRUE THEN
-        RAISE EXCEPTION 'rc: p_half_open_timeout must be > 0, got %',
-            coalesce(p_half_open_timeout::text, 'NULL')
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
+    PERFORM @extschema@.rc_check_duration('p_cooldown', p_cooldown, true);
+    PERFORM @extschema@.rc_check_duration('p_half_open_timeout', p_half_open_timeout, false);
 
     SELECT * INTO _row
-    FROM rc_circuit_breakers AS b
+    FROM @extschema@.rc_circuit_breakers AS b
     WHERE b.resource_key = p_key AND b.namespace = p_namespace
     FOR UPDATE;
     IF NOT FOUND THEN
-        INSERT INTO rc_circuit_breakers AS b (
+        INSERT INTO @extschema@.rc_circuit_breakers AS b (
             resource_key, namespace, failure_limit_num, failure_limit_den, window_size,
             success_limit_num, success_limit_den, cooldown, half_open_timeout
         )
@@ -647,7 +722,7 @@ BEGIN
             RETURN;
         END IF;
         SELECT * INTO _row
-        FROM rc_circuit_breakers AS b
+        FROM @extschema@.rc_circuit_breakers AS b
         WHERE b.resource_key = p_key AND b.namespace = p_namespace
         FOR UPDATE;
     END IF;
@@ -664,7 +739,7 @@ BEGIN
           IS DISTINCT FROM
           (_fnum::integer, _fden::integer, _window, _snum::integer, _sden::integer,
            p_cooldown, p_half_open_timeout) THEN
-        UPDATE rc_circuit_breakers AS b
+        UPDATE @extschema@.rc_circuit_breakers AS b
         SET failure_limit_num = _fnum,
             failure_limit_den = _fden,
             window_size = _window,
@@ -684,18 +759,19 @@ BEGIN
 END;
 $$;
 
-CREATE OR REPLACE FUNCTION rc_try_acquire(p_key text, p_namespace text DEFAULT 'default')
+CREATE OR REPLACE FUNCTION @extschema@.rc_try_acquire(p_key text, p_namespace text DEFAULT 'default')
 RETURNS TABLE (permitted boolean, state text, generation bigint, retry_after interval)
 LANGUAGE plpgsql
 SECURITY DEFINER
-SET search_path FROM CURRENT
+SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    RETURN QUERY SELECT * FROM rc_try_acquire_at(p_key, p_namespace, NULL);
+    PERFORM @extschema@.rc_check_namespace(p_namespace);
+    RETURN QUERY SELECT * FROM @extschema@.rc_try_acquire_at(p_key, p_namespace, NULL);
 END;
 $$;
 
-CREATE OR REPLACE FUNCTION rc_record(
+CREATE OR REPLACE FUNCTION @extschema@.rc_record(
     p_key text,
     p_success boolean,
     p_namespace text DEFAULT 'default',
@@ -704,20 +780,21 @@ CREATE OR REPLACE FUNCTION rc_record(
 RETURNS TABLE (state text, generation bigint)
 LANGUAGE plpgsql
 SECURITY DEFINER
-SET search_path FROM CURRENT
+SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     IF p_success IS NULL THEN
         RAISE EXCEPTION 'rc: p_success must be true or false, got NULL'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    PERFORM @extschema@.rc_check_namespace(p_namespace);
     RETURN QUERY
-    SELECT * FROM rc_record_many_at(p_key, p_namespace, ARRAY[p_success],
+    SELECT * FROM @extschema@.rc_record_many_at(p_key, p_namespace, ARRAY[p_success],
                                     ARRAY[p_generation], NULL);
 END;
 $$;
 
-CREATE OR REPLACE FUNCTION rc_record_many(
+CREATE OR REPLACE FUNCTION @extschema@.rc_record_many(
     p_key text,
     p_namespace text,
     p_successes boolean[],
@@ -726,151 +803,238 @@ CREATE OR REPLACE FUNCTION rc_record_many(
 RETURNS TABLE (state text, generation bigint)
 LANGUAGE plpgsql
 SECURITY DEFINER
-SET search_path FROM CURRENT
+SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+    PERFORM @extschema@.rc_check_namespace(p_namespace);
     RETURN QUERY
-    SELECT * FROM rc_record_many_at(p_key, p_namespace, p_successes, p_generations, NULL);
+    SELECT * FROM @extschema@.rc_record_many_at(p_key, p_namespace, p_successes, p_generations, NULL);
 END;
 $$;
 
-CREATE OR REPLACE FUNCTION rc_force(p_key text, p_state text, p_namespace text DEFAULT 'default')
+CREATE OR REPLACE FUNCTION @extschema@.rc_force(p_key text, p_state text, p_namespace text DEFAULT 'default')
 RETURNS TABLE (state text, generation bigint)
 LANGUAGE plpgsql
 SECURITY DEFINER
-SET search_path FROM CURRENT
+SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    RETURN QUERY SELECT * FROM rc_force_at(p_key, p_state, p_namespace, NULL);
+    PERFORM @extschema@.rc_check_namespace(p_namespace);
+    RETURN QUERY SELECT * FROM @extschema@.rc_force_at(p_key, p_state, p_namespace, NULL);
 END;
 $$;
 
-CREATE OR REPLACE FUNCTION rc_reset(p_key text, p_namespace text DEFAULT 'default')
+CREATE OR REPLACE FUNCTION @extschema@.rc_reset(p_key text, p_namespace text DEFAULT 'default')
 RETURNS TABLE (state text, generation bigint)
 LANGUAGE plpgsql
 SECURITY DEFINER
-SET search_path FROM CURRENT
+SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    RETURN QUERY SELECT * FROM rc_reset_at(p_key, p_namespace, NULL);
+    PERFORM @extschema@.rc_check_namespace(p_namespace);
+    RETURN QUERY SELECT * FROM @extschema@.rc_reset_at(p_key, p_namespace, NULL);
 END;
 $$;
 
-CREATE OR REPLACE FUNCTION rc_status(p_key text, p_namespace text DEFAULT 'default')
-RETURNS SETOF rc_circuit_breaker_status
+CREATE OR REPLACE FUNCTION @extschema@.rc_status(p_key text, p_namespace text DEFAULT 'default')
+RETURNS SETOF @extschema@.rc_circuit_breaker_status
 LANGUAGE plpgsql
 STABLE
 SECURITY DEFINER
-SET search_path FROM CURRENT
+SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     IF (char_length(p_key) BETWEEN 1 AND 255
         AND char_length(p_namespace) BETWEEN 1 AND 255) IS NOT TRUE THEN
-        PERFORM rc_check_names(p_key, p_namespace);
+        PERFORM @extschema@.rc_check_names(p_key, p_namespace);
     END IF;
+    PERFORM @extschema@.rc_check_namespace(p_namespace);
     RETURN QUERY
-    SELECT * FROM rc_circuit_breaker_status AS s
+    SELECT * FROM @extschema@.rc_circuit_breaker_status AS s
     WHERE s.resource_key = p_key AND s.namespace = p_namespace;
 END;
 $$;
 
-COMMENT ON TABLE rc_circuit_breakers IS
+CREATE OR REPLACE FUNCTION @extschema@.rc_forget(p_key text, p_namespace text DEFAULT 'default')
+RETURNS boolean
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    _state text;
+BEGIN
+    IF (char_length(p_key) BETWEEN 1 AND 255
+        AND char_length(p_namespace) BETWEEN 1 AND 255) IS NOT TRUE THEN
+        PERFORM @extschema@.rc_check_names(p_key, p_namespace);
+    END IF;
+    PERFORM @extschema@.rc_check_namespace(p_namespace);
+    DELETE FROM @extschema@.rc_circuit_breakers AS b
+    WHERE b.resource_key = p_key AND b.namespace = p_namespace
+    RETURNING b.state INTO _state;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    -- Processes that cached this breaker must drop what they hold: it starts over as a fresh
+    -- CLOSED breaker with the default configuration.
+    PERFORM @extschema@.rc_notify_transition(p_key, p_namespace, _state, 'CLOSED', 0, NULL);
+    RETURN true;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@.rc_gc(p_idle interval)
+RETURNS bigint
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    _deleted bigint;
+BEGIN
+    IF p_idle IS NULL OR extract(year FROM p_idle) <> 0 OR extract(month FROM p_idle) <> 0
+       OR p_idle < interval '0' OR p_idle > interval '3650 days' THEN
+        RAISE EXCEPTION 'rc: p_idle must be between 0 and 3650 days, in days, hours, minutes or '
+            'seconds (no months or years), got %', coalesce(p_idle::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    -- Only CLOSED breakers: an OPEN or HALF_OPEN one still protects something. Rows are
+    -- skipped rather than waited for when a call holds their lock: they are not idle.
+    WITH doomed AS (
+        SELECT b.resource_key, b.namespace
+        FROM @extschema@.rc_circuit_breakers AS b
+        WHERE b.state = 'CLOSED' AND b.updated_at < clock_timestamp() - p_idle
+          AND ((SELECT @extschema@.rc_session_is_owner())
+               OR EXISTS (SELECT 1 FROM @extschema@.rc_namespace_grants AS g
+                          WHERE g.role_name = session_user
+                            AND g.namespace IN (b.namespace, '*')))
+        FOR UPDATE SKIP LOCKED
+    )
+    DELETE FROM @extschema@.rc_circuit_breakers AS b
+    USING doomed AS d
+    WHERE b.resource_key = d.resource_key AND b.namespace = d.namespace;
+    GET DIAGNOSTICS _deleted = ROW_COUNT;
+    RETURN _deleted;
+END;
+$$;
+
+COMMENT ON TABLE @extschema@.rc_circuit_breakers IS
     'One row per circuit breaker (resource_key, namespace). Change it only through the rc_* '
     'functions, which run the state machine under a row lock.';
-COMMENT ON COLUMN rc_circuit_breakers.resource_key IS
+COMMENT ON COLUMN @extschema@.rc_circuit_breakers.resource_key IS
     'The protected resource''s name (1 to 255 characters).';
-COMMENT ON COLUMN rc_circuit_breakers.namespace IS
+COMMENT ON COLUMN @extschema@.rc_circuit_breakers.namespace IS
     'Isolates groups of breakers (applications, environments, test runs).';
-COMMENT ON COLUMN rc_circuit_breakers.state IS
+COMMENT ON COLUMN @extschema@.rc_circuit_breakers.state IS
     'CLOSED (calls pass), OPEN (calls rejected until open_until) or HALF_OPEN (trial calls).';
-COMMENT ON COLUMN rc_circuit_breakers.failure_count IS
+COMMENT ON COLUMN @extschema@.rc_circuit_breakers.failure_count IS
     'Consecutive failures recorded in the current phase.';
-COMMENT ON COLUMN rc_circuit_breakers.open_until IS
+COMMENT ON COLUMN @extschema@.rc_circuit_breakers.open_until IS
     'While OPEN: when the cooldown ends and the next call becomes a half-open trial.';
-COMMENT ON COLUMN rc_circuit_breakers.execution_log IS
+COMMENT ON COLUMN @extschema@.rc_circuit_breakers.execution_log IS
     'The current phase''s window of outcomes, oldest first (true = success). OPEN keeps the '
     'window that tripped it.';
-COMMENT ON COLUMN rc_circuit_breakers.created_at IS
+COMMENT ON COLUMN @extschema@.rc_circuit_breakers.created_at IS
     'When the row was created.';
-COMMENT ON COLUMN rc_circuit_breakers.updated_at IS
+COMMENT ON COLUMN @extschema@.rc_circuit_breakers.updated_at IS
     'When the row last changed.';
-COMMENT ON COLUMN rc_circuit_breakers.generation IS
+COMMENT ON COLUMN @extschema@.rc_circuit_breakers.generation IS
     'Incremented by every transition; outcomes carrying an older generation only count in '
     'successes/failures.';
-COMMENT ON COLUMN rc_circuit_breakers.permits IS
+COMMENT ON COLUMN @extschema@.rc_circuit_breakers.permits IS
     'While HALF_OPEN: expiry times of trial calls admitted and not yet recorded, oldest first.';
-COMMENT ON COLUMN rc_circuit_breakers.successes IS
+COMMENT ON COLUMN @extschema@.rc_circuit_breakers.successes IS
     'Successes ever recorded (every rc_record call, counted or not).';
-COMMENT ON COLUMN rc_circuit_breakers.failures IS
+COMMENT ON COLUMN @extschema@.rc_circuit_breakers.failures IS
     'Failures ever recorded (every rc_record call, counted or not).';
-COMMENT ON COLUMN rc_circuit_breakers.failure_limit_num IS
+COMMENT ON COLUMN @extschema@.rc_circuit_breakers.failure_limit_num IS
     'Failure limit numerator: trip when failures/window_size reaches the limit (reduced).';
-COMMENT ON COLUMN rc_circuit_breakers.failure_limit_den IS
+COMMENT ON COLUMN @extschema@.rc_circuit_breakers.failure_limit_den IS
     'Failure limit denominator (reduced).';
-COMMENT ON COLUMN rc_circuit_breakers.window_size IS
+COMMENT ON COLUMN @extschema@.rc_circuit_breakers.window_size IS
     'Outcomes a CLOSED breaker judges (by default the failure limit''s denominator).';
-COMMENT ON COLUMN rc_circuit_breakers.success_limit_num IS
+COMMENT ON COLUMN @extschema@.rc_circuit_breakers.success_limit_num IS
     'Success limit numerator, or NULL: a half-open phase closes when successes/success_limit_den '
     'reaches it; without it the failure limit decides over window_size outcomes.';
-COMMENT ON COLUMN rc_circuit_breakers.success_limit_den IS
+COMMENT ON COLUMN @extschema@.rc_circuit_breakers.success_limit_den IS
     'Success limit denominator (reduced): the number of outcomes a half-open phase judges.';
-COMMENT ON COLUMN rc_circuit_breakers.cooldown IS
+COMMENT ON COLUMN @extschema@.rc_circuit_breakers.cooldown IS
     'How long the breaker stays OPEN before admitting a trial call.';
-COMMENT ON COLUMN rc_circuit_breakers.half_open_timeout IS
+COMMENT ON COLUMN @extschema@.rc_circuit_breakers.half_open_timeout IS
     'How long a trial permit is held for a call that never records its outcome.';
 
-COMMENT ON VIEW rc_circuit_breaker_status IS
+COMMENT ON VIEW @extschema@.rc_circuit_breaker_status IS
     'Every breaker in readable form: execution_log as S/F (oldest first), time left in the '
     'cooldown, live trial permits, limits as fractions.';
 
-COMMENT ON FUNCTION rc_try_acquire(text, text) IS
+COMMENT ON FUNCTION @extschema@.rc_try_acquire(text, text) IS
     'May a call run now? Returns permitted, the state and generation after the call, and '
     'retry_after when rejected. Uses the server clock.';
-COMMENT ON FUNCTION rc_record(text, boolean, text, bigint) IS
+COMMENT ON FUNCTION @extschema@.rc_record(text, boolean, text, bigint) IS
     'Records one call''s outcome. Pass the generation rc_try_acquire returned so that an '
     'outcome from before a transition only counts in the lifetime counters.';
-COMMENT ON FUNCTION rc_record_many(text, text, boolean[], bigint[]) IS
+COMMENT ON FUNCTION @extschema@.rc_record_many(text, text, boolean[], bigint[]) IS
     'Records several outcomes in order, exactly as that many rc_record calls would, under one '
     'row lock.';
-COMMENT ON FUNCTION rc_configure(text, text, integer, integer, integer, integer, integer,
+COMMENT ON FUNCTION @extschema@.rc_configure(text, text, integer, integer, integer, integer, integer,
                                  interval, interval) IS
     'Stores a breaker''s configuration. Limits are fractions in (0, 1]; the window defaults to '
     'the failure limit''s denominator. Keys never configured use failure limit 1/1, cooldown 0.';
-COMMENT ON FUNCTION rc_force(text, text, text) IS
+COMMENT ON FUNCTION @extschema@.rc_force(text, text, text) IS
     'Forces a transition: OPEN for one cooldown, or a fresh CLOSED or HALF_OPEN phase.';
-COMMENT ON FUNCTION rc_reset(text, text) IS
+COMMENT ON FUNCTION @extschema@.rc_reset(text, text) IS
     'Back to a fresh CLOSED breaker with zeroed counters; the configuration stays.';
-COMMENT ON FUNCTION rc_status(text, text) IS
+COMMENT ON FUNCTION @extschema@.rc_status(text, text) IS
     'The rc_circuit_breaker_status row of one breaker (no row if it was never used).';
-COMMENT ON FUNCTION rc_try_acquire_at(text, text, timestamptz) IS
+COMMENT ON FUNCTION @extschema@.rc_try_acquire_at(text, text, timestamptz) IS
     'rc_try_acquire at an explicit time (NULL: the server clock once the row is locked).';
-COMMENT ON FUNCTION rc_record_at(text, boolean, text, bigint, timestamptz) IS
+COMMENT ON FUNCTION @extschema@.rc_record_at(text, boolean, text, bigint, timestamptz) IS
     'rc_record at an explicit time (NULL: the server clock once the row is locked).';
-COMMENT ON FUNCTION rc_record_many_at(text, text, boolean[], bigint[], timestamptz) IS
+COMMENT ON FUNCTION @extschema@.rc_record_many_at(text, text, boolean[], bigint[], timestamptz) IS
     'rc_record_many at an explicit time (NULL: the server clock once the row is locked).';
-COMMENT ON FUNCTION rc_force_at(text, text, text, timestamptz) IS
+COMMENT ON FUNCTION @extschema@.rc_force_at(text, text, text, timestamptz) IS
     'rc_force at an explicit time (NULL: the server clock once the row is locked).';
-COMMENT ON FUNCTION rc_reset_at(text, text, timestamptz) IS
+COMMENT ON FUNCTION @extschema@.rc_reset_at(text, text, timestamptz) IS
     'rc_reset at an explicit time (NULL: the server clock once the row is locked).';
-COMMENT ON FUNCTION rc_check_names(text, text) IS
+COMMENT ON FUNCTION @extschema@.rc_forget(text, text) IS
+    'Deletes one breaker (true if it existed); its next use starts a fresh default one.';
+COMMENT ON FUNCTION @extschema@.rc_gc(interval) IS
+    'Deletes the CLOSED breakers of the caller''s namespaces not changed for p_idle; returns '
+    'how many.';
+COMMENT ON FUNCTION @extschema@.rc_session_is_owner() IS
+    'True when the session''s login role owns the breaker objects (or is a member of their '
+    'owner, or a superuser) and so may use every namespace.';
+COMMENT ON FUNCTION @extschema@.rc_check_namespace(text) IS
+    'Raises insufficient_privilege unless the session''s login role may use the namespace.';
+COMMENT ON FUNCTION @extschema@.rc_check_duration(text, interval, boolean) IS
+    'Raises invalid_parameter_value for a duration that is NULL, negative (or zero when not '
+    'allowed), over 365 days, or holds months or years.';
+COMMENT ON TABLE @extschema@.rc_namespace_grants IS
+    'The namespaces each application role may use (''*'': all); written by pg-setup '
+    '--app-role ROLE --namespace NS.';
+COMMENT ON FUNCTION @extschema@.rc_check_names(text, text) IS
     'Raises invalid_parameter_value for a NULL, empty or over-long key or namespace.';
-COMMENT ON FUNCTION rc_notify_transition(text, text, text, text, bigint, timestamptz) IS
+COMMENT ON FUNCTION @extschema@.rc_notify_transition(text, text, text, text, bigint, timestamptz) IS
     'Announces a transition on the resilient_circuit channel as a small JSON object.';
 
 -- Nothing is executable by default; `pg-setup --app-role` grants the public functions.
 REVOKE EXECUTE ON FUNCTION
-    rc_check_names(text, text),
-    rc_notify_transition(text, text, text, text, bigint, timestamptz),
-    rc_try_acquire_at(text, text, timestamptz),
-    rc_record_many_at(text, text, boolean[], bigint[], timestamptz),
-    rc_record_at(text, boolean, text, bigint, timestamptz),
-    rc_force_at(text, text, text, timestamptz),
-    rc_reset_at(text, text, timestamptz),
-    rc_configure(text, text, integer, integer, integer, integer, integer, interval, interval),
-    rc_try_acquire(text, text),
-    rc_record(text, boolean, text, bigint),
-    rc_record_many(text, text, boolean[], bigint[]),
-    rc_force(text, text, text),
-    rc_reset(text, text),
-    rc_status(text, text)
+    @extschema@.rc_check_names(text, text),
+    @extschema@.rc_notify_transition(text, text, text, text, bigint, timestamptz),
+    @extschema@.rc_try_acquire_at(text, text, timestamptz),
+    @extschema@.rc_record_many_at(text, text, boolean[], bigint[], timestamptz),
+    @extschema@.rc_record_at(text, boolean, text, bigint, timestamptz),
+    @extschema@.rc_force_at(text, text, text, timestamptz),
+    @extschema@.rc_reset_at(text, text, timestamptz),
+    @extschema@.rc_configure(text, text, integer, integer, integer, integer, integer, interval, interval),
+    @extschema@.rc_try_acquire(text, text),
+    @extschema@.rc_record(text, boolean, text, bigint),
+    @extschema@.rc_record_many(text, text, boolean[], bigint[]),
+    @extschema@.rc_force(text, text, text),
+    @extschema@.rc_reset(text, text),
+    @extschema@.rc_status(text, text),
+    @extschema@.rc_forget(text, text),
+    @extschema@.rc_gc(interval),
+    @extschema@.rc_session_is_owner(),
+    @extschema@.rc_check_namespace(text),
+    @extschema@.rc_check_duration(text, interval, boolean)
 FROM PUBLIC;

@@ -30,35 +30,61 @@ def _code(text: str) -> str:
     return re.sub(r"--[^\n]*", "", text)
 
 
+OURS = "@extschema@."
+
+
 def test_every_function_is_created_pinned_and_revoked_from_public() -> None:
-    """Each rc_* function sets search_path FROM CURRENT and the final REVOKE lists every one."""
+    """Each rc_* function pins search_path to pg_catalog, pg_temp; the final REVOKE lists all."""
     code = _code(_schema_sql())
-    created = re.findall(r"CREATE OR REPLACE FUNCTION (rc_\w+)\(", code)
+    created = re.findall(r"CREATE OR REPLACE FUNCTION @extschema@\.(rc_\w+)\(", code)
     assert len(created) == len(set(created)), "a function is defined twice"
     definitions = re.split(r"CREATE OR REPLACE FUNCTION ", code)[1:]
+    assert len(definitions) == len(created), "a function is created without its schema"
     for definition in definitions:
         header = definition[: definition.index("AS $$")]
-        assert "SET search_path FROM CURRENT" in header, definition.split("(")[0]
+        assert "SET search_path = pg_catalog, pg_temp\n" in header, definition.split("(")[0]
     revoke = re.search(r"REVOKE EXECUTE ON FUNCTION(?P<body>.*?)FROM PUBLIC;\s*\Z", code, re.S)
     assert revoke is not None, "schema.sql must end with REVOKE EXECUTE ... FROM PUBLIC"
-    revoked = re.findall(r"(rc_\w+)\(", revoke["body"])
+    revoked = re.findall(r"@extschema@\.(rc_\w+)\(", revoke["body"])
     assert sorted(revoked) == sorted(created)
 
 
+def test_every_reference_to_our_objects_names_the_schema() -> None:
+    """Outside comments and string literals, each of our names is written @extschema@.name."""
+    text = _schema_sql()
+    ours = set(
+        re.findall(r"CREATE (?:OR REPLACE )?(?:FUNCTION|TABLE|VIEW) @extschema@\.(\w+)", text)
+    )
+    assert {"rc_circuit_breakers", "rc_namespace_grants", "rc_circuit_breaker_status"} <= ours
+    newest = _installer.load_migrations()[-1]
+    for name, body in [("schema.sql", text), (newest.filename, newest.sql)]:
+        code = re.sub(r"'(?:[^']|'')*'", "''", _code(body))
+        for match in re.finditer(r"(?<![\w.])(" + "|".join(ours) + r")\b", code):
+            before = code[max(0, match.start() - len(OURS)) : match.start()]
+            assert before == OURS, (
+                f"{name}: unqualified {match[1]} at {code[match.start() - 80 : match.end()]!r}"
+            )
+
+
 def test_sql_files_name_no_schema() -> None:
-    """Nothing is schema-qualified, so the installer's search_path decides where objects go."""
+    """No schema is spelled out: the installer's @extschema@ or search_path decides."""
     for path in [SQL_DIR / "schema.sql", *sorted((SQL_DIR / "migrations").glob("*.sql"))]:
         code = _code(path.read_text(encoding="utf-8"))
         assert not re.search(r"\bpublic\.", code, re.I), path.name
-        assert not re.search(r"\bSCHEMA\b|\bsearch_path\s*(=|TO)", code, re.I), path.name
+        assert not re.search(r"\bSCHEMA\b|\bsearch_path\s*TO", code, re.I), path.name
+        pins = re.findall(r"\bsearch_path\s*=\s*([^\n;]*)", code, re.I)
+        assert set(pins) <= {"pg_catalog, pg_temp"}, path.name
 
 
 def test_every_table_constraint_is_named() -> None:
     """Explicit constraint names let a fresh install and an upgraded one agree on them."""
-    table = _code(_schema_sql()).split("CREATE TABLE rc_circuit_breakers", 1)[1].split(");", 1)[0]
-    checks = len(re.findall(r"\bCHECK\b", table))
-    assert checks == len(re.findall(r"CONSTRAINT \w+\s+CHECK\b", table))
-    assert re.search(r"CONSTRAINT rc_circuit_breakers_pkey\s+PRIMARY KEY", table)
+    code = _code(_schema_sql())
+    tables = re.findall(r"CREATE TABLE @extschema@\.(\w+) \((.*?)\n\);", code, re.S)
+    assert [name for name, _ in tables] == ["rc_circuit_breakers", "rc_namespace_grants"]
+    for name, table in tables:
+        checks = len(re.findall(r"\bCHECK\b", table))
+        assert checks == len(re.findall(r"CONSTRAINT \w+\s+CHECK\b", table)), name
+        assert re.search(rf"CONSTRAINT {name}_pkey\s+PRIMARY KEY", table), name
 
 
 # ------------------------------------------------------------------- upgrading 0.4.5 data
@@ -152,12 +178,11 @@ def test_upgrade_from_0_4_5_keeps_rows_and_states(pg_empty_dsn: str) -> None:
 
 @pytest.mark.parametrize("schema", ["public", "rc"])
 def test_schema_sql_installs_on_an_empty_schema(pg_empty_dsn: str, schema: str) -> None:
-    """schema.sql runs as is on an empty schema and leaves a working breaker."""
+    """schema.sql, its schema filled in, runs on an empty schema and leaves a working breaker."""
     with psycopg.connect(pg_empty_dsn) as conn:
         if schema != "public":
             conn.execute(f"CREATE SCHEMA {schema}")
-        conn.execute(f"SET LOCAL search_path = {schema}, pg_temp")
-        conn.execute(_schema_sql())
+        conn.execute(_installer.render(_schema_sql(), schema, conn))
         conn.commit()
     with psycopg.connect(pg_empty_dsn, autocommit=True) as conn:
         row = conn.execute(f"SELECT * FROM {schema}.rc_record('svc', false)").fetchone()

@@ -623,7 +623,7 @@ def test_half_open_admits_no_more_trials_than_outcomes_needed_across_connections
 
 
 def test_function_attributes(conn: Conn) -> None:
-    """Public functions are SECURITY DEFINER; all pin search_path; PUBLIC may execute none."""
+    """Public functions are SECURITY DEFINER; all pin pg_catalog, pg_temp; PUBLIC runs none."""
     rows = conn.execute(
         """
         SELECT p.proname, p.prosecdef, p.proconfig::text,
@@ -636,14 +636,17 @@ def test_function_attributes(conn: Conn) -> None:
     assert definers == {
         "rc_configure",
         "rc_force",
+        "rc_forget",
+        "rc_gc",
         "rc_record",
         "rc_record_many",
         "rc_reset",
+        "rc_session_is_owner",
         "rc_status",
         "rc_try_acquire",
     }
     for name, _, config, public in rows:
-        assert config == '{"search_path=public, pg_temp"}', name
+        assert config == '{"search_path=pg_catalog, pg_temp"}', name
         assert not public, name
 
 

@@ -50,8 +50,21 @@ def _stdin_is_interactive() -> bool:
     help="Role to grant EXECUTE on the rc_* functions and SELECT on the status view "
     "(and no table privileges).",
 )
+@click.option(
+    "--namespace",
+    "namespaces",
+    metavar="NS",
+    multiple=True,
+    help="With --app-role: a namespace the role may use (repeatable; '*' for all). The role "
+    "gets exactly these. Default: the namespaces it already has, or 'default' for a new role.",
+)
 def pg_setup(
-    yes: bool, dry_run: bool, dsn: str | None, schema: str | None, app_role: str | None
+    yes: bool,
+    dry_run: bool,
+    dsn: str | None,
+    schema: str | None,
+    app_role: str | None,
+    namespaces: tuple[str, ...],
 ) -> None:
     """Create or upgrade the breaker table and functions (idempotent, one transaction)."""
     try:
@@ -66,6 +79,9 @@ def pg_setup(
             "pg-setup needs psycopg: pip install 'resilient_circuit[postgres]'"
         ) from exc
 
+    if namespaces and app_role is None:
+        raise click.UsageError("--namespace needs --app-role: namespaces are granted to a role")
+    wanted = list(namespaces) if namespaces else None
     target_dsn = dsn or database_dsn()
     if not target_dsn:
         raise click.ClickException(
@@ -78,7 +94,7 @@ def pg_setup(
             where = f"schema {schema_name!r} of {_installer.connection_target(conn)}"
             if dry_run:
                 statements = _installer.install(
-                    conn, schema=schema_name, app_role=app_role, dry_run=True
+                    conn, schema=schema_name, app_role=app_role, namespaces=wanted, dry_run=True
                 )
                 _print_script(where, statements)
                 return
@@ -99,12 +115,15 @@ def pg_setup(
                 question = f"{intent} in {where}. Continue?"
                 if not click.confirm(question, default=False):
                     raise click.ClickException("aborted; nothing was changed")
-            _installer.install(conn, schema=schema_name, app_role=app_role)
+            _installer.install(conn, schema=schema_name, app_role=app_role, namespaces=wanted)
             click.echo(f"{outcome}: {where}.")
             if app_role is not None:
                 click.echo(
                     f"Granted role {app_role!r} USAGE on the schema, EXECUTE on the rc_* "
                     f"functions and SELECT on {_installer.STATUS_VIEW} (no table privileges)."
+                )
+                _echo_namespaces(
+                    app_role, _installer.granted_namespaces(conn, schema_name, app_role)
                 )
     except DatabaseNotFound as exc:
         raise click.ClickException(
@@ -117,6 +136,18 @@ def pg_setup(
     except psycopg.Error as exc:
         first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise click.ClickException(f"PostgreSQL error: {first_line}") from exc
+
+
+def _echo_namespaces(role: str, granted: list[str]) -> None:
+    if "*" in granted:
+        click.echo(f"Role {role!r} may use every namespace ('*').")
+        click.echo(
+            "WARNING: it can read and change every application's breakers; "
+            "pass --namespace NS (repeatable) to confine it.",
+            err=True,
+        )
+        return
+    click.echo(f"Role {role!r} may use namespaces: {', '.join(map(repr, granted))}.")
 
 
 def _describe(steps: list[Step]) -> tuple[str, str]:
