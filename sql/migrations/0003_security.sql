@@ -324,9 +324,17 @@ DECLARE
     _gen_first integer := array_lower(p_generations, 1);
     _success boolean;
     _generation bigint;
+    -- The current phase's window as a ring, so that an outcome costs O(1) whatever the
+    -- window's size: _ring[_head] is the oldest of its _len outcomes, _failed counts its
+    -- failures. It is loaded from execution_log at the phase's first counted outcome and
+    -- written back only then, so a window no outcome reached stays exactly as it was.
+    _ring boolean[];
+    _loaded boolean := false;
+    _head integer;
     _size integer;
     _len integer;
     _failed integer;
+    _released integer;
     _from text;
     _to text;
 BEGIN
@@ -374,38 +382,64 @@ BEGIN
     END IF;
     _now := coalesce(p_now, clock_timestamp());
 
+    -- Lifetime counters count every outcome, even one that cannot move the breaker. The
+    -- same pass counts the outcomes of the current generation (or none), for the fast path.
+    SELECT _row.successes + count(*) FILTER (WHERE u.ok),
+           _row.failures + count(*) FILTER (WHERE NOT u.ok),
+           count(*) FILTER (WHERE u.gen IS NULL OR u.gen = _row.generation),
+           count(*) FILTER (WHERE NOT u.ok AND (u.gen IS NULL OR u.gen = _row.generation))
+    INTO _row.successes, _row.failures, _len, _failed
+    FROM unnest(p_successes, p_generations) AS u(ok, gen);
+
+    -- A healthy breaker's batch holds no failure: it cannot trip, so the window is simply
+    -- its newest outcomes followed by that many successes, and no loop is needed.
+    IF _row.state = 'CLOSED' AND _failed = 0 AND _len > 0 THEN
+        _size := _row.window_size;
+        _len := least(_len, _size);
+        _row.execution_log := _row.execution_log[
+                                  cardinality(_row.execution_log) - (_size - _len) + 1 :]
+                              || array_fill(true, ARRAY[_len]);
+        _row.failure_count := 0;
+        _count := 0;
+    END IF;
+
     FOR _i IN 0 .. _count - 1 LOOP
-        _success := p_successes[_first + _i];
-        _generation := p_generations[_gen_first + _i];
-        -- Lifetime counters count every outcome, even one that cannot move the breaker.
-        IF _success THEN
-            _row.successes := _row.successes + 1;
-        ELSE
-            _row.failures := _row.failures + 1;
-        END IF;
         -- An OPEN breaker waits for its cooldown, and an outcome of a call admitted in an
         -- earlier generation says nothing about the current phase.
-        CONTINUE WHEN _row.state = 'OPEN'
-                   OR (_generation IS NOT NULL AND _generation <> _row.generation);
+        EXIT WHEN _row.state = 'OPEN';
+        _generation := p_generations[_gen_first + _i];
+        CONTINUE WHEN _generation IS NOT NULL AND _generation <> _row.generation;
+        _success := p_successes[_first + _i];
 
-        IF _row.state = 'CLOSED' THEN
-            _size := _row.window_size;
-        ELSE
-            -- The outcome returns one trial permit: the oldest still live.
-            _size := coalesce(_row.success_limit_den, _row.window_size);
-            _row.permits := (ARRAY(
-                SELECT u.expiry FROM unnest(_row.permits) WITH ORDINALITY AS u(expiry, ord)
-                WHERE u.expiry > _now ORDER BY u.ord
-            ))[2:];
+        IF NOT _loaded THEN
+            _size := CASE WHEN _row.state = 'CLOSED' THEN _row.window_size
+                          ELSE coalesce(_row.success_limit_den, _row.window_size) END;
+            _len := least(cardinality(_row.execution_log), _size);
+            _ring := _row.execution_log[cardinality(_row.execution_log) - _len + 1 :]
+                     || array_fill(NULL::boolean, ARRAY[_size - _len]);
+            _head := 1;
+            _failed := cardinality(array_positions(_ring, false));
+            _released := 0;
+            _loaded := true;
         END IF;
-        _row.execution_log := _row.execution_log || _success;
-        _len := cardinality(_row.execution_log);
-        IF _len > _size THEN
-            _row.execution_log := _row.execution_log[_len - _size + 1 : _len];
-            _len := _size;
+        IF _row.state = 'HALF_OPEN' THEN
+            -- The outcome returns one trial permit: the oldest still live.
+            _released := _released + 1;
+        END IF;
+        IF _len < _size THEN
+            _ring[_head + _len] := _success;
+            _len := _len + 1;
+        ELSE
+            IF NOT _ring[_head] THEN
+                _failed := _failed - 1;
+            END IF;
+            _ring[_head] := _success;
+            _head := _head % _size + 1;
+        END IF;
+        IF NOT _success THEN
+            _failed := _failed + 1;
         END IF;
         _row.failure_count := CASE WHEN _success THEN 0 ELSE _row.failure_count + 1 END;
-        _failed := cardinality(array_positions(_row.execution_log, false));
 
         -- Products in bigint: a limit's terms go up to 2^31 and the window to 10000.
         IF _row.state = 'CLOSED' THEN
@@ -433,16 +467,30 @@ BEGIN
             _row.permits := '{}';
             IF _to = 'OPEN' THEN
                 -- The window is kept: it shows what tripped the breaker.
+                _row.execution_log := _ring[_head : _size] || _ring[1 : _head - 1];
                 _row.open_until := _now + _row.cooldown;
             ELSE
                 _row.execution_log := '{}';
                 _row.open_until := NULL;
             END IF;
+            _loaded := false;
             PERFORM @extschema@.rc_notify_transition(p_key, p_namespace, _from, _to,
                                          _row.generation, _row.open_until);
             _to := NULL;
         END IF;
     END LOOP;
+
+    IF _loaded THEN
+        -- While the ring is not full its oldest outcome is still at index 1.
+        _row.execution_log := CASE WHEN _len < _size THEN _ring[1 : _len]
+                                   ELSE _ring[_head : _size] || _ring[1 : _head - 1] END;
+        IF _released > 0 THEN
+            _row.permits := (ARRAY(
+                SELECT u.expiry FROM unnest(_row.permits) WITH ORDINALITY AS u(expiry, ord)
+                WHERE u.expiry > _now ORDER BY u.ord
+            ))[_released + 1 :];
+        END IF;
+    END IF;
 
     UPDATE @extschema@.rc_circuit_breakers AS b
     SET state = _row.state,
