@@ -12,6 +12,7 @@ import inspect
 import logging
 import sys
 import threading
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import timedelta
 from fractions import Fraction
@@ -43,6 +44,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 StorageErrorMode = Literal["open", "closed", "local"]
 
 logger = logging.getLogger(__name__)
+
+# At most one log line per policy this often for outcomes the store failed to record.
+_RECORD_ERROR_LOG_INTERVAL = 10.0
 
 
 class StatusChangeListener(Protocol):
@@ -172,6 +176,7 @@ class CircuitProtectorPolicy(ProtectionPolicy):
         self._seen_state = CircuitState.CLOSED
         self._seen_generation = -1
         self._local: Breaker | None = None
+        self._record_error_logged = float("-inf")
         self.admission = admission
         self.recording = recording
         self._breaker = self.storage.breaker(
@@ -310,6 +315,20 @@ class CircuitProtectorPolicy(ProtectionPolicy):
             self.resource_key, admission.state, admission.retry_after
         )
 
+    def _record_failed(self) -> None:
+        # The call itself is over: its result or its exception goes to the caller
+        # whatever the store said. The store's error is logged, at most once in a while,
+        # since a store that fails this way fails for every call.
+        now = time.monotonic()
+        if now - self._record_error_logged < _RECORD_ERROR_LOG_INTERVAL:
+            return
+        self._record_error_logged = now
+        logger.error(
+            "recording an outcome of %r failed; the call's own result or exception is unaffected",
+            self.resource_key,
+            exc_info=True,
+        )
+
     def _predicate_failed(self) -> bool:
         # A faulty should_handle must not hide the caller's own exception: log it and
         # count a failure, the safe reading for a breaker.
@@ -323,6 +342,9 @@ class CircuitProtectorPolicy(ProtectionPolicy):
             reply = breaker.record(success, generation)
         except StorageError:
             return
+        except Exception:
+            self._record_failed()
+            return
         if reply.generation != self._seen_generation and breaker is self._breaker:
             self._advance(reply.state, reply.generation)
 
@@ -334,6 +356,9 @@ class CircuitProtectorPolicy(ProtectionPolicy):
         try:
             reply = await breaker.arecord(success, generation)
         except StorageError:
+            return
+        except Exception:
+            self._record_failed()
             return
         if reply.generation != self._seen_generation and breaker is self._breaker:
             self._advance(reply.state, reply.generation)
@@ -388,6 +413,8 @@ class CircuitProtectorPolicy(ProtectionPolicy):
                     reply = breaker.record(success, generation)
                 except StorageError:
                     pass  # the outage is the store's to report; the caller gets its error
+                except Exception:
+                    policy._record_failed()  # never instead of the caller's own error
                 else:
                     if reply.generation != policy._seen_generation:
                         policy._advance(reply.state, reply.generation)
@@ -398,6 +425,9 @@ class CircuitProtectorPolicy(ProtectionPolicy):
             try:
                 reply = breaker.record(True, generation)
             except StorageError:
+                return result
+            except Exception:
+                policy._record_failed()
                 return result
             if reply.generation != policy._seen_generation:
                 policy._advance(reply.state, reply.generation)
@@ -441,6 +471,8 @@ class CircuitProtectorPolicy(ProtectionPolicy):
                     reply = await breaker.arecord(success, generation)
                 except StorageError:
                     pass  # the outage is the store's to report; the caller gets its error
+                except Exception:
+                    policy._record_failed()  # never instead of the caller's own error
                 else:
                     if reply.generation != policy._seen_generation:
                         policy._advance(reply.state, reply.generation)
@@ -451,6 +483,9 @@ class CircuitProtectorPolicy(ProtectionPolicy):
             try:
                 reply = await breaker.arecord(True, generation)
             except StorageError:
+                return result
+            except Exception:
+                policy._record_failed()
                 return result
             if reply.generation != policy._seen_generation:
                 policy._advance(reply.state, reply.generation)

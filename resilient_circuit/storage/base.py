@@ -100,6 +100,14 @@ def check_name(value: object, name: str) -> str:
         raise ValueError(f"`{name}` must be at most {MAX_KEY_LENGTH} characters, got {len(value)}")
     if "\x00" in value:
         raise ValueError(f"`{name}` must not contain NUL characters")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            # Lone surrogates: a str, but no text that PostgreSQL (or a log) can hold.
+            raise ValueError(
+                f"`{name}` must be valid Unicode text, got a lone surrogate in {value!r}"
+            ) from None
     return value
 
 
