@@ -98,7 +98,7 @@ async def test_asnapshot_flushes_batched_outcomes_on_the_async_pool(
     assert row(peer)["failure_count"] == 1
 
 
-def test_subscribers_hear_each_transition_once_applied(
+def test_subscribers_hear_each_transition_once_invalidated(
     listening: PostgresStorage, pg_dsn: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A subscriber gets every transition; a failing one is logged and stops nobody."""
@@ -110,7 +110,7 @@ def test_subscribers_hear_each_transition_once_applied(
         raise RuntimeError("subscriber bug")
 
     def record(event: Transition) -> None:
-        seen_by_breaker.append(breaker.last_known)
+        seen_by_breaker.append((breaker.last_known, breaker._trusted))  # type: ignore[attr-defined]
         heard.put(event)
 
     after: queue.Queue[Transition] = queue.Queue()
@@ -124,8 +124,11 @@ def test_subscribers_hear_each_transition_once_applied(
         event = heard.get(timeout=10)
         assert (event.namespace, event.resource_key) == ("default", "svc")
         assert (event.old, event.new) == (CircuitState.CLOSED, CircuitState.OPEN)
-        # Applied before the callback ran: the breaker already knows the new generation.
-        assert seen_by_breaker[0].generation == event.generation
+        # Before the callback ran, the breaker dropped its cached verdict; the payload
+        # itself (anyone may send one) did not become its state.
+        last_known, trusted = seen_by_breaker[0]
+        assert last_known.generation == 0
+        assert trusted is False
         assert any("subscriber" in r.getMessage() for r in caplog.records)
 
         assert after.get(timeout=10).new is CircuitState.OPEN

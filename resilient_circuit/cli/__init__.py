@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import sys
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from resilient_circuit._settings import database_dsn, database_schema
+from resilient_circuit._settings import database_dsn, database_schema, default_namespace
 
 if TYPE_CHECKING:
+    from resilient_circuit._dsn import Dsn
     from resilient_circuit._installer import Step
 
 
@@ -205,14 +206,15 @@ def watch(dsn: str | None, namespace: str | None, count: int | None, timeout: fl
     target_dsn = dsn or database_dsn()
     if not target_dsn:
         raise click.ClickException("no database configured: set RC_DB_DSN or pass --dsn")
+    parsed = _parse_dsn(target_dsn)
     seen = 0
     try:
-        for event in watch_transitions(target_dsn, timeout=timeout):
+        for event in watch_transitions(parsed.conninfo, timeout=timeout, password=parsed.password):
             if namespace is not None and event.namespace != namespace:
                 continue
             when = datetime.now().astimezone().strftime("%H:%M:%S.%f")[:-3]
             line = (
-                f"{when}  {event.namespace}/{event.resource_key}: "
+                f"{when}  {printable(event.namespace)}/{printable(event.resource_key)}: "
                 f"{event.old.value} -> {event.new.value} (generation {event.generation})"
             )
             if event.open_until is not None:
@@ -226,6 +228,92 @@ def watch(dsn: str | None, namespace: str | None, count: int | None, timeout: fl
     except psycopg.Error as exc:
         first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise click.ClickException(f"cannot watch: {first_line}") from exc
+
+
+def printable(text: str) -> str:
+    """``text`` with control and format characters escaped (``\\x1b``, ``\\u202e``).
+
+    Keys and namespaces are data any application role may choose: printed raw, escape
+    sequences in them could rewrite the operator's terminal or disguise a line.
+    """
+    if text.isprintable():
+        return text
+    return "".join(
+        ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text
+    )
+
+
+def _parse_dsn(dsn: str) -> Dsn:
+    from resilient_circuit._dsn import Dsn
+
+    try:
+        return Dsn(dsn)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _admin_connection(dsn: str | None) -> Any:
+    """A connection for the one-statement commands (forget, gc)."""
+    try:
+        from resilient_circuit._installer import SetupError
+        from resilient_circuit.cli.connect import connect
+    except ImportError as exc:
+        raise click.ClickException(
+            "this command needs psycopg: pip install 'resilient_circuit[postgres]'"
+        ) from exc
+    target_dsn = dsn or database_dsn()
+    if not target_dsn:
+        raise click.ClickException("no database configured: set RC_DB_DSN or pass --dsn")
+    try:
+        return connect(target_dsn)
+    except SetupError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _run_one(dsn: str | None, schema: str | None, function: str, *args: Any) -> Any:
+    import psycopg
+    from psycopg import sql
+
+    statement = sql.SQL("SELECT {}({})").format(
+        sql.Identifier(schema or database_schema(), function),
+        sql.SQL(", ").join(sql.Placeholder() for _ in args),
+    )
+    with _admin_connection(dsn) as conn:
+        try:
+            row = conn.execute(statement, args).fetchone()
+        except psycopg.Error as exc:
+            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise click.ClickException(first_line) from exc
+    return row[0] if row else None
+
+
+@main.command("forget")
+@click.argument("key")
+@click.option("--namespace", metavar="NAME", help="Default: RC_NAMESPACE, else default.")
+@click.option("--dsn", metavar="DSN", help="Default: RC_DB_DSN or RC_DB_* (also from .env).")
+@click.option("--schema", metavar="NAME", help="Default: RC_DB_SCHEMA, else public.")
+def forget(key: str, namespace: str | None, dsn: str | None, schema: str | None) -> None:
+    """Delete one breaker; its next use starts a fresh one."""
+    ns = namespace or default_namespace()
+    if _run_one(dsn, schema, "rc_forget", key, ns):
+        click.echo(f"Forgot {printable(ns)}/{printable(key)}.")
+    else:
+        raise click.ClickException(f"no breaker {printable(ns)}/{printable(key)}")
+
+
+@main.command("gc")
+@click.option(
+    "--idle",
+    required=True,
+    metavar="INTERVAL",
+    help="How long unchanged, as PostgreSQL reads it: '30 days', '12 hours' (no months).",
+)
+@click.option("--dsn", metavar="DSN", help="Default: RC_DB_DSN or RC_DB_* (also from .env).")
+@click.option("--schema", metavar="NAME", help="Default: RC_DB_SCHEMA, else public.")
+def gc(idle: str, dsn: str | None, schema: str | None) -> None:
+    """Delete the CLOSED breakers unchanged for --idle (in the namespaces you may use)."""
+    deleted = _run_one(dsn, schema, "rc_gc", idle)
+    click.echo(f"Deleted {deleted} CLOSED breaker(s) unchanged for {idle}.")
 
 
 @main.command("demo")

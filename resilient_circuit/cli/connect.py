@@ -15,6 +15,7 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
+from resilient_circuit._dsn import Dsn
 from resilient_circuit._installer import PermissionDenied, SetupError, Target
 
 __all__ = (
@@ -89,10 +90,13 @@ _AUTH_FAILURE = re.compile(
 def connect(dsn: str, *, connect_timeout: int = 10) -> psycopg.Connection[Any]:
     """Open an autocommit connection, turning failures into one-line ``SetupError``s."""
     try:
-        params = conninfo_to_dict(dsn)
-    except psycopg.ProgrammingError as exc:
-        raise SetupError(f"invalid database DSN: {_reason(exc)}") from exc
-    extra: dict[str, Any] = {}
+        parsed = Dsn(dsn)
+    except ValueError as exc:
+        # The message masks the password; the chained libpq error would not.
+        raise SetupError(f"invalid database DSN: {exc}") from None
+    dsn = parsed.conninfo
+    params = conninfo_to_dict(dsn)
+    extra: dict[str, Any] = parsed.connect_kwargs()
     # Without a timeout an unreachable host hangs for the OS's TCP timeout (minutes).
     if "connect_timeout" not in params and not os.environ.get("PGCONNECT_TIMEOUT"):
         extra["connect_timeout"] = connect_timeout

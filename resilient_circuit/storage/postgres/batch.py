@@ -16,44 +16,77 @@ from collections.abc import Callable, Iterable
 
 logger = logging.getLogger("resilient_circuit.storage")
 
-# Beyond this many unflushed outcomes per breaker (a long outage), the oldest go.
+# Beyond this many unflushed outcomes per breaker (a long outage, or calls faster than
+# the database applies them), the oldest go: logged and counted, never silently.
 MAX_QUEUED = 100_000
+
+# Outcomes per rc_record_many statement at most, whatever is queued: the function costs
+# a few microseconds per outcome, so a statement of this size takes tens of
+# milliseconds, well within any sensible statement_timeout. A statement that times out
+# anyway halves the size for that breaker's next attempt.
+MAX_BATCH = 10_000
 
 
 class OutcomeQueue:
     """One breaker's unflushed outcomes. ``deque`` appends and pops are atomic, so the
-    call path takes no lock."""
+    call path takes no lock; only shedding (rare) does."""
 
-    __slots__ = ("_items",)
+    __slots__ = ("_items", "_shed_lock", "dropped", "limit", "reported")
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int = MAX_QUEUED) -> None:
         self._items: deque[tuple[bool, int | None]] = deque()
+        self.limit = limit
+        self.dropped = 0  # outcomes shed so far
+        self.reported = 0  # of which a log line has told
+        self._shed_lock = threading.Lock()
 
     def put(self, success: bool, generation: int | None) -> None:
-        self._items.append((success, generation))
-
-    def take(self) -> list[tuple[bool, int | None]]:
         items = self._items
-        return [items.popleft() for _ in range(len(items))]
+        items.append((success, generation))
+        if len(items) > self.limit:
+            self._shed()
+
+    def take(self, most: int) -> list[tuple[bool, int | None]]:
+        """The oldest ``most`` outcomes at most, removed from the queue."""
+        items = self._items
+        return [items.popleft() for _ in range(min(most, len(items)))]
 
     def give_back(self, batch: list[tuple[bool, int | None]]) -> None:
         """Requeue a batch that could not be flushed, ahead of newer outcomes."""
         self._items.extendleft(reversed(batch))
-        excess = len(self._items) - MAX_QUEUED
-        if excess > 0:
-            for _ in range(excess):
-                self._items.popleft()
+        self._shed()
+
+    def _shed(self) -> None:
+        with self._shed_lock:
+            items = self._items
+            excess = len(items) - self.limit
+            for _ in range(max(excess, 0)):
+                try:
+                    items.popleft()
+                except IndexError:  # taken by a flush meanwhile
+                    break
+                self.dropped += 1
+
+    def unreported(self) -> int:
+        """Outcomes shed since the last call (which a log line must now tell)."""
+        with self._shed_lock:
+            new, self.reported = self.dropped - self.reported, self.dropped
+        return new
 
     def __len__(self) -> int:
         return len(self._items)
 
 
 class Flusher:
-    """A daemon thread that flushes every ``interval`` seconds, and once more at exit."""
+    """A daemon thread that flushes every ``interval`` seconds; ``last_flush`` runs once
+    when it stops (``close()`` or the process exiting)."""
 
-    def __init__(self, interval: float, flush: Callable[[], None]) -> None:
+    def __init__(
+        self, interval: float, flush: Callable[[], None], last_flush: Callable[[], None]
+    ) -> None:
         self.interval = interval
         self._flush = flush
+        self._last_flush = last_flush
         self._wake = threading.Event()
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
@@ -76,9 +109,9 @@ class Flusher:
             self._wake.clear()
             self._flush_quietly()
 
-    def _flush_quietly(self) -> None:
+    def _flush_quietly(self, flush: Callable[[], None] | None = None) -> None:
         try:
-            self._flush()
+            (flush or self._flush)()
         except Exception:  # pragma: no cover - a bug, not an outage
             logger.exception("flushing batched outcomes failed")
 
@@ -91,7 +124,7 @@ class Flusher:
         thread = self._thread
         if thread is not None:
             thread.join(10)
-        self._flush_quietly()
+        self._flush_quietly(self._last_flush)
 
 
 def split(batch: Iterable[tuple[bool, int | None]]) -> tuple[list[bool], list[int | None]]:

@@ -10,6 +10,7 @@ together.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from typing import Any, Literal, Protocol
@@ -17,7 +18,7 @@ from typing import Any, Literal, Protocol
 from resilient_circuit._machine import Admission, CircuitState, Config
 from resilient_circuit.storage.base import Breaker, Snapshot, StorageError
 from resilient_circuit.storage.postgres import queries
-from resilient_circuit.storage.postgres.batch import OutcomeQueue, split
+from resilient_circuit.storage.postgres.batch import MAX_BATCH, OutcomeQueue, split
 from resilient_circuit.storage.postgres.notify import Transition
 from resilient_circuit.storage.postgres.queries import Reply, Statements
 
@@ -29,6 +30,13 @@ RecordingMode = Literal["immediate", "batched"]
 # How long an OPEN verdict is trusted while no LISTEN connection can revoke it.
 UNHEARD_OPEN_HOLD_NS = 1_000_000_000
 
+# A batch statement that timed out is retried with half as many outcomes, down to this.
+_MIN_BATCH = 100
+# At most one log line per breaker this often about outcomes shed (and one at close).
+_SHED_LOG_INTERVAL = 10.0
+
+logger = logging.getLogger("resilient_circuit.storage")
+
 
 class BreakerHost(Protocol):
     """What a breaker needs of its store: round trips, LISTEN, and the flusher."""
@@ -36,12 +44,27 @@ class BreakerHost(Protocol):
     @property
     def statements(self) -> Statements: ...
 
+    @property
+    def max_queued(self) -> int: ...
+
     def fetch(
-        self, breaker: PgBreaker | None, statement: Any, params: Any, *, missing_ok: bool = False
+        self,
+        breaker: PgBreaker | None,
+        statement: Any,
+        params: Any,
+        *,
+        missing_ok: bool = False,
+        force: bool = False,
     ) -> Any: ...
 
     async def afetch(
-        self, breaker: PgBreaker | None, statement: Any, params: Any, *, missing_ok: bool = False
+        self,
+        breaker: PgBreaker | None,
+        statement: Any,
+        params: Any,
+        *,
+        missing_ok: bool = False,
+        force: bool = False,
     ) -> Any: ...
 
     def listen(self) -> None: ...
@@ -56,8 +79,11 @@ class PgBreaker(Breaker):
 
     __slots__ = (
         "_admit_closed",
+        "_batch_size",
         "_cached",
+        "_config_epoch",
         "_configured",
+        "_epoch",
         "_flushing",
         "_host",
         "_key_params",
@@ -65,6 +91,7 @@ class PgBreaker(Breaker):
         "_open_deadline",
         "_open_until",
         "_queue",
+        "_shed_logged_at",
         "_trusted",
         "config",
         "namespace",
@@ -89,10 +116,15 @@ class PgBreaker(Breaker):
         self._open_until = 0  # monotonic ns: the end of the cooldown the server reported
         self._admit_closed = Admission(True, CircuitState.CLOSED, -1, None)
         self._trusted = False  # may the last reply admit without asking the server?
+        # Bumped by every invalidation: a reply to a request sent before one is not trusted.
+        self._epoch = 0
+        self._config_epoch = 0  # the epoch when rc_configure was last sent
         self._cached = False
         self._queue: OutcomeQueue | None = None
         # Held while a batch is on its way, so flush() returns only once it has landed.
         self._flushing = threading.Lock()
+        self._batch_size = MAX_BATCH
+        self._shed_logged_at = float("-inf")
 
     # -- what the store calls -------------------------------------------------------
 
@@ -103,7 +135,7 @@ class PgBreaker(Breaker):
             raise ValueError(f"`recording` must be 'immediate' or 'batched', got {recording!r}")
         self._cached = admission == "cached"
         if recording == "batched" and self._queue is None:
-            self._queue = OutcomeQueue()
+            self._queue = OutcomeQueue(self._host.max_queued)
         if self._cached:
             self._host.listen()
         if self._queue is not None:
@@ -118,12 +150,13 @@ class PgBreaker(Breaker):
         """The parameters of ``rc_configure`` while the row may not hold ``config`` yet."""
         if self._configured:
             return None
+        self._config_epoch = self._epoch
         return queries.configure_params(self.resource_key, self.namespace, self.config)
 
     def configured(self, row: tuple[Any, ...]) -> None:
         """``rc_configure`` answered ``row``: the row holds ``config``."""
         self._configured = True
-        self._heard(queries.reply(row))
+        self._heard(queries.reply(row), self._config_epoch)
 
     def invalidate(self, *, keep_open: bool = False) -> None:
         """Forget cached verdicts: the next call asks the server.
@@ -131,16 +164,23 @@ class PgBreaker(Breaker):
         ``keep_open`` keeps a held OPEN verdict: right when listening first starts,
         every held one was taken unheard and so is already capped at a second.
         """
+        self._epoch += 1
         if not keep_open:
             self._open_deadline = 0
         self._trusted = False
 
     def announced(self, event: Transition) -> None:
-        """A transition of this breaker committed somewhere in the fleet."""
-        last = self._last
-        if last is None or event.generation > last.generation:
-            self._last = Reply(event.new, event.generation)
-            self._open_deadline = 0
+        """A transition of this breaker was announced: drop what this process cached.
+
+        Any role that can connect can send a notification, so its payload is never
+        taken for the breaker's state: the next call asks the database, and state,
+        generation and ``on_status_change`` follow from that reply alone.
+        """
+        if event.generation == 0:
+            # Generation 0 is a breaker forgotten (or never used): if it was forgotten,
+            # its row went with the configuration, so store ours again on next use.
+            self._configured = False
+        self.invalidate()
 
     @property
     def last_known(self) -> Reply | None:
@@ -151,14 +191,22 @@ class PgBreaker(Breaker):
         """Outcomes waiting for the next flush."""
         return len(self._queue) if self._queue is not None else 0
 
+    @property
+    def dropped(self) -> int:
+        """Outcomes shed because more than ``max_queued`` were waiting."""
+        return self._queue.dropped if self._queue is not None else 0
+
     # -- replies ----------------------------------------------------------------------
 
-    def _heard(self, reply: Reply) -> Reply:
-        # Replies and announcements race; a reply never undoes a newer announcement.
+    def _heard(self, reply: Reply, epoch: int) -> Reply:
+        # Concurrent replies arrive in any order: the newest generation wins. Only the
+        # database's replies are believed; a reply to a request sent before the last
+        # invalidation may predate the transition announced since, so it is not trusted
+        # to admit calls on its own.
         last = self._last
         if last is None or reply.generation >= last.generation:
             self._last = reply
-        self._trusted = True
+        self._trusted = epoch == self._epoch
         return reply
 
     def _local_verdict(self) -> Admission | None:
@@ -181,10 +229,10 @@ class PgBreaker(Breaker):
                 return admission
         return None
 
-    def _admitted(self, row: tuple[Any, ...]) -> Admission:
+    def _admitted(self, row: tuple[Any, ...], epoch: int) -> Admission:
         adm = queries.admission(row)
-        self._heard(Reply(adm.state, adm.generation))
-        if adm.state is CircuitState.OPEN and adm.retry_after:
+        self._heard(Reply(adm.state, adm.generation), epoch)
+        if adm.state is CircuitState.OPEN and adm.retry_after and epoch == self._epoch:
             # A remaining duration, on our monotonic clock: never an absolute server time.
             # It is held for the whole cooldown only while NOTIFY can end it early (a
             # peer forcing CLOSED, a reset); unheard, for a second at most.
@@ -197,11 +245,11 @@ class PgBreaker(Breaker):
             self._open_deadline = now + hold
             last = self._last
             if last is not None and last.generation > adm.generation:
-                self._open_deadline = 0  # a newer transition was announced meanwhile
+                self._open_deadline = 0  # a newer transition was heard meanwhile
         return adm
 
-    def _recorded(self, row: tuple[Any, ...]) -> Reply:
-        return self._heard(queries.reply(row))
+    def _recorded(self, row: tuple[Any, ...], epoch: int) -> Reply:
+        return self._heard(queries.reply(row), epoch)
 
     def _queued(self, success: bool, generation: int | None) -> Reply | None:
         """Queue the outcome if it belongs to a CLOSED phase; half-open trials go at once."""
@@ -230,49 +278,65 @@ class PgBreaker(Breaker):
     # -- the call path ------------------------------------------------------------------
 
     def acquire(self) -> Admission:
-        host = self._host
+        host, epoch = self._host, self._epoch
         return self._local_verdict() or self._admitted(
-            host.fetch(self, host.statements.acquire, self._key_params)
+            host.fetch(self, host.statements.acquire, self._key_params), epoch
         )
 
     async def aacquire(self) -> Admission:
-        host = self._host
+        host, epoch = self._host, self._epoch
         return self._local_verdict() or self._admitted(
-            await host.afetch(self, host.statements.acquire, self._key_params)
+            await host.afetch(self, host.statements.acquire, self._key_params), epoch
         )
 
     def record(self, success: bool, generation: int | None) -> Reply:
-        host = self._host
+        host, epoch = self._host, self._epoch
         return self._queued(success, generation) or self._recorded(
-            host.fetch(self, host.statements.record, self._record_params(success, generation))
+            host.fetch(self, host.statements.record, self._record_params(success, generation)),
+            epoch,
         )
 
     async def arecord(self, success: bool, generation: int | None) -> Reply:
-        host = self._host
+        host, epoch = self._host, self._epoch
         return self._queued(success, generation) or self._recorded(
             await host.afetch(
                 self, host.statements.record, self._record_params(success, generation)
-            )
+            ),
+            epoch,
         )
 
     # -- batches ------------------------------------------------------------------------
 
-    def flush(self) -> None:
-        """Send the queued outcomes in one ``rc_record_many`` (kept if the database is down)."""
+    def flush(self, *, final: bool = False) -> StorageError | None:
+        """Send the queued outcomes with ``rc_record_many``, in statements of bounded size.
+
+        What cannot be sent stays queued (and the error is returned). ``final`` is the
+        last attempt before closing: it is made even while the store backs off.
+        """
         queue = self._queue
         if queue is None:
-            return
+            return None
+        failure = None
         with self._flushing:
-            if len(queue):
-                batch = queue.take()
+            # What is queued now, not what keeps arriving meanwhile: a flush ends.
+            for _ in range(-(-len(queue) // self._batch_size)):
+                batch = queue.take(self._batch_size)
+                if not batch:
+                    break
+                epoch = self._epoch
                 try:
                     row = self._host.fetch(
-                        self, self._host.statements.record_many, self._batch_params(batch)
+                        self,
+                        self._host.statements.record_many,
+                        self._batch_params(batch),
+                        force=final,
                     )
-                except StorageError:
-                    queue.give_back(batch)
-                    return
-                self._flushed(row)
+                except StorageError as exc:
+                    failure = self._unsent(queue, batch, exc)
+                    break
+                self._flushed(row, epoch)
+        self._report_shed(queue, final)
+        return failure
 
     async def aflush(self) -> None:
         """The coroutine twin of ``flush``: waits for a batch in flight without blocking."""
@@ -285,18 +349,47 @@ class PgBreaker(Breaker):
                 break
             await asyncio.sleep(0.001)
         try:
-            if len(queue):
-                batch = queue.take()
+            for _ in range(-(-len(queue) // self._batch_size)):
+                batch = queue.take(self._batch_size)
+                if not batch:
+                    break
+                epoch = self._epoch
                 try:
                     row = await self._host.afetch(
                         self, self._host.statements.record_many, self._batch_params(batch)
                     )
-                except StorageError:
-                    queue.give_back(batch)
-                    return
-                self._flushed(row)
+                except StorageError as exc:
+                    self._unsent(queue, batch, exc)
+                    break
+                self._flushed(row, epoch)
         finally:
             self._flushing.release()
+        self._report_shed(queue, False)
+
+    def _unsent(
+        self, queue: OutcomeQueue, batch: list[tuple[bool, int | None]], exc: StorageError
+    ) -> StorageError:
+        queue.give_back(batch)
+        if getattr(exc.__cause__, "sqlstate", None) == "57014":
+            # The statement outran statement_timeout: send less at a time.
+            self._batch_size = max(_MIN_BATCH, self._batch_size // 2)
+        return exc
+
+    def _report_shed(self, queue: OutcomeQueue, final: bool) -> None:
+        now = time.monotonic()
+        if not final and now - self._shed_logged_at < _SHED_LOG_INTERVAL:
+            return
+        shed = queue.unreported()
+        if shed:
+            self._shed_logged_at = now
+            logger.warning(
+                "dropped %d batched outcomes of breaker %r (namespace %r): more than %d were "
+                "waiting, because the database was unavailable or slower than the calls",
+                shed,
+                self.resource_key,
+                self.namespace,
+                queue.limit,
+            )
 
     def _batch_params(self, batch: list[tuple[bool, int | None]]) -> dict[str, Any]:
         successes, generations = split(batch)
@@ -307,47 +400,51 @@ class PgBreaker(Breaker):
             "generations": generations,
         }
 
-    def _flushed(self, row: tuple[Any, ...]) -> None:
-        if self._recorded(row).state is not CircuitState.CLOSED:
+    def _flushed(self, row: tuple[Any, ...], epoch: int) -> None:
+        if self._recorded(row, epoch).state is not CircuitState.CLOSED:
             self._trusted = False
 
     # -- admin ----------------------------------------------------------------------------
 
     def force(self, state: CircuitState) -> Reply:
         self.invalidate()
-        host = self._host
-        return self._recorded(host.fetch(self, host.statements.force, self._force_params(state)))
+        host, epoch = self._host, self._epoch
+        return self._recorded(
+            host.fetch(self, host.statements.force, self._force_params(state)), epoch
+        )
 
     async def aforce(self, state: CircuitState) -> Reply:
         self.invalidate()
-        host = self._host
+        host, epoch = self._host, self._epoch
         return self._recorded(
-            await host.afetch(self, host.statements.force, self._force_params(state))
+            await host.afetch(self, host.statements.force, self._force_params(state)), epoch
         )
 
     def reset(self) -> Reply:
         self.invalidate()
-        host = self._host
-        return self._recorded(host.fetch(self, host.statements.reset, self._key_params))
+        host, epoch = self._host, self._epoch
+        return self._recorded(host.fetch(self, host.statements.reset, self._key_params), epoch)
 
     async def areset(self) -> Reply:
         self.invalidate()
-        host = self._host
-        return self._recorded(await host.afetch(self, host.statements.reset, self._key_params))
+        host, epoch = self._host, self._epoch
+        return self._recorded(
+            await host.afetch(self, host.statements.reset, self._key_params), epoch
+        )
 
     def snapshot(self) -> Snapshot:
         self.flush()
-        host = self._host
+        host, epoch = self._host, self._epoch
         row = host.fetch(self, host.statements.status, self._key_params, missing_ok=True)
-        return self._read(row)
+        return self._read(row, epoch)
 
     async def asnapshot(self) -> Snapshot:
         await self.aflush()
-        host = self._host
+        host, epoch = self._host, self._epoch
         row = await host.afetch(self, host.statements.status, self._key_params, missing_ok=True)
-        return self._read(row)
+        return self._read(row, epoch)
 
-    def _read(self, row: tuple[Any, ...] | None) -> Snapshot:
+    def _read(self, row: tuple[Any, ...] | None, epoch: int) -> Snapshot:
         snap = queries.snapshot(row, self.config)
-        self._heard(Reply(snap.state, snap.generation))
+        self._heard(Reply(snap.state, snap.generation), epoch)
         return snap

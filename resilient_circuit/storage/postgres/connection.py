@@ -8,11 +8,14 @@ loop, since an async pool belongs to the loop that opened it (never a thread).
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 from typing import Any
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
+
+from resilient_circuit._dsn import Dsn
 
 __all__ = ("Pools", "describe")
 
@@ -49,7 +52,7 @@ class Pools:
 
     def __init__(
         self,
-        dsn: str,
+        dsn: Dsn,
         *,
         connect_timeout: float,
         statement_timeout: float,
@@ -66,13 +69,16 @@ class Pools:
     def connect_kwargs(self) -> dict[str, Any]:
         """Every connection's settings: autocommit and the store's timeouts."""
         # libpq's connect_timeout is whole seconds (2 at least); the pool's own
-        # timeout bounds the wait more finely.
+        # timeout bounds the wait more finely. The server counts statement_timeout in
+        # whole milliseconds and reads 0 as "none": round up, never down to 0.
+        timeout_ms = max(1, math.ceil(self.statement_timeout * 1000))
         return {
             "autocommit": True,
             "connect_timeout": max(2, round(self.connect_timeout)),
-            "options": f"-c statement_timeout={int(self.statement_timeout * 1000)}"
-            f" -c lock_timeout={int(self.statement_timeout * 1000)}",
+            "options": f"-c statement_timeout={timeout_ms} -c lock_timeout={timeout_ms}",
             "application_name": "resilient_circuit",
+            # Apart from the conninfo string, so that no message built from it shows it.
+            **self.dsn.connect_kwargs(),
         }
 
     def sync(self) -> ConnectionPool:
@@ -82,7 +88,7 @@ class Pools:
             with self._lock:
                 if self._sync is None:
                     self._sync = ConnectionPool(
-                        self.dsn,
+                        self.dsn.conninfo,
                         min_size=1,
                         max_size=self.max_connections,
                         kwargs=self.connect_kwargs(),
@@ -101,7 +107,7 @@ class Pools:
         pool = self._async.get(loop)
         if pool is None:
             pool = AsyncConnectionPool(
-                self.dsn,
+                self.dsn.conninfo,
                 min_size=1,
                 max_size=self.max_connections,
                 kwargs=self.connect_kwargs(),

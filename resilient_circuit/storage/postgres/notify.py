@@ -55,13 +55,19 @@ class Transition:
 
 
 def watch(
-    dsn: str, *, timeout: float | None = None, connect_timeout: int = 5
+    dsn: str,
+    *,
+    timeout: float | None = None,
+    connect_timeout: int = 5,
+    password: str | None = None,
 ) -> Iterator[Transition]:
-    """Yield transitions as they commit, from a dedicated connection.
+    """Yield transitions as they are announced, from a dedicated connection.
 
-    Ends after ``timeout`` seconds without a notification (never, when None).
+    Ends after ``timeout`` seconds without a notification (never, when None). Any role
+    that can connect may send on the channel: these are announcements, not proof.
     """
-    with psycopg.connect(dsn, autocommit=True, connect_timeout=connect_timeout) as conn:
+    extra: dict[str, Any] = {} if password is None else {"password": password}
+    with psycopg.connect(dsn, autocommit=True, connect_timeout=connect_timeout, **extra) as conn:
         conn.execute(f"LISTEN {CHANNEL}")
         while True:
             received = False
@@ -75,11 +81,16 @@ def watch(
 
 
 async def awatch(
-    dsn: str, *, timeout: float | None = None, connect_timeout: int = 5
+    dsn: str,
+    *,
+    timeout: float | None = None,
+    connect_timeout: int = 5,
+    password: str | None = None,
 ) -> AsyncIterator[Transition]:
     """The coroutine twin of ``watch``, on an async connection."""
+    extra: dict[str, Any] = {} if password is None else {"password": password}
     conn = await psycopg.AsyncConnection.connect(
-        dsn, autocommit=True, connect_timeout=connect_timeout
+        dsn, autocommit=True, connect_timeout=connect_timeout, **extra
     )
     async with conn:
         await conn.execute(f"LISTEN {CHANNEL}")
@@ -97,9 +108,11 @@ async def awatch(
 class Listener:
     """A daemon thread holding one LISTEN connection for a store.
 
-    ``on_event(transition)`` runs for every transition; ``on_event(None)`` whenever
-    the connection is (re)established, since what happened while it was down is
-    unknown. ``healthy`` is True only while the connection is listening.
+    ``on_event(transition)`` runs for every notification that parses as a transition;
+    ``on_event(None)`` whenever the connection is (re)established, since what happened
+    while it was down is unknown. Any role that can connect can notify the channel, so
+    ``on_event`` must treat a transition as a hint to ask again, never as a fact.
+    ``healthy`` is True only while the connection is listening.
     """
 
     def __init__(

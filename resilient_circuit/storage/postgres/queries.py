@@ -81,6 +81,8 @@ _STATEMENTS = {
         " generation = b.generation + 1, updated_at = clock_timestamp()"
         " RETURNING state, generation"
     ),
+    "forget": "SELECT {s}.rc_forget(%(key)s, %(namespace)s)",
+    "gc": "SELECT {s}.rc_gc(%(idle)s)",
 }
 
 
@@ -96,6 +98,8 @@ class Statements:
     reset: sql.Composed
     status: sql.Composed
     set_state: sql.Composed
+    forget: sql.Composed
+    gc: sql.Composed
 
     @classmethod
     def for_schema(cls, schema: str) -> Statements:

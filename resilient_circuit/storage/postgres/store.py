@@ -11,12 +11,13 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
+from resilient_circuit._dsn import Dsn
 from resilient_circuit._machine import CircuitState, Config
 from resilient_circuit._settings import database_schema, default_namespace
 from resilient_circuit.storage.base import (
@@ -26,7 +27,7 @@ from resilient_circuit.storage.base import (
     check_name,
 )
 from resilient_circuit.storage.postgres import notify, queries
-from resilient_circuit.storage.postgres.batch import Flusher
+from resilient_circuit.storage.postgres.batch import MAX_QUEUED, Flusher
 from resilient_circuit.storage.postgres.breaker import AdmissionMode, PgBreaker, RecordingMode
 from resilient_circuit.storage.postgres.connection import Pools, describe
 from resilient_circuit.storage.postgres.notify import Transition
@@ -40,6 +41,9 @@ from resilient_circuit.storage.postgres.outage import (
 __all__ = ("PostgresStorage", "shared_storage")
 
 logger = logging.getLogger("resilient_circuit.storage")
+
+#: The longest ``idle`` that ``gc`` (and ``rc_gc``) accepts.
+MAX_GC_IDLE = timedelta(days=3650)
 
 
 class PostgresStorage(CircuitBreakerStorage):
@@ -61,9 +65,11 @@ class PostgresStorage(CircuitBreakerStorage):
         statement_timeout: float = 2.0,
         max_connections: int = 10,
         flush_interval: float = 0.05,
+        max_queued: int = MAX_QUEUED,
     ) -> None:
-        if not isinstance(dsn, str) or not dsn.strip():
-            raise ValueError("`dsn` must be a non-empty connection string")
+        # Checked now, so that a malformed DSN fails here, once, with its password masked,
+        # rather than in every reconnect attempt the pool would log.
+        self._dsn = Dsn(dsn)
         for name, value in (
             ("connect_timeout", connect_timeout),
             ("statement_timeout", statement_timeout),
@@ -75,7 +81,13 @@ class PostgresStorage(CircuitBreakerStorage):
             raise TypeError("`max_connections` must be an int")
         if max_connections < 1:
             raise ValueError(f"`max_connections` must be >= 1, got {max_connections}")
-        self.dsn = dsn
+        if isinstance(max_queued, bool) or not isinstance(max_queued, int):
+            raise TypeError("`max_queued` must be an int")
+        if max_queued < 1:
+            raise ValueError(f"`max_queued` must be >= 1, got {max_queued}")
+        #: The connection string with its password masked (for messages).
+        self.dsn = str(self._dsn)
+        self.max_queued = max_queued
         self.namespace = check_name(
             namespace if namespace is not None else default_namespace(), "namespace"
         )
@@ -84,9 +96,9 @@ class PostgresStorage(CircuitBreakerStorage):
         self.statement_timeout = float(statement_timeout)
         self.max_connections = max_connections
         self.statements = queries.Statements.for_schema(self.schema)
-        self.outage = Outage(describe(dsn))
+        self.outage = Outage(describe(self._dsn.conninfo))
         self._pools = Pools(
-            dsn,
+            self._dsn,
             connect_timeout=self.connect_timeout,
             statement_timeout=self.statement_timeout,
             max_connections=max_connections,
@@ -96,7 +108,10 @@ class PostgresStorage(CircuitBreakerStorage):
         self._listener: notify.Listener | None = None
         self._listened = False  # has a LISTEN connection ever been up?
         self._subscribers: tuple[Callable[[Transition], None], ...] = ()
-        self._flusher = Flusher(float(flush_interval), self.flush)
+        self._flusher = Flusher(float(flush_interval), self.flush, self._last_flush)
+
+    def __repr__(self) -> str:
+        return f"PostgresStorage({self.dsn!r}, namespace={self.namespace!r})"
 
     # -- connections --------------------------------------------------------------
 
@@ -111,6 +126,8 @@ class PostgresStorage(CircuitBreakerStorage):
     def close(self) -> None:
         """Flush queued outcomes, stop listening, close the sync pool.
 
+        The last flush is tried even while an outage backoff is running; what it could
+        not write is logged (a WARNING naming the breakers and how many outcomes).
         Async pools belong to their event loop: close them with ``aclose``.
         """
         self._flusher.stop()
@@ -137,9 +154,12 @@ class PostgresStorage(CircuitBreakerStorage):
         self.outage.failed(exc, started)
         return StorageError(f"breaker storage unavailable: {one_line(exc)}")
 
-    def _begin(self, statement: Any) -> tuple[bool, float]:
-        """Before a round trip (sync or async): skip a database known down, note the time."""
-        if self.outage.skip(self.connect_timeout + self.statement_timeout):
+    def _begin(self, statement: Any, force: bool = False) -> tuple[bool, float]:
+        """Before a round trip (sync or async): skip a database known down, note the time.
+
+        ``force`` tries even so (the last flush before closing).
+        """
+        if not force and self.outage.skip(self.connect_timeout + self.statement_timeout):
             raise StorageError("breaker storage unavailable (backing off)")
         # Admission (while CLOSED) and status only read, which a read-only or locked
         # database still answers: for a store that records, only a write ends an outage.
@@ -160,9 +180,10 @@ class PostgresStorage(CircuitBreakerStorage):
         params: Any,
         *,
         missing_ok: bool = False,
+        force: bool = False,
     ) -> Any:
         """Run one statement (configuring the breaker first if it never was)."""
-        wrote, started = self._begin(statement)
+        wrote, started = self._begin(statement, force)
         try:
             with self.pool().connection(timeout=self.connect_timeout) as conn:
                 pending = breaker.pending_configuration() if breaker is not None else None
@@ -185,9 +206,10 @@ class PostgresStorage(CircuitBreakerStorage):
         params: Any,
         *,
         missing_ok: bool = False,
+        force: bool = False,
     ) -> Any:
         """The coroutine twin of ``fetch``: same statements, awaited on an async pool."""
-        wrote, started = self._begin(statement)
+        wrote, started = self._begin(statement, force)
         try:
             pool = await self.apool()
             async with pool.connection(timeout=self.connect_timeout) as conn:
@@ -244,7 +266,7 @@ class PostgresStorage(CircuitBreakerStorage):
         with self._lock:
             if self._listener is None:
                 self._listener = notify.Listener(
-                    self.dsn, self._pools.connect_kwargs(), self._announced
+                    self._dsn.conninfo, self._pools.connect_kwargs(), self._announced
                 )
                 self._listener.start()
 
@@ -278,9 +300,10 @@ class PostgresStorage(CircuitBreakerStorage):
     def subscribe(self, callback: Callable[[Transition], None]) -> Callable[[], None]:
         """Call ``callback(transition)`` for each transition heard; returns the unsubscribe.
 
-        It runs in the store's LISTEN thread, once the transition has been applied to
-        this process's breakers (their cached verdicts already reflect it), so it must
-        be quick. Subscribing starts the LISTEN connection.
+        It runs in the store's LISTEN thread, once this process's breakers have dropped
+        what they cached for that key, so it must be quick. Subscribing starts the
+        LISTEN connection. A transition is an announcement that any role able to connect
+        could forge: treat it as a reason to look, not as the breaker's state.
         """
         if not callable(callback):
             raise TypeError("`callback` must be callable")
@@ -297,6 +320,28 @@ class PostgresStorage(CircuitBreakerStorage):
     def start_flusher(self) -> None:
         self._flusher.start()
 
+    @property
+    def dropped_outcomes(self) -> int:
+        """Batched outcomes shed so far because too many were waiting (each one logged)."""
+        return sum(b.dropped for b in self.breakers())
+
+    def _last_flush(self) -> None:
+        # One attempt, made even during an outage backoff: after the first breaker that
+        # cannot be written, the others are not tried (each would wait for a timeout).
+        failure: StorageError | None = None
+        waiting = [b for b in self.breakers() if b.queued]
+        for found in waiting:
+            if failure is None:
+                failure = found.flush(final=True)
+        left = [(b, b.queued) for b in waiting if b.queued]
+        if left:
+            logger.warning(
+                "could not write %d batched outcomes before closing (%s): %s",
+                sum(n for _, n in left),
+                ", ".join(f"{b.namespace}/{b.resource_key}: {n}" for b, n in left),
+                failure or "the database did not answer",
+            )
+
     def flush(self) -> None:
         """Send every breaker's queued outcomes now."""
         for found in self.breakers():
@@ -304,11 +349,34 @@ class PostgresStorage(CircuitBreakerStorage):
 
     def watch(self, *, timeout: float | None = None) -> Iterator[Transition]:
         """Transitions of every breaker in the database, as they commit."""
-        return notify.watch(self.dsn, timeout=timeout)
+        return notify.watch(self._dsn.conninfo, timeout=timeout, password=self._dsn.password)
 
     def awatch(self, *, timeout: float | None = None) -> AsyncIterator[Transition]:
         """The async twin of ``watch``."""
-        return notify.awatch(self.dsn, timeout=timeout)
+        return notify.awatch(self._dsn.conninfo, timeout=timeout, password=self._dsn.password)
+
+    # -- bounded rows -------------------------------------------------------------------
+
+    def forget(self, resource_key: str, namespace: str | None = None) -> bool:
+        """Delete one breaker's row (True if there was one); its next use starts afresh."""
+        key = check_name(resource_key, "resource_key")
+        ns = check_name(namespace if namespace is not None else self.namespace, "namespace")
+        row = self.fetch(None, self.statements.forget, {"key": key, "namespace": ns})
+        found = self._breakers.get((ns, key))
+        if found is not None:
+            # Its configuration went with the row: store it again on next use.
+            found.reconfigure(found.config)
+            found.invalidate()
+        return bool(row[0])
+
+    def gc(self, idle: timedelta) -> int:
+        """Delete the CLOSED breakers (of this role's namespaces) unchanged for ``idle``."""
+        if not isinstance(idle, timedelta):
+            raise TypeError(f"`idle` must be a timedelta, got {type(idle).__name__}")
+        if not timedelta(0) <= idle <= MAX_GC_IDLE:
+            raise ValueError(f"`idle` must be between 0 and {MAX_GC_IDLE.days} days, got {idle}")
+        row = self.fetch(None, self.statements.gc, {"idle": idle})
+        return int(row[0])
 
     # -- 0.4.5's admin API ----------------------------------------------------------
 
