@@ -6,9 +6,8 @@
 -- `search_path = pg_catalog, pg_temp`, so no name they use (table, function, operator, type)
 -- can be resolved through a schema that another role may create objects in.
 --
--- Older installs are upgraded by sql/migrations/ instead. Everything from the "shared
--- definitions" line to the end is repeated byte for byte by the newest migration holding that
--- line, so both paths create the same functions and view (tests/test_sql_files.py checks it).
+-- Older installs are upgraded by sql/migrations/ instead; tests/test_schema_equivalence.py
+-- proves both paths give the same catalog.
 
 CREATE TABLE @extschema@.rc_circuit_breakers (
     -- The first eight columns are the ones resilient_circuit 0.4.5 created, in its order, so
@@ -72,8 +71,6 @@ CREATE TABLE @extschema@.rc_namespace_grants (
     CONSTRAINT rc_namespace_grants_namespace_check
         CHECK (char_length(namespace) BETWEEN 1 AND 255)
 );
-
--- ==== shared definitions: byte-identical in schema.sql and the newest migration with this line
 
 -- True when the session's login role administers every namespace: it owns the breaker objects,
 -- is a member of their owner, or is a superuser. session_user, because inside a SECURITY
@@ -1011,8 +1008,9 @@ COMMENT ON COLUMN @extschema@.rc_circuit_breakers.half_open_timeout IS
     'How long a trial permit is held for a call that never records its outcome.';
 
 COMMENT ON VIEW @extschema@.rc_circuit_breaker_status IS
-    'Every breaker in readable form: execution_log as S/F (oldest first), time left in the '
-    'cooldown, live trial permits, limits as fractions.';
+    'Every breaker of the namespaces the session''s login role may use, in readable form: '
+    'execution_log as S/F (oldest first), time left in the cooldown, live trial permits, '
+    'limits as fractions.';
 
 COMMENT ON FUNCTION @extschema@.rc_try_acquire(text, text) IS
     'May a call run now? Returns permitted, the state and generation after the call, and '

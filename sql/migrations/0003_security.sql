@@ -10,7 +10,8 @@
 --   * Durations are bounded (at most 365 days, no months or years); rows holding more are cut
 --     to the bound, and so are the OPEN holds and trial permits they produced.
 --   * rc_forget deletes one breaker, rc_gc the CLOSED ones idle for a given time.
--- Everything from the "shared definitions" line to the end is identical in schema.sql.
+-- Every function is redefined (each pins the new search_path); only the new objects' comments
+-- and privileges are set, the others' survive CREATE OR REPLACE.
 
 CREATE TABLE @extschema@.rc_namespace_grants (
     role_name  name          NOT NULL,
@@ -65,8 +66,6 @@ ALTER TABLE @extschema@.rc_circuit_breakers
         CHECK (half_open_timeout > interval '0' AND half_open_timeout <= interval '365 days'
                AND extract(year FROM half_open_timeout) = 0
                AND extract(month FROM half_open_timeout) = 0);
-
--- ==== shared definitions: byte-identical in schema.sql and the newest migration with this line
 
 -- True when the session's login role administers every namespace: it owns the breaker objects,
 -- is a member of their owner, or is a superuser. session_user, because inside a SECURITY
@@ -958,84 +957,10 @@ BEGIN
 END;
 $$;
 
-COMMENT ON TABLE @extschema@.rc_circuit_breakers IS
-    'One row per circuit breaker (resource_key, namespace). Change it only through the rc_* '
-    'functions, which run the state machine under a row lock.';
-COMMENT ON COLUMN @extschema@.rc_circuit_breakers.resource_key IS
-    'The protected resource''s name (1 to 255 characters).';
-COMMENT ON COLUMN @extschema@.rc_circuit_breakers.namespace IS
-    'Isolates groups of breakers (applications, environments, test runs).';
-COMMENT ON COLUMN @extschema@.rc_circuit_breakers.state IS
-    'CLOSED (calls pass), OPEN (calls rejected until open_until) or HALF_OPEN (trial calls).';
-COMMENT ON COLUMN @extschema@.rc_circuit_breakers.failure_count IS
-    'Consecutive failures recorded in the current phase.';
-COMMENT ON COLUMN @extschema@.rc_circuit_breakers.open_until IS
-    'While OPEN: when the cooldown ends and the next call becomes a half-open trial.';
-COMMENT ON COLUMN @extschema@.rc_circuit_breakers.execution_log IS
-    'The current phase''s window of outcomes, oldest first (true = success). OPEN keeps the '
-    'window that tripped it.';
-COMMENT ON COLUMN @extschema@.rc_circuit_breakers.created_at IS
-    'When the row was created.';
-COMMENT ON COLUMN @extschema@.rc_circuit_breakers.updated_at IS
-    'When the row last changed.';
-COMMENT ON COLUMN @extschema@.rc_circuit_breakers.generation IS
-    'Incremented by every transition; outcomes carrying an older generation only count in '
-    'successes/failures.';
-COMMENT ON COLUMN @extschema@.rc_circuit_breakers.permits IS
-    'While HALF_OPEN: expiry times of trial calls admitted and not yet recorded, oldest first.';
-COMMENT ON COLUMN @extschema@.rc_circuit_breakers.successes IS
-    'Successes ever recorded (every rc_record call, counted or not).';
-COMMENT ON COLUMN @extschema@.rc_circuit_breakers.failures IS
-    'Failures ever recorded (every rc_record call, counted or not).';
-COMMENT ON COLUMN @extschema@.rc_circuit_breakers.failure_limit_num IS
-    'Failure limit numerator: trip when failures/window_size reaches the limit (reduced).';
-COMMENT ON COLUMN @extschema@.rc_circuit_breakers.failure_limit_den IS
-    'Failure limit denominator (reduced).';
-COMMENT ON COLUMN @extschema@.rc_circuit_breakers.window_size IS
-    'Outcomes a CLOSED breaker judges (by default the failure limit''s denominator).';
-COMMENT ON COLUMN @extschema@.rc_circuit_breakers.success_limit_num IS
-    'Success limit numerator, or NULL: a half-open phase closes when successes/success_limit_den '
-    'reaches it; without it the failure limit decides over window_size outcomes.';
-COMMENT ON COLUMN @extschema@.rc_circuit_breakers.success_limit_den IS
-    'Success limit denominator (reduced): the number of outcomes a half-open phase judges.';
-COMMENT ON COLUMN @extschema@.rc_circuit_breakers.cooldown IS
-    'How long the breaker stays OPEN before admitting a trial call.';
-COMMENT ON COLUMN @extschema@.rc_circuit_breakers.half_open_timeout IS
-    'How long a trial permit is held for a call that never records its outcome.';
-
 COMMENT ON VIEW @extschema@.rc_circuit_breaker_status IS
-    'Every breaker in readable form: execution_log as S/F (oldest first), time left in the '
-    'cooldown, live trial permits, limits as fractions.';
-
-COMMENT ON FUNCTION @extschema@.rc_try_acquire(text, text) IS
-    'May a call run now? Returns permitted, the state and generation after the call, and '
-    'retry_after when rejected. Uses the server clock.';
-COMMENT ON FUNCTION @extschema@.rc_record(text, boolean, text, bigint) IS
-    'Records one call''s outcome. Pass the generation rc_try_acquire returned so that an '
-    'outcome from before a transition only counts in the lifetime counters.';
-COMMENT ON FUNCTION @extschema@.rc_record_many(text, text, boolean[], bigint[]) IS
-    'Records several outcomes in order, exactly as that many rc_record calls would, under one '
-    'row lock.';
-COMMENT ON FUNCTION @extschema@.rc_configure(text, text, integer, integer, integer, integer, integer,
-                                 interval, interval) IS
-    'Stores a breaker''s configuration. Limits are fractions in (0, 1]; the window defaults to '
-    'the failure limit''s denominator. Keys never configured use failure limit 1/1, cooldown 0.';
-COMMENT ON FUNCTION @extschema@.rc_force(text, text, text) IS
-    'Forces a transition: OPEN for one cooldown, or a fresh CLOSED or HALF_OPEN phase.';
-COMMENT ON FUNCTION @extschema@.rc_reset(text, text) IS
-    'Back to a fresh CLOSED breaker with zeroed counters; the configuration stays.';
-COMMENT ON FUNCTION @extschema@.rc_status(text, text) IS
-    'The rc_circuit_breaker_status row of one breaker (no row if it was never used).';
-COMMENT ON FUNCTION @extschema@.rc_try_acquire_at(text, text, timestamptz) IS
-    'rc_try_acquire at an explicit time (NULL: the server clock once the row is locked).';
-COMMENT ON FUNCTION @extschema@.rc_record_at(text, boolean, text, bigint, timestamptz) IS
-    'rc_record at an explicit time (NULL: the server clock once the row is locked).';
-COMMENT ON FUNCTION @extschema@.rc_record_many_at(text, text, boolean[], bigint[], timestamptz) IS
-    'rc_record_many at an explicit time (NULL: the server clock once the row is locked).';
-COMMENT ON FUNCTION @extschema@.rc_force_at(text, text, text, timestamptz) IS
-    'rc_force at an explicit time (NULL: the server clock once the row is locked).';
-COMMENT ON FUNCTION @extschema@.rc_reset_at(text, text, timestamptz) IS
-    'rc_reset at an explicit time (NULL: the server clock once the row is locked).';
+    'Every breaker of the namespaces the session''s login role may use, in readable form: '
+    'execution_log as S/F (oldest first), time left in the cooldown, live trial permits, '
+    'limits as fractions.';
 COMMENT ON FUNCTION @extschema@.rc_forget(text, text) IS
     'Deletes one breaker (true if it existed); its next use starts a fresh default one.';
 COMMENT ON FUNCTION @extschema@.rc_gc(interval) IS
@@ -1052,27 +977,8 @@ COMMENT ON FUNCTION @extschema@.rc_check_duration(text, interval, boolean) IS
 COMMENT ON TABLE @extschema@.rc_namespace_grants IS
     'The namespaces each application role may use (''*'': all); written by pg-setup '
     '--app-role ROLE --namespace NS.';
-COMMENT ON FUNCTION @extschema@.rc_check_names(text, text) IS
-    'Raises invalid_parameter_value for a NULL, empty or over-long key or namespace.';
-COMMENT ON FUNCTION @extschema@.rc_notify_transition(text, text, text, text, bigint, timestamptz) IS
-    'Announces a transition on the resilient_circuit channel as a small JSON object.';
 
--- Nothing is executable by default; `pg-setup --app-role` grants the public functions.
 REVOKE EXECUTE ON FUNCTION
-    @extschema@.rc_check_names(text, text),
-    @extschema@.rc_notify_transition(text, text, text, text, bigint, timestamptz),
-    @extschema@.rc_try_acquire_at(text, text, timestamptz),
-    @extschema@.rc_record_many_at(text, text, boolean[], bigint[], timestamptz),
-    @extschema@.rc_record_at(text, boolean, text, bigint, timestamptz),
-    @extschema@.rc_force_at(text, text, text, timestamptz),
-    @extschema@.rc_reset_at(text, text, timestamptz),
-    @extschema@.rc_configure(text, text, integer, integer, integer, integer, integer, interval, interval),
-    @extschema@.rc_try_acquire(text, text),
-    @extschema@.rc_record(text, boolean, text, bigint),
-    @extschema@.rc_record_many(text, text, boolean[], bigint[]),
-    @extschema@.rc_force(text, text, text),
-    @extschema@.rc_reset(text, text),
-    @extschema@.rc_status(text, text),
     @extschema@.rc_forget(text, text),
     @extschema@.rc_gc(interval),
     @extschema@.rc_session_is_owner(),
