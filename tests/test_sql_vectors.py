@@ -2,19 +2,29 @@
 
 Each step calls the explicit-time variant of a function (``rc_try_acquire_at``,
 ``rc_record_at``, ``rc_force_at``, ``rc_reset_at``) or ``rc_configure``, with
-``now = 2000-01-01 00:00:00+00 + at_ms``, then compares the function's answer with
-``expect`` and the stored row with ``after``.
+``now = 2000-01-01 00:00:00+00 + at_ms``, then checks the function's answer, the stored
+row (state and configuration columns) and the NOTIFY payloads of the step by the rules
+in tests/_vectors.py. The connection that calls the functions also LISTENs: a session's
+own notifications arrive with the reply of the statement that committed them, so each
+step's notifications are known without waiting.
 """
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import psycopg
 import pytest
 
-from tests._vectors import vector_params, window_text
+from tests._vectors import (
+    check_step,
+    expected_transitions,
+    stored_config,
+    vector_params,
+    window_text,
+)
 
 EPOCH = datetime(2000, 1, 1, tzinfo=timezone.utc)
 NAMESPACE = "vectors"
@@ -36,10 +46,10 @@ def _ms(value: timedelta | None) -> int | float | None:
     return int(ms) if ms == int(ms) else ms
 
 
-def _configure(conn: psycopg.Connection[Any], key: str, config: dict[str, Any]) -> None:
+def _configure(conn: psycopg.Connection[Any], key: str, config: dict[str, Any]) -> Any:
     f_num, f_den = _fraction(config["failure_limit"])
     s_num, s_den = _fraction(config["success_limit"])
-    conn.execute(
+    return conn.execute(
         "SELECT * FROM rc_configure(p_key => %s, p_namespace => %s,"
         " p_failure_limit_num => %s, p_failure_limit_den => %s, p_window_size => %s,"
         " p_success_limit_num => %s, p_success_limit_den => %s,"
@@ -55,13 +65,13 @@ def _configure(conn: psycopg.Connection[Any], key: str, config: dict[str, Any]) 
             config["cooldown_ms"] * MS,
             config["half_open_timeout_ms"] * MS,
         ),
-    )
+    ).fetchone()
 
 
 def _snapshot(conn: psycopg.Connection[Any], key: str) -> dict[str, Any]:
     row = conn.execute(
         "SELECT state, generation, execution_log, failure_count, open_until,"
-        " cardinality(permits), successes, failures"
+        " permits, successes, failures"
         " FROM rc_circuit_breakers WHERE resource_key = %s AND namespace = %s",
         (key, NAMESPACE),
     ).fetchone()
@@ -72,14 +82,51 @@ def _snapshot(conn: psycopg.Connection[Any], key: str) -> dict[str, Any]:
         "generation": generation,
         "window": window_text(log),
         "failure_count": failure_count,
-        "open_until_ms": None if open_until is None else _ms(open_until - EPOCH),
-        "permits": permits,
+        "open_until_ms": _at(open_until),
+        "permits": len(permits),
+        "permits_ms": [_at(expiry) for expiry in permits],
         "successes": successes,
         "failures": failures,
     }
 
 
-def _step(conn: psycopg.Connection[Any], key: str, step: dict[str, Any]) -> dict[str, Any] | None:
+def _at(moment: datetime | None) -> int | float | None:
+    return None if moment is None else _ms(moment - EPOCH)
+
+
+def _stored_config(conn: psycopg.Connection[Any], key: str) -> dict[str, Any]:
+    row = conn.execute(
+        "SELECT failure_limit_num, failure_limit_den, window_size, success_limit_num,"
+        " success_limit_den, cooldown, half_open_timeout"
+        " FROM rc_circuit_breakers WHERE resource_key = %s AND namespace = %s",
+        (key, NAMESPACE),
+    ).fetchone()
+    assert row is not None, "the vector's breaker has no row"
+    f_num, f_den, window, s_num, s_den, cooldown, half_open_timeout = row
+    return {
+        "failure_limit": (f_num, f_den),
+        "window_size": window,
+        "success_limit": None if s_num is None else (s_num, s_den),
+        "cooldown_ms": _ms(cooldown),
+        "half_open_timeout_ms": _ms(half_open_timeout),
+    }
+
+
+def _transition(payload: str) -> dict[str, Any]:
+    """A NOTIFY payload in the vectors' terms, checking it names the vector's breaker."""
+    fields = json.loads(payload)
+    assert set(fields) == {"namespace", "key", "from", "to", "generation", "open_until"}
+    open_until = fields["open_until"]
+    return {
+        "key": (fields["namespace"], fields["key"]),
+        "from": fields["from"],
+        "to": fields["to"],
+        "generation": fields["generation"],
+        "open_until_ms": None if open_until is None else _at(datetime.fromisoformat(open_until)),
+    }
+
+
+def _step(conn: psycopg.Connection[Any], key: str, step: dict[str, Any]) -> dict[str, Any]:
     """Run one step; returns what the function answered, in the vectors' terms."""
     now = EPOCH + step["at_ms"] * MS
     op = step["op"]
@@ -111,8 +158,7 @@ def _step(conn: psycopg.Connection[Any], key: str, step: dict[str, Any]) -> dict
             (key, NAMESPACE, now),
         ).fetchone()
     elif op == "configure":
-        _configure(conn, key, step["config"])
-        return None
+        row = _configure(conn, key, step["config"])
     else:
         raise AssertionError(f"unknown op {op!r}")
     assert row is not None
@@ -127,21 +173,29 @@ def run_vector(conn: psycopg.Connection[Any], vector: dict[str, Any]) -> None:
         "DELETE FROM rc_circuit_breakers WHERE resource_key = %s AND namespace = %s",
         (key, NAMESPACE),
     )
-    _configure(conn, key, vector["config"])
+    heard: list[str] = []
+    conn.add_notify_handler(lambda notice: heard.append(notice.payload))
+    conn.execute("LISTEN resilient_circuit")
+    declared = vector["config"]
+    _configure(conn, key, declared)
+    before = _snapshot(conn, key)
+    assert heard == [], "configuring announced a transition"
     for index, step in enumerate(vector["steps"]):
         where = f"{key}: step {index} ({step['op']} at {step['at_ms']} ms)"
         answer = _step(conn, key, step)
-        if "expect" in step:
-            expected = step["expect"]
-            assert answer is not None, f"{where}: {step['op']} answers nothing"
-            answered = {name: answer[name] for name in expected}
-            assert answered == expected, f"{where}: answered {answered}"
+        if step["op"] == "configure":
+            declared = step["config"]
         after = _snapshot(conn, key)
-        assert after == step["after"], f"{where}: left {after}"
+        check_step(where, step, answer, after, _stored_config(conn, key), stored_config(declared))
+        announced = [_transition(payload) for payload in heard]
+        del heard[:]
+        expected = [{"key": (NAMESPACE, key), **t} for t in expected_transitions(step, before)]
+        assert announced == expected, f"{where}: notified {announced}"
+        before = after
 
 
 @pytest.mark.parametrize("vector", vector_params())
 def test_vector(pg_dsn: str, vector: dict[str, Any]) -> None:
-    """The PL/pgSQL functions give every answer and leave every state the vector expects."""
+    """The PL/pgSQL functions give every answer, state, configuration and NOTIFY expected."""
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         run_vector(conn, vector)
