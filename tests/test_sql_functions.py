@@ -12,6 +12,7 @@ import random
 import threading
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
+from fractions import Fraction
 from typing import Any
 
 import psycopg
@@ -21,6 +22,7 @@ from psycopg.rows import dict_row
 
 from resilient_circuit import _installer
 from resilient_circuit.cli.connect import connect
+from tests._reference_model import RefBreaker, RefConfig
 
 Conn = psycopg.Connection[Any]
 EPOCH = datetime(2000, 1, 1, tzinfo=timezone.utc)
@@ -479,17 +481,55 @@ def _random_config(rng: random.Random) -> dict[str, Any]:
     }
 
 
-def _state_of(conn: Conn, key: str) -> tuple[Any, ...]:
-    return _one(
+def _state_of(conn: Conn, key: str) -> dict[str, Any]:
+    state, generation, log, failure_count, open_until, permits, successes, failures = _one(
         conn,
         "SELECT state, generation, execution_log, failure_count, open_until, permits,"
         " successes, failures FROM rc_circuit_breakers WHERE resource_key = %s",
         [key],
     )
+    return {
+        "state": state,
+        "generation": generation,
+        "window": list(log),
+        "failure_count": failure_count,
+        "open_until_ms": _ms_since_epoch(open_until),
+        "permits_ms": [_ms_since_epoch(p) for p in permits],
+        "successes": successes,
+        "failures": failures,
+    }
 
 
-def test_record_many_equals_the_same_records_one_by_one(conn: Conn) -> None:
-    """A batch leaves exactly the state, answer and counters of sequential rc_record calls."""
+def _ms_since_epoch(moment: datetime | None) -> int | None:
+    return None if moment is None else (moment - EPOCH) // timedelta(milliseconds=1)
+
+
+def _model_state(ref: RefBreaker) -> dict[str, Any]:
+    return {
+        "state": ref.state,
+        "generation": ref.generation,
+        "window": list(ref.window),
+        "failure_count": ref.failure_count,
+        "open_until_ms": ref.open_until_ms,
+        "permits_ms": list(ref.permits_ms),
+        "successes": ref.successes,
+        "failures": ref.failures,
+    }
+
+
+def _model_config(config: dict[str, Any]) -> RefConfig:
+    success = config["p_success_limit_num"]
+    return RefConfig(
+        failure_limit=Fraction(config["p_failure_limit_num"], config["p_failure_limit_den"]),
+        window_size=config["p_window_size"],
+        success_limit=None if success is None else Fraction(success, config["p_success_limit_den"]),
+        cooldown_ms=config["p_cooldown"] // timedelta(milliseconds=1),
+        half_open_timeout_ms=config["p_half_open_timeout"] // timedelta(milliseconds=1),
+    )
+
+
+def test_record_many_decides_like_the_reference_model_one_outcome_at_a_time(conn: Conn) -> None:
+    """A batch, and the same outcomes one rc_record at a time, end where the model of §3 does."""
     rng = random.Random(20240229)
     for case in range(40):
         config = _random_config(rng)
@@ -505,37 +545,45 @@ def test_record_many_equals_the_same_records_one_by_one(conn: Conn) -> None:
                 " p_cooldown => %(p_cooldown)s, p_half_open_timeout => %(p_half_open_timeout)s)",
                 {**config, "key": key},
             )
-        now = EPOCH
-        generation = 0
+        model = RefBreaker(_model_config(config))
+        at_ms = 0
         for _ in range(12):
-            now += timedelta(milliseconds=rng.choice([0, 1, 4, 30]))
+            at_ms += rng.choice([0, 1, 4, 30])
+            now = EPOCH + timedelta(milliseconds=at_ms)
             for _ in range(rng.randint(0, 3)):
-                answers = [
-                    _one(conn, "SELECT * FROM rc_try_acquire_at(%s, 'default', %s)", (key, now))
-                    for key in (one, many)
-                ]
-                assert answers[0] == answers[1]
-                generation = answers[0][2]
+                permitted, state, generation, retry_after = model.acquire(at_ms)
+                expected = (
+                    permitted,
+                    state,
+                    generation,
+                    None if retry_after is None else timedelta(milliseconds=retry_after),
+                )
+                for key in (one, many):
+                    answer = _one(
+                        conn, "SELECT * FROM rc_try_acquire_at(%s, 'default', %s)", (key, now)
+                    )
+                    assert answer == expected, (case, key)
             size = rng.randint(0, 6)
             successes = [rng.random() < 0.5 for _ in range(size)]
-            choices = [None, generation, generation, generation - 1]
+            choices = [None, model.generation, model.generation, model.generation - 1]
             generations = [rng.choice(choices) for _ in range(size)]
-            answer: tuple[Any, ...] = _one(
-                conn, "SELECT state, generation FROM rc_status(%s)", [one]
-            )
+            answer: tuple[Any, ...] = (model.state, model.generation)
             for success, gen in zip(successes, generations, strict=True):
-                answer = _one(
+                answer = model.record(at_ms, success, gen)
+                reply = _one(
                     conn,
                     "SELECT * FROM rc_record_at(%s, %s, 'default', %s, %s)",
                     (one, success, gen, now),
                 )
+                assert reply == answer, (case, successes, generations)
             batch = _one(
                 conn,
                 "SELECT * FROM rc_record_many_at(%s, 'default', %s, %s, %s)",
                 (many, successes, generations, now),
             )
             assert batch == answer, (case, successes, generations)
-            assert _state_of(conn, many) == _state_of(conn, one), (case, successes, generations)
+            for key in (one, many):
+                assert _state_of(conn, key) == _model_state(model), (case, key, successes)
 
 
 def test_record_many_without_generations_counts_toward_the_current_one(conn: Conn) -> None:
