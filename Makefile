@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-memory test-postgres lint format typecheck bench demo clean
+.PHONY: install test test-memory test-postgres lint format typecheck bench mutate demo clean
 
 install: $(STAMP)
 
@@ -31,6 +31,10 @@ typecheck: install
 
 bench: install
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
+
+# Deliberate bugs in the state machines, one at a time: do the tests catch each? (minutes)
+mutate: install
+	$(BIN)/python scripts/mutate.py $(MUTATE_ARGS)
 
 demo: install
 	$(BIN)/resilient-circuit-cli demo $(DEMO_ARGS)

@@ -240,7 +240,7 @@ def test_memory_store_and_sql_functions_follow_the_model(pg_dsn: str) -> None:
     keys = itertools.count()
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
 
-        @settings(SETTINGS, max_examples=150)
+        @settings(SETTINGS, max_examples=200)
         @given(ref_configs(), events(ref_configs()))
         def run(initial: RefConfig, steps: list[tuple[Any, ...]]) -> None:
             model = RefBreaker(initial)
@@ -388,7 +388,7 @@ def test_postgres_store_and_memory_store_follow_the_model_through_the_public_api
     )
     try:
 
-        @settings(SETTINGS, max_examples=60)
+        @settings(SETTINGS, max_examples=120)
         @given(ref_configs(timeless=True), steps_strategy)
         def run(initial: RefConfig, steps: list[tuple[str, Any]]) -> None:
             model = RefBreaker(initial)
