@@ -175,6 +175,36 @@ def _time_waiting_for_a_cpu() -> float:
         return 0.0
 
 
+# A stall of the event loop that no busy machine explains: a blocking connect or
+# statement costs at least the store's connect timeout (2 s by default) once the
+# database stops answering. Ordinary lateness is for benchmarks to measure.
+LOOP_STALL = 0.5
+
+
+def blocking_pool_uses(store: PostgresStorage) -> list[str]:
+    """Record every use of the store's blocking pool from inside a running event loop.
+
+    Coroutines must only ever await the async pool: a use of the blocking one from
+    the loop's thread stalls every task of the loop for a round trip, or for a
+    connect timeout when the database is down. Install it after the set-up that
+    may legitimately use the blocking pool (constructing policies configures them).
+    """
+    uses: list[str] = []
+    blocking_pool = store.pool
+
+    def pool() -> Any:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is not None:
+            uses.append(f"{threading.current_thread().name}: {loop!r}")
+        return blocking_pool()
+
+    store.pool = pool
+    return uses
+
+
 @asynccontextmanager
 async def loop_lag(period: float = 0.005) -> AsyncIterator[Callable[[], float]]:
     """A ticker sleeping ``period`` at a time; yields a reader of its worst lateness.

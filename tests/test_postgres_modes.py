@@ -61,6 +61,22 @@ def wait_for(predicate: Any, timeout: float = 5.0) -> bool:
     return predicate()
 
 
+def listening_sessions(dsn: str) -> int:
+    """Other sessions of this database whose last statement, a LISTEN, has completed.
+
+    A session's LISTEN takes effect when that statement commits, and it then waits
+    idle for notifications: from then on it hears every transition.
+    """
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            " AND state = 'idle' AND query ILIKE 'LISTEN %%'"
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
 def test_cached_admission_makes_one_round_trip_per_call(
     stores: list[PostgresStorage], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -227,8 +243,11 @@ def test_batched_outcomes_are_flushed_when_the_process_exits(pg_dsn: str) -> Non
     assert counters(pg_dsn, "hot", "exit") == (2500, 0)
 
 
-def test_watch_yields_transitions_as_they_commit(stores: list[PostgresStorage]) -> None:
+def test_watch_yields_transitions_as_they_commit(
+    stores: list[PostgresStorage], pg_dsn: str
+) -> None:
     """watch() sees every transition another client makes, in order."""
+    listening = listening_sessions(pg_dsn)
     seen: list[Any] = []
     ready = threading.Event()
 
@@ -243,7 +262,8 @@ def test_watch_yields_transitions_as_they_commit(stores: list[PostgresStorage]) 
     watcher = threading.Thread(target=follow)
     watcher.start()
     assert ready.wait(5)
-    time.sleep(0.3)  # the generator connects and LISTENs on its first step
+    # The generator connects and LISTENs on its first step, in the watcher's thread.
+    assert wait_for(lambda: listening_sessions(pg_dsn) > listening, timeout=10)
     policy = CircuitProtectorPolicy(
         resource_key="watched", storage=stores[1], cooldown=timedelta(minutes=1)
     )
@@ -261,13 +281,19 @@ def test_watch_yields_transitions_as_they_commit(stores: list[PostgresStorage]) 
 def test_cli_watch_prints_transitions(stores: list[PostgresStorage], pg_dsn: str) -> None:
     """resilient-circuit-cli watch prints one line per transition across the fleet."""
 
-    def trip_soon() -> None:
-        time.sleep(0.8)
+    listening = listening_sessions(pg_dsn)
+
+    def trip_once_watched() -> None:
+        # Transitions before the command's LISTEN are not for it to print.
+        if not wait_for(lambda: listening_sessions(pg_dsn) > listening, timeout=10):
+            return  # the command then times out and the assertion below says so
         with psycopg.connect(pg_dsn, autocommit=True) as conn:
             conn.execute("SELECT * FROM rc_force('cli-watched', 'OPEN', 'modes')")
 
-    threading.Thread(target=trip_soon).start()
+    tripper = threading.Thread(target=trip_once_watched)
+    tripper.start()
     result = CliRunner().invoke(cli, ["watch", "--dsn", pg_dsn, "--count", "1", "--timeout", "10"])
+    tripper.join(10)
     assert result.exit_code == 0, result.output
     assert "modes/cli-watched: CLOSED -> OPEN (generation 1)" in result.output
 
