@@ -12,6 +12,7 @@ step's notifications are known without waiting.
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -122,8 +123,17 @@ def _transition(payload: str) -> dict[str, Any]:
         "from": fields["from"],
         "to": fields["to"],
         "generation": fields["generation"],
-        "open_until_ms": None if open_until is None else _at(datetime.fromisoformat(open_until)),
+        "open_until_ms": None if open_until is None else _at(_timestamp(open_until)),
     }
+
+
+def _timestamp(text: str) -> datetime:
+    # PostgreSQL trims trailing zeros of the fraction ("….5+00:00"), which Python 3.10's
+    # fromisoformat refuses; six digits are read by every version.
+    match = re.fullmatch(r"([^.]+)\.(\d+)(.*)", text)
+    if match:
+        text = f"{match[1]}.{match[2].ljust(6, '0')}{match[3]}"
+    return datetime.fromisoformat(text)
 
 
 def _step(conn: psycopg.Connection[Any], key: str, step: dict[str, Any]) -> dict[str, Any]:
