@@ -133,6 +133,24 @@ MUTANTS = (
         "failure_count = st.failure_count if success else st.failure_count + 1",
     ),
     Mutant(
+        "py_closed_eviction_keeps_failure",
+        MACHINE,
+        "            in_window -= 1\n            bits ^= 1 << size",
+        "            bits ^= 1 << size",
+    ),
+    Mutant(
+        "py_half_open_entry_clears_failure_count",
+        MACHINE,
+        "nxt = State(HALF_OPEN, generation, 0, 0, 0, st.failure_count, None, trial)",
+        "nxt = State(HALF_OPEN, generation, 0, 0, 0, 0, None, trial)",
+    ),
+    Mutant(
+        "py_reconfigure_keeps_failure_tally",
+        MACHINE,
+        "window_failures=bits.bit_count())",
+        "window_failures=min(st.window_failures, size))",
+    ),
+    Mutant(
         "py_reconfigure_keeps_long_window",
         MACHINE,
         "    if st.window_len <= size:\n        return st",
@@ -186,6 +204,20 @@ MUTANTS = (
         SCHEMA,
         "'OPEN', 'HALF_OPEN',\n                                     _row.generation + 1, NULL);",
         "'OPEN', 'HALF_OPEN',\n                                     _row.generation, NULL);",
+    ),
+    Mutant(
+        "sql_half_open_decides_one_outcome_late",
+        SCHEMA,
+        "ELSIF _len >= _size THEN",
+        "ELSIF _len > _size THEN",
+    ),
+    Mutant(
+        "sql_notify_trip_without_open_until",
+        SCHEMA,
+        "PERFORM rc_notify_transition(p_key, p_namespace, _from, _to,\n"
+        "                                         _row.generation, _row.open_until);",
+        "PERFORM rc_notify_transition(p_key, p_namespace, _from, _to,\n"
+        "                                         _row.generation, NULL);",
     ),
     Mutant(
         "sql_configure_default_window_from_numerator",
