@@ -213,6 +213,8 @@ class _SqlBreaker:
 
 def _memory_state(breaker: Any) -> dict[str, Any]:
     st_ = breaker.state
+    # The machine keeps the window's failure count beside the window: the two must agree.
+    assert st_.window_failures == st_.window.count(False), st_
 
     def at(ns: int | None) -> int | None:
         return None if ns is None else (ns - EPOCH_NS) // MS

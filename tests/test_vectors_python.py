@@ -37,6 +37,8 @@ def _ms(ns: int | None) -> int | None:
 
 def _snapshot(breaker: MemoryBreaker) -> dict[str, Any]:
     st = breaker.state
+    # The machine keeps the window's failure count beside the window: the two must agree.
+    assert st.window_failures == st.window.count(False), st
     return {
         "state": st.state.value,
         "generation": st.generation,
