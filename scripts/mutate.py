@@ -260,7 +260,7 @@ def check_isolation(scratch: Path, env: dict[str, str]) -> None:
         [
             sys.executable,
             "-c",
-            "import resilient_circuit._machine as m, resilient_circuit._schema as s;"
+            "import resilient_circuit._machine as m, resilient_circuit._installer as s;"
             "print(m.__file__); print(s._sql_root())",
         ],
         cwd=scratch,
