@@ -9,9 +9,9 @@ the example and a ``@reproduce_failure`` blob).
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from fractions import Fraction
@@ -22,9 +22,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from resilient_circuit import CircuitProtectorPolicy, CircuitState, ProtectedCallError
-from resilient_circuit._machine import Config
+from resilient_circuit._machine import Admission, Config
 from resilient_circuit.storage import InMemoryStorage, PostgresStorage
-from resilient_circuit.storage.base import Breaker
+from resilient_circuit.storage.base import Breaker, Observed, Snapshot
 from tests._reference_model import RefBreaker, RefConfig
 
 EPOCH = datetime(2000, 1, 1, tzinfo=timezone.utc)
@@ -300,7 +300,7 @@ def test_memory_store_and_sql_functions_follow_the_model(pg_dsn: str) -> None:
 
 
 class _Caller:
-    """A policy on one store, with the transitions it reports."""
+    """A policy and a breaker handle on one store, with the transitions the policy reports."""
 
     def __init__(self, storage: Any, key: str, ref: RefConfig) -> None:
         self.seen: list[tuple[str, str]] = []
@@ -320,35 +320,91 @@ class _Caller:
         )
         self.breaker: Breaker = storage.breaker(key, NAMESPACE, self.policy.config)
 
+    def outcome(self, ok: bool) -> str:
+        """What a protected call did: "done", "failed" or "rejected"."""
+
         @self.policy
-        def call(ok: bool) -> str:
+        def call() -> str:
             if not ok:
                 raise _Failure
             return "done"
 
-        self.call: Callable[[bool], str] = call
-
-    def outcome(self, ok: bool) -> str:
-        """What the protected call did: "done", "failed" or "rejected"."""
         try:
-            return self.call(ok)
+            return call()
         except _Failure:
             return "failed"
         except ProtectedCallError:
             return "rejected"
 
+    def acquire(self) -> Admission:
+        return self.breaker.acquire()
+
+    def record(self, success: bool, generation: int | None) -> Observed:
+        return self.breaker.record(success, generation)
+
+    def force(self, target: CircuitState) -> None:
+        self.policy.status = target
+
+    def reset(self) -> None:
+        self.policy.reset()
+
     def state(self) -> dict[str, Any]:
-        snap = self.policy.snapshot()
-        return {
-            "state": snap.state.value,
-            "generation": snap.generation,
-            "window": snap.window,
-            "failure_count": snap.failure_count,
-            "open": snap.open_remaining is not None,
-            "permits": snap.permits,
-            "successes": snap.successes,
-            "failures": snap.failures,
-        }
+        return _view(self.policy.snapshot())
+
+
+class _AsyncCaller(_Caller):
+    """The same through the coroutine API: async calls, ``a``-methods of the handle."""
+
+    def __init__(
+        self, storage: Any, key: str, ref: RefConfig, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        super().__init__(storage, key, ref)
+        self.loop = loop
+
+    def outcome(self, ok: bool) -> str:
+        @self.policy
+        async def call() -> str:
+            if not ok:
+                raise _Failure
+            return "done"
+
+        try:
+            return self.loop.run_until_complete(call())
+        except _Failure:
+            return "failed"
+        except ProtectedCallError:
+            return "rejected"
+
+    def acquire(self) -> Admission:
+        return self.loop.run_until_complete(self.breaker.aacquire())
+
+    def record(self, success: bool, generation: int | None) -> Observed:
+        return self.loop.run_until_complete(self.breaker.arecord(success, generation))
+
+    def force(self, target: CircuitState) -> None:
+        self.loop.run_until_complete(self.breaker.aforce(target))
+
+    def reset(self) -> None:
+        self.loop.run_until_complete(self.breaker.areset())
+
+    def state(self) -> dict[str, Any]:
+        seen = _view(self.loop.run_until_complete(self.breaker.asnapshot()))
+        # The handle's admin calls bypass the policy: it learns of them when it looks.
+        self.policy.snapshot()
+        return seen
+
+
+def _view(snap: Snapshot) -> dict[str, Any]:
+    return {
+        "state": snap.state.value,
+        "generation": snap.generation,
+        "window": snap.window,
+        "failure_count": snap.failure_count,
+        "open": snap.open_remaining is not None,
+        "permits": snap.permits,
+        "successes": snap.successes,
+        "failures": snap.failures,
+    }
 
 
 class _Failure(Exception):
@@ -371,8 +427,10 @@ def _model_view(model: RefBreaker) -> dict[str, Any]:
 def test_postgres_store_and_memory_store_follow_the_model_through_the_public_api(
     pg_dsn: str,
 ) -> None:
-    """Policies and breaker handles on both stores answer, move and notify as the model does."""
+    """Policies and breaker handles on both stores, sync and async, act as the model does."""
     store = PostgresStorage(pg_dsn, namespace=NAMESPACE)
+    # One event loop for every example, so that the store's async pool is opened once.
+    loop = asyncio.new_event_loop()
     call_or_record = st.one_of(
         st.tuples(st.just("call"), st.booleans()),
         st.tuples(st.just("acquire"), st.none()),
@@ -390,7 +448,7 @@ def test_postgres_store_and_memory_store_follow_the_model_through_the_public_api
     )
     try:
 
-        @settings(SETTINGS, max_examples=120)
+        @settings(SETTINGS, max_examples=80)
         @given(ref_configs(timeless=True), steps_strategy)
         def run(initial: RefConfig, steps: list[tuple[str, Any]]) -> None:
             model = RefBreaker(initial)
@@ -402,6 +460,7 @@ def test_postgres_store_and_memory_store_follow_the_model_through_the_public_api
                     InMemoryStorage(namespace=NAMESPACE, clock=lambda: EPOCH_NS), key, initial
                 ),
                 "postgres": _Caller(store, key, initial),
+                "postgres async": _AsyncCaller(store, f"{key}-async", initial, loop),
             }
             generations = _Generations([])
             for index, (op, arg) in enumerate(steps):
@@ -419,7 +478,7 @@ def test_postgres_store_and_memory_store_follow_the_model_through_the_public_api
                     if permitted:
                         generations.admitted.append(generation)
                     for name, caller in stores.items():
-                        adm = caller.breaker.acquire()
+                        adm = caller.acquire()
                         got = (adm.permitted, adm.state.value, adm.generation)
                         assert got == (permitted, state, generation), f"{name}, {where}"
                         assert (adm.retry_after is None) == (wait is None), f"{name}, {where}"
@@ -428,17 +487,17 @@ def test_postgres_store_and_memory_store_follow_the_model_through_the_public_api
                     generation = generations.pick(how, model)
                     expected = model.record(0, success, generation)
                     for name, caller in stores.items():
-                        reply = caller.breaker.record(success, generation)
+                        reply = caller.record(success, generation)
                         got = (reply.state.value, reply.generation)
                         assert got == expected, f"{name}, {where}"
                 elif op == "force":
                     model.force(0, arg)
                     for caller in stores.values():
-                        caller.policy.status = CircuitState[arg]
+                        caller.force(CircuitState[arg])
                 else:
                     model.reset(0)
                     for caller in stores.values():
-                        caller.policy.reset()
+                        caller.reset()
                 moves = [(t.old, t.new) for t in model.transitions if t.old != t.new]
                 for name, caller in stores.items():
                     assert caller.state() == _model_view(model), f"{name}, {where}"
@@ -447,4 +506,6 @@ def test_postgres_store_and_memory_store_follow_the_model_through_the_public_api
 
         run()
     finally:
+        loop.run_until_complete(store.aclose())
+        loop.close()
         store.close()
