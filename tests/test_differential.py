@@ -1,8 +1,9 @@
 """Random configurations and event sequences, compared step by step across every machine.
 
 The same sequence drives the reference model of DESIGN §3 (tests/_reference_model.py),
-the in-memory store, the PL/pgSQL functions (explicit ``now``) and the PostgreSQL store
-through its public API; after every step their answers and whole states must agree.
+the in-memory store, the PL/pgSQL functions (explicit ``now``) and both stores through
+their public API (policies and breaker handles, sync and async); after every step their
+answers and whole states must agree.
 Hypothesis runs derandomised, so a failure reproduces on every run (the report prints
 the example and a ``@reproduce_failure`` blob).
 """
