@@ -178,14 +178,20 @@ MUTANTS = (
     Mutant(
         "sql_record_releases_newest_permit",
         SCHEMA,
-        "WHERE u.expiry > _now ORDER BY u.ord\n            ))[2:];",
-        "WHERE u.expiry > _now ORDER BY u.ord DESC\n            ))[2:];",
+        "WHERE u.expiry > _now ORDER BY u.ord\n            ))[_released + 1 :];",
+        "WHERE u.expiry > _now ORDER BY u.ord DESC\n            ))[_released + 1 :];",
     ),
     Mutant(
         "sql_stale_generation_counts",
         SCHEMA,
-        "OR (_generation IS NOT NULL AND _generation <> _row.generation);",
-        "OR false;",
+        "CONTINUE WHEN _generation IS NOT NULL AND _generation <> _row.generation;",
+        "CONTINUE WHEN false;",
+    ),
+    Mutant(
+        "sql_fast_path_counts_stale_successes",
+        SCHEMA,
+        "count(*) FILTER (WHERE u.gen IS NULL OR u.gen = _row.generation),",
+        "count(*),",
     ),
     Mutant(
         "sql_force_open_ignores_cooldown",
@@ -214,9 +220,9 @@ MUTANTS = (
     Mutant(
         "sql_notify_trip_without_open_until",
         SCHEMA,
-        "PERFORM rc_notify_transition(p_key, p_namespace, _from, _to,\n"
+        "rc_notify_transition(p_key, p_namespace, _from, _to,\n"
         "                                         _row.generation, _row.open_until);",
-        "PERFORM rc_notify_transition(p_key, p_namespace, _from, _to,\n"
+        "rc_notify_transition(p_key, p_namespace, _from, _to,\n"
         "                                         _row.generation, NULL);",
     ),
     Mutant(
