@@ -1,0 +1,70 @@
+"""Coroutines through a policy: awaited inside it, sharing the breaker of sync callers."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from fractions import Fraction
+
+import pytest
+
+from resilient_circuit import CircuitState, ProtectedCallError
+from resilient_circuit.storage import CircuitBreakerStorage
+from tests._helpers import aflaky, flaky, make
+
+
+async def test_async_functions_are_awaited_inside_the_policy(
+    astore: CircuitBreakerStorage,
+) -> None:
+    """An async def is protected as a coroutine: outcomes count, a trip rejects, the loop runs."""
+    policy, events = make(
+        astore, failure_limit=Fraction(1, 2), window_size=10, cooldown=timedelta(minutes=1)
+    )
+    call = aflaky(policy)
+    assert asyncio.iscoroutinefunction(call)
+    results = await asyncio.gather(*(call(True) for _ in range(20)))
+    assert results == ["ok"] * 20
+    for _ in range(5):
+        with pytest.raises(TimeoutError):
+            await call(False)
+    with pytest.raises(ProtectedCallError):
+        await call(True)
+    assert events == [(CircuitState.CLOSED, CircuitState.OPEN)]
+    snap = policy.snapshot()
+    assert (snap.state, snap.successes, snap.failures) == (CircuitState.OPEN, 20, 5)
+
+
+async def test_sync_and_async_callers_share_one_breaker(astore: CircuitBreakerStorage) -> None:
+    """A trip by a sync function rejects the coroutine of the same policy, and back."""
+    policy, events = make(astore, cooldown=timedelta(minutes=1))
+    sync_call, async_call = flaky(policy), aflaky(policy)
+    assert await async_call() == "ok"
+    with pytest.raises(ConnectionError):
+        sync_call(False)
+    with pytest.raises(ProtectedCallError):
+        await async_call()
+    policy.reset()
+    assert sync_call() == "ok"
+    with pytest.raises(TimeoutError):
+        await async_call(False)
+    with pytest.raises(ProtectedCallError):
+        sync_call()
+    assert events == [
+        (CircuitState.CLOSED, CircuitState.OPEN),
+        (CircuitState.OPEN, CircuitState.CLOSED),
+        (CircuitState.CLOSED, CircuitState.OPEN),
+    ]
+
+
+async def test_concurrent_tasks_share_the_breaker(astore: CircuitBreakerStorage) -> None:
+    """Many tasks through one async policy lose no outcome."""
+    policy, _ = make(astore, failure_limit=Fraction(1, 1), window_size=10_000)
+
+    @policy
+    async def call(i: int) -> int:
+        await asyncio.sleep(0)
+        return i
+
+    results = await asyncio.gather(*(call(i) for i in range(300)))
+    assert results == list(range(300))
+    assert policy.snapshot().successes == 300
