@@ -3,18 +3,19 @@
 ``store`` is the storage the test's policies use; ``peer`` is another handle on the
 same breakers: the very same object in memory (a process's policies share it), a
 second PostgresStorage with its own pool in PostgreSQL (as far as the database can
-tell, another process).
+tell, another process). In PostgreSQL the tests share one database, each in a
+namespace of its own (``namespace``).
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 
 from resilient_circuit.storage import CircuitBreakerStorage, InMemoryStorage, PostgresStorage
 
-NAMESPACE = "contract"
 STORES = [
     pytest.param("memory", id="memory"),
     pytest.param("postgres", id="postgres", marks=pytest.mark.postgres),
@@ -28,19 +29,32 @@ def store_kind(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
+def namespace() -> str:
+    """The test's own namespace."""
+    return f"contract_{uuid.uuid4().hex}"
+
+
+@pytest.fixture
+def contract_dsn(store_kind: str, request: pytest.FixtureRequest) -> str | None:
+    """The PostgreSQL database of the postgres runs; None for memory."""
+    if store_kind == "memory":
+        return None
+    return str(request.getfixturevalue("pg_shared_dsn"))
+
+
+@pytest.fixture
 def open_store(
-    store_kind: str, request: pytest.FixtureRequest
+    contract_dsn: str | None, namespace: str
 ) -> Iterator[Callable[[], CircuitBreakerStorage]]:
     """A factory of handles on one set of breakers, closed after the test."""
-    if store_kind == "memory":
-        memory = InMemoryStorage(namespace=NAMESPACE)
+    if contract_dsn is None:
+        memory = InMemoryStorage(namespace=namespace)
         yield lambda: memory
         return
-    dsn = request.getfixturevalue("pg_dsn")
     made: list[PostgresStorage] = []
 
     def open_postgres() -> PostgresStorage:
-        made.append(PostgresStorage(dsn, namespace=NAMESPACE))
+        made.append(PostgresStorage(contract_dsn, namespace=namespace))
         return made[-1]
 
     yield open_postgres

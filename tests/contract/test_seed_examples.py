@@ -22,10 +22,11 @@ from resilient_circuit.storage import InMemoryStorage, PostgresStorage
 from tests._helpers import clear_database_settings, forget_shared_storages, run_seed_snippets
 
 
-def write_dotenv(path: Path, dsn: str) -> None:
-    """Point RC_DB_HOST/PORT/NAME/USER/PASSWORD at the database of ``dsn``."""
+def write_dotenv(path: Path, dsn: str, namespace: str) -> None:
+    """Point RC_DB_HOST/PORT/NAME/USER/PASSWORD at the database of ``dsn``, in ``namespace``."""
     info = conninfo_to_dict(dsn)
     lines = [
+        f"RC_NAMESPACE={namespace}",
         f"RC_DB_HOST={info.get('host') or 'localhost'}",
         f"RC_DB_NAME={info['dbname']}",
         f"RC_DB_USER={info.get('user') or 'postgres'}",
@@ -39,17 +40,17 @@ def write_dotenv(path: Path, dsn: str) -> None:
 
 @pytest.fixture
 def page(
-    store_kind: str,
-    request: pytest.FixtureRequest,
+    contract_dsn: str | None,
+    namespace: str,
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> Iterator[dict[str, Any]]:
-    """A namespace with every snippet executed against the store of ``store_kind``."""
+    """The page's namespace, every snippet executed against the store of the run."""
     clear_database_settings(monkeypatch)
     monkeypatch.chdir(tmp_path)
-    if store_kind == "postgres":
-        write_dotenv(tmp_path / ".env", request.getfixturevalue("pg_dsn"))
+    if contract_dsn is not None:
+        write_dotenv(tmp_path / ".env", contract_dsn, namespace)
     try:
         namespace = run_seed_snippets()
         namespace["__printed__"] = capsys.readouterr().out
