@@ -4,6 +4,7 @@ is in tests/contract/."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 from fractions import Fraction
@@ -16,17 +17,27 @@ from resilient_circuit import CircuitProtectorPolicy, CircuitState, ProtectedCal
 from resilient_circuit.storage import PostgresStorage, create_storage
 from tests._helpers import count_round_trips, db_row, flaky, forget_shared_storages, make
 
+pytestmark = pytest.mark.postgres
+
 
 @pytest.fixture
-def store(pg_dsn: str) -> Iterator[PostgresStorage]:
-    """A store in namespace "test", closed after the test."""
-    made = PostgresStorage(pg_dsn, namespace="test")
+def namespace() -> str:
+    """The test's own namespace in the database the tests share."""
+    return f"store_{uuid.uuid4().hex}"
+
+
+@pytest.fixture
+def store(pg_shared_dsn: str, namespace: str) -> Iterator[PostgresStorage]:
+    """A store in the test's namespace, closed after the test."""
+    made = PostgresStorage(pg_shared_dsn, namespace=namespace)
     yield made
     made.close()
 
 
-def test_the_table_row_holds_what_the_policy_reports(store: PostgresStorage, pg_dsn: str) -> None:
-    """After calls, a trip and a late outcome, plain SQL reads the state the policy saw."""
+def test_the_table_row_holds_what_the_policy_reports(
+    store: PostgresStorage, pg_shared_dsn: str, namespace: str
+) -> None:
+    """After calls, a trip and a reset, plain SQL reads the state the policy reports."""
     policy, _ = make(
         store, failure_limit=Fraction(2, 3), window_size=3, cooldown=timedelta(minutes=5)
     )
@@ -35,7 +46,7 @@ def test_the_table_row_holds_what_the_policy_reports(store: PostgresStorage, pg_
     for _ in range(2):
         with pytest.raises(ConnectionError):
             call(False)
-    assert db_row(pg_dsn, "svc", "test") == ("OPEN", 1, [True, False, False], 2, 1, 2)
+    assert db_row(pg_shared_dsn, "svc", namespace) == ("OPEN", 1, [True, False, False], 2, 1, 2)
     snap = policy.snapshot()
     assert (snap.state, snap.generation, list(snap.window), snap.failure_count) == (
         CircuitState.OPEN,
@@ -44,7 +55,7 @@ def test_the_table_row_holds_what_the_policy_reports(store: PostgresStorage, pg_
         2,
     )
     policy.reset()
-    assert db_row(pg_dsn, "svc", "test") == ("CLOSED", 2, [], 0, 0, 0)
+    assert db_row(pg_shared_dsn, "svc", namespace) == ("CLOSED", 2, [], 0, 0, 0)
 
 
 def test_open_verdict_is_cached_for_the_remaining_cooldown(
@@ -75,16 +86,20 @@ def test_strict_mode_costs_two_round_trips_per_call(
     assert len(sent) == 20
 
 
-def test_plain_sql_forces_what_policies_obey(store: PostgresStorage, pg_dsn: str) -> None:
+def test_plain_sql_forces_what_policies_obey(
+    store: PostgresStorage, pg_shared_dsn: str, namespace: str
+) -> None:
     """rc_force from another client opens the breaker for the policy's next call."""
     policy, events = make(store, cooldown=timedelta(minutes=1))
     call = flaky(policy)
     assert call() == "ok"
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        forced = conn.execute("SELECT * FROM rc_force('svc', 'OPEN', 'test')").fetchone()
+    with psycopg.connect(pg_shared_dsn, autocommit=True) as conn:
+        forced = conn.execute("SELECT * FROM rc_force('svc', 'OPEN', %s)", (namespace,)).fetchone()
         assert forced is not None
         assert forced[0] == "OPEN"
-        permitted = conn.execute("SELECT permitted FROM rc_try_acquire('svc', 'test')").fetchone()
+        permitted = conn.execute(
+            "SELECT permitted FROM rc_try_acquire('svc', %s)", (namespace,)
+        ).fetchone()
         assert permitted == (False,)
     with pytest.raises(ProtectedCallError):
         call()
@@ -93,31 +108,33 @@ def test_plain_sql_forces_what_policies_obey(store: PostgresStorage, pg_dsn: str
     assert call() == "ok"
 
 
-def test_sql_callers_share_the_policy_configuration(store: PostgresStorage, pg_dsn: str) -> None:
+def test_sql_callers_share_the_policy_configuration(
+    store: PostgresStorage, pg_shared_dsn: str, namespace: str
+) -> None:
     """rc_configure stored the policy's limits, so plain rc_record calls trip at the same ratio."""
     make(store, failure_limit=Fraction(1, 2), window_size=4, cooldown=timedelta(hours=1))
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+    with psycopg.connect(pg_shared_dsn, autocommit=True) as conn:
         states = [
-            conn.execute("SELECT state FROM rc_record('svc', %s, 'test')", (ok,)).fetchone()
+            conn.execute("SELECT state FROM rc_record('svc', %s, %s)", (ok, namespace)).fetchone()
             for ok in (True, True, False, False)
         ]
     assert [s[0] for s in states if s] == ["CLOSED", "CLOSED", "CLOSED", "OPEN"]
 
 
 def test_create_storage_reads_the_environment(
-    pg_dsn: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    pg_shared_dsn: str, namespace: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """RC_DB_DSN switches policies without a storage to one shared PostgreSQL store."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("RC_DB_DSN", pg_dsn)
-    monkeypatch.setenv("RC_NAMESPACE", "envns")
+    monkeypatch.setenv("RC_DB_DSN", pg_shared_dsn)
+    monkeypatch.setenv("RC_NAMESPACE", namespace)
     try:
         first = create_storage()
         assert isinstance(first, PostgresStorage)
         assert first is create_storage()
-        assert first.namespace == "envns"
+        assert first.namespace == namespace
         policy = CircuitProtectorPolicy(resource_key="from_env")
         assert policy.storage is first
-        assert policy.namespace == "envns"
+        assert policy.namespace == namespace
     finally:
         forget_shared_storages()

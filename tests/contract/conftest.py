@@ -4,17 +4,22 @@
 same breakers: the very same object in memory (a process's policies share it), a
 second PostgresStorage with its own pool in PostgreSQL (as far as the database can
 tell, another process). In PostgreSQL the tests share one database, each in a
-namespace of its own (``namespace``).
+namespace of its own (``namespace``). Time passes with ``pause``: at once for the
+memory store, whose clock the test holds, by sleeping for PostgreSQL's.
 """
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import timedelta
 
 import pytest
 
 from resilient_circuit.storage import CircuitBreakerStorage, InMemoryStorage, PostgresStorage
+from tests._helpers import Clock
 
 STORES = [
     pytest.param("memory", id="memory"),
@@ -43,12 +48,31 @@ def contract_dsn(store_kind: str, request: pytest.FixtureRequest) -> str | None:
 
 
 @pytest.fixture
+def clock(contract_dsn: str | None) -> Clock | None:
+    """The memory store's clock, moved by ``pause``; None for PostgreSQL's own."""
+    return Clock() if contract_dsn is None else None
+
+
+@pytest.fixture
+def pause(clock: Clock | None) -> Callable[[timedelta], None]:
+    """``pause(duration)``: let that much time pass for the store's breakers."""
+
+    def wait(duration: timedelta) -> None:
+        if clock is None:
+            time.sleep(duration.total_seconds())
+        else:
+            clock.advance(duration // timedelta(milliseconds=1))
+
+    return wait
+
+
+@pytest.fixture
 def open_store(
-    contract_dsn: str | None, namespace: str
+    contract_dsn: str | None, namespace: str, clock: Clock | None
 ) -> Iterator[Callable[[], CircuitBreakerStorage]]:
     """A factory of handles on one set of breakers, closed after the test."""
-    if contract_dsn is None:
-        memory = InMemoryStorage(namespace=namespace)
+    if clock is not None:
+        memory = InMemoryStorage(namespace=namespace, clock=clock)
         yield lambda: memory
         return
     made: list[PostgresStorage] = []
@@ -58,8 +82,12 @@ def open_store(
         return made[-1]
 
     yield open_postgres
-    for store in made:
-        store.close()
+    # A store stops its transition listener within half a second: stop them together.
+    closing = [threading.Thread(target=store.close) for store in made]
+    for thread in closing:
+        thread.start()
+    for thread in closing:
+        thread.join()
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-import time
+from collections.abc import Callable
 from datetime import timedelta
 from fractions import Fraction
 from typing import Any
@@ -23,9 +23,11 @@ from tests._helpers import Gate, flaky, make
 CALLS_PER_THREAD = {"memory": 500, "postgres": 50}
 
 
-def test_trip_cooldown_probe_close_cycle(store: CircuitBreakerStorage) -> None:
+def test_trip_cooldown_probe_close_cycle(
+    store: CircuitBreakerStorage, pause: Callable[[timedelta], None]
+) -> None:
     """A full cycle fires each transition once; calls are rejected unrun until the cooldown ends."""
-    cooldown = timedelta(milliseconds=400)
+    cooldown = timedelta(milliseconds=250)
     policy, events = make(store, failure_limit=Fraction(1, 2), window_size=4, cooldown=cooldown)
     call = flaky(policy)
     for ok in (True, False, True):
@@ -36,7 +38,6 @@ def test_trip_cooldown_probe_close_cycle(store: CircuitBreakerStorage) -> None:
     assert policy.status is CircuitState.CLOSED
     with pytest.raises(ConnectionError):
         call(False)
-    tripped = time.monotonic()
     assert policy.status is CircuitState.OPEN
     assert list(policy.execution_log) == [True, False, True, False]
     with pytest.raises(ProtectedCallError) as rejected:
@@ -45,7 +46,7 @@ def test_trip_cooldown_probe_close_cycle(store: CircuitBreakerStorage) -> None:
     assert retry_after is not None
     assert timedelta(0) < retry_after <= cooldown
     assert rejected.value.state is CircuitState.OPEN
-    time.sleep(max(0.0, cooldown.total_seconds() - (time.monotonic() - tripped)) + 0.05)
+    pause(retry_after + timedelta(milliseconds=20))
     for _ in range(4):
         assert call() == "ok"
     assert policy.status is CircuitState.CLOSED
@@ -171,11 +172,11 @@ def test_unknown_state_is_refused(store: CircuitBreakerStorage) -> None:
 
 
 def test_half_open_admits_only_the_trials_still_needed(
-    store: CircuitBreakerStorage, peer: CircuitBreakerStorage
+    store: CircuitBreakerStorage, peer: CircuitBreakerStorage, pause: Callable[[timedelta], None]
 ) -> None:
     """With success_limit 2/3, three trials run at once across policies; a fourth waits for
     their outcome or for their permits to expire after half_open_timeout."""
-    half_open_timeout = timedelta(milliseconds=600)
+    half_open_timeout = timedelta(milliseconds=500)
     limits: dict[str, Any] = {
         "success_limit": Fraction(2, 3),
         "half_open_timeout": half_open_timeout,
@@ -186,7 +187,6 @@ def test_half_open_admits_only_the_trials_still_needed(
     here, there = Gate(policy), Gate(other)
     try:
         here.enter()
-        first_permit = time.monotonic()
         here.enter()
         there.enter()
         with pytest.raises(ProtectedCallError) as rejected:
@@ -196,8 +196,7 @@ def test_half_open_admits_only_the_trials_still_needed(
         assert retry_after is not None
         assert timedelta(0) < retry_after <= half_open_timeout
         assert policy.snapshot().permits == 3
-        waited = time.monotonic() - first_permit
-        time.sleep(max(0.0, half_open_timeout.total_seconds() - waited) + 0.05)
+        pause(retry_after + timedelta(milliseconds=20))
         assert flaky(policy)() == "ok"  # the expired permits were released
     finally:
         outcomes = here.finish() + there.finish()
