@@ -3,9 +3,11 @@ fail on demand, waiting for a condition, counting round trips and reading counte
 
 from __future__ import annotations
 
+import os
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -195,6 +197,18 @@ def clear_database_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in RC_SETTINGS:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(_settings, "_dotenv_loaded", False)
+
+
+@contextmanager
+def dotenv_settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Inside, only a ``.env`` the test writes configures the database; what it loaded
+    into the environment is gone afterwards (monkeypatch then restores the rest)."""
+    clear_database_settings(monkeypatch)
+    try:
+        yield
+    finally:
+        for name in RC_SETTINGS:
+            os.environ.pop(name, None)
 
 
 def forget_shared_storages() -> None:

@@ -19,7 +19,7 @@ from psycopg.conninfo import conninfo_to_dict
 import resilient_circuit
 from resilient_circuit import CircuitState, ProtectedCallError
 from resilient_circuit.storage import InMemoryStorage, PostgresStorage
-from tests._helpers import clear_database_settings, forget_shared_storages, run_seed_snippets
+from tests._helpers import dotenv_settings, forget_shared_storages, run_seed_snippets
 
 
 def write_dotenv(path: Path, dsn: str, namespace: str) -> None:
@@ -47,17 +47,16 @@ def page(
     capsys: pytest.CaptureFixture[str],
 ) -> Iterator[dict[str, Any]]:
     """The page's namespace, every snippet executed against the store of the run."""
-    clear_database_settings(monkeypatch)
     monkeypatch.chdir(tmp_path)
-    if contract_dsn is not None:
-        write_dotenv(tmp_path / ".env", contract_dsn, namespace)
-    try:
-        namespace = run_seed_snippets()
-        namespace["__printed__"] = capsys.readouterr().out
-        yield namespace
-    finally:
-        forget_shared_storages()
-        clear_database_settings(monkeypatch)  # what .env put into the environment
+    with dotenv_settings(monkeypatch):
+        if contract_dsn is not None:
+            write_dotenv(tmp_path / ".env", contract_dsn, namespace)
+        try:
+            page = run_seed_snippets()
+            page["__printed__"] = capsys.readouterr().out
+            yield page
+        finally:
+            forget_shared_storages()
 
 
 def test_every_breaker_lives_in_the_configured_store(page: dict[str, Any], store_kind: str) -> None:
