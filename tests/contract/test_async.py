@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from datetime import timedelta
 from fractions import Fraction
 
@@ -10,6 +11,7 @@ import pytest
 
 from resilient_circuit import CircuitState, ProtectedCallError
 from resilient_circuit.storage import CircuitBreakerStorage
+from resilient_circuit.storage.base import Snapshot
 from tests._helpers import aflaky, flaky, make
 
 
@@ -68,3 +70,34 @@ async def test_concurrent_tasks_share_the_breaker(astore: CircuitBreakerStorage)
     results = await asyncio.gather(*(call(i) for i in range(300)))
     assert results == list(range(300))
     assert policy.snapshot().successes == 300
+
+
+def same_read(snap: Snapshot) -> Snapshot:
+    """A snapshot without the cooldown left, which moves between two reads."""
+    return dataclasses.replace(snap, open_remaining=None)
+
+
+async def test_async_admin_matches_the_sync_admin(
+    astore: CircuitBreakerStorage, peer: CircuitBreakerStorage
+) -> None:
+    """aforce, asnapshot and areset on a breaker handle do what force, snapshot and reset do,
+    for every handle on the breaker."""
+    policy, _ = make(astore, cooldown=timedelta(hours=1))
+    breaker = astore.breaker("svc", astore.namespace, policy.config)
+    forced = await breaker.aforce(CircuitState.OPEN)
+    assert forced.state is CircuitState.OPEN
+    seen = peer.get_state("svc")
+    assert seen is not None
+    assert (seen["state"], seen["generation"]) == ("OPEN", forced.generation)
+    snap = await breaker.asnapshot()
+    assert same_read(snap) == same_read(breaker.snapshot())
+    assert (snap.state, snap.generation) == (CircuitState.OPEN, forced.generation)
+    assert snap.open_remaining is not None
+    assert timedelta(minutes=50) < snap.open_remaining <= timedelta(hours=1)
+    reset = await breaker.areset()
+    assert (reset.state, reset.generation) == (CircuitState.CLOSED, forced.generation + 1)
+    seen = peer.get_state("svc")
+    assert seen is not None
+    assert seen["state"] == "CLOSED"
+    assert (await breaker.aacquire()).permitted
+    assert policy.status is CircuitState.CLOSED
