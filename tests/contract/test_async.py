@@ -14,6 +14,9 @@ from resilient_circuit.storage import CircuitBreakerStorage
 from resilient_circuit.storage.base import Snapshot
 from tests._helpers import aflaky, flaky, make
 
+# Tasks gathered at once; tests/test_async_load.py loads the PostgreSQL pool harder.
+TASKS = {"memory": 300, "postgres": 100}
+
 
 async def test_async_functions_are_awaited_inside_the_policy(
     astore: CircuitBreakerStorage,
@@ -58,8 +61,11 @@ async def test_sync_and_async_callers_share_one_breaker(astore: CircuitBreakerSt
     ]
 
 
-async def test_concurrent_tasks_share_the_breaker(astore: CircuitBreakerStorage) -> None:
+async def test_concurrent_tasks_share_the_breaker(
+    astore: CircuitBreakerStorage, store_kind: str
+) -> None:
     """Many tasks through one async policy lose no outcome."""
+    tasks = TASKS[store_kind]
     policy, _ = make(astore, failure_limit=Fraction(1, 1), window_size=10_000)
 
     @policy
@@ -67,9 +73,9 @@ async def test_concurrent_tasks_share_the_breaker(astore: CircuitBreakerStorage)
         await asyncio.sleep(0)
         return i
 
-    results = await asyncio.gather(*(call(i) for i in range(300)))
-    assert results == list(range(300))
-    assert policy.snapshot().successes == 300
+    results = await asyncio.gather(*(call(i) for i in range(tasks)))
+    assert results == list(range(tasks))
+    assert policy.snapshot().successes == tasks
 
 
 def same_read(snap: Snapshot) -> Snapshot:

@@ -20,7 +20,7 @@ from resilient_circuit.storage import CircuitBreakerStorage
 from tests._helpers import Gate, flaky, make
 
 # Calls each of eight threads makes: the memory store takes many more in the same time.
-CALLS_PER_THREAD = {"memory": 500, "postgres": 50}
+CALLS_PER_THREAD = {"memory": 500, "postgres": 25}
 
 
 def test_trip_cooldown_probe_close_cycle(
