@@ -3,6 +3,7 @@ fail on demand, waiting for a condition, counting round trips and reading counte
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 import time
@@ -79,8 +80,6 @@ def aflaky(
 
     @policy
     async def call(ok: bool = True) -> str:
-        import asyncio
-
         await asyncio.sleep(0)
         if not ok:
             raise error("down")
