@@ -272,3 +272,11 @@ def test_listener_errors_do_not_fail_the_call(
         call(False)
     assert policy.status is CircuitState.OPEN
     assert "listener" in caplog.text
+
+
+@pytest.mark.parametrize("parameter", ["resource_key", "namespace"])
+def test_a_lone_surrogate_is_refused(store: CircuitBreakerStorage, parameter: str) -> None:
+    """A key or namespace that is not valid Unicode raises ValueError naming it."""
+    kwargs: dict[str, Any] = {"resource_key": "k", "storage": store, parameter: "a\udc80b"}
+    with pytest.raises(ValueError, match=f"`{parameter}`"):
+        CircuitProtectorPolicy(**kwargs)
