@@ -39,6 +39,35 @@ async def test_async_functions_are_awaited_inside_the_policy(
     assert (snap.state, snap.successes, snap.failures) == (CircuitState.OPEN, 20, 5)
 
 
+async def test_async_exceptions_reach_the_caller_unchanged(
+    astore: CircuitBreakerStorage, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A coroutine's own exception propagates as the very object raised, whether should_handle
+    declines it (a success), accepts it (a failure) or itself fails (logged, a failure)."""
+
+    def broken(exc: Exception) -> bool:
+        raise RuntimeError("predicate bug")
+
+    outcomes: list[tuple[int, int]] = []
+    for should_handle in (lambda e: not isinstance(e, KeyError), lambda e: True, broken):
+        policy, _ = make(astore, resource_key=f"svc{len(outcomes)}", should_handle=should_handle)
+        boom = KeyError("mine")
+
+        @policy
+        async def call(error: Exception = boom) -> None:
+            await asyncio.sleep(0)
+            raise error
+
+        with pytest.raises(KeyError) as caught:
+            await call()
+        assert caught.value is boom
+        assert caught.value.__cause__ is None
+        snap = policy.snapshot()
+        outcomes.append((snap.successes, snap.failures))
+    assert outcomes == [(1, 0), (0, 1), (0, 1)]
+    assert "should_handle" in caplog.text
+
+
 async def test_sync_and_async_callers_share_one_breaker(astore: CircuitBreakerStorage) -> None:
     """A trip by a sync function rejects the coroutine of the same policy, and back."""
     policy, events = make(astore, cooldown=timedelta(minutes=1))

@@ -91,6 +91,30 @@ def test_unhandled_exceptions_count_as_successes(store: CircuitBreakerStorage) -
     assert (snap.successes, snap.failures) == (3, 0)
 
 
+def test_a_failing_should_handle_counts_a_failure_and_hides_nothing(
+    store: CircuitBreakerStorage, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A should_handle that raises is logged, the outcome counts as a failure, and the caller
+    still gets the function's own exception."""
+
+    def broken(exc: Exception) -> bool:
+        raise RuntimeError("predicate bug")
+
+    policy, _ = make(store, should_handle=broken, cooldown=timedelta(minutes=1))
+    boom = KeyError("mine")
+
+    @policy
+    def call() -> None:
+        raise boom
+
+    with pytest.raises(KeyError) as caught:
+        call()
+    assert caught.value is boom
+    assert "should_handle" in caplog.text
+    snap = policy.snapshot()
+    assert (snap.state, snap.failures) == (CircuitState.OPEN, 1)
+
+
 def test_a_trip_through_one_handle_stops_the_other(
     store: CircuitBreakerStorage, peer: CircuitBreakerStorage
 ) -> None:
