@@ -38,14 +38,14 @@ def test_trip_cooldown_probe_close_cycle(
     assert policy.status is CircuitState.CLOSED
     with pytest.raises(ConnectionError):
         call(False)
-    assert policy.status is CircuitState.OPEN
-    assert list(policy.execution_log) == [True, False, True, False]
     with pytest.raises(ProtectedCallError) as rejected:
         call()
     retry_after = rejected.value.retry_after
     assert retry_after is not None
     assert timedelta(0) < retry_after <= cooldown
     assert rejected.value.state is CircuitState.OPEN
+    assert policy.status is CircuitState.OPEN  # until a call after the cooldown
+    assert list(policy.execution_log) == [True, False, True, False]
     pause(retry_after + timedelta(milliseconds=20))
     for _ in range(4):
         assert call() == "ok"
