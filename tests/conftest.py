@@ -320,3 +320,20 @@ def _drop_role(backend: PgBackend, name: str) -> None:
             ) as db:
                 db.execute(sql.SQL("DROP OWNED BY {}").format(role))
         conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(role))
+
+
+# ------------------------------------------------------- one database, many namespaces
+
+
+@pytest.fixture(scope="session")
+def pg_shared_dsn(pg_backend: PgBackend, _pg_template: str) -> Iterator[str]:
+    """A DSN to one database with the current schema, kept for the whole session.
+
+    Tests that use it stay in a namespace of their own, which spares them creating
+    and dropping a database each (the slowest part of a short test).
+    """
+    name = _create_database(pg_backend.admin_dsn, "rc_shared", template=_pg_template)
+    try:
+        yield make_conninfo(pg_backend.admin_dsn, dbname=name)
+    finally:
+        _drop_database(pg_backend, name)

@@ -21,6 +21,7 @@ from psycopg.conninfo import make_conninfo
 from resilient_circuit import CircuitProtectorPolicy, CircuitState, ProtectedCallError, _installer
 from resilient_circuit.cli.connect import connect
 from resilient_circuit.storage import PostgresStorage
+from tests._helpers import flaky
 
 HOSTILE = [
     "O'Brien",
@@ -70,16 +71,6 @@ def with_victim(dsn: str) -> None:
         conn.execute("SELECT * FROM rc_record_many('victim', 'default', ARRAY[true, false])")
 
 
-def failing(policy: CircuitProtectorPolicy) -> Callable[[bool], str]:
-    @policy
-    def call(ok: bool) -> str:
-        if not ok:
-            raise Failed
-        return "ok"
-
-    return call
-
-
 @pytest.mark.parametrize("name", HOSTILE, ids=range(len(HOSTILE)))
 def test_hostile_keys_and_namespaces_are_only_data(
     pg_dsn: str, stores: Callable[..., PostgresStorage], name: str
@@ -91,7 +82,7 @@ def test_hostile_keys_and_namespaces_are_only_data(
     policy = CircuitProtectorPolicy(
         resource_key=name, storage=store, failure_limit=Fraction(1, 2), cooldown=timedelta(hours=1)
     )
-    call = failing(policy)
+    call = flaky(policy, Failed)
     assert call(True) == "ok"
     with pytest.raises(Failed):
         call(False)
@@ -204,7 +195,7 @@ def test_invalid_configuration_reaching_rc_configure_is_a_value_error_not_an_out
     caplog.set_level(logging.INFO, logger="resilient_circuit")
     store = stores(namespace="default")
     policy = CircuitProtectorPolicy(resource_key="svc", storage=store, failure_limit=Fraction(2, 3))
-    call = failing(policy)
+    call = flaky(policy, Failed)
     assert call(True) == "ok"
     before = table(pg_dsn)
     with pytest.raises(ValueError, match=parameter):
@@ -225,7 +216,7 @@ def test_unknown_states_are_refused_in_python_and_in_sql(
     store = stores(namespace="default")
     policy = CircuitProtectorPolicy(resource_key="svc", storage=store, cooldown=timedelta(hours=1))
     with pytest.raises(Failed):
-        failing(policy)(False)
+        flaky(policy, Failed)(False)
     before = table(pg_dsn)
     for bad in ("AJAR", "", "OPEN; DROP TABLE rc_circuit_breakers"):
         with pytest.raises(ValueError, match="status"):
@@ -257,7 +248,7 @@ def test_hostile_schema_name_through_the_store(
     store = stores(pg_empty_dsn, namespace="x", schema=schema)
     policy = CircuitProtectorPolicy(resource_key="k'ey", storage=store)
     with pytest.raises(Failed):
-        failing(policy)(False)
+        flaky(policy, Failed)(False)
     assert policy.status is CircuitState.OPEN
     rows = table(pg_empty_dsn, schema)
     assert [(r[0], r[1], r[2]) for r in rows] == [("k'ey", "x", "OPEN")]
@@ -283,7 +274,7 @@ def test_an_execute_only_role_runs_the_breaker_but_cannot_touch_the_table(
     policy = CircuitProtectorPolicy(
         resource_key="svc", storage=store, failure_limit=Fraction(1, 2), cooldown=timedelta(hours=1)
     )
-    call = failing(policy)
+    call = flaky(policy, Failed)
     assert call(True) == "ok"
     with pytest.raises(Failed):
         call(False)
@@ -322,7 +313,7 @@ def test_an_execute_only_role_reads_status_and_execution_log(
     store = stores(app_dsn, namespace="default")
     policy = CircuitProtectorPolicy(resource_key="svc", storage=store, cooldown=timedelta(hours=1))
     with pytest.raises(Failed):
-        failing(policy)(False)
+        flaky(policy, Failed)(False)
     assert list(policy.execution_log) == [False]
     assert policy.status is CircuitState.OPEN
     snap = policy.snapshot()

@@ -1,5 +1,6 @@
 """The Python side against hostile input and bad luck: forged notifications, lost outcomes,
-oversized settings, leaked passwords, terminal escapes and lone surrogates.
+oversized settings, leaked passwords and terminal escapes (lone surrogates in names are
+refused by every store: tests/contract/test_breaker.py).
 
 Every role here is created by the test (``pg_role``) and logs in itself.
 """
@@ -27,6 +28,7 @@ from resilient_circuit.cli import main as cli
 from resilient_circuit.cli.connect import connect
 from resilient_circuit.storage import InMemoryStorage, PostgresStorage
 from tests._fleet_net import faulty_proxy
+from tests._helpers import db_counters, wait_for
 
 SECRET = "s3cr3t-Pa55"
 
@@ -57,25 +59,6 @@ def app_dsn(pg_dsn: str, pg_role: Callable[[], str]) -> str:
     with connect(pg_dsn) as conn:
         _installer.install(conn, app_role=role)
     return make_conninfo(pg_dsn, user=role)
-
-
-def _wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
-
-
-def _counters(dsn: str, key: str, namespace: str = "default") -> tuple[int, int]:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        row = conn.execute(
-            "SELECT successes, failures FROM rc_circuit_breakers"
-            " WHERE resource_key = %s AND namespace = %s",
-            (key, namespace),
-        ).fetchone()
-    return (row[0], row[1]) if row else (0, 0)
 
 
 # ------------------------------------------------------------- forged notifications
@@ -144,11 +127,11 @@ def test_a_forged_close_neither_admits_calls_nor_fires_callbacks(
     # A real transition still reaches the process, and fires the callback from a reply.
     with psycopg.connect(pg_dsn, autocommit=True) as owner:
         owner.execute("SELECT * FROM rc_force('svc', 'CLOSED')")
-    assert _wait_for(lambda: _outcomes(call, 0.05)[0] > 0)
+    assert wait_for(lambda: _outcomes(call, 0.05)[0] > 0)
     assert changes[1:] == [(CircuitState.OPEN, CircuitState.CLOSED)]
     with psycopg.connect(pg_dsn, autocommit=True) as owner:
         owner.execute("SELECT * FROM rc_force('svc', 'OPEN')")
-    assert _wait_for(lambda: _outcomes(call, 0.05)[0] == 0)
+    assert wait_for(lambda: _outcomes(call, 0.05)[0] == 0)
     assert changes[2:] == [(CircuitState.CLOSED, CircuitState.OPEN)]
 
 
@@ -166,7 +149,7 @@ def test_a_forged_trip_neither_rejects_calls_nor_fires_callbacks(
     assert changes == []
     with psycopg.connect(pg_dsn, autocommit=True) as owner:
         owner.execute("SELECT * FROM rc_force('svc', 'OPEN')")
-    assert _wait_for(lambda: _outcomes(call, 0.05)[0] == 0)
+    assert wait_for(lambda: _outcomes(call, 0.05)[0] == 0)
     assert changes == [(CircuitState.CLOSED, CircuitState.OPEN)]
 
 
@@ -197,7 +180,7 @@ def test_a_huge_batch_at_the_largest_window_lands_within_the_statement_timeout(
         call()
     store.flush()
     assert store.outage.down_since is None
-    assert _counters(pg_dsn, "hot") == (200_001, 0)
+    assert db_counters(pg_dsn, "hot", "default") == (200_001, 0)
 
 
 def test_outcomes_shed_in_a_long_outage_are_logged_and_counted(
@@ -230,7 +213,7 @@ def test_outcomes_shed_in_a_long_outage_are_logged_and_counted(
         ), [r.getMessage() for r in caplog.records]
         proxy.set_mode("forward")
         store.close()
-    assert _counters(pg_dsn, "shed") == (1000, 0)
+    assert db_counters(pg_dsn, "shed", "default") == (1000, 0)
 
 
 def test_close_writes_the_queue_even_during_an_outage_backoff(
@@ -255,7 +238,7 @@ def test_close_writes_the_queue_even_during_an_outage_backoff(
         store.flush()
         assert store.outage.down_since is not None  # now backing off
         store.close()
-    assert _counters(pg_dsn, "closing") == (6000, 0)
+    assert db_counters(pg_dsn, "closing", "default") == (6000, 0)
     assert not [r for r in caplog.records if "could not" in r.getMessage()]
 
 
@@ -413,17 +396,6 @@ def test_a_sub_millisecond_statement_timeout_rounds_up_not_to_zero(
             "SELECT current_setting('statement_timeout'), current_setting('lock_timeout')"
         ).fetchone()
     assert row == ("1ms", "1ms")
-
-
-@pytest.mark.parametrize("parameter", ["resource_key", "namespace"])
-def test_a_lone_surrogate_is_refused_by_both_stores(
-    pg_dsn: str, stores: Callable[..., PostgresStorage], parameter: str
-) -> None:
-    """One rule: a key or namespace that is not valid Unicode raises ValueError naming it."""
-    for store in (InMemoryStorage(), stores()):
-        kwargs: dict[str, Any] = {"resource_key": "k", "storage": store, parameter: "a\udc80b"}
-        with pytest.raises(ValueError, match=f"`{parameter}`"):
-            CircuitProtectorPolicy(**kwargs)
 
 
 def test_watch_prints_no_terminal_control_characters(pg_dsn: str) -> None:

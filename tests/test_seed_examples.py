@@ -1,8 +1,8 @@
-"""Every example of resilient_circuit 0.4.5's published description runs unchanged.
+"""The retry and composition examples of resilient_circuit 0.4.5's description run unchanged.
 
-The snippets in tests/seed/ are the description's code, verbatim. The page reads
-top to bottom, so later snippets use names (Fraction, timedelta, CircuitState)
-that earlier ones imported: they run in order in one namespace, as a reader would.
+The snippets in tests/seed/ are the description's code, verbatim, run top to bottom in
+one namespace with no database configured. The breaker examples run on every store in
+tests/contract/test_seed_examples.py.
 """
 
 from __future__ import annotations
@@ -14,53 +14,16 @@ from typing import Any
 import pytest
 
 import resilient_circuit
-from resilient_circuit import CircuitState, ProtectedCallError, RetryLimitReached
-
-SEED = Path(__file__).parent / "seed"
-IN_MEMORY = [p for p in sorted(SEED.glob("*.py")) if p.name != "07_postgres.py"]
+from resilient_circuit import RetryLimitReached
+from tests._helpers import clear_database_settings, run_seed_snippets
 
 
 @pytest.fixture
-def page(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> dict[str, Any]:
-    """A namespace with every in-memory snippet executed, and no database configured."""
-    for name in ("RC_DB_DSN", "RC_DB_HOST", "RC_NAMESPACE"):
-        monkeypatch.delenv(name, raising=False)
+def page(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, Any]:
+    """A namespace with every snippet executed, and no database configured."""
+    clear_database_settings(monkeypatch)
     monkeypatch.chdir(tmp_path)
-    namespace: dict[str, Any] = {"__name__": "seed_page"}
-    for path in IN_MEMORY:
-        exec(compile(path.read_text(), str(path), "exec"), namespace)
-    namespace["__printed__"] = capsys.readouterr().out
-    return namespace
-
-
-def test_all_snippets_run_in_order(page: dict[str, Any]) -> None:
-    """The snippets execute, and the status example prints the status and the log."""
-    out = page["__printed__"]
-    assert "Current status: CLOSED" in out
-    assert "Execution log: []" in out
-    assert page["protector"].status is CircuitState.CLOSED
-    assert list(page["protector"].execution_log) == [True]
-
-
-def test_basic_protector_trips_at_three_of_ten(page: dict[str, Any]) -> None:
-    """The 3-in-10 protector opens once ten calls hold three failures, then blocks calls."""
-    random.seed(7)
-    basic = page["unreliable_service_call"]
-    outcomes: list[bool] = []
-    with pytest.raises(ProtectedCallError):
-        for _ in range(100):
-            try:
-                outcomes.append(basic() == "Success!")
-            except ProtectedCallError:
-                raise
-            except Exception as exc:
-                assert str(exc) == "Service temporarily unavailable"
-                outcomes.append(False)
-    assert len(outcomes) >= 10
-    last_ten = outcomes[-10:]
-    assert last_ten.count(False) >= 3
+    return run_seed_snippets()
 
 
 def test_retry_example_retries_then_succeeds_or_gives_up(
@@ -82,24 +45,6 @@ def test_retry_example_retries_then_succeeds_or_gives_up(
     assert waits
     assert all(0.9 <= w <= 10 for w in waits)
     assert max(waits) >= 1.8
-
-
-def test_customized_protector_filters_and_reports(
-    page: dict[str, Any], capsys: pytest.CaptureFixture[str]
-) -> None:
-    """Only connection/timeout errors count; the listener prints the transition."""
-    protector = page["custom_protector"]
-    assert protector.success_limit == 1
-    assert (
-        protector.failure_limit
-        == resilient_circuit.CircuitProtectorPolicy(
-            failure_limit=page["Fraction"](3, 10)
-        ).failure_limit
-    )
-    protector.status = CircuitState.OPEN
-    assert "Circuit protector changed status: CLOSED -> OPEN" in capsys.readouterr().out
-    with pytest.raises(ProtectedCallError):
-        page["monitored_service_call"]()
 
 
 def test_fixed_delay_and_fallback_storage(page: dict[str, Any]) -> None:
