@@ -281,9 +281,14 @@ def test_seed_postgres_example_runs_unchanged(
     """The description's PostgreSQL example, configured by RC_DB_* in a .env file, shares state."""
     info = psycopg.conninfo.conninfo_to_dict(pg_dsn)
     host = str(info.get("host") or "localhost")
-    lines = [f"RC_DB_HOST={host}", f"RC_DB_NAME={info['dbname']}", "RC_DB_USER=postgres"]
+    # The test server's superuser: "postgres" unless the DSN names another ("test" in
+    # the official image), with its password when the server demands one.
+    user = info.get("user") or "postgres"
+    lines = [f"RC_DB_HOST={host}", f"RC_DB_NAME={info['dbname']}", f"RC_DB_USER={user}"]
     if info.get("port"):
         lines.append(f"RC_DB_PORT={info['port']}")
+    if info.get("password"):
+        lines.append(f"RC_DB_PASSWORD={info['password']}")
     (tmp_path / ".env").write_text("\n".join(lines) + "\n")
     for name in (
         "RC_DB_DSN",
