@@ -1,44 +1,58 @@
 #!/usr/bin/env bash
 # Prepare a Docker engine and a PostgreSQL image for the testcontainers test backend,
-# on a Debian bookworm machine, as root, with no image registry reachable:
+# and print the image's name on standard output (progress goes to standard error):
 #
-#   1. install the Debian packages `docker.io` and `debootstrap` when missing;
-#   2. start `dockerd` in the background when no engine answers;
-#   3. build an image that behaves like the official `postgres` one (POSTGRES_USER,
+#   RC_TEST_IMAGE="$(scripts/docker-postgres.sh)" RC_TEST_BACKEND=testcontainers \
+#       TESTCONTAINERS_RYUK_DISABLED=true python -m pytest
+#
+# With Docker running and the image present (say the official postgres:16-alpine),
+# it only says so. Otherwise, on Debian bookworm as root, even with no image registry
+# reachable, it
+#
+#   1. installs the Debian package `docker.io` when no engine answers and dockerd is missing;
+#   2. starts `dockerd` in the background when no engine answers;
+#   3. builds an image that behaves like the official `postgres` one (POSTGRES_USER,
 #      POSTGRES_PASSWORD, POSTGRES_DB; scram-sha-256 password authentication over
 #      TCP; `sh` and `psql` inside, which testcontainers' readiness check runs;
-#      port 5432) from debootstrap + postgresql-15 + an entrypoint + `docker import`,
-#      unless an image with that name already exists.
+#      port 5432) from debootstrap + postgresql-15 + an entrypoint + `docker import`
+#      (about a minute; installs `debootstrap` first when missing), unless an image
+#      with that name exists or can be pulled.
 #
 # Every step is skipped when already done, so running it twice is cheap.
 #
 # Environment:
-#   RC_TEST_IMAGE      image name to build or reuse (default rc-postgres:15-bookworm)
+#   RC_TEST_IMAGE      image to use; default: postgres:16-alpine when present,
+#                      else rc-postgres:15-bookworm (built here when missing)
 #   RC_DEBIAN_MIRROR   Debian mirror for debootstrap (default: the one apt uses)
 #   RC_DOCKERD_LOG     where dockerd writes its log (default /var/log/rc-dockerd.log)
 set -euo pipefail
 
-IMAGE="${RC_TEST_IMAGE:-rc-postgres:15-bookworm}"
+OFFICIAL_IMAGE=postgres:16-alpine
+BUILT_IMAGE=rc-postgres:15-bookworm
 DOCKERD_LOG="${RC_DOCKERD_LOG:-/var/log/rc-dockerd.log}"
 SUITE=bookworm
 
-say() { printf '[docker-postgres] %s\n' "$*"; }
+say() { printf '[docker-postgres] %s\n' "$*" >&2; }
 die() { printf '[docker-postgres] ERROR: %s\n' "$*" >&2; exit 1; }
-
-[ "$(id -u)" -eq 0 ] || die "must run as root (it installs packages and starts dockerd)"
+need_root() {
+    [ "$(id -u)" -eq 0 ] || die "$1 needs root; run this script as root"
+}
 
 # ------------------------------------------------------------------ 1. packages
-missing=()
-command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
-command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
-if [ "${#missing[@]}" -gt 0 ]; then
-    say "installing Debian packages: ${missing[*]}"
+apt_updated=
+apt_install() {
+    need_root "installing $*"
+    say "installing Debian packages: $*"
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -q || die "apt-get update failed"
-    apt-get install -y -q --no-install-recommends "${missing[@]}" \
-        || die "apt-get install ${missing[*]} failed"
-else
-    say "dockerd and debootstrap are installed"
+    if [ -z "$apt_updated" ]; then
+        apt-get update -q >&2 || die "apt-get update failed"
+        apt_updated=yes
+    fi
+    apt-get install -y -q --no-install-recommends "$@" >&2 || die "apt-get install $* failed"
+}
+
+if ! docker info >/dev/null 2>&1 && ! command -v dockerd >/dev/null 2>&1; then
+    apt_install docker.io
 fi
 
 # ------------------------------------------------------------------ 2. engine
@@ -47,6 +61,7 @@ if docker info >/dev/null 2>&1; then
 else
     # No iptables: the machine may not allow it; the userland proxy still
     # publishes container ports on the host, which is all the tests need.
+    need_root "starting dockerd"
     say "starting dockerd --iptables=false (log: $DOCKERD_LOG)"
     setsid dockerd --iptables=false >>"$DOCKERD_LOG" 2>&1 </dev/null &
     for _ in $(seq 1 60); do
@@ -59,16 +74,43 @@ else
 fi
 
 # ------------------------------------------------------------------ 3. image
-if docker image inspect "$IMAGE" >/dev/null 2>&1; then
+has_image() { docker image inspect "$1" >/dev/null 2>&1; }
+
+if [ -n "${RC_TEST_IMAGE:-}" ]; then
+    IMAGE="$RC_TEST_IMAGE"
+elif has_image "$OFFICIAL_IMAGE"; then
+    IMAGE="$OFFICIAL_IMAGE"
+else
+    IMAGE="$BUILT_IMAGE"
+fi
+if has_image "$IMAGE"; then
     say "image $IMAGE exists; not rebuilding (docker rmi $IMAGE to force)"
+    echo "$IMAGE"
     exit 0
 fi
+# Fails at once when no registry is reachable.
+if docker pull -q "$IMAGE" >/dev/null 2>&1; then
+    say "pulled image $IMAGE"
+    echo "$IMAGE"
+    exit 0
+fi
+need_root "building image $IMAGE"
+command -v debootstrap >/dev/null 2>&1 || apt_install debootstrap
 
+apt_mirror() {
+    apt-get indextargets --format '$(RELEASE) $(REPO_URI)' 'Identifier: Packages' 2>/dev/null \
+        | awk -v s="$SUITE" '$1 == s { print $2; exit }'
+}
 mirror="${RC_DEBIAN_MIRROR:-}"
 if [ -z "$mirror" ]; then
     # The mirror apt already uses for the main suite is the one known to be reachable.
-    mirror="$(apt-get indextargets --format '$(RELEASE) $(REPO_URI)' 'Identifier: Packages' 2>/dev/null \
-        | awk -v s="$SUITE" '$1 == s { print $2; exit }')"
+    # apt lists it only once its package lists have been downloaded.
+    mirror="$(apt_mirror)"
+    if [ -z "$mirror" ] && [ -z "$apt_updated" ]; then
+        apt-get update -q >&2 || die "apt-get update failed"
+        apt_updated=yes
+        mirror="$(apt_mirror)"
+    fi
 fi
 [ -n "$mirror" ] || die "cannot tell which Debian mirror apt uses; set RC_DEBIAN_MIRROR"
 
@@ -150,3 +192,4 @@ tar --numeric-owner -C "$rootfs" -c . | docker import \
     --change 'CMD ["postgres"]' \
     - "$IMAGE" >/dev/null || die "docker import failed"
 say "built image $IMAGE ($(docker image inspect --format '{{.Size}}' "$IMAGE") bytes)"
+echo "$IMAGE"
