@@ -84,7 +84,7 @@ else
     IMAGE="$BUILT_IMAGE"
 fi
 if has_image "$IMAGE"; then
-    say "image $IMAGE exists; not rebuilding (docker rmi $IMAGE to force)"
+    say "using image $IMAGE, already present"
     echo "$IMAGE"
     exit 0
 fi
