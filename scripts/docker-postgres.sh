@@ -40,15 +40,18 @@ need_root() {
 
 # ------------------------------------------------------------------ 1. packages
 apt_updated=
+# Another apt run on the machine holds the lock for a while: wait for it, not fail.
+APT_WAIT=(-o DPkg::Lock::Timeout=300)
 apt_install() {
     need_root "installing $*"
     say "installing Debian packages: $*"
     export DEBIAN_FRONTEND=noninteractive
     if [ -z "$apt_updated" ]; then
-        apt-get update -q >&2 || die "apt-get update failed"
+        apt-get "${APT_WAIT[@]}" update -q >&2 || die "apt-get update failed"
         apt_updated=yes
     fi
-    apt-get install -y -q --no-install-recommends "$@" >&2 || die "apt-get install $* failed"
+    apt-get "${APT_WAIT[@]}" install -y -q --no-install-recommends "$@" >&2 \
+        || die "apt-get install $* failed"
 }
 
 if ! docker info >/dev/null 2>&1 && ! command -v dockerd >/dev/null 2>&1; then
@@ -107,7 +110,7 @@ if [ -z "$mirror" ]; then
     # apt lists it only once its package lists have been downloaded.
     mirror="$(apt_mirror)"
     if [ -z "$mirror" ] && [ -z "$apt_updated" ]; then
-        apt-get update -q >&2 || die "apt-get update failed"
+        apt-get "${APT_WAIT[@]}" update -q >&2 || die "apt-get update failed"
         apt_updated=yes
         mirror="$(apt_mirror)"
     fi
