@@ -4,8 +4,10 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DOCS_STAMP := $(VENV)/.installed-docs
 
-.PHONY: install test test-memory test-postgres lint format typecheck bench mutate demo clean
+.PHONY: install test test-memory test-postgres test-testcontainers lint format typecheck docs bench \
+	mutate demo clean
 
 install: $(STAMP)
 
@@ -18,6 +20,17 @@ $(STAMP): pyproject.toml
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# The suite on a PostgreSQL container started by testcontainers.
+# scripts/docker-postgres.sh prepares the Docker engine and the image and prints the
+# image's name: RC_TEST_IMAGE if set, else the official postgres:16-alpine if present,
+# else one it builds with no registry (as root on Debian). testcontainers' reaper
+# container would need a registry, so it is off; the suite stops its own container.
+test-testcontainers: install
+	@image="$$(scripts/docker-postgres.sh)" && \
+	echo "RC_TEST_IMAGE=$$image" && \
+	RC_TEST_IMAGE="$$image" RC_TEST_BACKEND=testcontainers TESTCONTAINERS_RYUK_DISABLED=true \
+		$(BIN)/python -m pytest $(PYTEST_ARGS)
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -28,6 +41,14 @@ format: install
 
 typecheck: install
 	$(BIN)/mypy
+
+$(DOCS_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[docs]'
+	touch $(DOCS_STAMP)
+
+# The documentation site (mkdocs.yml, docs/) into site/; any warning fails the build.
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 bench: install
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
@@ -40,4 +61,4 @@ demo: install
 	$(BIN)/resilient-circuit-cli demo $(DEMO_ARGS)
 
 clean:
-	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build dist site .pytest_cache .mypy_cache .ruff_cache

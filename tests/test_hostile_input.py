@@ -11,17 +11,19 @@ import logging
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from fractions import Fraction
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 import pytest
 from psycopg import sql
-from psycopg.conninfo import make_conninfo
 
 from resilient_circuit import CircuitProtectorPolicy, CircuitState, ProtectedCallError, _installer
 from resilient_circuit.cli.connect import connect
 from resilient_circuit.storage import PostgresStorage
 from tests._helpers import flaky
+
+if TYPE_CHECKING:
+    from tests.conftest import PgRole
 
 HOSTILE = [
     "O'Brien",
@@ -257,12 +259,12 @@ def test_hostile_schema_name_through_the_store(
 
 
 @pytest.fixture
-def app_dsn(pg_dsn: str, pg_role: Callable[[], str]) -> str:
+def app_dsn(pg_dsn: str, pg_role: Callable[[], PgRole]) -> str:
     """A DSN logging in as a role set up by ``pg-setup --app-role`` (EXECUTE only)."""
     role = pg_role()
     with connect(pg_dsn) as conn:
         _installer.install(conn, app_role=role)
-    return make_conninfo(pg_dsn, user=role)
+    return role.dsn(pg_dsn)
 
 
 def test_an_execute_only_role_runs_the_breaker_but_cannot_touch_the_table(

@@ -16,12 +16,11 @@ from collections.abc import Callable, Iterator
 from datetime import timedelta
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 import pytest
 from click.testing import CliRunner
-from psycopg.conninfo import make_conninfo
 
 from resilient_circuit import CircuitProtectorPolicy, CircuitState, ProtectedCallError, _installer
 from resilient_circuit.cli import main as cli
@@ -29,6 +28,9 @@ from resilient_circuit.cli.connect import connect
 from resilient_circuit.storage import InMemoryStorage, PostgresStorage
 from tests._fleet_net import faulty_proxy
 from tests._helpers import db_counters, wait_for
+
+if TYPE_CHECKING:
+    from tests.conftest import PgRole
 
 SECRET = "s3cr3t-Pa55"
 
@@ -53,23 +55,23 @@ def stores(pg_dsn: str) -> Iterator[Callable[..., PostgresStorage]]:
 
 
 @pytest.fixture
-def app_dsn(pg_dsn: str, pg_role: Callable[[], str]) -> str:
+def app_dsn(pg_dsn: str, pg_role: Callable[[], PgRole]) -> str:
     """A DSN logging in as an application role set up by pg-setup (namespace 'default')."""
     role = pg_role()
     with connect(pg_dsn) as conn:
         _installer.install(conn, app_role=role)
-    return make_conninfo(pg_dsn, user=role)
+    return role.dsn(pg_dsn)
 
 
 # ------------------------------------------------------------- forged notifications
 
 
-def _forge(pg_dsn: str, role: str, key: str, old: str, new: str) -> None:
+def _forge(pg_dsn: str, role: PgRole, key: str, old: str, new: str) -> None:
     """A role with nothing but CONNECT announces a transition that never happened."""
     payload = json.dumps(
         {"namespace": "default", "key": key, "from": old, "to": new, "generation": 999999999}
     )
-    with psycopg.connect(make_conninfo(pg_dsn, user=role), autocommit=True) as conn:
+    with psycopg.connect(role.dsn(pg_dsn), autocommit=True) as conn:
         conn.execute("SELECT pg_notify('resilient_circuit', %s)", [payload])
 
 
@@ -109,7 +111,7 @@ def _outcomes(call: Callable[..., str], seconds: float) -> tuple[int, int]:
 
 
 def test_a_forged_close_neither_admits_calls_nor_fires_callbacks(
-    pg_dsn: str, app_dsn: str, pg_role: Callable[[], str], stores: Callable[..., PostgresStorage]
+    pg_dsn: str, app_dsn: str, pg_role: Callable[[], PgRole], stores: Callable[..., PostgresStorage]
 ) -> None:
     """An OPEN cached breaker stays OPEN after a forged OPEN -> CLOSED; real changes still land."""
     store = stores(app_dsn)
@@ -136,7 +138,7 @@ def test_a_forged_close_neither_admits_calls_nor_fires_callbacks(
 
 
 def test_a_forged_trip_neither_rejects_calls_nor_fires_callbacks(
-    pg_dsn: str, app_dsn: str, pg_role: Callable[[], str], stores: Callable[..., PostgresStorage]
+    pg_dsn: str, app_dsn: str, pg_role: Callable[[], PgRole], stores: Callable[..., PostgresStorage]
 ) -> None:
     """A CLOSED cached breaker keeps running calls after a forged CLOSED -> OPEN."""
     store = stores(app_dsn)

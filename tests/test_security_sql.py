@@ -8,18 +8,20 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 import pytest
 from click.testing import CliRunner, Result
 from psycopg import sql
-from psycopg.conninfo import make_conninfo
 
 from resilient_circuit import _installer
 from resilient_circuit._machine import Config
 from resilient_circuit.cli import main
 from resilient_circuit.cli.connect import connect
+
+if TYPE_CHECKING:
+    from tests.conftest import PgRole
 
 Conn = psycopg.Connection[Any]
 
@@ -34,14 +36,14 @@ def _one(conn: Conn, query: str, *args: Any) -> tuple[Any, ...]:
     return tuple(row)
 
 
-def _app(pg_dsn: str, role: str, *namespaces: str) -> str:
+def _app(pg_dsn: str, role: PgRole, *namespaces: str) -> str:
     """Grant ``role`` the functions for ``namespaces``; return a DSN logging in as it."""
     with connect(pg_dsn) as conn:
         if namespaces:
             _installer.install(conn, app_role=role, namespaces=list(namespaces))
         else:
             _installer.install(conn, app_role=role)
-    return make_conninfo(pg_dsn, user=role)
+    return role.dsn(pg_dsn)
 
 
 def _pg_setup(*args: str) -> Result:
@@ -100,18 +102,18 @@ END $p$;
 
 
 @pytest.fixture
-def app_dsn(pg_dsn: str, pg_role: Callable[[], str]) -> str:
+def app_dsn(pg_dsn: str, pg_role: Callable[[], PgRole]) -> str:
     """A DSN logging in as an application role granted namespace 'default' (pg-setup's default)."""
     return _app(pg_dsn, pg_role())
 
 
 @pytest.fixture
-def hostile(pg_dsn: str, pg_role: Callable[[], str], app_dsn: str) -> str:
+def hostile(pg_dsn: str, pg_role: Callable[[], PgRole], app_dsn: str) -> str:
     """A role given CREATE on public after the install; it planted look-alikes there."""
     role = pg_role()
     with _connect(pg_dsn) as conn:
         conn.execute(sql.SQL("GRANT CREATE ON SCHEMA public TO {}").format(sql.Identifier(role)))
-    with _connect(make_conninfo(pg_dsn, user=role)) as conn:
+    with _connect(role.dsn(pg_dsn)) as conn:
         conn.execute(sql.SQL(_PLANT).format(hostile=sql.Literal(role)).as_string(conn))
     return role
 
@@ -163,7 +165,7 @@ def test_every_function_pins_pg_catalog_and_pg_temp(pg_dsn: str) -> None:
 
 @pytest.mark.parametrize("schema", ["public", "rc"])
 def test_pg_setup_refuses_a_schema_others_can_create_in(
-    pg_empty_dsn: str, pg_role: Callable[[], str], schema: str
+    pg_empty_dsn: str, pg_role: Callable[[], PgRole], schema: str
 ) -> None:
     """pg-setup names the REVOKE that fixes a writable schema, and works once it has run."""
     role = pg_role()
@@ -186,7 +188,7 @@ def test_pg_setup_refuses_a_schema_others_can_create_in(
 
 
 def test_pg_setup_refuses_to_upgrade_a_schema_that_became_writable(
-    pg_dsn: str, pg_role: Callable[[], str]
+    pg_dsn: str, pg_role: Callable[[], PgRole]
 ) -> None:
     """An installed schema opened to another role is refused too, even for a grant only."""
     role, app = pg_role(), pg_role()
@@ -220,7 +222,7 @@ def _tenant_b(pg_dsn: str) -> tuple[Any, ...]:
 
 @pytest.mark.usefixtures("tenants")
 def test_an_app_role_cannot_read_or_change_another_namespace(
-    pg_dsn: str, pg_role: Callable[[], str]
+    pg_dsn: str, pg_role: Callable[[], PgRole]
 ) -> None:
     """Granted tenant_a, a role gets insufficient_privilege for every call on tenant_b."""
     role = pg_role()
@@ -249,7 +251,7 @@ def test_an_app_role_cannot_read_or_change_another_namespace(
 
 @pytest.mark.usefixtures("tenants")
 def test_the_star_grants_every_namespace_and_the_owner_keeps_all(
-    pg_dsn: str, pg_role: Callable[[], str]
+    pg_dsn: str, pg_role: Callable[[], PgRole]
 ) -> None:
     """'*' reaches every namespace; the owner (a superuser here) needs no grant at all."""
     app_dsn = _app(pg_dsn, pg_role(), "*")
@@ -262,7 +264,7 @@ def test_the_star_grants_every_namespace_and_the_owner_keeps_all(
 
 
 def test_pg_setup_namespace_option_grants_exactly_and_says_so(
-    pg_dsn: str, pg_role: Callable[[], str]
+    pg_dsn: str, pg_role: Callable[[], PgRole]
 ) -> None:
     """--namespace is repeatable and exact; without it a new role gets 'default' only."""
     role, fresh = pg_role(), pg_role()
@@ -348,7 +350,7 @@ def _age(pg_dsn: str, key: str, namespace: str, age: str) -> None:
 
 
 def test_gc_deletes_only_idle_closed_breakers_of_the_callers_namespaces(
-    pg_dsn: str, pg_role: Callable[[], str]
+    pg_dsn: str, pg_role: Callable[[], PgRole]
 ) -> None:
     """rc_gc counts what it deleted: idle CLOSED rows in granted namespaces, nothing else."""
     app_dsn = _app(pg_dsn, pg_role(), "a")
@@ -377,7 +379,7 @@ def test_gc_deletes_only_idle_closed_breakers_of_the_callers_namespaces(
 
 
 def test_forget_deletes_one_breaker_of_a_granted_namespace(
-    pg_dsn: str, pg_role: Callable[[], str]
+    pg_dsn: str, pg_role: Callable[[], PgRole]
 ) -> None:
     """rc_forget says whether the breaker existed and refuses other namespaces."""
     app_dsn = _app(pg_dsn, pg_role(), "a")
@@ -405,7 +407,7 @@ def test_forget_deletes_one_breaker_of_a_granted_namespace(
 
 
 def test_upgrade_keeps_app_roles_working_and_cuts_settings_to_the_bounds(
-    pg_empty_dsn: str, pg_role: Callable[[], str]
+    pg_empty_dsn: str, pg_role: Callable[[], PgRole]
 ) -> None:
     """0003 gives roles that could call the functions '*', and bounds what 0002 accepted."""
     seed, state_machine = _installer.load_migrations()[:2]
@@ -436,7 +438,7 @@ def test_upgrade_keeps_app_roles_working_and_cuts_settings_to_the_bounds(
         )
     assert (cooldown, half_open_timeout) == (timedelta(days=365), timedelta(days=1))
     assert timedelta(days=364) < hold <= timedelta(days=365)
-    with _connect(make_conninfo(pg_empty_dsn, user=role)) as app:
+    with _connect(role.dsn(pg_empty_dsn)) as app:
         assert _one(app, "SELECT permitted, state FROM rc_try_acquire('pay', 'tenant_b')") == (
             False,
             "OPEN",

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from fractions import Fraction
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 import pytest
@@ -23,6 +23,9 @@ from psycopg.rows import dict_row
 from resilient_circuit import _installer
 from resilient_circuit.cli.connect import connect
 from tests._reference_model import RefBreaker, RefConfig
+
+if TYPE_CHECKING:
+    from tests.conftest import PgRole
 
 Conn = psycopg.Connection[Any]
 EPOCH = datetime(2000, 1, 1, tzinfo=timezone.utc)
@@ -699,7 +702,7 @@ def test_function_attributes(conn: Conn) -> None:
 
 
 def test_an_app_role_changes_breakers_only_through_the_functions(
-    conn: Conn, pg_dsn: str, pg_role: Callable[[], str]
+    conn: Conn, pg_dsn: str, pg_role: Callable[[], PgRole]
 ) -> None:
     """Granted EXECUTE alone, a role records through rc_record but may not touch the table."""
     role = sql.Identifier(pg_role())
