@@ -166,6 +166,18 @@ class RetryWithBackoffPolicy(ProtectionPolicy):
         deposit = None if self.budget is None else self.budget.deposit
         check = self.retry_if_result
         drive = self._drive_sync
+        if deposit is None and not timed and check is None:
+
+            @functools.wraps(func)
+            def plain(*args: Any, **kwargs: Any) -> Any:
+                # 0.4.5's options only: nothing but the call on the way to success.
+                try:
+                    return func(*args, **kwargs)
+                except Exception as exc:
+                    error: Exception = exc
+                return drive(func, args, kwargs, 0.0, error, None)
+
+            return plain
 
         @functools.wraps(func)
         def retrying(*args: Any, **kwargs: Any) -> Any:
@@ -227,6 +239,17 @@ class RetryWithBackoffPolicy(ProtectionPolicy):
         deposit = None if self.budget is None else self.budget.deposit
         check = self.retry_if_result
         drive = self._drive_async
+        if deposit is None and not timed and check is None:
+
+            @functools.wraps(func)
+            async def plain(*args: Any, **kwargs: Any) -> Any:
+                try:
+                    return await func(*args, **kwargs)
+                except Exception as exc:
+                    error: Exception = exc
+                return await drive(func, args, kwargs, 0.0, error, None)
+
+            return plain
 
         @functools.wraps(func)
         async def retrying(*args: Any, **kwargs: Any) -> Any:
