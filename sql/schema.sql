@@ -1172,7 +1172,7 @@ BEGIN
     INSERT INTO @schema@.rc_retry_budgets AS b
         (name, namespace, balance, min_per_second, created_at, updated_at)
     VALUES (p_name, p_namespace, p_min_per_second, p_min_per_second, v_now, v_now)
-    ON CONFLICT ON CONSTRAINT rc_retry_budgets_pkey DO NOTHING;
+    ON CONFLICT (name, namespace) DO NOTHING;
     SELECT b.balance, b.updated_at INTO v_balance, v_then
     FROM @schema@.rc_retry_budgets AS b
     WHERE b.name = p_name AND b.namespace = p_namespace

