@@ -291,3 +291,23 @@ def test_budgets_of_one_name_share_their_tokens_through_postgresql(pg_dsn: str) 
     finally:
         for store in stores:
             store.close()
+
+
+async def test_async_policy_spends_the_budget_through_postgresql(pg_dsn: str) -> None:
+    """Coroutines withdraw without blocking the loop and give up when the budget says no."""
+    store = PostgresBudgetStore(pg_dsn)
+    budget = RetryBudget("async", namespace="t", min_per_second=2, store=store)
+    calls = {"n": 0}
+
+    async def down() -> None:
+        calls["n"] += 1
+        raise TimeoutError("down")
+
+    retry = RetryWithBackoffPolicy(max_retries=5, budget=budget)(down)
+    try:
+        with pytest.raises(RetryLimitReached, match="budget") as caught:
+            await retry()
+    finally:
+        store.close()
+    assert isinstance(caught.value.__cause__, TimeoutError)
+    assert calls["n"] == 3  # the first attempt and the two retries one second of floor buys
