@@ -28,14 +28,18 @@ import weakref
 from collections.abc import Callable
 from datetime import timedelta
 from fractions import Fraction
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from resilient_circuit._settings import database_dsn, database_schema, default_namespace
+
+if TYPE_CHECKING:
+    from resilient_circuit._budget_pg import PostgresBudgetStore
 
 __all__ = (
     "BudgetStore",
     "BudgetUnavailable",
     "InMemoryBudgetStore",
+    "PostgresBudgetStore",
     "RetryBudget",
     "create_budget_store",
 )
@@ -357,3 +361,12 @@ _flusher = _Flusher()
 atexit.register(_flusher.flush_all)
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_flusher.after_fork)
+
+
+def __getattr__(name: str) -> Any:
+    # psycopg is an optional dependency: import the PostgreSQL store on first use.
+    if name == "PostgresBudgetStore":
+        from resilient_circuit._budget_pg import PostgresBudgetStore
+
+        return PostgresBudgetStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

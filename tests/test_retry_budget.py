@@ -311,3 +311,20 @@ async def test_async_policy_spends_the_budget_through_postgresql(pg_dsn: str) ->
         store.close()
     assert isinstance(caught.value.__cause__, TimeoutError)
     assert calls["n"] == 3  # the first attempt and the two retries one second of floor buys
+
+
+def test_budgets_live_where_breakers_do(pg_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """PostgreSQL when RC_DB_DSN is set (one store per DSN), else one in-memory store a process."""
+    monkeypatch.delenv("RC_DB_DSN", raising=False)
+    monkeypatch.delenv("RC_DB_HOST", raising=False)
+    memory = RetryBudget("svc").store
+    assert isinstance(memory, InMemoryBudgetStore)
+    assert RetryBudget("other").store is memory
+    monkeypatch.setenv("RC_DB_DSN", pg_dsn)
+    shared = RetryBudget("svc").store
+    try:
+        assert isinstance(shared, PostgresBudgetStore)
+        assert RetryBudget("other").store is shared
+        assert RetryBudget("svc", min_per_second=1).withdraw() is True
+    finally:
+        shared.close()
