@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Literal, Protocol
 
+from resilient_circuit.backoff import ExponentialDelay
 from resilient_circuit.exceptions import ProtectedCallError, RetryLimitReached
 
 __all__ = (
@@ -89,10 +90,12 @@ class Call:
 
 def retry_after_seconds(exc: Exception) -> float | None:
     """The wait an error asks for, in seconds (its ``retry_after``), or None."""
-    if type(exc) is ProtectedCallError or isinstance(exc, ProtectedCallError):
+    if isinstance(exc, ProtectedCallError):
         ns = exc.retry_after_ns
         return None if ns is None else max(0.0, ns / 1e9)
     value = getattr(exc, "retry_after", None)
+    if value is None:
+        return None
     if isinstance(value, timedelta):
         return max(0.0, value.total_seconds())
     if isinstance(value, int | float) and not isinstance(value, bool) and value == value:
@@ -100,11 +103,21 @@ def retry_after_seconds(exc: Exception) -> float | None:
     return None
 
 
-def _takes_previous(backoff: DelayStrategy) -> bool:
+def _delay_function(backoff: DelayStrategy | None) -> Callable[[int, float | None], float] | None:
+    """``(attempt, previous delay) -> seconds`` for ``backoff``, or None without one."""
+    if backoff is None:
+        return None
+    if isinstance(backoff, ExponentialDelay):
+        # The engine's attempts are always valid: skip for_attempt's argument checks.
+        return backoff.seconds_for
+    for_attempt = backoff.for_attempt
     try:
-        return "previous" in inspect.signature(backoff.for_attempt).parameters
+        takes_previous = "previous" in inspect.signature(for_attempt).parameters
     except (TypeError, ValueError):  # builtins without a signature
-        return False
+        takes_previous = False
+    if takes_previous:
+        return lambda attempt, previous: float(for_attempt(attempt, previous=previous))  # type: ignore[call-arg]
+    return lambda attempt, previous: float(for_attempt(attempt))
 
 
 class RetryEngine:
@@ -115,7 +128,8 @@ class RetryEngine:
     """
 
     __slots__ = (
-        "_backoff_takes_previous",
+        "_delay_for",
+        "_handles",
         "_longest_wait",
         "backoff",
         "max_attempts",
@@ -130,12 +144,14 @@ class RetryEngine:
         max_attempts: int,
         should_handle: Callable[[Exception], bool],
         max_duration: float | None,
+        handles_everything: bool = False,
     ) -> None:
         self.backoff = backoff
         self.max_attempts = max_attempts
         self.should_handle = should_handle
         self.max_duration = max_duration
-        self._backoff_takes_previous = backoff is not None and _takes_previous(backoff)
+        self._handles = None if handles_everything else should_handle
+        self._delay_for = _delay_function(backoff)
         # Without max_duration, the longest a retry waits for a retry_after is the
         # backoff's own longest delay: a policy configured for short waits must not
         # block its caller for a breaker's whole cooldown.
@@ -144,7 +160,8 @@ class RetryEngine:
 
     def after_error(self, call: Call, exc: Exception, now: float) -> float | GiveUp:
         """The attempt ``call.attempts`` raised ``exc`` at ``now``."""
-        if not self.should_handle(exc):
+        handles = self._handles
+        if handles is not None and not handles(exc):
             # Not the policy's business: the caller gets it at once, and no hook runs.
             return GiveUp(exc, None, None, None)
         rejected = isinstance(exc, ProtectedCallError)
@@ -152,7 +169,8 @@ class RetryEngine:
             call.last_error = exc
         if call.attempts >= self.max_attempts:
             return self._give_up(call, "attempts", exc, None)
-        delay = self._backoff_delay(call)
+        delay_for = self._delay_for
+        delay = 0.0 if delay_for is None else delay_for(call.attempts, call.previous_delay)
         wait = retry_after_seconds(exc)
         if wait is None:
             if rejected:
@@ -165,6 +183,10 @@ class RetryEngine:
             if wait > limit:
                 return self._give_up(call, "retry_after", exc, None)
             delay = wait
+        if self.max_duration is None:
+            call.attempts += 1
+            call.previous_delay = delay
+            return delay
         return self._retry(call, delay, now, exc, None)
 
     def after_result(self, call: Call, result: Any, now: float) -> float | GiveUp:
@@ -179,12 +201,8 @@ class RetryEngine:
         return self._give_up(call, "budget", exc, result)
 
     def _backoff_delay(self, call: Call) -> float:
-        backoff = self.backoff
-        if backoff is None:
-            return 0.0
-        if self._backoff_takes_previous:
-            return float(backoff.for_attempt(call.attempts, previous=call.previous_delay))  # type: ignore[call-arg]
-        return float(backoff.for_attempt(call.attempts))
+        delay_for = self._delay_for
+        return 0.0 if delay_for is None else delay_for(call.attempts, call.previous_delay)
 
     def _remaining(self, call: Call, now: float) -> float | None:
         if self.max_duration is None:

@@ -99,6 +99,10 @@ class ExponentialDelay:
             raise TypeError(f"`attempt` must be an int, got {type(attempt).__name__}")
         if attempt < 1:
             raise ValueError(f"`attempt` must be positive, got {attempt}")
+        return self.seconds_for(attempt, previous)
+
+    def seconds_for(self, attempt: int, previous: float | None) -> float:
+        """``for_attempt`` without its argument checks, for callers that count themselves."""
         low: float = self._low  # type: ignore[attr-defined]
         high: float = self._high  # type: ignore[attr-defined]
         jitter = self.jitter

@@ -148,6 +148,7 @@ class RetryWithBackoffPolicy(ProtectionPolicy):
             max_attempts=self.max_attempts,
             should_handle=should_handle,
             max_duration=None if max_duration is None else max_duration.total_seconds(),
+            handles_everything=should_handle is _handle_all,
         )
 
     def __call__(self, func: F) -> F:
