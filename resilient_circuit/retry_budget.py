@@ -24,7 +24,6 @@ import math
 import os
 import threading
 import time
-import weakref
 from collections.abc import Callable
 from datetime import timedelta
 from fractions import Fraction
@@ -312,7 +311,9 @@ class _Flusher:
     """One daemon thread per process that flushes every budget with pending deposits."""
 
     def __init__(self) -> None:
-        self._budgets: weakref.WeakSet[RetryBudget] = weakref.WeakSet()
+        # Strong references, so deposits of a budget dropped by its owner still reach
+        # the store; a budget leaves the set once it has nothing pending.
+        self._budgets: set[RetryBudget] = set()
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -345,6 +346,11 @@ class _Flusher:
                 budget.flush()
             except Exception:  # a bug, not an outage: keep the thread alive
                 logger.exception("flushing retry budget %r failed", budget)
+        with self._lock:
+            for budget in budgets:
+                # A deposit made since then re-adds the budget (it saw pending == 1).
+                if budget.pending == 0:
+                    self._budgets.discard(budget)
 
     def after_fork(self) -> None:
         # The thread did not survive the fork; the child starts its own when needed.

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import logging
 import random
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from fractions import Fraction
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -328,3 +331,22 @@ def test_budgets_live_where_breakers_do(pg_dsn: str, monkeypatch: pytest.MonkeyP
         assert RetryBudget("svc", min_per_second=1).withdraw() is True
     finally:
         shared.close()
+
+
+def test_pending_deposits_are_flushed_when_the_process_exits(pg_dsn: str) -> None:
+    """A process that ends normally deposits its last first attempts on the way out."""
+    root = Path(__file__).parent.parent
+    done = subprocess.run(
+        [sys.executable, str(root / "tests" / "workers" / "budget_exit.py"), pg_dsn, "700"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"},
+    )
+    assert done.returncode == 0, done.stderr
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT first_attempts FROM rc_retry_budgets WHERE name = 'exit' AND namespace = 'exit'"
+        ).fetchone()
+    assert row == (700,)
