@@ -215,7 +215,7 @@ class RetryWithBackoffPolicy(ProtectionPolicy):
                 step = engine.after_error(call, error, now)
             else:
                 step = engine.after_result(call, result, now)
-            if type(step) is float and self.budget and not self.budget.withdraw():
+            if type(step) is float and self.budget is not None and not self.budget.withdraw():
                 step = engine.refused_by_budget(call, error, result)
             if isinstance(step, GiveUp):
                 if step.event is not None and self.on_give_up is not None:
@@ -229,7 +229,7 @@ class RetryWithBackoffPolicy(ProtectionPolicy):
             try:
                 result = func(*args, **kwargs)
             except Exception as exc:
-                error = exc
+                error, result = exc, None
             else:
                 if check is None or not check(result):
                     return result
@@ -288,7 +288,7 @@ class RetryWithBackoffPolicy(ProtectionPolicy):
             else:
                 step = engine.after_result(call, result, now)
             budget = self.budget
-            if type(step) is float and budget and not await budget.withdraw_async():
+            if type(step) is float and budget is not None and not await budget.withdraw_async():
                 step = engine.refused_by_budget(call, error, result)
             if isinstance(step, GiveUp):
                 if step.event is not None and self.on_give_up is not None:
@@ -304,7 +304,7 @@ class RetryWithBackoffPolicy(ProtectionPolicy):
             try:
                 result = await func(*args, **kwargs)
             except Exception as exc:
-                error = exc
+                error, result = exc, None
             else:
                 if check is None or not await _verdict(check(result)):
                     return result

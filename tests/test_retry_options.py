@@ -343,3 +343,24 @@ def test_new_options_are_validated_naming_the_parameter(
     """Each new option refuses a wrong value with an error naming it."""
     with pytest.raises(error, match=name):
         RetryWithBackoffPolicy(**kwargs)
+
+
+def test_a_refused_value_then_an_error_ends_with_the_error() -> None:
+    """Values and errors mix: the give-up carries the last attempt's error and no stale value."""
+    time = FakeTime()
+    outcomes: list[Any] = [None, ConnectionError("last")]
+    gave_up: list[GiveUpEvent] = []
+
+    def fetch() -> Any:
+        outcome = outcomes.pop(0)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    retry = policy(
+        time, max_retries=1, retry_if_result=lambda v: v is None, on_give_up=gave_up.append
+    )
+    with pytest.raises(RetryLimitReached) as caught:
+        retry(fetch)()
+    assert str(caught.value.__cause__) == "last"
+    assert [(e.attempts, e.reason, e.result) for e in gave_up] == [(2, "attempts", None)]
