@@ -1246,8 +1246,8 @@ END
 $install$;
 
 COMMENT ON TABLE rc_retry_budgets IS
-    'Fleet-wide retry budgets: a token bucket per (namespace, name), changed only through '
-    'rc_budget_deposit and rc_budget_withdraw.';
+    'Fleet-wide retry budgets: a token bucket per (namespace, name), changed only by the '
+    'budget deposit and withdraw functions.';
 COMMENT ON COLUMN rc_retry_budgets.balance IS
     'Tokens left when updated_at was written; one token pays for one retry.';
 COMMENT ON COLUMN rc_retry_budgets.min_per_second IS

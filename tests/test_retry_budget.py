@@ -269,8 +269,8 @@ def test_app_role_may_withdraw_and_deposit_but_not_touch_the_table(
     app_dsn = psycopg.conninfo.make_conninfo(pg_empty_dsn, user=role)
     store = PostgresBudgetStore(app_dsn)
     try:
-        assert store.settle("ns", "svc", 5, 0.2, 1.0, True) is True
-        store.settle("ns", "svc", 5, 0.2, 1.0, False)
+        assert store.settle("default", "svc", 5, 0.2, 1.0, True) is True
+        store.settle("default", "svc", 5, 0.2, 1.0, False)
     finally:
         store.close()
     with psycopg.connect(app_dsn, autocommit=True) as app:
