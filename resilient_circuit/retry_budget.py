@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import itertools
 import logging
 import math
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from datetime import timedelta
 from fractions import Fraction
@@ -176,6 +178,107 @@ def _check_name(value: object, what: str) -> str:
     return value
 
 
+class _Deposits:
+    """First attempts counted without a lock: ``next()`` of an ``itertools.count`` is
+    atomic in CPython, where a lock costs more than everything else a deposit does."""
+
+    __slots__ = ("_lock", "_reads", "_taken", "count")
+
+    def __init__(self) -> None:
+        self.count = itertools.count(1).__next__
+        self._lock = threading.Lock()
+        self._reads = 0  # calls of count() made by take() itself, not deposits
+        self._taken = 0
+
+    def take(self) -> int:
+        """The deposits made since the last take."""
+        with self._lock:
+            self._reads += 1
+            total = self.count() - self._reads
+            taken, self._taken = total - self._taken, total
+        return taken
+
+    def pending(self) -> int:
+        with self._lock:
+            self._reads += 1
+            return self.count() - self._reads - self._taken
+
+    def forget(self) -> None:
+        """After fork(): what was counted before belongs to the parent."""
+        self._lock = threading.Lock()
+        self._reads += 1
+        self._taken = self.count() - self._reads
+
+
+class _Account:
+    """Everything a budget needs to settle, kept apart from ``RetryBudget`` so that the
+    flusher can still deposit what a budget dropped by its owner had counted."""
+
+    __slots__ = (
+        "_fallback",
+        "_outage_until",
+        "_rate",
+        "_ratio",
+        "_store",
+        "deposits",
+        "name",
+        "namespace",
+    )
+
+    def __init__(
+        self, name: str, namespace: str, ratio: float, rate: float, store: BudgetStore | None
+    ) -> None:
+        self.name = name
+        self.namespace = namespace
+        self._ratio = ratio
+        self._rate = rate
+        self._store = store
+        self._fallback: InMemoryBudgetStore | None = None
+        self._outage_until = 0.0
+        self.deposits = _Deposits()
+
+    def __repr__(self) -> str:
+        return f"<retry budget {self.name!r} in namespace {self.namespace!r}>"
+
+    @property
+    def store(self) -> BudgetStore:
+        store = self._store
+        if store is None:
+            store = self._store = create_budget_store()
+        return store
+
+    def flush(self) -> None:
+        taken = self.deposits.take()
+        if taken:
+            self.settle(taken, withdraw=False)
+
+    def settle(self, first_attempts: int, *, withdraw: bool) -> bool:
+        store = self.store
+        now = time.monotonic()
+        if now >= self._outage_until:
+            try:
+                permitted = store.settle(
+                    self.namespace, self.name, first_attempts, self._ratio, self._rate, withdraw
+                )
+            except BudgetUnavailable as exc:
+                if self._outage_until == 0.0 or now - self._outage_until > 60:
+                    logger.warning("%r: %s; limiting retries in this process alone", self, exc)
+                self._outage_until = now + OUTAGE_BACKOFF_SECONDS
+            else:
+                if self._outage_until:
+                    logger.warning("%r: shared again", self)
+                    self._outage_until = 0.0
+                return permitted
+        # Deposits made during an outage count in this process's own bucket only: the
+        # shared one never sees them, which errs on the side of fewer retries.
+        fallback = self._fallback
+        if fallback is None:
+            fallback = self._fallback = InMemoryBudgetStore()
+        return fallback.settle(
+            self.namespace, self.name, first_attempts, self._ratio, self._rate, withdraw
+        )
+
+
 class RetryBudget:
     """A fleet-wide limit on retries: ``ratio`` x first attempts, plus ``min_per_second``.
 
@@ -196,8 +299,8 @@ class RetryBudget:
         store: BudgetStore | None = None,
         flush_interval: timedelta = timedelta(milliseconds=500),
     ) -> None:
-        self.name = _check_name(name, "name")
-        self.namespace = (
+        name = _check_name(name, "name")
+        namespace = (
             default_namespace() if namespace is None else _check_name(namespace, "namespace")
         )
         if isinstance(ratio, bool) or not isinstance(ratio, Fraction | int | float):
@@ -218,16 +321,16 @@ class RetryBudget:
             raise ValueError(f"`flush_interval` must be in (0, 1 minute], got {flush_interval}")
         if store is not None and not callable(getattr(store, "settle", None)):
             raise TypeError("`store` must have a settle() method, like InMemoryBudgetStore")
+        self.name = name
+        self.namespace = namespace
         self.ratio = ratio
         self.min_per_second = min_per_second
         self.flush_interval = flush_interval
-        self._store = store
-        self._ratio = float(ratio)
-        self._rate = float(min_per_second)
-        self._lock = threading.Lock()
-        self._pending = 0
-        self._fallback: InMemoryBudgetStore | None = None
-        self._outage_until = 0.0
+        self._account = account = _Account(
+            name, namespace, float(ratio), float(min_per_second), store
+        )
+        self._count = account.deposits.count
+        _flusher.watch(self, account)
 
     def __repr__(self) -> str:
         return (
@@ -238,28 +341,22 @@ class RetryBudget:
     @property
     def store(self) -> BudgetStore:
         """Where the bucket lives (chosen on first use when not given)."""
-        store = self._store
-        if store is None:
-            store = self._store = create_budget_store()
-        return store
+        return self._account.store
 
     @property
     def pending(self) -> int:
         """First attempts counted here and not yet deposited."""
-        return self._pending
+        return self._account.deposits.pending()
 
     def deposit(self) -> None:
         """Count one first attempt (no I/O: flushed later in a batch)."""
-        with self._lock:
-            pending = self._pending = self._pending + 1
-        if pending == 1:
-            _flusher.watch(self)
-        elif pending >= FLUSH_BATCH:
+        if self._count() % FLUSH_BATCH == 0 or _flusher.asleep:
             _flusher.wake()
 
     def withdraw(self) -> bool:
         """May a retry happen now? Takes a token if so (pending deposits travel along)."""
-        return self._settle(self._take(), withdraw=True)
+        account = self._account
+        return account.settle(account.deposits.take(), withdraw=True)
 
     async def withdraw_async(self) -> bool:
         """``withdraw`` for coroutines: a database round trip runs in a worker thread."""
@@ -269,67 +366,46 @@ class RetryBudget:
 
     def flush(self) -> None:
         """Deposit every pending first attempt now (the flusher does it on its own)."""
-        taken = self._take()
-        if taken:
-            self._settle(taken, withdraw=False)
-
-    def _take(self) -> int:
-        with self._lock:
-            taken, self._pending = self._pending, 0
-        return taken
-
-    def _settle(self, first_attempts: int, *, withdraw: bool) -> bool:
-        store = self.store
-        now = time.monotonic()
-        if now >= self._outage_until:
-            try:
-                permitted = store.settle(
-                    self.namespace, self.name, first_attempts, self._ratio, self._rate, withdraw
-                )
-            except BudgetUnavailable as exc:
-                if self._outage_until == 0.0 or now - self._outage_until > 60:
-                    logger.warning(
-                        "retry budget %r: %s; limiting retries in this process alone", self, exc
-                    )
-                self._outage_until = now + OUTAGE_BACKOFF_SECONDS
-            else:
-                if self._outage_until:
-                    logger.warning("retry budget %r: shared again", self)
-                    self._outage_until = 0.0
-                return permitted
-        # Deposits made during an outage count in this process's own bucket only: the
-        # shared one never sees them, which errs on the side of fewer retries.
-        fallback = self._fallback
-        if fallback is None:
-            fallback = self._fallback = InMemoryBudgetStore()
-        return fallback.settle(
-            self.namespace, self.name, first_attempts, self._ratio, self._rate, withdraw
-        )
+        self._account.flush()
 
 
 class _Flusher:
-    """One daemon thread per process that flushes every budget with pending deposits."""
+    """One daemon thread per process that deposits every budget's first attempts.
+
+    It starts with the first deposit (never at import), and flushes once more at
+    exit. A budget its owner dropped hands its account over, so what it counted
+    is still deposited.
+    """
 
     def __init__(self) -> None:
-        # Strong references, so deposits of a budget dropped by its owner still reach
-        # the store; a budget leaves the set once it has nothing pending.
-        self._budgets: set[RetryBudget] = set()
+        self._budgets: weakref.WeakSet[RetryBudget] = weakref.WeakSet()
+        self._orphans: list[_Account] = []
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._interval = 0.5
+        self.asleep = True  # no thread yet: the next deposit starts one
 
-    def watch(self, budget: RetryBudget) -> None:
+    def watch(self, budget: RetryBudget, account: _Account) -> None:
         with self._lock:
             self._budgets.add(budget)
             self._interval = min(self._interval, budget.flush_interval.total_seconds())
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="resilient_circuit-budget-flusher", daemon=True
-                )
-                self._thread.start()
+        # Live budgets are flushed by flush_all at exit; this is for collected ones.
+        weakref.finalize(budget, self._adopt, account).atexit = False
+
+    def _adopt(self, account: _Account) -> None:
+        # Runs when a budget is collected: no I/O here, the thread deposits it.
+        self._orphans.append(account)
 
     def wake(self) -> None:
+        if self.asleep:
+            with self._lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(
+                        target=self._run, name="resilient_circuit-budget-flusher", daemon=True
+                    )
+                    self._thread.start()
+                self.asleep = False
         self._wake.set()
 
     def _run(self) -> None:
@@ -340,17 +416,13 @@ class _Flusher:
 
     def flush_all(self) -> None:
         with self._lock:
-            budgets = list(self._budgets)
-        for budget in budgets:
+            accounts = [budget._account for budget in self._budgets]
+            orphans, self._orphans = self._orphans, []
+        for account in accounts + orphans:
             try:
-                budget.flush()
+                account.flush()
             except Exception:  # a bug, not an outage: keep the thread alive
-                logger.exception("flushing retry budget %r failed", budget)
-        with self._lock:
-            for budget in budgets:
-                # A deposit made since then re-adds the budget (it saw pending == 1).
-                if budget.pending == 0:
-                    self._budgets.discard(budget)
+                logger.exception("flushing %r failed", account)
 
     def after_fork(self) -> None:
         # The thread did not survive the fork; the child starts its own when needed.
@@ -358,9 +430,10 @@ class _Flusher:
         self._lock = threading.Lock()
         self._thread = None
         self._wake = threading.Event()
+        self.asleep = True
+        self._orphans = []
         for budget in list(self._budgets):
-            budget._lock = threading.Lock()
-            budget._pending = 0
+            budget._account.deposits.forget()
 
 
 _flusher = _Flusher()

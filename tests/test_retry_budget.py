@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import random
 import subprocess
@@ -23,7 +24,7 @@ from resilient_circuit import (
 )
 from resilient_circuit._budget_pg import PostgresBudgetStore
 from resilient_circuit.retry import GiveUpEvent
-from resilient_circuit.retry_budget import InMemoryBudgetStore
+from resilient_circuit.retry_budget import InMemoryBudgetStore, _flusher
 
 EPOCH = datetime(2030, 1, 1, tzinfo=timezone.utc)
 
@@ -122,6 +123,18 @@ def test_pending_deposits_are_flushed_by_the_flusher_and_by_flush() -> None:
     budget.flush()
     assert budget.pending == 0
     assert store.balance("svc", "t") == pytest.approx(10.0)
+
+
+def test_deposits_of_a_budget_its_owner_dropped_are_still_made() -> None:
+    """A budget collected with deposits pending hands them to the flusher."""
+    store = InMemoryBudgetStore(clock=Clock())
+    budget = RetryBudget("dropped", namespace="t", min_per_second=0, store=store)
+    for _ in range(25):
+        budget.deposit()
+    del budget
+    gc.collect()
+    _flusher.flush_all()
+    assert store.balance("dropped", "t") == pytest.approx(5.0)
 
 
 @pytest.mark.parametrize(
