@@ -4,8 +4,9 @@
 deposits ``ratio`` tokens, every retry withdraws one, and the bucket refills by itself
 up to ``min_per_second`` tokens at ``min_per_second`` per second (the floor). Tokens
 decay with a 10-second time constant, so a long healthy period cannot bank a retry
-storm. Across every process sharing the bucket, retries over any span of T seconds
-stay within ``ratio`` x first attempts + ``min_per_second`` x (T + 1).
+storm. Across every process sharing the bucket, the retries made in the T seconds
+since the bucket was created never exceed ``ratio`` x first attempts +
+``min_per_second`` x (T + 1).
 
 With PostgreSQL configured the bucket is a row of ``rc_retry_budgets`` (see
 ``_budget_pg``); otherwise it lives in this process's memory. Deposits are counted
