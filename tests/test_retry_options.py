@@ -19,6 +19,7 @@ from resilient_circuit import (
     RetryWithBackoffPolicy,
 )
 from resilient_circuit._machine import CircuitState
+from resilient_circuit._retry_engine import Call, GiveUp, RetryEngine
 
 
 class FakeTime:
@@ -364,3 +365,29 @@ def test_a_refused_value_then_an_error_ends_with_the_error() -> None:
         retry(fetch)()
     assert str(caught.value.__cause__) == "last"
     assert [(e.attempts, e.reason, e.result) for e in gave_up] == [(2, "attempts", None)]
+
+
+def test_the_engine_decides_without_io() -> None:
+    """RetryEngine answers with a wait in seconds or a GiveUp, from values alone."""
+    engine = RetryEngine(
+        backoff=FixedDelay(timedelta(seconds=2)),
+        max_attempts=3,
+        should_handle=lambda e: not isinstance(e, KeyError),
+        max_duration=10.0,
+    )
+    call = Call(started=0.0)
+    assert engine.after_error(call, ConnectionError("1"), now=1.0) == 2.0
+    assert call.attempts == 2
+    rejection = ProtectedCallError.rejected("svc", CircuitState.OPEN, 5_000_000_000)
+    assert engine.after_error(call, rejection, now=3.0) == 5.0
+    step = engine.after_error(call, ConnectionError("3"), now=9.0)
+    assert isinstance(step, GiveUp)
+    assert isinstance(step.error, RetryLimitReached)
+    assert str(step.cause) == "3"
+    assert step.event is not None
+    assert (step.event.attempts, step.event.reason) == (3, "attempts")
+    unhandled = engine.after_error(Call(0.0), KeyError("k"), now=0.0)
+    assert isinstance(unhandled, GiveUp)
+    assert unhandled.event is None
+    assert isinstance(unhandled.error, KeyError)
+    assert unhandled.cause is None
