@@ -207,6 +207,7 @@ class RetryWithBackoffPolicy(ProtectionPolicy):
         result: Any,
     ) -> Any:
         engine, clock, check = self._engine, self._clock, self.retry_if_result
+        budget, on_retry, on_give_up = self.budget, self.on_retry, self.on_give_up
         timed = self.max_duration is not None
         call = Call(started)
         while True:
@@ -215,14 +216,14 @@ class RetryWithBackoffPolicy(ProtectionPolicy):
                 step = engine.after_error(call, error, now)
             else:
                 step = engine.after_result(call, result, now)
-            if type(step) is float and self.budget is not None and not self.budget.withdraw():
+            if type(step) is float and budget is not None and not budget.withdraw():
                 step = engine.refused_by_budget(call, error, result)
             if isinstance(step, GiveUp):
-                if step.event is not None and self.on_give_up is not None:
-                    self.on_give_up(step.event)
+                if step.event is not None and on_give_up is not None:
+                    on_give_up(step.event)
                 return _raise(step)
-            if self.on_retry is not None:
-                self.on_retry(RetryEvent(call.attempts - 1, step, error, result))
+            if on_retry is not None:
+                on_retry(RetryEvent(call.attempts - 1, step, error, result))
             if step > 0 and not _testing.is_testing():
                 (self._sleep or sleep)(step)
             error = None
@@ -279,6 +280,7 @@ class RetryWithBackoffPolicy(ProtectionPolicy):
         result: Any,
     ) -> Any:
         engine, clock, check = self._engine, self._clock, self.retry_if_result
+        budget, on_retry, on_give_up = self.budget, self.on_retry, self.on_give_up
         timed = self.max_duration is not None
         call = Call(started)
         while True:
@@ -287,17 +289,14 @@ class RetryWithBackoffPolicy(ProtectionPolicy):
                 step = engine.after_error(call, error, now)
             else:
                 step = engine.after_result(call, result, now)
-            budget = self.budget
             if type(step) is float and budget is not None and not await budget.withdraw_async():
                 step = engine.refused_by_budget(call, error, result)
             if isinstance(step, GiveUp):
-                if step.event is not None and self.on_give_up is not None:
-                    await _maybe_await(self.on_give_up(step.event))
+                if step.event is not None and on_give_up is not None:
+                    await _maybe_await(on_give_up(step.event))
                 return _raise(step)
-            if self.on_retry is not None:
-                await _maybe_await(
-                    self.on_retry(RetryEvent(call.attempts - 1, step, error, result))
-                )
+            if on_retry is not None:
+                await _maybe_await(on_retry(RetryEvent(call.attempts - 1, step, error, result)))
             if step > 0 and not _testing.is_testing():
                 await (self._async_sleep or async_sleep)(step)
             error = None
