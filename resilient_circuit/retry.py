@@ -134,7 +134,7 @@ class RetryWithBackoffPolicy(ProtectionPolicy):
         self.backoff = backoff
         self.max_retries = max_retries
         self.max_attempts = max_retries + 1
-        self.should_consider_failure = should_handle
+        self.should_handle = should_handle
         self.on_retry = on_retry
         self.on_give_up = on_give_up
         self.max_duration = max_duration

@@ -20,7 +20,7 @@ from resilient_circuit import (
     RetryBudget,
     RetryLimitReached,
     RetryWithBackoffPolicy,
-    _schema,
+    _installer,
 )
 from resilient_circuit._budget_pg import PostgresBudgetStore
 from resilient_circuit.retry import GiveUpEvent
@@ -277,8 +277,8 @@ def test_app_role_may_withdraw_and_deposit_but_not_touch_the_table(
 ) -> None:
     """pg-setup --app-role grants the two public functions, not the table nor the _at function."""
     role = pg_role()
-    with _schema.connect(pg_empty_dsn) as admin:
-        _schema.install(admin, app_role=role)
+    with psycopg.connect(pg_empty_dsn, autocommit=True) as admin:
+        _installer.install(admin, app_role=role)
     app_dsn = psycopg.conninfo.make_conninfo(pg_empty_dsn, user=role)
     store = PostgresBudgetStore(app_dsn)
     try:
