@@ -15,6 +15,8 @@ from typing import Any
 
 import psycopg
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from resilient_circuit import (
     RetryBudget,
@@ -72,6 +74,34 @@ def test_banked_tokens_decay_so_a_healthy_hour_buys_no_retry_storm() -> None:
     clock.now += 10  # one time constant: 20 / e, about 7.4, remain
     granted = sum(store.settle("ns", "svc", 0, 0.2, 0.0, True) for _ in range(20))
     assert granted == 7
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.sampled_from([0.0, 0.001, 0.05, 0.3, 1.0, 7.0, 45.0]),
+            st.integers(0, 60),
+            st.booleans(),
+        ),
+        max_size=80,
+    ),
+    ratio=st.sampled_from([0.0, 0.1, 0.2, 1.0, 3.0]),
+    rate=st.sampled_from([0.0, 0.5, 2.0, 10.0]),
+)
+def test_retries_never_exceed_ratio_times_first_attempts_plus_the_floor(
+    steps: list[tuple[float, int, bool]], ratio: float, rate: float
+) -> None:
+    """Whatever the timing, granted retries <= ratio x first attempts + rate x (seconds + 1)."""
+    clock = Clock()
+    start = clock.now
+    store = InMemoryBudgetStore(clock=clock)
+    granted = deposited = 0
+    for elapsed, first, withdraw in steps:
+        clock.now += elapsed
+        deposited += first
+        granted += store.settle("ns", "svc", first, ratio, rate, withdraw)
+        assert granted <= ratio * deposited + rate * (clock.now - start + 1) + 1e-6
 
 
 def test_policy_gives_up_with_the_last_error_when_the_budget_says_no() -> None:
