@@ -16,12 +16,12 @@ from typing import Any
 try:
     import psycopg
     from psycopg import sql
-    from psycopg.conninfo import conninfo_to_dict
 except ImportError as exc:  # pragma: no cover - depends on the install
     raise ImportError(
         "PostgreSQL retry budgets need psycopg 3: pip install 'resilient_circuit[postgres]'"
     ) from exc
 
+from resilient_circuit._dsn import Dsn, redact
 from resilient_circuit.retry_budget import BudgetUnavailable
 
 __all__ = ("PostgresBudgetStore",)
@@ -45,11 +45,8 @@ class PostgresBudgetStore:
     ) -> None:
         if not isinstance(dsn, str):
             raise TypeError(f"`dsn` must be a str, got {type(dsn).__name__}")
-        try:
-            conninfo_to_dict(dsn)
-        except psycopg.ProgrammingError:
-            # psycopg's message quotes the DSN, password included.
-            raise ValueError("`dsn` is not a valid libpq connection string or URI") from None
+        # Parsed once, the password kept apart and masked in every message.
+        self._dsn = Dsn(dsn, "dsn")
         if not isinstance(schema, str) or not schema:
             raise ValueError("`schema` must be a non-empty str")
         for name, value in (
@@ -60,7 +57,6 @@ class PostgresBudgetStore:
                 raise TypeError(f"`{name}` must be a timedelta, got {type(value).__name__}")
             if value < timedelta(milliseconds=1):
                 raise ValueError(f"`{name}` must be at least 1 ms, got {value}")
-        self._dsn = dsn
         self.schema = schema
         self._connect_timeout = max(1, round(connect_timeout.total_seconds()))
         self._statement_timeout_ms = statement_timeout // timedelta(milliseconds=1)
@@ -101,7 +97,7 @@ class PostgresBudgetStore:
                 return False
             except psycopg.Error as exc:
                 self._discard()
-                raise BudgetUnavailable(_one_line(exc)) from None
+                raise BudgetUnavailable(redact(_one_line(exc), self._dsn.password or "")) from None
 
     def close(self) -> None:
         """Close the connection (the next call opens a new one)."""
@@ -117,7 +113,8 @@ class PostgresBudgetStore:
         if conn is None or conn.closed:
             # No server-side prepared statements: PgBouncer before 1.21 refuses them.
             conn = psycopg.connect(
-                self._dsn,
+                self._dsn.conninfo,
+                **self._dsn.connect_kwargs(),
                 autocommit=True,
                 connect_timeout=self._connect_timeout,
                 prepare_threshold=None,

@@ -323,6 +323,25 @@ def test_app_role_may_withdraw_and_deposit_but_not_touch_the_table(
             app.execute("SELECT rc_budget_settle_at('svc', 'ns', 0, 0.2, 1, true, now())")
 
 
+def test_app_role_may_not_spend_another_namespaces_budget(
+    pg_empty_dsn: str, pg_role: Callable[[], str]
+) -> None:
+    """A role granted namespace "shop" is refused another namespace's budget, in SQL."""
+    role = pg_role()
+    with psycopg.connect(pg_empty_dsn, autocommit=True) as admin:
+        _installer.install(admin, app_role=role, namespaces=["shop"])
+    app_dsn = psycopg.conninfo.make_conninfo(pg_empty_dsn, user=role)
+    with psycopg.connect(app_dsn, autocommit=True) as app:
+        assert app.execute("SELECT rc_budget_withdraw('svc', 'shop')").fetchone() == (True,)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="namespace"):
+            app.execute("SELECT rc_budget_withdraw('svc', 'billing')")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="namespace"):
+            app.execute("SELECT rc_budget_deposit('svc', 'billing', 100)")
+    with psycopg.connect(pg_empty_dsn, autocommit=True) as admin:
+        rows = admin.execute("SELECT namespace FROM rc_retry_budgets").fetchall()
+    assert rows == [("shop",)]
+
+
 def test_budgets_of_one_name_share_their_tokens_through_postgresql(pg_dsn: str) -> None:
     """What one process deposits, another process's budget of the same name spends."""
     stores = [PostgresBudgetStore(pg_dsn), PostgresBudgetStore(pg_dsn)]

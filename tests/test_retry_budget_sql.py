@@ -33,14 +33,14 @@ def test_functions_pin_pg_catalog_and_qualify_every_reference() -> None:
     assert len(definitions) == 3
     created = []
     for definition in definitions:
-        assert definition.startswith("@schema@.rc_"), definition[:40]
-        name = definition.split("(", 1)[0].removeprefix("@schema@.")
+        assert definition.startswith("@extschema@.rc_"), definition[:40]
+        name = definition.split("(", 1)[0].removeprefix("@extschema@.")
         created.append(name)
         header, body = definition.split("AS $$", 1)
         assert "SET search_path = pg_catalog, pg_temp" in header, name
         assert ("SECURITY DEFINER" in header) == (not name.endswith("_at")), name
         for reference in re.findall(r"(\S*)\brc_\w+", body.split("$$", 1)[0]):
-            assert reference.endswith("@schema@."), (name, reference)
+            assert reference.endswith("@extschema@."), (name, reference)
     revoke = re.search(r"REVOKE EXECUTE ON FUNCTION(?P<body>.*?)FROM PUBLIC;", code, re.S)
     assert revoke is not None
     assert sorted(re.findall(r"(rc_\w+)\(", revoke["body"])) == sorted(created)

@@ -21,15 +21,8 @@ from resilient_circuit.cli.connect import connect
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 
 
-def _without_retry_budget(text: str) -> str:
-    # The retry budget's section follows its own rules (tests/test_retry_budget_sql.py).
-    return re.sub(
-        r"\n-- ==== retry budget:.*-- ==== end of retry budget =*\n", "", text, flags=re.S
-    )
-
-
 def _schema_sql() -> str:
-    return _without_retry_budget((SQL_DIR / "schema.sql").read_text(encoding="utf-8"))
+    return (SQL_DIR / "schema.sql").read_text(encoding="utf-8")
 
 
 def _code(text: str) -> str:
@@ -50,9 +43,10 @@ def test_every_function_is_created_pinned_and_revoked_from_public() -> None:
     for definition in definitions:
         header = definition[: definition.index("AS $$")]
         assert "SET search_path = pg_catalog, pg_temp\n" in header, definition.split("(")[0]
-    revoke = re.search(r"REVOKE EXECUTE ON FUNCTION(?P<body>.*?)FROM PUBLIC;\s*\Z", code, re.S)
-    assert revoke is not None, "schema.sql must end with REVOKE EXECUTE ... FROM PUBLIC"
-    revoked = re.findall(r"@extschema@\.(rc_\w+)\(", revoke["body"])
+    assert re.search(r"FROM PUBLIC;\s*\Z", code), "schema.sql must end with REVOKE ... FROM PUBLIC"
+    # One REVOKE per section of the file (the retry budget's closes its own).
+    revokes = re.findall(r"REVOKE EXECUTE ON FUNCTION(.*?)FROM PUBLIC;", code, re.S)
+    revoked = [name for body in revokes for name in re.findall(r"@extschema@\.(rc_\w+)\(", body)]
     assert sorted(revoked) == sorted(created)
 
 
@@ -76,7 +70,7 @@ def test_every_reference_to_our_objects_names_the_schema() -> None:
 def test_sql_files_name_no_schema() -> None:
     """No schema is spelled out: the installer's @extschema@ or search_path decides."""
     for path in [SQL_DIR / "schema.sql", *sorted((SQL_DIR / "migrations").glob("*.sql"))]:
-        code = _code(_without_retry_budget(path.read_text(encoding="utf-8")))
+        code = _code(path.read_text(encoding="utf-8"))
         assert not re.search(r"\bpublic\.", code, re.I), path.name
         assert not re.search(r"\bSCHEMA\b|\bsearch_path\s*TO", code, re.I), path.name
         pins = re.findall(r"\bsearch_path\s*=\s*([^\n;]*)", code, re.I)
@@ -87,7 +81,11 @@ def test_every_table_constraint_is_named() -> None:
     """Explicit constraint names let a fresh install and an upgraded one agree on them."""
     code = _code(_schema_sql())
     tables = re.findall(r"CREATE TABLE @extschema@\.(\w+) \((.*?)\n\);", code, re.S)
-    assert [name for name, _ in tables] == ["rc_circuit_breakers", "rc_namespace_grants"]
+    assert [name for name, _ in tables] == [
+        "rc_circuit_breakers",
+        "rc_namespace_grants",
+        "rc_retry_budgets",
+    ]
     for name, table in tables:
         checks = len(re.findall(r"\bCHECK\b", table))
         assert checks == len(re.findall(r"CONSTRAINT \w+\s+CHECK\b", table)), name

@@ -1,4 +1,5 @@
--- resilient_circuit 0004: the fleet-wide retry budget (rc_retry_budgets and its functions).
+-- Version 4: the fleet-wide retry budget (rc_retry_budgets and its functions), new objects
+-- only. The same section ends schema.sql, byte for byte (tests/test_retry_budget_sql.py).
 
 -- ==== retry budget: a token bucket per (namespace, name), shared by the whole fleet ======
 --
@@ -9,11 +10,11 @@
 -- attempts + min_per_second x (seconds + 1). Clients batch their deposits and pass the
 -- configuration with each call (the last one wins, as with breakers).
 --
--- The functions resolve nothing through search_path: it is pinned to pg_catalog, pg_temp
--- and every reference to this schema is qualified. The schema is the one the installer put
--- first in search_path, captured once here (`@schema@` below).
+-- Like every other function, these pin search_path to pg_catalog, pg_temp and name our own
+-- objects @extschema@.name (the installer fills in the schema), and a role may only use the
+-- namespaces pg-setup granted it.
 
-CREATE TABLE rc_retry_budgets (
+CREATE TABLE @extschema@.rc_retry_budgets (
     name            varchar(255)     NOT NULL,
     namespace       varchar(255)     NOT NULL DEFAULT 'default',
     balance         double precision NOT NULL,
@@ -26,12 +27,7 @@ CREATE TABLE rc_retry_budgets (
     CONSTRAINT rc_retry_budgets_pkey PRIMARY KEY (name, namespace)
 );
 
-DO $install$
-DECLARE
-    here text := quote_ident(current_schema());
-BEGIN
-    EXECUTE replace($sql$
-CREATE OR REPLACE FUNCTION @schema@.rc_budget_settle_at(
+CREATE OR REPLACE FUNCTION @extschema@.rc_budget_settle_at(
     p_name text,
     p_namespace text,
     p_first_attempts bigint,
@@ -81,15 +77,16 @@ BEGIN
         RAISE EXCEPTION 'rc: p_withdraw must be true or false, got NULL'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    PERFORM @extschema@.rc_check_namespace(p_namespace);
 
     -- A new budget starts with one second of floor, so a process's first retries are not
     -- refused just because no deposit has been flushed yet.
-    INSERT INTO @schema@.rc_retry_budgets AS b
+    INSERT INTO @extschema@.rc_retry_budgets AS b
         (name, namespace, balance, min_per_second, created_at, updated_at)
     VALUES (p_name, p_namespace, p_min_per_second, p_min_per_second, v_now, v_now)
     ON CONFLICT (name, namespace) DO NOTHING;
     SELECT b.balance, b.updated_at INTO v_balance, v_then
-    FROM @schema@.rc_retry_budgets AS b
+    FROM @extschema@.rc_retry_budgets AS b
     WHERE b.name = p_name AND b.namespace = p_namespace
     FOR UPDATE;
 
@@ -110,7 +107,7 @@ BEGIN
         v_balance := greatest(0, v_balance - 1);
     END IF;
 
-    UPDATE @schema@.rc_retry_budgets AS b
+    UPDATE @extschema@.rc_retry_budgets AS b
     SET balance = v_balance,
         min_per_second = p_min_per_second,
         first_attempts = b.first_attempts + p_first_attempts,
@@ -125,7 +122,7 @@ BEGIN
 END;
 $$;
 
-CREATE OR REPLACE FUNCTION @schema@.rc_budget_deposit(
+CREATE OR REPLACE FUNCTION @extschema@.rc_budget_deposit(
     p_name text,
     p_namespace text DEFAULT 'default',
     p_first_attempts bigint DEFAULT 1,
@@ -137,11 +134,11 @@ LANGUAGE sql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT s.balance FROM @schema@.rc_budget_settle_at(
+    SELECT s.balance FROM @extschema@.rc_budget_settle_at(
         p_name, p_namespace, p_first_attempts, p_ratio, p_min_per_second, false, NULL) AS s;
 $$;
 
-CREATE OR REPLACE FUNCTION @schema@.rc_budget_withdraw(
+CREATE OR REPLACE FUNCTION @extschema@.rc_budget_withdraw(
     p_name text,
     p_namespace text DEFAULT 'default',
     p_min_per_second double precision DEFAULT 10,
@@ -153,40 +150,39 @@ LANGUAGE sql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT s.permitted FROM @schema@.rc_budget_settle_at(
+    SELECT s.permitted FROM @extschema@.rc_budget_settle_at(
         p_name, p_namespace, p_first_attempts, p_ratio, p_min_per_second, true, NULL) AS s;
 $$;
-$sql$, '@schema@', here);
-END
-$install$;
 
-COMMENT ON TABLE rc_retry_budgets IS
+COMMENT ON TABLE @extschema@.rc_retry_budgets IS
     'Fleet-wide retry budgets: a token bucket per (namespace, name), changed only by the '
     'budget deposit and withdraw functions.';
-COMMENT ON COLUMN rc_retry_budgets.balance IS
+COMMENT ON COLUMN @extschema@.rc_retry_budgets.balance IS
     'Tokens left when updated_at was written; one token pays for one retry.';
-COMMENT ON COLUMN rc_retry_budgets.min_per_second IS
+COMMENT ON COLUMN @extschema@.rc_retry_budgets.min_per_second IS
     'The floor: the bucket refills by itself up to this many tokens, at this many per second.';
-COMMENT ON COLUMN rc_retry_budgets.first_attempts IS
+COMMENT ON COLUMN @extschema@.rc_retry_budgets.first_attempts IS
     'First attempts ever deposited.';
-COMMENT ON COLUMN rc_retry_budgets.retries IS
+COMMENT ON COLUMN @extschema@.rc_retry_budgets.retries IS
     'Withdrawals granted (retries made).';
-COMMENT ON COLUMN rc_retry_budgets.refusals IS
+COMMENT ON COLUMN @extschema@.rc_retry_budgets.refusals IS
     'Withdrawals refused (retries not made).';
-COMMENT ON FUNCTION rc_budget_settle_at(text, text, bigint, double precision, double precision,
-                                        boolean, timestamptz) IS
+COMMENT ON FUNCTION @extschema@.rc_budget_settle_at(
+    text, text, bigint, double precision, double precision, boolean, timestamptz) IS
     'Deposits p_first_attempts x p_ratio tokens and, with p_withdraw, takes one for a retry, '
     'at an explicit time (NULL: the server clock once the row is locked).';
-COMMENT ON FUNCTION rc_budget_deposit(text, text, bigint, double precision, double precision) IS
+COMMENT ON FUNCTION @extschema@.rc_budget_deposit(
+    text, text, bigint, double precision, double precision) IS
     'Deposits p_first_attempts x p_ratio tokens (a batch of first attempts); returns the balance.';
-COMMENT ON FUNCTION rc_budget_withdraw(text, text, double precision, bigint, double precision)
-    IS 'May a retry happen now? Takes one token if so; can carry a batch of deposits along.';
+COMMENT ON FUNCTION @extschema@.rc_budget_withdraw(
+    text, text, double precision, bigint, double precision) IS
+    'May a retry happen now? Takes one token if so; can carry a batch of deposits along.';
 
 -- Nothing is executable by default; `pg-setup --app-role` grants the public functions.
 REVOKE EXECUTE ON FUNCTION
-    rc_budget_settle_at(text, text, bigint, double precision, double precision, boolean,
-                        timestamptz),
-    rc_budget_deposit(text, text, bigint, double precision, double precision),
-    rc_budget_withdraw(text, text, double precision, bigint, double precision)
+    @extschema@.rc_budget_settle_at(text, text, bigint, double precision, double precision,
+                                    boolean, timestamptz),
+    @extschema@.rc_budget_deposit(text, text, bigint, double precision, double precision),
+    @extschema@.rc_budget_withdraw(text, text, double precision, bigint, double precision)
 FROM PUBLIC;
 -- ==== end of retry budget ================================================================
