@@ -21,7 +21,14 @@ from resilient_circuit.circuit_breaker import (
 from resilient_circuit.exceptions import ProtectedCallError, ProtectionException, RetryLimitReached
 from resilient_circuit.failsafe import SafetyNet
 from resilient_circuit.policy import ProtectionPolicy
-from resilient_circuit.retry import RetryEvent, RetryHook, RetryWithBackoffPolicy
+from resilient_circuit.retry import (
+    GiveUpEvent,
+    GiveUpHook,
+    RetryEvent,
+    RetryHook,
+    RetryWithBackoffPolicy,
+)
+from resilient_circuit.retry_budget import RetryBudget
 from resilient_circuit.storage import StorageError
 
 try:
@@ -36,9 +43,12 @@ __all__ = (
     "ExecutionLog",
     "ExponentialDelay",
     "FixedDelay",
+    "GiveUpEvent",
+    "GiveUpHook",
     "ProtectedCallError",
     "ProtectionException",
     "ProtectionPolicy",
+    "RetryBudget",
     "RetryEvent",
     "RetryHook",
     "RetryLimitReached",

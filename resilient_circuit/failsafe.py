@@ -25,7 +25,8 @@ class SafetyNet:
             if not callable(policy):
                 raise TypeError(f"`policies` must hold policies, got {type(policy).__name__}")
         if len({id(p) for p in policies}) != len(policies):
-            raise ValueError("`policies` must not list the same policy twice")
+            # 0.4.5's exact words: users' tests match on them.
+            raise ValueError("All policies must be unique.")
         self.policies = policies
 
     def __call__(self, func: F) -> F:

@@ -1,4 +1,4 @@
-"""Retry with backoff: a small decision engine with thin sync and async drivers."""
+"""Retry with backoff: thin sync and async drivers around ``_retry_engine.RetryEngine``."""
 
 from __future__ import annotations
 
@@ -7,49 +7,82 @@ import functools
 import inspect
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar, cast
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 from resilient_circuit import _testing
-from resilient_circuit.exceptions import RetryLimitReached
+from resilient_circuit._retry_engine import (
+    Call,
+    DelayStrategy,
+    GiveUp,
+    GiveUpEvent,
+    RetryEngine,
+    RetryEvent,
+)
 from resilient_circuit.policy import ProtectionPolicy
 
-__all__ = ("RetryEvent", "RetryHook", "RetryWithBackoffPolicy")
+if TYPE_CHECKING:
+    from resilient_circuit.retry_budget import RetryBudget
+
+__all__ = (
+    "DelayStrategy",
+    "GiveUpEvent",
+    "GiveUpHook",
+    "RetryEvent",
+    "RetryHook",
+    "RetryWithBackoffPolicy",
+    "async_sleep",
+    "sleep",
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-
-class DelayStrategy(Protocol):
-    """Anything with ``for_attempt(n) -> seconds``, like ExponentialDelay and FixedDelay."""
-
-    def for_attempt(self, attempt: int) -> float: ...
-
-
-@dataclass(frozen=True, slots=True)
-class RetryEvent:
-    """One failed attempt that will be retried after ``delay`` seconds."""
-
-    attempt: int
-    delay: float
-    exception: Exception
+#: What a sync retry sleeps with unless the policy was given ``sleep=``; looked up at
+#: each wait, so tests can patch ``resilient_circuit.retry.sleep`` (as with 0.4.5).
+sleep: Callable[[float], object] = time.sleep
+#: The same for coroutine functions: ``resilient_circuit.retry.async_sleep``.
+async_sleep: Callable[[float], Awaitable[object]] = asyncio.sleep
 
 
 class RetryHook(Protocol):
-    """Called before each retry's wait."""
+    """Called before each retry's wait (may be ``async def`` for coroutine functions)."""
 
-    def __call__(self, event: RetryEvent) -> None: ...
+    def __call__(self, event: RetryEvent) -> object: ...
+
+
+class GiveUpHook(Protocol):
+    """Called once when the policy stops retrying a handled failure."""
+
+    def __call__(self, event: GiveUpEvent) -> object: ...
 
 
 def _handle_all(exc: Exception) -> bool:
     return True
 
 
+def _raise(step: GiveUp) -> Any:
+    error = step.error
+    if error is None:
+        return step.result
+    cause = step.cause
+    if cause is None:
+        raise error
+    current = None if step.event is None else step.event.exception
+    if current is not None and current is not cause:
+        # The error that ended the retries (say the breaker's rejection) stays
+        # reachable as the context; the cause is the function's own last error.
+        error.__context__ = current
+    raise error from cause
+
+
 class RetryWithBackoffPolicy(ProtectionPolicy):
     """Call again after handled exceptions, up to ``max_retries`` more times.
 
     When every attempt failed, raises ``RetryLimitReached`` chained ``from`` the last
-    error; an exception ``should_handle`` declines propagates at once, unchanged.
-    There is no wait after the last attempt, and a zero delay never calls ``sleep``.
+    error the function raised; an exception ``should_handle`` declines propagates at
+    once, unchanged. There is no wait after the last attempt, and a zero delay never
+    calls ``sleep``. See the README for ``max_duration``, ``retry_if_result``,
+    ``retry_after``, the hooks and ``budget``.
     """
 
     def __init__(
@@ -59,8 +92,13 @@ class RetryWithBackoffPolicy(ProtectionPolicy):
         max_retries: int = 3,
         should_handle: Callable[[Exception], bool] = _handle_all,
         on_retry: RetryHook | None = None,
-        sleep: Callable[[float], None] = time.sleep,
-        async_sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        on_give_up: GiveUpHook | None = None,
+        max_duration: timedelta | None = None,
+        retry_if_result: Callable[[Any], bool] | None = None,
+        budget: RetryBudget | None = None,
+        sleep: Callable[[float], object] | None = None,
+        async_sleep: Callable[[float], Awaitable[object]] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if isinstance(max_retries, bool) or not isinstance(max_retries, int):
             raise TypeError(f"`max_retries` must be an int, got {type(max_retries).__name__}")
@@ -68,34 +106,50 @@ class RetryWithBackoffPolicy(ProtectionPolicy):
             raise ValueError(f"`max_retries` must be >= 0, got {max_retries}")
         if backoff is not None and not callable(getattr(backoff, "for_attempt", None)):
             raise TypeError("`backoff` must have a for_attempt(attempt) method")
+        if not callable(should_handle):
+            raise TypeError("`should_handle` must be callable")
+        if not callable(clock):
+            raise TypeError("`clock` must be callable")
         for name, value in (
-            ("should_handle", should_handle),
+            ("on_retry", on_retry),
+            ("on_give_up", on_give_up),
+            ("retry_if_result", retry_if_result),
             ("sleep", sleep),
             ("async_sleep", async_sleep),
         ):
-            if not callable(value):
-                raise TypeError(f"`{name}` must be callable")
-        if on_retry is not None and not callable(on_retry):
-            raise TypeError("`on_retry` must be callable or None")
+            if value is not None and not callable(value):
+                raise TypeError(f"`{name}` must be callable or None")
+        if max_duration is not None:
+            if not isinstance(max_duration, timedelta):
+                raise TypeError(
+                    f"`max_duration` must be a timedelta, got {type(max_duration).__name__}"
+                )
+            if max_duration <= timedelta(0):
+                raise ValueError(f"`max_duration` must be positive, got {max_duration}")
+        if budget is not None:
+            from resilient_circuit.retry_budget import RetryBudget
+
+            if not isinstance(budget, RetryBudget):
+                raise TypeError(f"`budget` must be a RetryBudget, got {type(budget).__name__}")
         self.backoff = backoff
         self.max_retries = max_retries
         self.max_attempts = max_retries + 1
-        self.should_consider_failure = should_handle
+        self.should_handle = should_handle
         self.on_retry = on_retry
+        self.on_give_up = on_give_up
+        self.max_duration = max_duration
+        self.retry_if_result = retry_if_result
+        self.budget = budget
         self._sleep = sleep
         self._async_sleep = async_sleep
-
-    def _delay_before_retry(self, attempt: int, exc: Exception) -> float:
-        """Seconds to wait after failed ``attempt``; the driver already checked it may retry."""
-        delay = 0.0
-        if self.backoff is not None and not _testing.is_testing():
-            delay = self.backoff.for_attempt(attempt)
-        if self.on_retry is not None:
-            self.on_retry(RetryEvent(attempt, delay, exc))
-        return delay
-
-    def _give_up(self, attempts: int) -> RetryLimitReached:
-        return RetryLimitReached(f"gave up after {attempts} attempts")
+        self._clock = clock
+        self._engine = RetryEngine(
+            backoff=backoff,
+            max_attempts=self.max_attempts,
+            should_handle=should_handle,
+            max_duration=None if max_duration is None else max_duration.total_seconds(),
+            handles_everything=should_handle is _handle_all,
+        )
 
     def __call__(self, func: F) -> F:
         """Wrap ``func`` (sync or ``async def``) in this retry policy."""
@@ -103,44 +157,165 @@ class RetryWithBackoffPolicy(ProtectionPolicy):
             return cast(F, self._wrap_async(func))
         return cast(F, self._wrap_sync(func))
 
-    def _wrap_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
-        handles = self.should_consider_failure
+    # The first attempt runs in the wrapper itself and costs as little as a decorator
+    # can: everything else (the engine, the clock, hooks, the budget's withdrawal)
+    # happens only once an attempt failed.
 
-        @functools.wraps(func)
-        def retrying(*args: Any, **kwargs: Any) -> Any:
-            attempt = 0
-            while True:
+    def _wrap_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        timed = self.max_duration is not None
+        clock = self._clock
+        deposit = None if self.budget is None else self.budget.deposit
+        check = self.retry_if_result
+        drive = self._drive_sync
+        if deposit is None and not timed and check is None:
+
+            @functools.wraps(func)
+            def plain(*args: Any, **kwargs: Any) -> Any:
+                # 0.4.5's options only: nothing but the call on the way to success.
                 try:
                     return func(*args, **kwargs)
                 except Exception as exc:
-                    attempt += 1
-                    if not handles(exc):
-                        raise
-                    if attempt >= self.max_attempts:
-                        raise self._give_up(attempt) from exc
-                    delay = self._delay_before_retry(attempt, exc)
-                if delay > 0:
-                    self._sleep(delay)
+                    error: Exception = exc
+                return drive(func, args, kwargs, 0.0, error, None)
+
+            return plain
+
+        @functools.wraps(func)
+        def retrying(*args: Any, **kwargs: Any) -> Any:
+            if deposit is not None:
+                deposit()
+            started = clock() if timed else 0.0
+            try:
+                result = func(*args, **kwargs)
+            except Exception as exc:
+                error: Exception = exc
+            else:
+                if check is None or not check(result):
+                    return result
+                return drive(func, args, kwargs, started, None, result)
+            return drive(func, args, kwargs, started, error, None)
 
         return retrying
 
-    def _wrap_async(self, func: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-        handles = self.should_consider_failure
+    def _drive_sync(
+        self,
+        func: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        started: float,
+        error: Exception | None,
+        result: Any,
+    ) -> Any:
+        engine, clock, check = self._engine, self._clock, self.retry_if_result
+        budget, on_retry, on_give_up = self.budget, self.on_retry, self.on_give_up
+        timed = self.max_duration is not None
+        call = Call(started)
+        while True:
+            now = clock() if timed else 0.0
+            if error is not None:
+                step = engine.after_error(call, error, now)
+            else:
+                step = engine.after_result(call, result, now)
+            if type(step) is float and budget is not None and not budget.withdraw():
+                step = engine.refused_by_budget(call, error, result)
+            if isinstance(step, GiveUp):
+                if step.event is not None and on_give_up is not None:
+                    on_give_up(step.event)
+                return _raise(step)
+            if on_retry is not None:
+                on_retry(RetryEvent(call.attempts - 1, step, error, result))
+            if step > 0 and not _testing.is_testing():
+                (self._sleep or sleep)(step)
+            error = None
+            try:
+                result = func(*args, **kwargs)
+            except Exception as exc:
+                error, result = exc, None
+            else:
+                if check is None or not check(result):
+                    return result
 
-        @functools.wraps(func)
-        async def retrying(*args: Any, **kwargs: Any) -> Any:
-            attempt = 0
-            while True:
+    def _wrap_async(self, func: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        timed = self.max_duration is not None
+        clock = self._clock
+        deposit = None if self.budget is None else self.budget.deposit
+        check = self.retry_if_result
+        drive = self._drive_async
+        if deposit is None and not timed and check is None:
+
+            @functools.wraps(func)
+            async def plain(*args: Any, **kwargs: Any) -> Any:
                 try:
                     return await func(*args, **kwargs)
                 except Exception as exc:
-                    attempt += 1
-                    if not handles(exc):
-                        raise
-                    if attempt >= self.max_attempts:
-                        raise self._give_up(attempt) from exc
-                    delay = self._delay_before_retry(attempt, exc)
-                if delay > 0:
-                    await self._async_sleep(delay)
+                    error: Exception = exc
+                return await drive(func, args, kwargs, 0.0, error, None)
+
+            return plain
+
+        @functools.wraps(func)
+        async def retrying(*args: Any, **kwargs: Any) -> Any:
+            if deposit is not None:
+                deposit()
+            started = clock() if timed else 0.0
+            try:
+                result = await func(*args, **kwargs)
+            except Exception as exc:
+                error: Exception = exc
+            else:
+                if check is None or not await _verdict(check(result)):
+                    return result
+                return await drive(func, args, kwargs, started, None, result)
+            return await drive(func, args, kwargs, started, error, None)
 
         return retrying
+
+    async def _drive_async(
+        self,
+        func: Callable[..., Awaitable[Any]],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        started: float,
+        error: Exception | None,
+        result: Any,
+    ) -> Any:
+        engine, clock, check = self._engine, self._clock, self.retry_if_result
+        budget, on_retry, on_give_up = self.budget, self.on_retry, self.on_give_up
+        timed = self.max_duration is not None
+        call = Call(started)
+        while True:
+            now = clock() if timed else 0.0
+            if error is not None:
+                step = engine.after_error(call, error, now)
+            else:
+                step = engine.after_result(call, result, now)
+            if type(step) is float and budget is not None and not await budget.withdraw_async():
+                step = engine.refused_by_budget(call, error, result)
+            if isinstance(step, GiveUp):
+                if step.event is not None and on_give_up is not None:
+                    await _maybe_await(on_give_up(step.event))
+                return _raise(step)
+            if on_retry is not None:
+                await _maybe_await(on_retry(RetryEvent(call.attempts - 1, step, error, result)))
+            if step > 0 and not _testing.is_testing():
+                await (self._async_sleep or async_sleep)(step)
+            error = None
+            try:
+                result = await func(*args, **kwargs)
+            except Exception as exc:
+                error, result = exc, None
+            else:
+                if check is None or not await _verdict(check(result)):
+                    return result
+
+
+async def _verdict(value: object) -> bool:
+    # retry_if_result may be an ``async def`` predicate for coroutine functions.
+    if inspect.isawaitable(value):
+        value = await value
+    return bool(value)
+
+
+async def _maybe_await(value: object) -> None:
+    if inspect.isawaitable(value):
+        await value

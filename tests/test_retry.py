@@ -192,22 +192,90 @@ def test_retry_validation_names_the_parameter(
         RetryWithBackoffPolicy(**kwargs)
 
 
-def test_safety_net_applies_first_policy_outermost() -> None:
-    """Retry outside the breaker: retries see the breaker's rejection once it trips."""
-    storage = InMemoryStorage()
+class FakeTime:
+    """One clock for the breaker (nanoseconds) and the retry (seconds); sleeping advances it."""
+
+    def __init__(self) -> None:
+        self.ns = 1_000_000_000
+        self.waits: list[float] = []
+
+    def monotonic_ns(self) -> int:
+        return self.ns
+
+    def monotonic(self) -> float:
+        return self.ns / 1e9
+
+    def sleep(self, seconds: float) -> None:
+        self.waits.append(seconds)
+        self.ns += round(seconds * 1e9)
+
+
+def timing_out() -> Any:
+    calls = {"n": 0}
+
+    def fetch() -> str:
+        calls["n"] += 1
+        raise TimeoutError(f"attempt {calls['n']}")
+
+    fetch.calls = calls  # type: ignore[attr-defined]
+    return fetch
+
+
+def test_breaker_opening_mid_retry_leaves_the_callers_error_as_the_cause() -> None:
+    """Retry outermost in a SafetyNet: the breaker opens, the caller's TimeoutError is the cause."""
     breaker = CircuitProtectorPolicy(
-        storage=storage, failure_limit=Fraction(2, 2), cooldown=timedelta(seconds=60)
+        storage=InMemoryStorage(), failure_limit=Fraction(2, 3), cooldown=timedelta(seconds=60)
     )
-    retry = RetryWithBackoffPolicy(max_retries=3)
-    func = failing_until(99)
+    waits: list[float] = []
+    retry = RetryWithBackoffPolicy(max_retries=5, sleep=waits.append)
+    fetch = timing_out()
     with pytest.raises(RetryLimitReached) as caught:
-        SafetyNet(policies=(retry, breaker))(func)()
-    assert isinstance(caught.value.__cause__, ProtectedCallError)
-    assert func.calls["n"] == 1
+        SafetyNet(policies=(retry, breaker))(fetch)()
+    assert isinstance(caught.value.__cause__, TimeoutError)
+    assert str(caught.value.__cause__) == "attempt 3"
+    # The rejection that ended the retries is kept as the context, not retried back to back.
+    assert isinstance(caught.value.__context__, ProtectedCallError)
+    assert fetch.calls["n"] == 3
+    assert waits == []
+
+
+def test_retry_waits_for_the_breaker_when_max_duration_allows() -> None:
+    """A rejection's retry_after is waited out when it fits max_duration; the trial then runs."""
+    now = FakeTime()
+    breaker = CircuitProtectorPolicy(
+        storage=InMemoryStorage(clock=now.monotonic_ns),
+        failure_limit=Fraction(1, 1),
+        cooldown=timedelta(seconds=60),
+    )
+    retry = RetryWithBackoffPolicy(
+        max_retries=3, max_duration=timedelta(minutes=2), sleep=now.sleep, clock=now.monotonic
+    )
+    func = failing_until(2, TimeoutError("slow"))
+    assert SafetyNet(policies=(retry, breaker))(func)() == "ok"
+    assert now.waits == [60.0]
+    assert func.calls["n"] == 2
+
+
+def test_retry_gives_up_at_once_when_the_breaker_wait_exceeds_max_duration() -> None:
+    """A cooldown longer than what is left of max_duration ends the retries without waiting."""
+    now = FakeTime()
+    breaker = CircuitProtectorPolicy(
+        storage=InMemoryStorage(clock=now.monotonic_ns),
+        failure_limit=Fraction(1, 1),
+        cooldown=timedelta(seconds=60),
+    )
+    retry = RetryWithBackoffPolicy(
+        max_retries=5, max_duration=timedelta(seconds=30), sleep=now.sleep, clock=now.monotonic
+    )
+    fetch = timing_out()
+    with pytest.raises(RetryLimitReached) as caught:
+        SafetyNet(policies=(retry, breaker))(fetch)()
+    assert str(caught.value.__cause__) == "attempt 1"
+    assert now.waits == []
 
 
 def test_safety_net_refuses_duplicates() -> None:
-    """Listing the same policy twice is an error naming `policies`."""
+    """Listing the same policy twice raises 0.4.5's ValueError message."""
     retry = RetryWithBackoffPolicy()
-    with pytest.raises(ValueError, match="policies"):
+    with pytest.raises(ValueError, match=r"^All policies must be unique\.$"):
         SafetyNet(policies=(retry, retry))

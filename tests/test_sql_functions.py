@@ -685,6 +685,8 @@ def test_function_attributes(conn: Conn) -> None:
     ).fetchall()
     definers = {name for name, definer, _, _ in rows if definer}
     assert definers == {
+        "rc_budget_deposit",
+        "rc_budget_withdraw",
         "rc_configure",
         "rc_force",
         "rc_forget",
