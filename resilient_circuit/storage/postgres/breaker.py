@@ -375,6 +375,11 @@ class PgBreaker(Breaker):
             self._batch_size = max(_MIN_BATCH, self._batch_size // 2)
         return exc
 
+    def report_shed(self) -> None:
+        """Log the outcomes shed and not yet told of, now (at close)."""
+        if self._queue is not None:
+            self._report_shed(self._queue, True)
+
     def _report_shed(self, queue: OutcomeQueue, final: bool) -> None:
         now = time.monotonic()
         if not final and now - self._shed_logged_at < _SHED_LOG_INTERVAL:
