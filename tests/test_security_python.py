@@ -426,3 +426,53 @@ def test_watch_prints_no_terminal_control_characters(pg_dsn: str) -> None:
     assert "key" in text
     assert not any(ch in text.rstrip("\n") for ch in "\x1b\x07\r\u202e"), repr(text)
     assert text.count("\n") == 1, repr(text)
+
+
+# -------------------------------------------------------------- deleted while in use
+
+
+@pytest.mark.parametrize("admission", ["strict", "cached"])
+@pytest.mark.parametrize("deletion", ["gc", "forget"])
+def test_a_breaker_deleted_while_in_use_keeps_protecting_with_its_configuration(
+    pg_dsn: str, stores: Callable[..., PostgresStorage], admission: str, deletion: str
+) -> None:
+    """After rc_gc or rc_forget, a running policy's outcomes count and its configuration returns."""
+    store = stores()
+    policy = CircuitProtectorPolicy(
+        resource_key="reused",
+        storage=store,
+        failure_limit=Fraction(1, 2),
+        cooldown=timedelta(hours=1),
+        admission=admission,  # type: ignore[arg-type]
+    )
+    if admission == "cached":
+        assert store.wait_listening()
+
+    @policy
+    def call(ok: bool) -> None:
+        if not ok:
+            raise Boom
+
+    call(True)
+    policy.status = CircuitState.OPEN
+    policy.reset()  # CLOSED again, at generation 2
+    with psycopg.connect(pg_dsn, autocommit=True) as owner:
+        if deletion == "gc":
+            assert owner.execute("SELECT rc_gc('0 seconds')").fetchone() == (1,)
+        else:
+            assert owner.execute("SELECT rc_forget('reused')").fetchone() == (True,)
+    for _ in range(6):
+        try:
+            call(False)
+        except Boom:
+            pass
+        except ProtectedCallError:
+            break
+    else:
+        pytest.fail("the breaker never opened after its row was deleted")
+    with psycopg.connect(pg_dsn, autocommit=True) as owner:
+        row = owner.execute(
+            "SELECT state, failure_limit_num, failure_limit_den, window_size, cooldown"
+            " FROM rc_circuit_breakers WHERE resource_key = 'reused'"
+        ).fetchone()
+    assert row == ("OPEN", 1, 2, 2, timedelta(hours=1))
