@@ -476,3 +476,33 @@ def test_a_breaker_deleted_while_in_use_keeps_protecting_with_its_configuration(
             " FROM rc_circuit_breakers WHERE resource_key = 'reused'"
         ).fetchone()
     assert row == ("OPEN", 1, 2, 2, timedelta(hours=1))
+
+
+def test_storage_and_cli_forget_and_gc(pg_dsn: str, stores: Callable[..., PostgresStorage]) -> None:
+    """forget/gc on PostgresStorage and as commands delete what they say, and check idle."""
+    store = stores()
+    for key in ("a", "b", "c"):
+        CircuitProtectorPolicy(resource_key=key, storage=store)(lambda: None)()
+    assert store.forget("a") is True
+    assert store.forget("a") is False
+    with pytest.raises(ValueError, match="`idle`"):
+        store.gc(timedelta(days=3651))
+    with pytest.raises(ValueError, match="`idle`"):
+        store.gc(timedelta(seconds=-1))
+    assert store.gc(timedelta(hours=1)) == 0
+
+    forgot = CliRunner().invoke(cli, ["forget", "b", "--dsn", pg_dsn])
+    assert forgot.exit_code == 0, forgot.output
+    assert "Forgot default/b." in forgot.output
+    missing = CliRunner().invoke(cli, ["forget", "b", "--dsn", pg_dsn])
+    assert missing.exit_code == 1
+    assert "no breaker default/b" in missing.output
+    refused = CliRunner().invoke(cli, ["gc", "--idle", "1 mon", "--dsn", pg_dsn])
+    assert refused.exit_code == 1
+    assert "p_idle" in refused.output
+    collected = CliRunner().invoke(cli, ["gc", "--idle", "0 seconds", "--dsn", pg_dsn])
+    assert collected.exit_code == 0, collected.output
+    assert "Deleted 1 CLOSED breaker(s)" in collected.output
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        left = conn.execute("SELECT resource_key FROM rc_circuit_breakers").fetchall()
+    assert left == []

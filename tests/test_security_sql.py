@@ -302,6 +302,10 @@ def test_pg_setup_namespace_option_grants_exactly_and_says_so(
     every = _pg_setup("--yes", "--dsn", pg_dsn, "--app-role", fresh, *_ns("*"))
     assert f"Role '{fresh}' may use every namespace ('*')." in every.stdout
     assert "WARNING" in every.stderr
+    dry = _pg_setup("--dry-run", "--dsn", pg_dsn, "--app-role", role, *_ns("d"))
+    assert dry.exit_code == 0, dry.output
+    assert "INSERT INTO" in dry.stdout
+    assert "rc_namespace_grants" in dry.stdout
     lone = _pg_setup("--yes", "--dsn", pg_dsn, *_ns("a"))
     assert lone.exit_code == 2
     assert "--namespace needs --app-role" in lone.output
