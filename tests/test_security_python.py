@@ -426,3 +426,83 @@ def test_watch_prints_no_terminal_control_characters(pg_dsn: str) -> None:
     assert "key" in text
     assert not any(ch in text.rstrip("\n") for ch in "\x1b\x07\r\u202e"), repr(text)
     assert text.count("\n") == 1, repr(text)
+
+
+# -------------------------------------------------------------- deleted while in use
+
+
+@pytest.mark.parametrize("admission", ["strict", "cached"])
+@pytest.mark.parametrize("deletion", ["gc", "forget"])
+def test_a_breaker_deleted_while_in_use_keeps_protecting_with_its_configuration(
+    pg_dsn: str, stores: Callable[..., PostgresStorage], admission: str, deletion: str
+) -> None:
+    """After rc_gc or rc_forget, a running policy's outcomes count and its configuration returns."""
+    store = stores()
+    policy = CircuitProtectorPolicy(
+        resource_key="reused",
+        storage=store,
+        failure_limit=Fraction(1, 2),
+        cooldown=timedelta(hours=1),
+        admission=admission,  # type: ignore[arg-type]
+    )
+    if admission == "cached":
+        assert store.wait_listening()
+
+    @policy
+    def call(ok: bool) -> None:
+        if not ok:
+            raise Boom
+
+    call(True)
+    policy.status = CircuitState.OPEN
+    policy.reset()  # CLOSED again, at generation 2
+    with psycopg.connect(pg_dsn, autocommit=True) as owner:
+        if deletion == "gc":
+            assert owner.execute("SELECT rc_gc('0 seconds')").fetchone() == (1,)
+        else:
+            assert owner.execute("SELECT rc_forget('reused')").fetchone() == (True,)
+    for _ in range(6):
+        try:
+            call(False)
+        except Boom:
+            pass
+        except ProtectedCallError:
+            break
+    else:
+        pytest.fail("the breaker never opened after its row was deleted")
+    with psycopg.connect(pg_dsn, autocommit=True) as owner:
+        row = owner.execute(
+            "SELECT state, failure_limit_num, failure_limit_den, window_size, cooldown"
+            " FROM rc_circuit_breakers WHERE resource_key = 'reused'"
+        ).fetchone()
+    assert row == ("OPEN", 1, 2, 2, timedelta(hours=1))
+
+
+def test_storage_and_cli_forget_and_gc(pg_dsn: str, stores: Callable[..., PostgresStorage]) -> None:
+    """forget/gc on PostgresStorage and as commands delete what they say, and check idle."""
+    store = stores()
+    for key in ("a", "b", "c"):
+        CircuitProtectorPolicy(resource_key=key, storage=store)(lambda: None)()
+    assert store.forget("a") is True
+    assert store.forget("a") is False
+    with pytest.raises(ValueError, match="`idle`"):
+        store.gc(timedelta(days=3651))
+    with pytest.raises(ValueError, match="`idle`"):
+        store.gc(timedelta(seconds=-1))
+    assert store.gc(timedelta(hours=1)) == 0
+
+    forgot = CliRunner().invoke(cli, ["forget", "b", "--dsn", pg_dsn])
+    assert forgot.exit_code == 0, forgot.output
+    assert "Forgot default/b." in forgot.output
+    missing = CliRunner().invoke(cli, ["forget", "b", "--dsn", pg_dsn])
+    assert missing.exit_code == 1
+    assert "no breaker default/b" in missing.output
+    refused = CliRunner().invoke(cli, ["gc", "--idle", "1 mon", "--dsn", pg_dsn])
+    assert refused.exit_code == 1
+    assert "p_idle" in refused.output
+    collected = CliRunner().invoke(cli, ["gc", "--idle", "0 seconds", "--dsn", pg_dsn])
+    assert collected.exit_code == 0, collected.output
+    assert "Deleted 1 CLOSED breaker(s)" in collected.output
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        left = conn.execute("SELECT resource_key FROM rc_circuit_breakers").fetchall()
+    assert left == []

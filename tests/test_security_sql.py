@@ -250,6 +250,28 @@ def test_an_app_role_cannot_read_or_change_another_namespace(
 
 
 @pytest.mark.usefixtures("tenants")
+def test_a_leaky_function_in_a_query_sees_no_other_namespace(
+    pg_dsn: str, pg_role: Callable[[], PgRole]
+) -> None:
+    """The status view is a security barrier: a caller's own condition runs after its filter."""
+    app_dsn = _app(pg_dsn, pg_role(), "tenant_a")
+    leaked: list[str] = []
+    with _connect(app_dsn) as app:
+        app.add_notice_handler(lambda notice: leaked.append(notice.message_primary or ""))
+        # Any role may create temporary functions; a cheap one would run first if it could.
+        app.execute(
+            "CREATE FUNCTION pg_temp.leak(text, text) RETURNS boolean LANGUAGE plpgsql"
+            " COST 0.0001 AS $$ BEGIN RAISE NOTICE 'saw %/%', $1, $2; RETURN true; END $$"
+        )
+        rows = app.execute(
+            "SELECT namespace FROM rc_circuit_breaker_status"
+            " WHERE pg_temp.leak(namespace::text, resource_key::text)"
+        ).fetchall()
+    assert rows == [("tenant_a",)]
+    assert leaked == ["saw tenant_a/pay"]
+
+
+@pytest.mark.usefixtures("tenants")
 def test_the_star_grants_every_namespace_and_the_owner_keeps_all(
     pg_dsn: str, pg_role: Callable[[], PgRole]
 ) -> None:
@@ -280,6 +302,10 @@ def test_pg_setup_namespace_option_grants_exactly_and_says_so(
     every = _pg_setup("--yes", "--dsn", pg_dsn, "--app-role", fresh, *_ns("*"))
     assert f"Role '{fresh}' may use every namespace ('*')." in every.stdout
     assert "WARNING" in every.stderr
+    dry = _pg_setup("--dry-run", "--dsn", pg_dsn, "--app-role", role, *_ns("d"))
+    assert dry.exit_code == 0, dry.output
+    assert "INSERT INTO" in dry.stdout
+    assert "rc_namespace_grants" in dry.stdout
     lone = _pg_setup("--yes", "--dsn", pg_dsn, *_ns("a"))
     assert lone.exit_code == 2
     assert "--namespace needs --app-role" in lone.output

@@ -206,6 +206,13 @@ class PgBreaker(Breaker):
         last = self._last
         if last is None or reply.generation >= last.generation:
             self._last = reply
+        elif reply.generation == 0:
+            # Generations only grow while a row lives: back at 0, the row was deleted
+            # (rc_forget, rc_gc) and made anew, with the default configuration. Follow
+            # it, and store ours again. (A late reply from before the first transition
+            # looks the same; the next reply puts the newer generation back.)
+            self._last = reply
+            self._configured = False
         self._trusted = epoch == self._epoch
         return reply
 
@@ -374,6 +381,11 @@ class PgBreaker(Breaker):
             # The statement outran statement_timeout: send less at a time.
             self._batch_size = max(_MIN_BATCH, self._batch_size // 2)
         return exc
+
+    def report_shed(self) -> None:
+        """Log the outcomes shed and not yet told of, now (at close)."""
+        if self._queue is not None:
+            self._report_shed(self._queue, True)
 
     def _report_shed(self, queue: OutcomeQueue, final: bool) -> None:
         now = time.monotonic()

@@ -329,11 +329,13 @@ class PostgresStorage(CircuitBreakerStorage):
         # One attempt, made even during an outage backoff: after the first breaker that
         # cannot be written, the others are not tried (each would wait for a timeout).
         failure: StorageError | None = None
-        waiting = [b for b in self.breakers() if b.queued]
-        for found in waiting:
-            if failure is None:
+        breakers = self.breakers()
+        for found in breakers:
+            if failure is None and found.queued:
                 failure = found.flush(final=True)
-        left = [(b, b.queued) for b in waiting if b.queued]
+            else:
+                found.report_shed()
+        left = [(b, b.queued) for b in breakers if b.queued]
         if left:
             logger.warning(
                 "could not write %d batched outcomes before closing (%s): %s",
