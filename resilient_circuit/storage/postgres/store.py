@@ -154,6 +154,7 @@ class PostgresStorage(CircuitBreakerStorage):
             self._pools = borrowed
             self._prepare = None
             conninfo = borrowed.conninfo
+        self._pool_dsn = Dsn(conninfo, "pool") if borrowed is not None and conninfo else None
         self._where = describe(conninfo or "")
         self.outage = Outage(self._where)
         self._lock = threading.Lock()
@@ -343,6 +344,12 @@ class PostgresStorage(CircuitBreakerStorage):
 
     def listen(self) -> None:
         """Start the LISTEN connection that keeps cached verdicts honest."""
+        listener = self._listener
+        if listener is not None:
+            # Called on every OPEN reply while not listening: cheap once warned.
+            if listener.refused and not self._warned_unlistened and self._relies_on_notifications():
+                self._warn_unlistened()
+            return
         target = self._listen_target()
         if target is None:
             return  # a connection factory alone: no connection string to listen on
@@ -358,9 +365,6 @@ class PostgresStorage(CircuitBreakerStorage):
                     on_refused=self._listen_refused,
                 )
                 self._listener.start()
-            refused = self._listener.refused
-        if refused and self._relies_on_notifications():
-            self._warn_unlistened()
 
     def _listen_target(self) -> Dsn | None:
         """Where LISTEN goes: ``listen_dsn``, else the store's DSN, else the lent pool's."""
@@ -368,10 +372,7 @@ class PostgresStorage(CircuitBreakerStorage):
             return self._listen_dsn
         if self._dsn is not None:
             return self._dsn
-        pools = self._pools
-        if isinstance(pools, Borrowed) and pools.conninfo:
-            return Dsn(pools.conninfo, "pool")
-        return None
+        return self._pool_dsn
 
     def _relies_on_notifications(self) -> bool:
         """Whether a cached admission or a subscriber needs the LISTEN connection."""
