@@ -104,8 +104,8 @@ def _environment(env: Mapping[str, str] | None) -> Mapping[str, str]:
     return env
 
 
-_TRUE = ("1", "true", "yes", "on")
-_FALSE = ("0", "false", "no", "off")
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
 
 
 def _flag(env: Mapping[str, str], name: str) -> bool | None:

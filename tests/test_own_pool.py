@@ -236,3 +236,26 @@ def test_where_connections_come_from_is_checked() -> None:
         PostgresStorage(pool="host=x")
     with pytest.raises(TypeError, match="connection_factory"):
         PostgresStorage(connection_factory="host=x")  # type: ignore[arg-type]
+
+
+def test_a_connection_factory_alone_has_nothing_to_listen_on(pg_dsn: str) -> None:
+    """With only a factory, cached admission asks every call and watch() asks for listen_dsn."""
+    store = PostgresStorage(connection_factory=lambda: psycopg.connect(pg_dsn))
+    policy = guarded(store, admission="cached")
+
+    @policy
+    def ok() -> str:
+        return "ok"
+
+    assert ok() == "ok"
+    assert not store.listening()
+    with pytest.raises(TypeError, match="listen_dsn"):
+        store.watch(timeout=0.1)
+    listened = PostgresStorage(
+        connection_factory=lambda: psycopg.connect(pg_dsn), listen_dsn=pg_dsn
+    )
+    try:
+        guarded(listened, admission="cached")
+        assert listened.wait_listening(10)
+    finally:
+        listened.close()
