@@ -290,3 +290,30 @@ def test_another_process_through_pgbouncer_shares_the_breaker(
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "OPEN"
     assert rejects(here)
+
+
+def test_timeouts_bound_each_round_trip_through_pgbouncer(
+    bounced_dsn: str,
+    pg_dsn: str,
+    make_store: Callable[..., PostgresStorage],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Behind PgBouncer the timeouts hold per round trip: a locked row fails open in time."""
+    caplog.set_level(logging.WARNING, logger="resilient_circuit.storage")
+    store = make_store(bounced_dsn, statement_timeout=0.3)
+    guarded = policy(store, "locked")
+
+    @guarded
+    def ok() -> str:
+        return "ok"
+
+    assert ok() == "ok"
+    with psycopg.connect(pg_dsn) as locker:
+        locker.execute("SELECT * FROM rc_circuit_breakers WHERE resource_key = 'locked' FOR UPDATE")
+        started = time.monotonic()
+        assert ok() == "ok"  # the record times out on the lock: the call still succeeds
+        assert time.monotonic() - started < 2.0
+        locker.rollback()
+    outages = [r for r in caplog.records if "unavailable" in r.getMessage()]
+    assert len(outages) == 1
+    assert "timeout" in outages[0].getMessage()  # the statement's or the lock's

@@ -10,7 +10,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import (
+    AbstractAsyncContextManager,
+    AbstractContextManager,
+    contextmanager,
+    nullcontext,
+)
 from typing import Any, Protocol
 
 import psycopg
@@ -113,6 +118,14 @@ class Borrowed:
     async def running_loop(self) -> AsyncConnectionPool:
         assert self._async is not None  # the store runs sync sources in a thread instead
         return self._async
+
+    def scope(self, conn: psycopg.Connection[Any]) -> AbstractContextManager[Any]:
+        """A connection not in autocommit commits each round trip on its own."""
+        return nullcontext() if conn.autocommit else conn.transaction()
+
+    def ascope(self, conn: psycopg.AsyncConnection[Any]) -> AbstractAsyncContextManager[Any]:
+        """The coroutine twin of ``scope``."""
+        return nullcontext() if conn.autocommit else conn.transaction()
 
     def connect_kwargs(self) -> dict[str, Any]:
         """Settings of the store's own LISTEN connection."""

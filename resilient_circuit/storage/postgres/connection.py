@@ -6,7 +6,8 @@ loop, since an async pool belongs to the loop that opened it (never a thread).
 
 Nothing is sent as a startup parameter but ``application_name``: connection poolers
 such as PgBouncer refuse ``options``. The timeouts are set on each new connection
-instead, and only when it reaches PostgreSQL directly (see ``setup_session``).
+that reaches PostgreSQL directly (see ``setup_session``); through a pooler, on each
+round trip instead, for its own transaction only (see ``Pools.scope``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,14 @@ import asyncio
 import logging
 import math
 import threading
+from collections.abc import AsyncIterator, Iterator
+from contextlib import (
+    AbstractAsyncContextManager,
+    AbstractContextManager,
+    asynccontextmanager,
+    contextmanager,
+    nullcontext,
+)
 from typing import Any
 
 import psycopg
@@ -51,6 +60,34 @@ _SESSION_SETUP = (
     " THEN set_config('lock_timeout', %(timeout)s, false) END"
 )
 _SERVER_PID = "SELECT pg_backend_pid()"
+_LOCAL_TIMEOUTS = (
+    "SELECT set_config('statement_timeout', %(timeout)s, true),"
+    " set_config('lock_timeout', %(timeout)s, true)"
+)
+
+
+@contextmanager
+def local_timeouts(conn: psycopg.Connection[Any], timeout_ms: int) -> Iterator[None]:
+    """The block's statements in one transaction whose timeouts are set for it alone.
+
+    Pipelined where libpq can (14+): BEGIN, the settings, the statements and COMMIT
+    then travel as one network round trip, and the results are read after the block.
+    """
+    pipeline = conn.pipeline() if psycopg.Pipeline.is_supported() else nullcontext()
+    with pipeline, conn.transaction():
+        conn.execute(_LOCAL_TIMEOUTS, {"timeout": str(timeout_ms)}, prepare=False)
+        yield
+
+
+@asynccontextmanager
+async def alocal_timeouts(
+    conn: psycopg.AsyncConnection[Any], timeout_ms: int
+) -> AsyncIterator[None]:
+    """The coroutine twin of ``local_timeouts``."""
+    pipeline = conn.pipeline() if psycopg.AsyncPipeline.is_supported() else nullcontext()
+    async with pipeline, conn.transaction():
+        await conn.execute(_LOCAL_TIMEOUTS, {"timeout": str(timeout_ms)}, prepare=False)
+        yield
 
 
 def setup_session(conn: psycopg.Connection[Any], timeout_ms: int) -> bool:
@@ -148,6 +185,21 @@ class Pools:
         # The server counts statement_timeout in whole milliseconds and reads 0 as
         # "none": round up, never down to 0.
         return max(1, math.ceil(self.statement_timeout * 1000))
+
+    def scope(self, conn: psycopg.Connection[Any]) -> AbstractContextManager[Any]:
+        """What one round trip runs in: as it is when direct, with local timeouts when pooled.
+
+        Read the statements' results after the block: pipelined, they arrive at its end.
+        """
+        if self.through_pooler:
+            return local_timeouts(conn, self._timeout_ms())
+        return nullcontext()
+
+    def ascope(self, conn: psycopg.AsyncConnection[Any]) -> AbstractAsyncContextManager[Any]:
+        """The coroutine twin of ``scope``."""
+        if self.through_pooler:
+            return alocal_timeouts(conn, self._timeout_ms())
+        return nullcontext()
 
     def _configure(self, conn: psycopg.Connection[Any]) -> None:
         self._configured(conn, setup_session(conn, self._timeout_ms()))

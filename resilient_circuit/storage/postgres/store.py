@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -249,19 +249,20 @@ class PostgresStorage(CircuitBreakerStorage):
         wrote, started = self._begin(statement, force)
         prepare = self._prepare
         try:
-            with (
-                self.pool().connection(timeout=self.connect_timeout) as conn,
-                _own_transaction(conn),
-            ):
-                pending = breaker.pending_configuration() if breaker is not None else None
+            with self.pool().connection(timeout=self.connect_timeout) as conn:
+                with self._pools.scope(conn):
+                    pending = breaker.pending_configuration() if breaker is not None else None
+                    if breaker is not None and pending is not None:
+                        wrote = True
+                        configuring = conn.execute(
+                            self.statements.configure, pending, prepare=prepare
+                        )
+                    cur = conn.execute(statement, params, prepare=prepare)
                 if breaker is not None and pending is not None:
-                    wrote = True
-                    configured = conn.execute(
-                        self.statements.configure, pending, prepare=prepare
-                    ).fetchone()
+                    configured = configuring.fetchone()
                     if configured is not None:
                         breaker.configured(configured)
-                row = conn.execute(statement, params, prepare=prepare).fetchone()
+                row = cur.fetchone()
         except Exception as exc:
             raise self._failed(exc, started) from exc
         return self._finish(row, started, wrote, missing_ok)
@@ -286,18 +287,19 @@ class PostgresStorage(CircuitBreakerStorage):
         prepare = self._prepare
         try:
             pool = await self.apool()
-            async with (
-                pool.connection(timeout=self.connect_timeout) as conn,
-                _own_transaction(conn),
-            ):
-                pending = breaker.pending_configuration() if breaker is not None else None
+            async with pool.connection(timeout=self.connect_timeout) as conn:
+                async with self._pools.ascope(conn):
+                    pending = breaker.pending_configuration() if breaker is not None else None
+                    if breaker is not None and pending is not None:
+                        wrote = True
+                        configuring = await conn.execute(
+                            self.statements.configure, pending, prepare=prepare
+                        )
+                    cur = await conn.execute(statement, params, prepare=prepare)
                 if breaker is not None and pending is not None:
-                    wrote = True
-                    cur = await conn.execute(self.statements.configure, pending, prepare=prepare)
-                    configured = await cur.fetchone()
+                    configured = await configuring.fetchone()
                     if configured is not None:
                         breaker.configured(configured)
-                cur = await conn.execute(statement, params, prepare=prepare)
                 row = await cur.fetchone()
         except Exception as exc:
             raise self._failed(exc, started) from exc
@@ -579,11 +581,6 @@ _UNLISTENED = (
     " call (strict), and OPEN verdicts are re-checked every second. Set listen_dsn"
     " (RC_DB_LISTEN_DSN) to a direct connection to PostgreSQL to restore them."
 )
-
-
-def _own_transaction(conn: Any) -> Any:
-    """A lent connection not in autocommit commits each round trip on its own."""
-    return nullcontext() if conn.autocommit else conn.transaction()
 
 
 _shared: dict[tuple[str, str | None], PostgresStorage] = {}
