@@ -51,7 +51,7 @@ def describe(dsn: str) -> str:
 # free: the PID the client was given is not the server's. When it is, the connection
 # reaches PostgreSQL directly and the timeouts become session settings; through a
 # pooler a session setting would stick to a server connection that other clients
-# use next, so none is set (the pooler's or the role's own settings apply).
+# use next, so none is set: each round trip sets them for its own transaction.
 _SESSION_SETUP = (
     "SELECT pg_backend_pid() = %(pid)s,"
     " CASE WHEN pg_backend_pid() = %(pid)s"
@@ -175,8 +175,8 @@ class Pools:
             conn.prepare_threshold = None
         if self.through_pooler is None and not direct:
             logger.info(
-                "breaker storage connects through a connection pooler:%s session timeouts"
-                " are left to the pooler and the role",
+                "breaker storage connects through a connection pooler:%s timeouts set for"
+                " each round trip's own transaction",
                 " prepared statements off," if conn.prepare_threshold is None else "",
             )
         self.through_pooler = not direct
