@@ -317,3 +317,52 @@ def test_timeouts_bound_each_round_trip_through_pgbouncer(
     outages = [r for r in caplog.records if "unavailable" in r.getMessage()]
     assert len(outages) == 1
     assert "timeout" in outages[0].getMessage()  # the statement's or the lock's
+
+
+async def test_coroutines_through_pgbouncer(
+    bounced_dsn: str, make_store: Callable[..., PostgresStorage]
+) -> None:
+    """Async calls through PgBouncer trip the breaker another store sees, bounded in time."""
+    store = make_store(bounced_dsn, statement_timeout=0.5)
+    other = make_store(bounced_dsn)
+    guarded = policy(store, "async")
+
+    @guarded
+    async def fail() -> None:
+        raise RuntimeError("down")
+
+    for _ in range(guarded.window_size):
+        try:
+            await fail()
+        except ProtectedCallError:
+            break
+        except RuntimeError:
+            pass
+    assert rejects(policy(other, "async"))
+    snap = await guarded._breaker.asnapshot()
+    assert snap.state is CircuitState.OPEN
+    await store.aclose()
+
+
+async def test_timeouts_bound_each_async_round_trip_through_pgbouncer(
+    bounced_dsn: str, pg_dsn: str, make_store: Callable[..., PostgresStorage]
+) -> None:
+    """The coroutine path sets its timeouts per round trip too: a locked row fails open in time."""
+    store = make_store(bounced_dsn, statement_timeout=0.3)
+    guarded = policy(store, "async_locked")
+
+    @guarded
+    async def ok() -> str:
+        return "ok"
+
+    assert await ok() == "ok"
+    with psycopg.connect(pg_dsn) as locker:
+        locker.execute(
+            "SELECT * FROM rc_circuit_breakers WHERE resource_key = 'async_locked' FOR UPDATE"
+        )
+        started = time.monotonic()
+        assert await ok() == "ok"
+        assert time.monotonic() - started < 2.0
+        locker.rollback()
+    assert store.outage.down_since is not None or store.outage.up_since > started
+    await store.aclose()

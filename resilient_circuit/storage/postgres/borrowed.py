@@ -140,6 +140,9 @@ class Borrowed:
     async def aclose(self) -> None:
         """Nothing: the application closes its own pools."""
 
+    def abandon(self) -> None:
+        """In a forked child, nothing either: the application's pools are its own to reset."""
+
 
 async def in_thread(call: Callable[[], Any]) -> Any:
     """Run a sync round trip off the event loop."""
