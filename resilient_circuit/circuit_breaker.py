@@ -153,6 +153,8 @@ class CircuitProtectorPolicy(ProtectionPolicy):
     (kept honest by LISTEN/NOTIFY) instead of asking the database each time, and
     ``recording="batched"`` queues the outcomes of CLOSED calls and flushes them
     together every few milliseconds; half-open trial calls always go to the database.
+    0.8.6's ``admission_refresh_interval`` is accepted: positive selects cached
+    admission, zero strict.
     """
 
     DEFAULT_THRESHOLD = Fraction(1, 1)
@@ -212,6 +214,7 @@ class CircuitProtectorPolicy(ProtectionPolicy):
         self._local: Breaker | None = None
         self._record_error_logged = float("-inf")
         self.admission = admission
+        self.admission_refresh_interval = admission_refresh_interval
         self.recording = recording
         self._breaker = self.storage.breaker(
             self.resource_key,

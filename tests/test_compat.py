@@ -73,6 +73,7 @@ def test_admission_refresh_interval_selects_the_admission_mode(
     """A positive interval is cached admission; zero (read every call) or none is strict."""
     policy = CircuitProtectorPolicy(storage=InMemoryStorage(), admission_refresh_interval=interval)
     assert policy.admission == mode
+    assert policy.admission_refresh_interval == interval
 
 
 def test_admission_refresh_interval_is_validated() -> None:
