@@ -6,8 +6,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DOCS_STAMP := $(VENV)/.installed-docs
 
-.PHONY: install test test-memory test-postgres test-testcontainers lint format typecheck docs bench \
-	mutate demo clean
+.PHONY: install test test-memory test-postgres test-testcontainers test-pgbouncer lint format \
+	typecheck docs bench mutate demo clean
 
 install: $(STAMP)
 
@@ -30,6 +30,15 @@ test-testcontainers: install
 	echo "RC_TEST_IMAGE=$$image" && \
 	RC_TEST_IMAGE="$$image" RC_TEST_BACKEND=testcontainers TESTCONTAINERS_RYUK_DISABLED=true \
 		$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The tests that run through a real PgBouncer (transaction pooling), which `make test`
+# leaves out. The Debian package is installed when the binary is missing (as root);
+# its system service is not left running.
+test-pgbouncer: install
+	@command -v pgbouncer >/dev/null || test -x /usr/sbin/pgbouncer || { \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer \
+		&& { systemctl disable --now pgbouncer 2>/dev/null || service pgbouncer stop 2>/dev/null || true; }; }
+	$(BIN)/python -m pytest -m pgbouncer $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check .

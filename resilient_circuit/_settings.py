@@ -58,7 +58,27 @@ def database_dsn(env: Mapping[str, str] | None = None) -> str | None:
     password = env.get("RC_DB_PASSWORD")
     if password:
         parts["password"] = password
+    parts.update(_tls_parameters(env))
     return " ".join(f"{name}={_quote(value)}" for name, value in parts.items())
+
+
+# 0.8.6's TLS variables, each a libpq parameter of the same name.
+_TLS_VARIABLES = {
+    "RC_DB_SSLMODE": "sslmode",
+    "RC_DB_SSLROOTCERT": "sslrootcert",
+    "RC_DB_SSLCERT": "sslcert",
+    "RC_DB_SSLKEY": "sslkey",
+}
+
+
+def _tls_parameters(env: Mapping[str, str]) -> dict[str, str]:
+    """The ``RC_DB_SSL*`` variables that are set, as libpq parameters."""
+    found = {}
+    for variable, parameter in _TLS_VARIABLES.items():
+        value = env.get(variable, "").strip()
+        if value:
+            found[parameter] = value
+    return found
 
 
 def default_namespace(env: Mapping[str, str] | None = None) -> str:
@@ -75,3 +95,46 @@ def database_schema(env: Mapping[str, str] | None = None) -> str:
         load_dotenv_once()
         env = os.environ
     return env.get("RC_DB_SCHEMA", "").strip() or DEFAULT_SCHEMA
+
+
+def _environment(env: Mapping[str, str] | None) -> Mapping[str, str]:
+    if env is None:
+        load_dotenv_once()
+        return os.environ
+    return env
+
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool | None:
+    """A boolean variable: None when unset (or ``auto``); ValueError naming it when unreadable."""
+    value = env.get(name, "").strip().lower()
+    if not value or value == "auto":
+        return None
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError(f"`{name}` must be 1/0, true/false, yes/no or on/off, got {value!r}")
+
+
+def listen_dsn(env: Mapping[str, str] | None = None) -> str | None:
+    """``RC_DB_LISTEN_DSN``: a direct connection for LISTEN when ``RC_DB_DSN`` is a pooler."""
+    return _environment(env).get("RC_DB_LISTEN_DSN", "").strip() or None
+
+
+def prepared_statements(env: Mapping[str, str] | None = None) -> bool | None:
+    """``RC_DB_PREPARED_STATEMENTS``: 0 turns server-side prepared statements off; unset = auto."""
+    return _flag(_environment(env), "RC_DB_PREPARED_STATEMENTS")
+
+
+def strict_storage(env: Mapping[str, str] | None = None) -> bool:
+    """``RC_DB_STRICT`` (0.8.6): a database that is configured but not usable is an error."""
+    return bool(_flag(_environment(env), "RC_DB_STRICT"))
+
+
+def auto_create(env: Mapping[str, str] | None = None) -> bool:
+    """``RC_DB_AUTO_CREATE`` (0.8.6): install the schema on first use when it is missing."""
+    return bool(_flag(_environment(env), "RC_DB_AUTO_CREATE"))

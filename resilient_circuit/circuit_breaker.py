@@ -31,6 +31,7 @@ from resilient_circuit.storage import CircuitBreakerStorage, InMemoryStorage, cr
 from resilient_circuit.storage.base import Breaker, Snapshot, StorageError, check_name
 
 __all__ = (
+    "DEFAULT_ADMISSION_REFRESH_INTERVAL",
     "CircuitProtectorPolicy",
     "CircuitState",
     "CircuitStatus",
@@ -67,6 +68,37 @@ _NOT_SET: Any = _NotSet()
 
 def _handle_all(exc: Exception) -> bool:
     return True
+
+
+#: 0.8.6's default bound on how stale an admission may be. Passing it (or any positive
+#: ``admission_refresh_interval``) selects cached admission, whose staleness is far
+#: below it; see ``_admission_mode``.
+DEFAULT_ADMISSION_REFRESH_INTERVAL = timedelta(seconds=1)
+
+
+def _admission_mode(admission: str, interval: Any) -> Literal["strict", "cached"]:
+    """The admission mode that honours 0.8.6's ``admission_refresh_interval``.
+
+    0.8.6 re-read the shared state at most once per interval. A positive interval
+    maps onto cached admission (CLOSED verdicts reused while LISTEN/NOTIFY keeps them
+    honest, i.e. stale for milliseconds, never longer than the interval; without a
+    LISTEN connection every call asks the database). Zero, 0.8.6's "read on every
+    call", is strict admission, as is None (not given: ``admission`` decides).
+    """
+    if interval is None:
+        return cast(Literal["strict", "cached"], admission)
+    if not isinstance(interval, timedelta):
+        raise TypeError("`admission_refresh_interval` must be a timedelta or None")
+    if interval < timedelta(0):
+        raise ValueError(f"`admission_refresh_interval` must be >= 0, got {interval!r}")
+    if interval:
+        return "cached"
+    if admission == "cached":
+        raise ValueError(
+            "`admission_refresh_interval` of zero asks the store on every call,"
+            " which contradicts admission='cached'"
+        )
+    return "strict"
 
 
 class ExecutionLog:
@@ -121,6 +153,8 @@ class CircuitProtectorPolicy(ProtectionPolicy):
     (kept honest by LISTEN/NOTIFY) instead of asking the database each time, and
     ``recording="batched"`` queues the outcomes of CLOSED calls and flushes them
     together every few milliseconds; half-open trial calls always go to the database.
+    0.8.6's ``admission_refresh_interval`` is accepted: positive selects cached
+    admission, zero strict.
     """
 
     DEFAULT_THRESHOLD = Fraction(1, 1)
@@ -141,7 +175,9 @@ class CircuitProtectorPolicy(ProtectionPolicy):
         on_storage_error: StorageErrorMode = "open",
         admission: Literal["strict", "cached"] = "strict",
         recording: Literal["immediate", "batched"] = "immediate",
+        admission_refresh_interval: timedelta | None = None,
     ) -> None:
+        admission = _admission_mode(admission, admission_refresh_interval)
         if not callable(should_handle):
             raise TypeError("`should_handle` must be callable")
         if on_status_change is not None and not callable(on_status_change):
@@ -178,6 +214,7 @@ class CircuitProtectorPolicy(ProtectionPolicy):
         self._local: Breaker | None = None
         self._record_error_logged = float("-inf")
         self.admission = admission
+        self.admission_refresh_interval = admission_refresh_interval
         self.recording = recording
         self._breaker = self.storage.breaker(
             self.resource_key,

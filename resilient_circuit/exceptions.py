@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from resilient_circuit._machine import CircuitState
 
-__all__ = ("ProtectedCallError", "ProtectionException", "RetryLimitReached")
+__all__ = ("ProtectedCallError", "ProtectionException", "RetryLimitReached", "SchemaNotReady")
 
 
 class ProtectionException(Exception):
@@ -86,3 +86,7 @@ def _rebuild(
 
 class RetryLimitReached(ProtectionException):
     """Every attempt failed; the last error is chained as ``__cause__``."""
+
+
+class SchemaNotReady(ProtectionException):
+    """The breaker functions are not installed in the database: run ``pg-setup``."""

@@ -183,11 +183,23 @@ def pytest_report_header(config: pytest.Config) -> str:
     return f"postgresql: testcontainers backend ({TESTCONTAINERS_IMAGE})"
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     # `-m "not postgres"` then deselects every test that needs a server.
     for item in items:
         if PG_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.postgres)
+    _deselect_pgbouncer(config, items)
+
+
+def _deselect_pgbouncer(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """PgBouncer tests need its binary: they run only when ``-m`` names them
+    (``make test-pgbouncer``), so ``make test`` works on a machine without it."""
+    if "pgbouncer" in (config.option.markexpr or ""):
+        return
+    dropped = [item for item in items if item.get_closest_marker("pgbouncer") is not None]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = [item for item in items if item.get_closest_marker("pgbouncer") is None]
 
 
 # --------------------------------------------------------------------------- fixtures

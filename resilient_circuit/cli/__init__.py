@@ -14,7 +14,12 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from resilient_circuit._settings import database_dsn, database_schema, default_namespace
+from resilient_circuit._settings import (
+    database_dsn,
+    database_schema,
+    default_namespace,
+    listen_dsn,
+)
 
 if TYPE_CHECKING:
     from resilient_circuit._dsn import Dsn
@@ -182,7 +187,11 @@ def _print_script(where: str, statements: list[str]) -> None:
 
 
 @main.command("watch")
-@click.option("--dsn", metavar="DSN", help="Default: RC_DB_DSN or RC_DB_* (also from .env).")
+@click.option(
+    "--dsn",
+    metavar="DSN",
+    help="Default: RC_DB_LISTEN_DSN, else RC_DB_DSN or RC_DB_* (also from .env).",
+)
 @click.option("--namespace", metavar="NAME", help="Only breakers of this namespace.")
 @click.option(
     "--count", type=click.IntRange(min=1), default=None, help="Stop after this many transitions."
@@ -203,7 +212,8 @@ def watch(dsn: str | None, namespace: str | None, count: int | None, timeout: fl
         raise click.ClickException(
             "watch needs psycopg: pip install 'resilient_circuit[postgres]'"
         ) from exc
-    target_dsn = dsn or database_dsn()
+    # Behind PgBouncer notifications come only through the direct RC_DB_LISTEN_DSN.
+    target_dsn = dsn or listen_dsn() or database_dsn()
     if not target_dsn:
         raise click.ClickException("no database configured: set RC_DB_DSN or pass --dsn")
     parsed = _parse_dsn(target_dsn)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from resilient_circuit._settings import database_dsn
+from resilient_circuit._settings import database_dsn, strict_storage
 from resilient_circuit.storage.base import CircuitBreakerStorage, StorageError
 from resilient_circuit.storage.memory import InMemoryStorage
 
@@ -28,14 +28,20 @@ def create_storage(namespace: str | None = None) -> CircuitBreakerStorage:
     PostgreSQL storages are shared per (DSN, namespace): every policy of the process
     uses one connection pool. A database that does not answer yet is not a reason to
     fall back to memory for ever: the policies fail open (by default) and use it as
-    soon as it answers.
+    soon as it answers. With ``RC_DB_STRICT=1`` the database is tried at once: a
+    StorageError (or SchemaNotReady) is raised here when it cannot be used.
     """
     dsn = database_dsn()
     if dsn is None:
         return InMemoryStorage(namespace=namespace)
     from resilient_circuit.storage.postgres import shared_storage
 
-    return shared_storage(dsn, namespace)
+    storage = shared_storage(dsn, namespace)
+    if strict_storage():
+        # 0.8.6's RC_DB_STRICT: a database that is configured but not usable is an
+        # error now, not at the first call.
+        storage.check()
+    return storage
 
 
 def __getattr__(name: str) -> Any:

@@ -115,6 +115,9 @@ class CircuitBreakerStorage(abc.ABC):
     """Where breakers live. Policies sharing a storage object and a key share a breaker."""
 
     namespace: str
+    #: Which kind of store this is (0.8.6): ``"in-memory"`` (this process only) or
+    #: ``"postgres"`` (shared by every process using the database).
+    backend_name: str = "unknown"
 
     @abc.abstractmethod
     def breaker(
@@ -147,6 +150,13 @@ class CircuitBreakerStorage(abc.ABC):
         execution_log: list[bool] | None = None,
     ) -> None:
         """0.4.5's admin write: overwrite a breaker's state (a new generation begins)."""
+
+    def delete_state(self, resource_key: str) -> bool:
+        """0.8.6's admin delete: forget a breaker; True if it existed.
+
+        A store that cannot forget answers False (0.8.6's default for other stores).
+        """
+        return False
 
 
 @dataclass(frozen=True, slots=True)

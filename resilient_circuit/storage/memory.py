@@ -5,6 +5,8 @@ from __future__ import annotations
 import itertools
 import threading
 import time
+import weakref
+from collections import OrderedDict
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, Literal
@@ -55,9 +57,12 @@ class MemoryBreaker(Breaker):
     """One breaker: its state and configuration, swapped under its store's lock."""
 
     __slots__ = (
+        "__weakref__",
+        "_admin_open_until",
         "_admit_closed",
         "_clock",
         "_failures",
+        "_forgotten",
         "_lock",
         "_rejecting",
         "_steady",
@@ -93,6 +98,12 @@ class MemoryBreaker(Breaker):
         # The state last rejected, until when, and the reply's state and generation
         # (one tuple, so that it is read and replaced at once).
         self._rejecting: tuple[State | None, int, CircuitState, int] = (None, 0, CLOSED, 0)
+        # The epoch seconds an admin ``set_state`` gave its OPEN state, which
+        # ``get_state`` reports as given for as long as that state is current.
+        self._admin_open_until: tuple[State, float] | None = None
+        # The fresh state delete_state left: until it moves on, the breaker reads as
+        # never stored (get_state None), although a policy may still hold it.
+        self._forgotten: State | None = None
 
     @property
     def last_known(self) -> State:
@@ -229,19 +240,77 @@ class InMemoryStorage(CircuitBreakerStorage):
     Thread-safe; the lock is held only while the state machine computes the next
     state, never while a protected function runs. ``clock`` (monotonic nanoseconds)
     is injectable so tests can move time without sleeping.
+
+    ``max_entries`` (0.8.6) bounds how many breakers the storage keeps, evicting the
+    least recently bound or administered one; a breaker OPEN and still cooling down
+    is never evicted (the bound may then be exceeded for a while), and one that a
+    policy still holds is found again under its key rather than replaced. None (the
+    default, as in 0.4.5) keeps every breaker.
     """
 
+    backend_name = "in-memory"
+
     def __init__(
-        self, *, namespace: str | None = None, clock: Callable[[], int] = time.monotonic_ns
+        self,
+        *,
+        namespace: str | None = None,
+        clock: Callable[[], int] = time.monotonic_ns,
+        max_entries: int | None = None,
     ) -> None:
         if not callable(clock):
             raise TypeError("`clock` must be callable")
+        if max_entries is not None:
+            if isinstance(max_entries, bool) or not isinstance(max_entries, int):
+                raise TypeError("`max_entries` must be an int or None")
+            if max_entries < 1:
+                raise ValueError(f"`max_entries` must be >= 1, got {max_entries}")
         self.namespace = check_name(
             namespace if namespace is not None else default_namespace(), "namespace"
         )
+        self.max_entries = max_entries
         self._clock = clock
         self._lock = threading.Lock()
-        self._breakers: dict[tuple[str, str], MemoryBreaker] = {}
+        # Least recently used first, when bounded.
+        self._breakers: OrderedDict[tuple[str, str], MemoryBreaker] = OrderedDict()
+        # Breakers evicted or deleted while a policy may still hold them: found again
+        # by key while held, so one key never has two breakers in one storage.
+        self._released: weakref.WeakValueDictionary[tuple[str, str], MemoryBreaker] = (
+            weakref.WeakValueDictionary()
+        )
+
+    # -- the bound (call with the lock held) ------------------------------------------
+
+    def _lookup(self, key: tuple[str, str]) -> MemoryBreaker | None:
+        """The breaker of ``key``, marked as just used."""
+        found = self._breakers.get(key)
+        if found is not None:
+            if self.max_entries is not None:
+                self._breakers.move_to_end(key)
+            return found
+        found = self._released.pop(key, None)
+        if found is not None:
+            self._keep(key, found)
+        return found
+
+    def _keep(self, key: tuple[str, str], breaker: MemoryBreaker) -> None:
+        self._breakers[key] = breaker
+        if self.max_entries is not None and len(self._breakers) > self.max_entries:
+            self._evict(self.max_entries)
+
+    def _evict(self, bound: int) -> None:
+        # O(1) per insertion: at most two of the oldest entries are looked at. A
+        # live OPEN one goes back to the newest end instead, so a crowd of them
+        # only delays shrinking back under the bound until they cool down.
+        now = self._clock()
+        for _ in range(min(2, len(self._breakers) - 1)):
+            if len(self._breakers) <= bound:
+                return
+            key, oldest = self._breakers.popitem(last=False)
+            st = oldest.state
+            if st.state is OPEN and st.open_until is not None and st.open_until > now:
+                self._breakers[key] = oldest
+                continue
+            self._released[key] = oldest
 
     def breaker(
         self,
@@ -256,17 +325,37 @@ class InMemoryStorage(CircuitBreakerStorage):
             raise ValueError(f"`admission` must be 'strict' or 'cached', got {admission!r}")
         if recording not in ("immediate", "batched"):
             raise ValueError(f"`recording` must be 'immediate' or 'batched', got {recording!r}")
+        key = (namespace, resource_key)
         with self._lock:
-            found = self._breakers.get((namespace, resource_key))
+            found = self._lookup(key)
             if found is None:
                 found = MemoryBreaker(resource_key, namespace, config, self._lock, self._clock)
-                self._breakers[(namespace, resource_key)] = found
+                self._keep(key, found)
                 return found
         found.configure(config)
         return found
 
     def _existing(self, resource_key: str, namespace: str | None) -> MemoryBreaker | None:
-        return self._breakers.get((namespace or self.namespace, resource_key))
+        with self._lock:
+            return self._lookup((namespace or self.namespace, resource_key))
+
+    def delete_state(self, resource_key: str, namespace: str | None = None) -> bool:
+        """Forget a breaker (0.8.6): True if it existed.
+
+        A policy still holding it sees a breaker never used: CLOSED, empty window,
+        counters at zero.
+        """
+        check_name(resource_key, "resource_key")
+        key = (namespace or self.namespace, resource_key)
+        with self._lock:
+            found = self._breakers.pop(key, None) or self._released.get(key)
+            if found is None:
+                return False
+            self._released[key] = found
+            if found.state is found._forgotten:
+                return False  # deleted before and untouched since
+        found._forgotten = found.reset()
+        return True
 
     def get_state(self, resource_key: str, namespace: str | None = None) -> dict[str, Any] | None:
         found = self._existing(resource_key, namespace)
@@ -274,8 +363,13 @@ class InMemoryStorage(CircuitBreakerStorage):
             return None
         with self._lock:
             st, now = found.state, self._clock()
+        if st is found._forgotten:
+            return None
         open_until = 0.0
-        if st.state is OPEN and st.open_until is not None:
+        admin = found._admin_open_until
+        if admin is not None and admin[0] is st:
+            open_until = admin[1]  # as set_state gave it, not as the clock rounds it
+        elif st.state is OPEN and st.open_until is not None:
             open_until = time.time() + (st.open_until - now) / 1e9
         return {
             "state": st.state.value,
@@ -322,4 +416,7 @@ class InMemoryStorage(CircuitBreakerStorage):
                 failure_count,
                 until,
                 (),
+            )
+            found._admin_open_until = (
+                (found.state, admin.open_until) if target is OPEN and admin.open_until else None
             )

@@ -183,6 +183,11 @@ class PgBreaker(Breaker):
         self.invalidate()
 
     @property
+    def cached(self) -> bool:
+        """Whether this breaker admits CLOSED calls from cached verdicts."""
+        return self._cached
+
+    @property
     def last_known(self) -> Reply | None:
         return self._last
 

@@ -3,13 +3,27 @@
 Pools open on first use (constructing a store does no I/O). Sync callers share a
 ``ConnectionPool``; coroutines use an ``AsyncConnectionPool`` of their own event
 loop, since an async pool belongs to the loop that opened it (never a thread).
+
+Nothing is sent as a startup parameter but ``application_name``: connection poolers
+such as PgBouncer refuse ``options``. The timeouts are set on each new connection
+that reaches PostgreSQL directly (see ``setup_session``); through a pooler, on each
+round trip instead, for its own transaction only (see ``Pools.scope``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import threading
+from collections.abc import AsyncIterator, Iterator
+from contextlib import (
+    AbstractAsyncContextManager,
+    AbstractContextManager,
+    asynccontextmanager,
+    contextmanager,
+    nullcontext,
+)
 from typing import Any
 
 import psycopg
@@ -17,7 +31,9 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from resilient_circuit._dsn import Dsn
 
-__all__ = ("Pools", "describe")
+__all__ = ("Pools", "describe", "reaches_server", "setup_session")
+
+logger = logging.getLogger("resilient_circuit.storage")
 
 
 def describe(dsn: str) -> str:
@@ -28,6 +44,71 @@ def describe(dsn: str) -> str:
         return "PostgreSQL"
     host = info.get("host") or "localhost"
     return f"postgresql://{host}:{info.get('port') or 5432}/{info.get('dbname') or ''}"
+
+
+# A connection pooler (PgBouncer, and the like) answers the startup itself with a
+# made-up backend PID, then runs each transaction on whichever server connection is
+# free: the PID the client was given is not the server's. When it is, the connection
+# reaches PostgreSQL directly and the timeouts become session settings; through a
+# pooler a session setting would stick to a server connection that other clients
+# use next, so none is set: each round trip sets them for its own transaction.
+_SESSION_SETUP = (
+    "SELECT pg_backend_pid() = %(pid)s,"
+    " CASE WHEN pg_backend_pid() = %(pid)s"
+    " THEN set_config('statement_timeout', %(timeout)s, false) END,"
+    " CASE WHEN pg_backend_pid() = %(pid)s"
+    " THEN set_config('lock_timeout', %(timeout)s, false) END"
+)
+_SERVER_PID = "SELECT pg_backend_pid()"
+_LOCAL_TIMEOUTS = (
+    "SELECT set_config('statement_timeout', %(timeout)s, true),"
+    " set_config('lock_timeout', %(timeout)s, true)"
+)
+
+
+@contextmanager
+def local_timeouts(conn: psycopg.Connection[Any], timeout_ms: int) -> Iterator[None]:
+    """The block's statements in one transaction whose timeouts are set for it alone.
+
+    Pipelined where libpq can (14+): BEGIN, the settings, the statements and COMMIT
+    then travel as one network round trip, and the results are read after the block.
+    """
+    pipeline = conn.pipeline() if psycopg.Pipeline.is_supported() else nullcontext()
+    with pipeline, conn.transaction():
+        conn.execute(_LOCAL_TIMEOUTS, {"timeout": str(timeout_ms)}, prepare=False)
+        yield
+
+
+@asynccontextmanager
+async def alocal_timeouts(
+    conn: psycopg.AsyncConnection[Any], timeout_ms: int
+) -> AsyncIterator[None]:
+    """The coroutine twin of ``local_timeouts``."""
+    pipeline = conn.pipeline() if psycopg.AsyncPipeline.is_supported() else nullcontext()
+    async with pipeline, conn.transaction():
+        await conn.execute(_LOCAL_TIMEOUTS, {"timeout": str(timeout_ms)}, prepare=False)
+        yield
+
+
+def setup_session(conn: psycopg.Connection[Any], timeout_ms: int) -> bool:
+    """Set the timeouts of a direct connection; True if it reaches PostgreSQL directly."""
+    params = {"pid": conn.info.backend_pid, "timeout": str(timeout_ms)}
+    row = conn.execute(_SESSION_SETUP, params, prepare=False).fetchone()
+    return bool(row and row[0])
+
+
+async def asetup_session(conn: psycopg.AsyncConnection[Any], timeout_ms: int) -> bool:
+    """The coroutine twin of ``setup_session``."""
+    params = {"pid": conn.info.backend_pid, "timeout": str(timeout_ms)}
+    cur = await conn.execute(_SESSION_SETUP, params, prepare=False)
+    row = await cur.fetchone()
+    return bool(row and row[0])
+
+
+def reaches_server(conn: psycopg.Connection[Any]) -> bool:
+    """Whether ``conn`` talks to PostgreSQL itself, not through a connection pooler."""
+    row = conn.execute(_SERVER_PID, prepare=False).fetchone()
+    return row is not None and row[0] == conn.info.backend_pid
 
 
 _draining: set[asyncio.Future[None]] = set()
@@ -57,11 +138,14 @@ class Pools:
         connect_timeout: float,
         statement_timeout: float,
         max_connections: int,
+        prepared_statements: bool | None = None,
     ) -> None:
         self.dsn = dsn
         self.connect_timeout = connect_timeout
         self.statement_timeout = statement_timeout
         self.max_connections = max_connections
+        self.prepared_statements = prepared_statements
+        self.through_pooler: bool | None = None  # unknown until a connection is made
         self._lock = threading.Lock()
         self._sync: ConnectionPool | None = None
         self._async: dict[asyncio.AbstractEventLoop, AsyncConnectionPool] = {}
@@ -69,17 +153,59 @@ class Pools:
     def connect_kwargs(self) -> dict[str, Any]:
         """Every connection's settings: autocommit and the store's timeouts."""
         # libpq's connect_timeout is whole seconds (2 at least); the pool's own
-        # timeout bounds the wait more finely. The server counts statement_timeout in
-        # whole milliseconds and reads 0 as "none": round up, never down to 0.
-        timeout_ms = max(1, math.ceil(self.statement_timeout * 1000))
+        # timeout bounds the wait more finely.
         return {
             "autocommit": True,
             "connect_timeout": max(2, round(self.connect_timeout)),
-            "options": f"-c statement_timeout={timeout_ms} -c lock_timeout={timeout_ms}",
             "application_name": "resilient_circuit",
             # Apart from the conninfo string, so that no message built from it shows it.
             **self.dsn.connect_kwargs(),
         }
+
+    # -- each new connection ------------------------------------------------------------
+
+    def _configured(
+        self, conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any], direct: bool
+    ) -> None:
+        # Behind a pooler (PgBouncer before 1.21, in transaction mode) a statement
+        # prepared on one server connection is missing on the next: prepare nothing,
+        # unless told to (a pooler that keeps them: PgBouncer 1.21+ with
+        # max_prepared_statements).
+        if self.prepared_statements is False or (self.prepared_statements is None and not direct):
+            conn.prepare_threshold = None
+        if self.through_pooler is None and not direct:
+            logger.info(
+                "breaker storage connects through a connection pooler:%s timeouts set for"
+                " each round trip's own transaction",
+                " prepared statements off," if conn.prepare_threshold is None else "",
+            )
+        self.through_pooler = not direct
+
+    def _timeout_ms(self) -> int:
+        # The server counts statement_timeout in whole milliseconds and reads 0 as
+        # "none": round up, never down to 0.
+        return max(1, math.ceil(self.statement_timeout * 1000))
+
+    def scope(self, conn: psycopg.Connection[Any]) -> AbstractContextManager[Any]:
+        """What one round trip runs in: as it is when direct, with local timeouts when pooled.
+
+        Read the statements' results after the block: pipelined, they arrive at its end.
+        """
+        if self.through_pooler:
+            return local_timeouts(conn, self._timeout_ms())
+        return nullcontext()
+
+    def ascope(self, conn: psycopg.AsyncConnection[Any]) -> AbstractAsyncContextManager[Any]:
+        """The coroutine twin of ``scope``."""
+        if self.through_pooler:
+            return alocal_timeouts(conn, self._timeout_ms())
+        return nullcontext()
+
+    def _configure(self, conn: psycopg.Connection[Any]) -> None:
+        self._configured(conn, setup_session(conn, self._timeout_ms()))
+
+    async def _aconfigure(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        self._configured(conn, await asetup_session(conn, self._timeout_ms()))
 
     def sync(self) -> ConnectionPool:
         """The pool of sync callers, opened (without waiting) on first use."""
@@ -92,6 +218,7 @@ class Pools:
                         min_size=1,
                         max_size=self.max_connections,
                         kwargs=self.connect_kwargs(),
+                        configure=self._configure,
                         timeout=self.connect_timeout,
                         reconnect_timeout=0,
                         name="resilient_circuit",
@@ -111,6 +238,7 @@ class Pools:
                 min_size=1,
                 max_size=self.max_connections,
                 kwargs=self.connect_kwargs(),
+                configure=self._aconfigure,
                 timeout=self.connect_timeout,
                 reconnect_timeout=0,
                 name="resilient_circuit_async",

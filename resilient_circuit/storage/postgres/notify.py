@@ -18,6 +18,7 @@ from typing import Any
 import psycopg
 
 from resilient_circuit._machine import CircuitState
+from resilient_circuit.storage.postgres.connection import reaches_server
 
 CHANNEL = "resilient_circuit"
 
@@ -113,6 +114,10 @@ class Listener:
     while it was down is unknown. Any role that can connect can notify the channel, so
     ``on_event`` must treat a transition as a hint to ask again, never as a fact.
     ``healthy`` is True only while the connection is listening.
+
+    With ``check_route``, a connection that turns out to go through a connection
+    pooler (which cannot deliver notifications in transaction pooling) is given up
+    for good: ``refused`` becomes True and ``on_refused()`` runs once.
     """
 
     def __init__(
@@ -120,8 +125,14 @@ class Listener:
         dsn: str,
         connect_kwargs: dict[str, Any],
         on_event: Callable[[Transition | None], None],
+        *,
+        check_route: bool = True,
+        on_refused: Callable[[], None] | None = None,
     ) -> None:
         self._dsn = dsn
+        self._check_route = check_route
+        self._on_refused = on_refused
+        self.refused = False
         self._kwargs = {k: v for k, v in connect_kwargs.items() if k != "options"}
         self._on_event = on_event
         self._stop = threading.Event()
@@ -155,6 +166,9 @@ class Listener:
         while not self._stop.is_set():
             try:
                 with psycopg.connect(self._dsn, **self._kwargs) as conn:
+                    if self._check_route and not reaches_server(conn):
+                        self._refuse()
+                        return
                     conn.execute(f"LISTEN {CHANNEL}")
                     self._on_event(None)
                     self._listening.set()
@@ -170,3 +184,8 @@ class Listener:
                 self._listening.clear()
             self._stop.wait(backoff)
             backoff = min(backoff * 2, 5.0)
+
+    def _refuse(self) -> None:
+        self.refused = True
+        if self._on_refused is not None:
+            self._on_refused()

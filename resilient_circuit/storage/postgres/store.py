@@ -11,12 +11,14 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractContextManager
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
+from resilient_circuit import _settings
 from resilient_circuit._dsn import Dsn
 from resilient_circuit._machine import CircuitState, Config
 from resilient_circuit._settings import database_schema, default_namespace
@@ -28,6 +30,12 @@ from resilient_circuit.storage.base import (
 )
 from resilient_circuit.storage.postgres import notify, queries
 from resilient_circuit.storage.postgres.batch import MAX_QUEUED, Flusher
+from resilient_circuit.storage.postgres.borrowed import (
+    Borrowed,
+    ConnectionFactory,
+    SyncSource,
+    in_thread,
+)
 from resilient_circuit.storage.postgres.breaker import AdmissionMode, PgBreaker, RecordingMode
 from resilient_circuit.storage.postgres.connection import Pools, describe
 from resilient_circuit.storage.postgres.notify import Transition
@@ -53,11 +61,23 @@ class PostgresStorage(CircuitBreakerStorage):
     a call may wait for the database (connection and pool), ``statement_timeout`` how
     long one function may run; after a failure the store skips the database for a
     short, growing backoff instead of making every call wait.
+
+    Behind PgBouncer: ``prepared_statements`` (``RC_DB_PREPARED_STATEMENTS``) is on
+    for a direct connection and off through a pooler unless forced; ``listen_dsn``
+    (``RC_DB_LISTEN_DSN``) is where the LISTEN connection goes (default: ``dsn``,
+    given up when that turns out to be a pooler).
+
+    Instead of ``dsn``, an application that owns its connections passes ``pool`` (a
+    psycopg_pool ``ConnectionPool``, ``AsyncConnectionPool``, or a pair of both) or
+    ``connection_factory`` (returns a ``Connection``, or a context manager yielding
+    one); the store borrows a connection per round trip and never closes them.
     """
+
+    backend_name = "postgres"
 
     def __init__(
         self,
-        dsn: str,
+        dsn: str | None = None,
         *,
         namespace: str | None = None,
         schema: str | None = None,
@@ -66,10 +86,22 @@ class PostgresStorage(CircuitBreakerStorage):
         max_connections: int = 10,
         flush_interval: float = 0.05,
         max_queued: int = MAX_QUEUED,
+        prepared_statements: bool | None = None,
+        listen_dsn: str | None = None,
+        pool: Any = None,
+        connection_factory: ConnectionFactory | None = None,
     ) -> None:
+        if sum(x is not None for x in (dsn, pool, connection_factory)) != 1:
+            raise TypeError("pass exactly one of `dsn`, `pool` and `connection_factory`")
+        if prepared_statements is not None and not isinstance(prepared_statements, bool):
+            raise TypeError("`prepared_statements` must be True, False or None (automatic)")
         # Checked now, so that a malformed DSN fails here, once, with its password masked,
         # rather than in every reconnect attempt the pool would log.
-        self._dsn = Dsn(dsn)
+        self._dsn = Dsn(dsn) if dsn is not None else None
+        borrowed = Borrowed(pool, connection_factory) if dsn is None else None
+        if listen_dsn is None:
+            listen_dsn = _settings.listen_dsn()
+        self._listen_dsn = Dsn(listen_dsn, "listen_dsn") if listen_dsn is not None else None
         for name, value in (
             ("connect_timeout", connect_timeout),
             ("statement_timeout", statement_timeout),
@@ -85,8 +117,16 @@ class PostgresStorage(CircuitBreakerStorage):
             raise TypeError("`max_queued` must be an int")
         if max_queued < 1:
             raise ValueError(f"`max_queued` must be >= 1, got {max_queued}")
-        #: The connection string with its password masked (for messages).
-        self.dsn = str(self._dsn)
+        #: The connection string with its password masked (for messages); None for
+        #: connections the application lends.
+        self.dsn = str(self._dsn) if self._dsn is not None else None
+        #: The LISTEN connection string given, its password masked.
+        self.listen_dsn = str(self._listen_dsn) if self._listen_dsn is not None else None
+        self.prepared_statements = (
+            prepared_statements
+            if prepared_statements is not None
+            else _settings.prepared_statements()
+        )
         self.max_queued = max_queued
         self.namespace = check_name(
             namespace if namespace is not None else default_namespace(), "namespace"
@@ -96,28 +136,51 @@ class PostgresStorage(CircuitBreakerStorage):
         self.statement_timeout = float(statement_timeout)
         self.max_connections = max_connections
         self.statements = queries.Statements.for_schema(self.schema)
-        self.outage = Outage(describe(self._dsn.conninfo))
-        self._pools = Pools(
-            self._dsn,
-            connect_timeout=self.connect_timeout,
-            statement_timeout=self.statement_timeout,
-            max_connections=max_connections,
-        )
+        self._pools: Pools | Borrowed
+        if borrowed is None:
+            assert self._dsn is not None
+            self._pools = Pools(
+                self._dsn,
+                connect_timeout=self.connect_timeout,
+                statement_timeout=self.statement_timeout,
+                max_connections=max_connections,
+                prepared_statements=self.prepared_statements,
+            )
+            # Our own connections prepare every statement, unless configured not to
+            # (see Pools); the application's follow their own prepare_threshold.
+            self._prepare: bool | None = True
+            conninfo: str | None = self._dsn.conninfo
+        else:
+            self._pools = borrowed
+            self._prepare = None
+            conninfo = borrowed.conninfo
+        self._pool_dsn = Dsn(conninfo, "pool") if borrowed is not None and conninfo else None
+        self._where = describe(conninfo or "")
+        self.outage = Outage(self._where)
         self._lock = threading.Lock()
         self._breakers: dict[tuple[str, str], PgBreaker] = {}
         self._listener: notify.Listener | None = None
         self._listened = False  # has a LISTEN connection ever been up?
+        self._warned_unlistened = False
         self._subscribers: tuple[Callable[[Transition], None], ...] = ()
         self._flusher = Flusher(float(flush_interval), self.flush, self._last_flush)
 
     def __repr__(self) -> str:
-        return f"PostgresStorage({self.dsn!r}, namespace={self.namespace!r})"
+        return f"PostgresStorage({self.dsn or self._where!r}, namespace={self.namespace!r})"
 
     # -- connections --------------------------------------------------------------
 
-    def pool(self) -> ConnectionPool:
-        """The pool of sync callers."""
+    def pool(self) -> ConnectionPool | SyncSource:
+        """The pool of sync callers (the application's, when it lent one)."""
         return self._pools.sync()
+
+    def _get_connection(self) -> AbstractContextManager[psycopg.Connection[Any]]:
+        """0.4.5's way to reach the database: ``with storage._get_connection() as conn:``.
+
+        A pooled connection (in autocommit, for the store's own pool), given back to the
+        pool after the block.
+        """
+        return self.pool().connection(timeout=self.connect_timeout)
 
     async def apool(self) -> AsyncConnectionPool:
         """The pool of the running event loop."""
@@ -184,17 +247,22 @@ class PostgresStorage(CircuitBreakerStorage):
     ) -> Any:
         """Run one statement (configuring the breaker first if it never was)."""
         wrote, started = self._begin(statement, force)
+        prepare = self._prepare
         try:
             with self.pool().connection(timeout=self.connect_timeout) as conn:
-                pending = breaker.pending_configuration() if breaker is not None else None
+                with self._pools.scope(conn):
+                    pending = breaker.pending_configuration() if breaker is not None else None
+                    if breaker is not None and pending is not None:
+                        wrote = True
+                        configuring = conn.execute(
+                            self.statements.configure, pending, prepare=prepare
+                        )
+                    cur = conn.execute(statement, params, prepare=prepare)
                 if breaker is not None and pending is not None:
-                    wrote = True
-                    configured = conn.execute(
-                        self.statements.configure, pending, prepare=True
-                    ).fetchone()
+                    configured = configuring.fetchone()
                     if configured is not None:
                         breaker.configured(configured)
-                row = conn.execute(statement, params, prepare=True).fetchone()
+                row = cur.fetchone()
         except Exception as exc:
             raise self._failed(exc, started) from exc
         return self._finish(row, started, wrote, missing_ok)
@@ -209,18 +277,29 @@ class PostgresStorage(CircuitBreakerStorage):
         force: bool = False,
     ) -> Any:
         """The coroutine twin of ``fetch``: same statements, awaited on an async pool."""
+        pools = self._pools
+        if isinstance(pools, Borrowed) and not pools.serves_async:
+            # The application lent sync connections only: a worker thread waits for them.
+            return await in_thread(
+                lambda: self.fetch(breaker, statement, params, missing_ok=missing_ok, force=force)
+            )
         wrote, started = self._begin(statement, force)
+        prepare = self._prepare
         try:
             pool = await self.apool()
             async with pool.connection(timeout=self.connect_timeout) as conn:
-                pending = breaker.pending_configuration() if breaker is not None else None
+                async with self._pools.ascope(conn):
+                    pending = breaker.pending_configuration() if breaker is not None else None
+                    if breaker is not None and pending is not None:
+                        wrote = True
+                        configuring = await conn.execute(
+                            self.statements.configure, pending, prepare=prepare
+                        )
+                    cur = await conn.execute(statement, params, prepare=prepare)
                 if breaker is not None and pending is not None:
-                    wrote = True
-                    cur = await conn.execute(self.statements.configure, pending, prepare=True)
-                    configured = await cur.fetchone()
+                    configured = await configuring.fetchone()
                     if configured is not None:
                         breaker.configured(configured)
-                cur = await conn.execute(statement, params, prepare=True)
                 row = await cur.fetchone()
         except Exception as exc:
             raise self._failed(exc, started) from exc
@@ -248,12 +327,16 @@ class PostgresStorage(CircuitBreakerStorage):
         # Outside the lock: the modes may start the listener or the flusher.
         found.set_modes(admission, recording)
         pending = found.pending_configuration()
-        if pending is not None:
+        if pending is not None and self._serves_sync():
             try:
                 found.configured(self.fetch(None, self.statements.configure, pending))
             except StorageError:
                 pass  # configured on the first call that reaches the database
         return found
+
+    def _serves_sync(self) -> bool:
+        pools = self._pools
+        return not isinstance(pools, Borrowed) or pools.serves_sync
 
     def breakers(self) -> list[PgBreaker]:
         with self._lock:
@@ -263,12 +346,54 @@ class PostgresStorage(CircuitBreakerStorage):
 
     def listen(self) -> None:
         """Start the LISTEN connection that keeps cached verdicts honest."""
+        listener = self._listener
+        if listener is not None:
+            # Called on every OPEN reply while not listening: cheap once warned.
+            if listener.refused and not self._warned_unlistened and self._relies_on_notifications():
+                self._warn_unlistened()
+            return
+        target = self._listen_target()
+        if target is None:
+            return  # a connection factory alone: no connection string to listen on
         with self._lock:
             if self._listener is None:
+                kwargs = {k: v for k, v in self._pools.connect_kwargs().items() if k != "password"}
                 self._listener = notify.Listener(
-                    self._dsn.conninfo, self._pools.connect_kwargs(), self._announced
+                    target.conninfo,
+                    {**kwargs, **target.connect_kwargs()},
+                    self._announced,
+                    # A listen_dsn is the operator's word that it reaches PostgreSQL.
+                    check_route=self._listen_dsn is None,
+                    on_refused=self._listen_refused,
                 )
                 self._listener.start()
+
+    def _listen_target(self) -> Dsn | None:
+        """Where LISTEN goes: ``listen_dsn``, else the store's DSN, else the lent pool's."""
+        if self._listen_dsn is not None:
+            return self._listen_dsn
+        if self._dsn is not None:
+            return self._dsn
+        return self._pool_dsn
+
+    def _relies_on_notifications(self) -> bool:
+        """Whether a cached admission or a subscriber needs the LISTEN connection."""
+        return bool(self._subscribers) or any(each.cached for each in self.breakers())
+
+    def _listen_refused(self) -> None:
+        # Without notifications a store only re-checks OPEN verdicts more often: worth
+        # a WARNING only where cached admission or a subscriber relied on them.
+        if self._relies_on_notifications():
+            self._warn_unlistened()
+        else:
+            logger.info("breaker storage %s: %s", self._where, _UNLISTENED)
+
+    def _warn_unlistened(self) -> None:
+        with self._lock:
+            if self._warned_unlistened:
+                return
+            self._warned_unlistened = True
+        logger.warning("breaker storage %s: %s", self._where, _UNLISTENED)
 
     def listening(self) -> bool:
         listener = self._listener
@@ -351,11 +476,19 @@ class PostgresStorage(CircuitBreakerStorage):
 
     def watch(self, *, timeout: float | None = None) -> Iterator[Transition]:
         """Transitions of every breaker in the database, as they commit."""
-        return notify.watch(self._dsn.conninfo, timeout=timeout, password=self._dsn.password)
+        target = self._watch_target()
+        return notify.watch(target.conninfo, timeout=timeout, password=target.password)
 
     def awatch(self, *, timeout: float | None = None) -> AsyncIterator[Transition]:
         """The async twin of ``watch``."""
-        return notify.awatch(self._dsn.conninfo, timeout=timeout, password=self._dsn.password)
+        target = self._watch_target()
+        return notify.awatch(target.conninfo, timeout=timeout, password=target.password)
+
+    def _watch_target(self) -> Dsn:
+        target = self._listen_target()
+        if target is None:
+            raise TypeError("watching needs `listen_dsn` when the store has a connection factory")
+        return target
 
     # -- bounded rows -------------------------------------------------------------------
 
@@ -370,6 +503,16 @@ class PostgresStorage(CircuitBreakerStorage):
             found.reconfigure(found.config)
             found.invalidate()
         return bool(row[0])
+
+    def delete_state(self, resource_key: str, namespace: str | None = None) -> bool:
+        """0.8.6's name for ``forget``: delete one breaker's row, True if there was one."""
+        return self.forget(resource_key, namespace)
+
+    def check(self) -> None:
+        """One round trip now: StorageError when the database does not answer."""
+        self.fetch(
+            None, self.statements.status, {"key": "-", "namespace": self.namespace}, missing_ok=True
+        )
 
     def gc(self, idle: timedelta) -> int:
         """Delete the CLOSED breakers (of this role's namespaces) unchanged for ``idle``."""
@@ -432,6 +575,14 @@ class PostgresStorage(CircuitBreakerStorage):
         found = self._breakers.get((ns, resource_key))
         if found is not None:
             found.invalidate()
+
+
+_UNLISTENED = (
+    "its connections go through a connection pooler (PgBouncer?), which does not deliver"
+    " LISTEN notifications: cached admission falls back to asking the database on every"
+    " call (strict), and OPEN verdicts are re-checked every second. Set listen_dsn"
+    " (RC_DB_LISTEN_DSN) to a direct connection to PostgreSQL to restore them."
+)
 
 
 _shared: dict[tuple[str, str | None], PostgresStorage] = {}
