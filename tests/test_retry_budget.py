@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 import pytest
@@ -27,6 +27,9 @@ from resilient_circuit import (
 from resilient_circuit._budget_pg import PostgresBudgetStore
 from resilient_circuit.retry import GiveUpEvent
 from resilient_circuit.retry_budget import InMemoryBudgetStore, _flusher
+
+if TYPE_CHECKING:
+    from tests.conftest import PgRole
 
 EPOCH = datetime(2030, 1, 1, tzinfo=timezone.utc)
 
@@ -303,13 +306,13 @@ def test_bad_sql_arguments_raise_22023_naming_the_parameter(
 
 
 def test_app_role_may_withdraw_and_deposit_but_not_touch_the_table(
-    pg_empty_dsn: str, pg_role: Callable[[], str]
+    pg_empty_dsn: str, pg_role: Callable[[], PgRole]
 ) -> None:
     """pg-setup --app-role grants the two public functions, not the table nor the _at function."""
     role = pg_role()
     with psycopg.connect(pg_empty_dsn, autocommit=True) as admin:
         _installer.install(admin, app_role=role)
-    app_dsn = psycopg.conninfo.make_conninfo(pg_empty_dsn, user=role)
+    app_dsn = role.dsn(pg_empty_dsn)
     store = PostgresBudgetStore(app_dsn)
     try:
         assert store.settle("default", "svc", 5, 0.2, 1.0, True) is True
@@ -324,13 +327,13 @@ def test_app_role_may_withdraw_and_deposit_but_not_touch_the_table(
 
 
 def test_app_role_may_not_spend_another_namespaces_budget(
-    pg_empty_dsn: str, pg_role: Callable[[], str]
+    pg_empty_dsn: str, pg_role: Callable[[], PgRole]
 ) -> None:
     """A role granted namespace "shop" is refused another namespace's budget, in SQL."""
     role = pg_role()
     with psycopg.connect(pg_empty_dsn, autocommit=True) as admin:
         _installer.install(admin, app_role=role, namespaces=["shop"])
-    app_dsn = psycopg.conninfo.make_conninfo(pg_empty_dsn, user=role)
+    app_dsn = role.dsn(pg_empty_dsn)
     with psycopg.connect(app_dsn, autocommit=True) as app:
         assert app.execute("SELECT rc_budget_withdraw('svc', 'shop')").fetchone() == (True,)
         with pytest.raises(psycopg.errors.InsufficientPrivilege, match="namespace"):
