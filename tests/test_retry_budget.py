@@ -1,4 +1,8 @@
-"""RetryBudget: the token bucket in memory and in PostgreSQL, and a retry policy spending it."""
+"""RetryBudget: the token bucket in memory and in PostgreSQL, and a retry policy spending it.
+
+What every budget store shares (budgets shared by name, policies giving up) is in
+tests/contract/test_retry_budget.py.
+"""
 
 from __future__ import annotations
 
@@ -343,42 +347,6 @@ def test_app_role_may_not_spend_another_namespaces_budget(
     with psycopg.connect(pg_empty_dsn, autocommit=True) as admin:
         rows = admin.execute("SELECT namespace FROM rc_retry_budgets").fetchall()
     assert rows == [("shop",)]
-
-
-def test_budgets_of_one_name_share_their_tokens_through_postgresql(pg_dsn: str) -> None:
-    """What one process deposits, another process's budget of the same name spends."""
-    stores = [PostgresBudgetStore(pg_dsn), PostgresBudgetStore(pg_dsn)]
-    try:
-        one, other = (
-            RetryBudget("shared", namespace="t", min_per_second=0, store=store) for store in stores
-        )
-        for _ in range(16):  # 3.2 tokens: decay cannot take one away within half a second
-            one.deposit()
-        one.flush()
-        assert [other.withdraw() for _ in range(4)] == [True, True, True, False]
-    finally:
-        for store in stores:
-            store.close()
-
-
-async def test_async_policy_spends_the_budget_through_postgresql(pg_dsn: str) -> None:
-    """Coroutines withdraw without blocking the loop and give up when the budget says no."""
-    store = PostgresBudgetStore(pg_dsn)
-    budget = RetryBudget("async", namespace="t", min_per_second=2, store=store)
-    calls = {"n": 0}
-
-    async def down() -> None:
-        calls["n"] += 1
-        raise TimeoutError("down")
-
-    retry = RetryWithBackoffPolicy(max_retries=5, budget=budget)(down)
-    try:
-        with pytest.raises(RetryLimitReached, match="budget") as caught:
-            await retry()
-    finally:
-        store.close()
-    assert isinstance(caught.value.__cause__, TimeoutError)
-    assert calls["n"] == 3  # the first attempt and the two retries one second of floor buys
 
 
 def test_budgets_live_where_breakers_do(pg_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
