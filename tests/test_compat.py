@@ -1,8 +1,11 @@
-"""Drop-in compatibility: the names and options of 0.8.6, and what 0.4.5 users' tests do."""
+"""Drop-in compatibility: the names and options of 0.8.6, and what 0.4.5 users' tests do.
+
+delete_state and set_state's open_until, the same in every store, are in
+tests/contract/test_admin.py.
+"""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from datetime import timedelta
 from fractions import Fraction
@@ -173,42 +176,6 @@ def test_backend_name_says_where_state_lives(pg_store: PostgresStorage) -> None:
     assert CircuitBreakerStorage.backend_name == "unknown"
 
 
-def test_memory_delete_state_forgets_a_breaker() -> None:
-    """delete_state answers whether the breaker existed; a policy holding it starts afresh."""
-    storage = InMemoryStorage()
-    policy = CircuitProtectorPolicy(
-        resource_key="gone", storage=storage, window_size=2, cooldown=timedelta(minutes=1)
-    )
-    fail_until_open(policy)
-    assert storage.delete_state("gone") is True
-    assert storage.get_state("gone") is None
-    assert storage.delete_state("gone") is False
-    assert policy.status is CircuitState.CLOSED
-    assert storage.delete_state("never") is False
-
-
-def test_postgres_delete_state_removes_the_row(pg_store: PostgresStorage, pg_dsn: str) -> None:
-    """delete_state deletes the row; the policy's next call configures the breaker again."""
-    policy = CircuitProtectorPolicy(
-        resource_key="gone", storage=pg_store, window_size=2, cooldown=timedelta(minutes=1)
-    )
-    fail_until_open(policy)
-    assert pg_store.delete_state("gone") is True
-    assert pg_store.get_state("gone") is None
-    assert pg_store.delete_state("gone") is False
-
-    @policy
-    def ok() -> str:
-        return "ok"
-
-    assert ok() == "ok"
-    with psycopg.connect(pg_dsn) as conn:
-        row = conn.execute(
-            "SELECT state, window_size FROM rc_circuit_breakers WHERE resource_key = 'gone'"
-        ).fetchone()
-    assert row == ("CLOSED", 2)
-
-
 def test_a_store_that_cannot_forget_answers_false() -> None:
     """The base class's delete_state is 0.8.6's safe default for other stores: False."""
 
@@ -316,27 +283,6 @@ def test_direct_connections_prepare_and_carry_the_timeouts(pg_dsn: str) -> None:
 
 
 # -- what 0.4.5 users' own tests do -------------------------------------------------
-
-
-def test_memory_set_state_keeps_the_given_open_until() -> None:
-    """set_state(key, "OPEN", 5, 12345.67) then get_state gives open_until 12345.67 back."""
-    storage = InMemoryStorage()
-    storage.set_state("test_key", "OPEN", 5, 12345.67)
-    result = storage.get_state("test_key")
-    assert result is not None
-    assert result["state"] == "OPEN"
-    assert result["failure_count"] == 5
-    assert result["open_until"] == 12345.67
-
-
-def test_memory_open_until_reflects_the_breaker_once_it_moves_on() -> None:
-    """A later transition replaces the admin's OPEN and its open_until."""
-    storage = InMemoryStorage()
-    storage.set_state("k", "OPEN", 1, time.time() + 60)
-    storage.set_state("k", "CLOSED", 0, 0)
-    result = storage.get_state("k")
-    assert result is not None
-    assert result["open_until"] == 0
 
 
 def test_seed_persistence_tests_get_a_connection_from_the_store(pg_store: PostgresStorage) -> None:

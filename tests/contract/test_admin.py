@@ -172,3 +172,41 @@ def test_snapshot_reads_the_whole_breaker(store: CircuitBreakerStorage) -> None:
         (),
     )
     assert (half_open.window_capacity, half_open.open_remaining) == (3, None)
+
+
+def test_set_state_keeps_the_given_open_until(store: CircuitBreakerStorage) -> None:
+    """An OPEN state written with an end time reads back with that time, even a past one,
+    until a later transition replaces it."""
+    store.set_state("test_key", "OPEN", 5, 12345.67)
+    result = store.get_state("test_key")
+    assert result is not None
+    assert (result["state"], result["failure_count"], result["open_until"]) == (
+        "OPEN",
+        5,
+        12345.67,
+    )
+    store.set_state("test_key", "OPEN", 1, time.time() + 60)
+    store.set_state("test_key", "CLOSED", 0, 0)
+    result = store.get_state("test_key")
+    assert result is not None
+    assert (result["state"], result["open_until"]) == ("CLOSED", 0)
+
+
+def test_delete_state_forgets_a_breaker(store: CircuitBreakerStorage) -> None:
+    """delete_state answers whether the breaker existed; a policy holding it starts afresh
+    with its own configuration."""
+    policy, _ = make(store, resource_key="gone", window_size=2, cooldown=timedelta(minutes=1))
+    call = flaky(policy)
+    for _ in range(2):
+        with pytest.raises(ConnectionError):
+            call(False)
+    with pytest.raises(ProtectedCallError):
+        call()
+    assert store.delete_state("gone") is True
+    assert store.get_state("gone") is None
+    assert store.delete_state("gone") is False
+    assert store.delete_state("never") is False
+    assert policy.status is CircuitState.CLOSED
+    assert call() == "ok"
+    snap = policy.snapshot()
+    assert (snap.state, snap.window, snap.window_capacity) == (CircuitState.CLOSED, (True,), 2)
