@@ -22,6 +22,7 @@ import pytest
 
 from resilient_circuit import CircuitProtectorPolicy, CircuitState, ProtectedCallError
 from resilient_circuit.storage import PostgresStorage
+from tests._helpers import wait_for
 from tests._pgbouncer import PgBouncer
 
 pytestmark = pytest.mark.pgbouncer
@@ -87,15 +88,6 @@ def rejects(policy: CircuitProtectorPolicy) -> bool:
     return False
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
-
-
 def policy(store: PostgresStorage, key: str, **kwargs: Any) -> CircuitProtectorPolicy:
     from datetime import timedelta
     from fractions import Fraction
@@ -133,7 +125,7 @@ def test_strict_mode_through_pgbouncer_shares_breakers(
     assert b.status is CircuitState.OPEN
     # Holding the OPEN verdict tried LISTEN, which a pooler cannot serve: that is no
     # loss to strict admission, so it is said at INFO, not as a WARNING.
-    assert wait_for(lambda: store_a._listener is not None and store_a._listener.refused)
+    assert wait_for(lambda: store_a._listener is not None and store_a._listener.refused, 10.0)
     pooler = [r for r in caplog.records if "pooler" in r.getMessage()]
     assert pooler
     assert all(r.levelno < logging.WARNING for r in pooler)
@@ -194,7 +186,7 @@ def test_cached_mode_without_listen_dsn_falls_back_to_strict_with_one_warning(
     a = policy(store_a, "cached", admission="cached")
     b = policy(store_b, "cached", admission="cached")
     assert not rejects(b)
-    assert wait_for(lambda: store_b._listener is not None and store_b._listener.refused)
+    assert wait_for(lambda: store_b._listener is not None and store_b._listener.refused, 10.0)
     assert not store_b.listening()
     trip(a)
     # No notification could reach b: it sees the trip because it asks on every call.
@@ -223,7 +215,7 @@ def test_cached_mode_with_a_direct_listen_dsn_is_kept_honest_by_notify(
     assert store_b.wait_listening(10)
     assert not rejects(b)
     trip(a)
-    assert wait_for(lambda: rejects(b))
+    assert wait_for(lambda: rejects(b), 10.0)
     assert not [r for r in caplog.records if "pooler" in r.getMessage()]
 
 
@@ -245,7 +237,7 @@ def test_batched_recording_through_pgbouncer(
     assert a.snapshot().successes == 10
     trip(a)
     store_a.flush()
-    assert wait_for(lambda: rejects(b))
+    assert wait_for(lambda: rejects(b), 10.0)
 
 
 _CHILD = """
