@@ -16,6 +16,7 @@ import psycopg
 import pytest
 
 from resilient_circuit import CircuitProtectorPolicy, CircuitState, ProtectedCallError, _settings
+from resilient_circuit._dsn import Dsn
 from resilient_circuit._machine import Config
 from resilient_circuit.circuit_breaker import DEFAULT_ADMISSION_REFRESH_INTERVAL
 from resilient_circuit.exceptions import ProtectionException, SchemaNotReady
@@ -261,7 +262,11 @@ def test_environment_configures_prepared_statements_and_listen_dsn(
     store = PostgresStorage(pg_dsn)
     try:
         assert store.prepared_statements is False
-        assert store.listen_dsn == pg_dsn
+        # Shown with any password masked; the target itself is the one given.
+        assert store.listen_dsn == str(Dsn(pg_dsn))
+        target = store._listen_target()
+        assert target is not None
+        assert (target.conninfo, target.password) == (Dsn(pg_dsn).conninfo, Dsn(pg_dsn).password)
         store.get_state("warm")
         with store._get_connection() as conn:
             assert conn.prepare_threshold is None
