@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import functools
 import inspect
 import logging
 import time
@@ -66,6 +65,9 @@ class OptionDrivers:
     failure_if: Callable[[Any], Any] | None
     fallback: Callable[[Exception], Any] | None
     timeout: int | None
+    # Why a sync function cannot be protected with these options (None: it can); the
+    # policy sets it once built, as a plain attribute like every other it reads per call.
+    _sync_problem: str | None
 
     if TYPE_CHECKING:
 
@@ -96,8 +98,7 @@ class OptionDrivers:
         if problem is not None:
             raise TypeError(problem)
 
-    @functools.cached_property
-    def _sync_problem(self) -> str | None:
+    def _find_sync_problem(self) -> str | None:
         """Why a sync function cannot be protected with these options, if it cannot."""
         if self.timeout is not None:
             return (

@@ -242,6 +242,7 @@ class CircuitProtectorPolicy(OptionDrivers, ProtectionPolicy):
         )
         self.cooldown = cooldown
         self.should_handle = should_handle
+        self._sync_problem = self._find_sync_problem()
         self.on_storage_error = on_storage_error
         self._on_status_change = on_status_change
         self._seen_lock = threading.Lock()
