@@ -154,6 +154,17 @@ class CircuitProtectorPolicy(OptionDrivers, ProtectionPolicy):
     together every few milliseconds; half-open trial calls always go to the database.
     0.8.6's ``admission_refresh_interval`` is accepted: positive selects cached
     admission, zero strict.
+
+    Beyond 0.4.5 (each unused by default, and then free): ``window_duration`` judges
+    the calls of a time window instead of the last ``window_size``; ``minimum_calls``
+    outcomes are needed before a trip; a call longer than ``slow_call_duration`` is
+    slow and ``slow_call_limit`` of them trips it; ``cooldown_factor`` multiplies the
+    cooldown at each reopening up to ``max_cooldown``. ``handle`` lists the exceptions
+    that are failures (others count as successes), ``ignore`` those not counted at all,
+    ``failure_if(result)`` flags returned values as failures; ``fallback(exc)`` answers
+    a rejection or a counted failure; ``timeout`` cancels an ``async def`` call. The
+    policy is also a context manager (``with`` / ``async with``) and has ``call`` and
+    ``acall``; ``force(state, hold=True)`` holds it OPEN, ``DISABLED`` turns it off.
     """
 
     DEFAULT_THRESHOLD = Fraction(1, 1)
