@@ -436,7 +436,7 @@ def record(
     permits = _live(st.permits, now)[1:]
     slow = is_slow(cfg, duration)
     bits, length, in_window = _append(st.window_bits, length, in_window, size, not success)
-    slow_bits, _, slow_count = _append(st.slow_bits, st.window_len, st.window_slow, size, slow)
+    slow_bits, slow_count = _slow_window(st, cfg, size, slow)
     failure_count = 0 if success else failure_count + 1
     nxt = st._replace(
         window_bits=bits,
@@ -474,7 +474,7 @@ def _record_closed(st: State, cfg: Config, now: int, success: bool, slow: bool) 
         bits, length, failures = _append(
             st.window_bits, st.window_len, st.window_failures, size, not success
         )
-        slow_bits, _, slow_count = _append(st.slow_bits, st.window_len, st.window_slow, size, slow)
+        slow_bits, slow_count = _slow_window(st, cfg, size, slow)
         nxt = st._replace(
             window_bits=bits,
             window_len=length,
@@ -548,6 +548,14 @@ def add_successes(st: State, count: int) -> State:
     ring = list(st.buckets)
     ring[st.bucket_head % TIME_BUCKETS] += count
     return st._replace(window_len=st.window_len + count, failure_count=0, buckets=tuple(ring))
+
+
+def _slow_window(st: State, cfg: Config, size: int, slow: bool) -> tuple[int, int]:
+    """The slow-call bits after one outcome; none are kept while slow calls are unused."""
+    if cfg.slow_call_duration_ns is None:
+        return 0, 0
+    bits, _, count = _append(st.slow_bits, st.window_len, st.window_slow, size, slow)
+    return bits, count
 
 
 def _append(bits: int, length: int, count: int, size: int, flag: bool) -> tuple[int, int, int]:

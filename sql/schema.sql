@@ -426,6 +426,8 @@ DECLARE
     _slowed integer;
     _minimum integer;
     _released integer;
+    -- slow_log is kept only while slow calls are counted: unused, it costs nothing.
+    _keep_slow boolean;
     -- A CLOSED time window: calls, failures and slow calls of its ten buckets.
     _calls integer[];
     _fails integer[];
@@ -487,8 +489,11 @@ BEGIN
         FOR UPDATE;
     END IF;
     _now := coalesce(p_now, clock_timestamp());
-    IF cardinality(_row.slow_log) <> cardinality(_row.execution_log) THEN
-        -- A window written before slow calls were kept (or by set_state): none was slow.
+    _keep_slow := _row.slow_call_duration IS NOT NULL;
+    IF NOT _keep_slow THEN
+        _row.slow_log := '{}';
+    ELSIF cardinality(_row.slow_log) <> cardinality(_row.execution_log) THEN
+        -- A window written before slow calls were counted (or by set_state): none was slow.
         _row.slow_log := array_fill(false, ARRAY[cardinality(_row.execution_log)]);
     END IF;
     _calls := _row.bucket_calls;
@@ -515,8 +520,10 @@ BEGIN
         _row.execution_log := _row.execution_log[
                                   cardinality(_row.execution_log) - (_size - _len) + 1 :]
                               || array_fill(true, ARRAY[_len]);
-        _row.slow_log := _row.slow_log[cardinality(_row.slow_log) - (_size - _len) + 1 :]
-                         || array_fill(false, ARRAY[_len]);
+        IF _keep_slow THEN
+            _row.slow_log := _row.slow_log[cardinality(_row.slow_log) - (_size - _len) + 1 :]
+                             || array_fill(false, ARRAY[_len]);
+        END IF;
         _row.failure_count := 0;
         _count := 0;
     END IF;
@@ -648,8 +655,10 @@ BEGIN
                 IF _loaded THEN
                     _row.execution_log := CASE WHEN _len < _size THEN _ring[1 : _len]
                         ELSE _ring[_head : _size] || _ring[1 : _head - 1] END;
-                    _row.slow_log := CASE WHEN _len < _size THEN _slow_ring[1 : _len]
-                        ELSE _slow_ring[_head : _size] || _slow_ring[1 : _head - 1] END;
+                    IF _keep_slow THEN
+                        _row.slow_log := CASE WHEN _len < _size THEN _slow_ring[1 : _len]
+                            ELSE _slow_ring[_head : _size] || _slow_ring[1 : _head - 1] END;
+                    END IF;
                 END IF;
                 IF _row.last_cooldown = interval '0' OR _row.cooldown_factor = 1 THEN
                     _cooldown := _row.cooldown;
@@ -684,8 +693,10 @@ BEGIN
         -- While the ring is not full its oldest outcome is still at index 1.
         _row.execution_log := CASE WHEN _len < _size THEN _ring[1 : _len]
                                    ELSE _ring[_head : _size] || _ring[1 : _head - 1] END;
-        _row.slow_log := CASE WHEN _len < _size THEN _slow_ring[1 : _len]
-                              ELSE _slow_ring[_head : _size] || _slow_ring[1 : _head - 1] END;
+        IF _keep_slow THEN
+            _row.slow_log := CASE WHEN _len < _size THEN _slow_ring[1 : _len]
+                                  ELSE _slow_ring[_head : _size] || _slow_ring[1 : _head - 1] END;
+        END IF;
         IF _released > 0 THEN
             _row.permits := (ARRAY(
                 SELECT u.expiry FROM unnest(_row.permits) WITH ORDINALITY AS u(expiry, ord)
