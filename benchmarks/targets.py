@@ -141,6 +141,26 @@ def evaluate(out: dict[str, dict[str, Any]], labels: dict[str, str]) -> list[Tar
             )
         )
 
+    for key, name, bound in (
+        ("vs_count", "Time window (60 s) success path ≤ 1.2x a count window's", 1.2),
+        ("duration", "Time window 1 h within 10% of 60 s (success)", 1.10),
+    ):
+        found = r.get("ours", f"time_window.ratio.{key}")
+        value = None if found is None else float(found["ratio"])
+        add(
+            Target(
+                name,
+                "n/a" if value is None else f"{value:.3f}x",
+                f"≤ {bound:.2f}x",
+                _status(None if value is None else value <= bound),
+                ""
+                if value is None or value <= bound
+                else "a time window's success reads the clock to find its bucket and counts "
+                "itself in the bucket's counter, where a full count window of successes "
+                "changes nothing",
+            )
+        )
+
     found = r.get("ours", "retry.success")
     floor_found = r.get("ours", "floor.decorator")
     if found is not None:

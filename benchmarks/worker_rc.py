@@ -57,6 +57,7 @@ OLD_MODES: dict[str, dict[str, Any]] = {
     "refresh every call": {"admission_refresh_interval": timedelta(0)},
 }
 WINDOWS = (10, 1000)
+TIME_WINDOWS = {"60s": timedelta(seconds=60), "1h": timedelta(hours=1)}
 
 
 class Api:
@@ -149,6 +150,10 @@ def breaker_scenarios(api: Api, report: Report, label: str) -> None:
     with report.scenario("window.*"):
         window_scenarios(api, report)
 
+    if label == "ours":
+        with report.scenario("time_window.*"):
+            time_window_scenarios(api, report)
+
 
 def window_scenarios(api: Api, report: Report) -> None:
     """Windows of 10 and 1000 outcomes, timed in the same rounds.
@@ -188,6 +193,41 @@ def window_scenarios(api: Api, report: Report) -> None:
             f"window.ratio.{outcome}",
             {"kind": "ratio", "ratio": median_ratio(rows_of[large], rows_of[small])},
         )
+
+
+def time_window_scenarios(api: Api, report: Report) -> None:
+    """Time windows of 60 s and 1 h against a count window of 10, in the same rounds.
+
+    Targets: a time window's success path within 1.2x a count window's, and the
+    duration (so the bucket width) not changing it. Each breaker gets a full bucket
+    of successes first, as in service.
+    """
+    storage = api.InMemoryStorage()
+    fns: dict[str, Any] = {"noop": noop}
+    fns["count"] = api.policy("bench-tw-count", storage, Fraction(1, 10))(noop)
+    for label, duration in TIME_WINDOWS.items():
+        fns[label] = api.policy(
+            f"bench-tw-{label}", storage, Fraction(1, 10), window_duration=duration
+        )(noop)
+    for fn in fns.values():
+        timed_loop(fn, 1000)
+    rows = interleaved(fns)
+    overheads = {
+        name: [p - b for p, b in zip(rows[name], rows["noop"], strict=True)]
+        for name in fns
+        if name != "noop"
+    }
+    for name, per_round in overheads.items():
+        report.ok(f"time_window.{name}.success", summary_of(per_round))
+    short, long = TIME_WINDOWS
+    report.ok(
+        "time_window.ratio.vs_count",
+        {"kind": "ratio", "ratio": median_ratio(overheads[short], overheads["count"])},
+    )
+    report.ok(
+        "time_window.ratio.duration",
+        {"kind": "ratio", "ratio": median_ratio(overheads[long], overheads[short])},
+    )
 
 
 def retry_scenarios(api: Api, report: Report) -> None:

@@ -7,6 +7,7 @@ and reports the outcome with the generation it was admitted under.
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import inspect
 import logging
@@ -18,12 +19,14 @@ from datetime import timedelta
 from fractions import Fraction
 from typing import Any, Literal, Protocol, TypeVar, cast
 
+from resilient_circuit._drivers import OptionDrivers, exception_types, handle_all, run_listener
 from resilient_circuit._machine import (
     DEFAULT_HALF_OPEN_TIMEOUT,
     Admission,
     CircuitState,
     Config,
     parse_state,
+    to_ns,
 )
 from resilient_circuit.exceptions import ProtectedCallError
 from resilient_circuit.policy import ProtectionPolicy
@@ -64,10 +67,6 @@ class _NotSet:
 
 
 _NOT_SET: Any = _NotSet()
-
-
-def _handle_all(exc: Exception) -> bool:
-    return True
 
 
 #: 0.8.6's default bound on how stale an admission may be. Passing it (or any positive
@@ -140,7 +139,7 @@ class ExecutionLog:
         return Fraction(self.failure_count, len(self)) if self._outcomes else Fraction(0)
 
 
-class CircuitProtectorPolicy(ProtectionPolicy):
+class CircuitProtectorPolicy(OptionDrivers, ProtectionPolicy):
     """A circuit breaker, shared by every policy that uses the same storage and key.
 
     With PostgreSQL configured (``RC_DB_DSN`` or ``RC_DB_*``) the breaker lives in
@@ -155,6 +154,17 @@ class CircuitProtectorPolicy(ProtectionPolicy):
     together every few milliseconds; half-open trial calls always go to the database.
     0.8.6's ``admission_refresh_interval`` is accepted: positive selects cached
     admission, zero strict.
+
+    Beyond 0.4.5 (each unused by default, and then free): ``window_duration`` judges
+    the calls of a time window instead of the last ``window_size``; ``minimum_calls``
+    outcomes are needed before a trip; a call longer than ``slow_call_duration`` is
+    slow and ``slow_call_limit`` of them trips it; ``cooldown_factor`` multiplies the
+    cooldown at each reopening up to ``max_cooldown``. ``handle`` lists the exceptions
+    that are failures (others count as successes), ``ignore`` those not counted at all,
+    ``failure_if(result)`` flags returned values as failures; ``fallback(exc)`` answers
+    a rejection or a counted failure; ``timeout`` cancels an ``async def`` call. The
+    policy is also a context manager (``with`` / ``async with``) and has ``call`` and
+    ``acall``; ``force(state, hold=True)`` holds it OPEN, ``DISABLED`` turns it off.
     """
 
     DEFAULT_THRESHOLD = Fraction(1, 1)
@@ -168,7 +178,7 @@ class CircuitProtectorPolicy(ProtectionPolicy):
         cooldown: timedelta = timedelta(0),
         failure_limit: Fraction = DEFAULT_THRESHOLD,
         success_limit: Fraction = _NOT_SET,
-        should_handle: Callable[[Exception], bool] = _handle_all,
+        should_handle: Callable[[Exception], bool] = handle_all,
         on_status_change: StatusChangeListener | None = None,
         window_size: int | None = None,
         half_open_timeout: timedelta = DEFAULT_HALF_OPEN_TIMEOUT,
@@ -176,12 +186,32 @@ class CircuitProtectorPolicy(ProtectionPolicy):
         admission: Literal["strict", "cached"] = "strict",
         recording: Literal["immediate", "batched"] = "immediate",
         admission_refresh_interval: timedelta | None = None,
+        window_duration: timedelta | None = None,
+        minimum_calls: int | None = None,
+        slow_call_duration: timedelta | None = None,
+        slow_call_limit: Fraction | None = None,
+        cooldown_factor: float = 1,
+        max_cooldown: timedelta | None = None,
+        handle: tuple[type[BaseException], ...] = (Exception,),
+        ignore: tuple[type[BaseException], ...] = (),
+        failure_if: Callable[[Any], Any] | None = None,
+        fallback: Callable[[Exception], Any] | None = None,
+        timeout: timedelta | None = None,
     ) -> None:
         admission = _admission_mode(admission, admission_refresh_interval)
         if not callable(should_handle):
             raise TypeError("`should_handle` must be callable")
         if on_status_change is not None and not callable(on_status_change):
             raise TypeError("`on_status_change` must be callable or None")
+        self.handle = exception_types(handle, "handle")
+        self.ignore = exception_types(ignore, "ignore")
+        if failure_if is not None and not callable(failure_if):
+            raise TypeError("`failure_if` must be callable or None")
+        if fallback is not None and not callable(fallback):
+            raise TypeError("`fallback` must be callable or None")
+        self.failure_if = failure_if
+        self.fallback = fallback
+        self.timeout = None if timeout is None else to_ns(timeout, "timeout", allow_zero=False)
         if on_storage_error not in ("open", "closed", "local"):
             raise ValueError(
                 f"`on_storage_error` must be 'open', 'closed' or 'local', got {on_storage_error!r}"
@@ -196,7 +226,24 @@ class CircuitProtectorPolicy(ProtectionPolicy):
             success_limit=None if success_limit is _NOT_SET else success_limit,
             cooldown=cooldown,
             half_open_timeout=half_open_timeout,
+            window_duration=window_duration,
+            minimum_calls=minimum_calls,
+            slow_call_duration=slow_call_duration,
+            slow_call_limit=slow_call_limit,
+            cooldown_factor=cooldown_factor,
+            max_cooldown=max_cooldown,
         )
+        # The decorator's own fast drivers serve every policy that uses none of the
+        # per-call options; the others go through the general ones.
+        self._plain = (
+            self.handle == (Exception,)
+            and not self.ignore
+            and failure_if is None
+            and fallback is None
+            and self._config.slow_call_duration_ns is None
+        )
+        self._entered: contextvars.ContextVar[tuple[tuple[Breaker | None, int | None, int], ...]]
+        self._entered = contextvars.ContextVar(f"rc_entered_{id(self)}", default=())
         self.resource_key = check_name(
             resource_key if resource_key is not None else f"anonymous_{id(self)}", "resource_key"
         )
@@ -206,6 +253,7 @@ class CircuitProtectorPolicy(ProtectionPolicy):
         )
         self.cooldown = cooldown
         self.should_handle = should_handle
+        self._sync_problem = self._find_sync_problem()
         self.on_storage_error = on_storage_error
         self._on_status_change = on_status_change
         self._seen_lock = threading.Lock()
@@ -251,6 +299,33 @@ class CircuitProtectorPolicy(ProtectionPolicy):
     def config(self) -> Config:
         return self._config
 
+    @property
+    def window_duration(self) -> timedelta | None:
+        ns = self._config.window_duration_ns
+        return None if ns is None else timedelta(microseconds=ns // 1000)
+
+    @property
+    def minimum_calls(self) -> int:
+        return self._config.minimum_calls
+
+    @property
+    def slow_call_duration(self) -> timedelta | None:
+        ns = self._config.slow_call_duration_ns
+        return None if ns is None else timedelta(microseconds=ns // 1000)
+
+    @property
+    def slow_call_limit(self) -> Fraction | None:
+        return self._config.slow_call_limit
+
+    @property
+    def cooldown_factor(self) -> float:
+        return self._config.cooldown_factor
+
+    @property
+    def max_cooldown(self) -> timedelta | None:
+        ns = self._config.max_cooldown_ns
+        return None if ns is None else timedelta(microseconds=ns // 1000)
+
     # -- state ----------------------------------------------------------------------
 
     def snapshot(self) -> Snapshot:
@@ -269,8 +344,20 @@ class CircuitProtectorPolicy(ProtectionPolicy):
 
     @status.setter
     def status(self, new_status: CircuitState | str) -> None:
-        target = parse_state(new_status, "status")
-        reply = self._call_store(lambda b: b.force(target))
+        self.force(parse_state(new_status, "status"))
+
+    def force(self, state: CircuitState | str, *, hold: bool = False) -> None:
+        """Force a transition for every process sharing the breaker.
+
+        ``hold=True`` keeps it OPEN (no automatic half-open) until the next force or
+        reset; DISABLED (every call permitted, nothing trips) is always held.
+        """
+        target = parse_state(state, "state")
+        if not isinstance(hold, bool):
+            raise TypeError(f"`hold` must be a bool, got {type(hold).__name__}")
+        if hold and target not in (CircuitState.OPEN, CircuitState.DISABLED):
+            raise ValueError(f"`hold` applies to OPEN and DISABLED only, not {target.value}")
+        reply = self._call_store(lambda b: b.force(target, hold=hold))
         self._observe(reply.state, reply.generation)
 
     def reset(self) -> None:
@@ -313,7 +400,9 @@ class CircuitProtectorPolicy(ProtectionPolicy):
         """Called once for each transition this policy makes or observes."""
         if self._on_status_change is not None:
             try:
-                self._on_status_change(self, current, new)
+                result = self._on_status_change(self, current, new)
+                if inspect.isawaitable(result):
+                    run_listener(result, self.resource_key)
             except Exception:
                 # A faulty listener must not turn a transition into a failed call.
                 logger.exception("on_status_change listener of %r failed", self.resource_key)
@@ -372,11 +461,17 @@ class CircuitProtectorPolicy(ProtectionPolicy):
         logger.exception("should_handle of %r failed; counting a failure", self.resource_key)
         return True
 
-    def _settle(self, breaker: Breaker | None, generation: int | None, success: bool) -> None:
+    def _settle(
+        self,
+        breaker: Breaker | None,
+        generation: int | None,
+        success: bool,
+        duration: int | None = None,
+    ) -> None:
         if breaker is None:
             return
         try:
-            reply = breaker.record(success, generation)
+            reply = breaker.record(success, generation, duration)
         except StorageError:
             return
         except Exception:
@@ -386,12 +481,16 @@ class CircuitProtectorPolicy(ProtectionPolicy):
             self._advance(reply.state, reply.generation)
 
     async def _asettle(
-        self, breaker: Breaker | None, generation: int | None, success: bool
+        self,
+        breaker: Breaker | None,
+        generation: int | None,
+        success: bool,
+        duration: int | None = None,
     ) -> None:
         if breaker is None:
             return
         try:
-            reply = await breaker.arecord(success, generation)
+            reply = await breaker.arecord(success, generation, duration)
         except StorageError:
             return
         except Exception:
@@ -405,8 +504,25 @@ class CircuitProtectorPolicy(ProtectionPolicy):
     def __call__(self, func: F) -> F:
         """Protect ``func`` (sync or ``async def``) with this breaker."""
         if inspect.iscoroutinefunction(func):
-            return cast(F, self._wrap_async(func))
-        return cast(F, self._wrap_sync(func))
+            if self._plain and self.timeout is None:
+                return cast(F, self._wrap_async(func))
+            run_async = self._run_async
+
+            @functools.wraps(func)
+            async def protected_async(*args: Any, **kwargs: Any) -> Any:
+                return await run_async(func, args, kwargs)
+
+            return cast(F, protected_async)
+        self._check_sync_options()
+        if self._plain:
+            return cast(F, self._wrap_sync(func))
+        run = self._run_sync
+
+        @functools.wraps(func)
+        def protected(*args: Any, **kwargs: Any) -> Any:
+            return run(func, args, kwargs)
+
+        return cast(F, protected)
 
     # The drivers below are the per-call hot path: admission is read inline and the
     # slow paths (a transition seen, a storage outage, a faulty predicate) are method
@@ -416,7 +532,7 @@ class CircuitProtectorPolicy(ProtectionPolicy):
     def _wrap_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
         policy, breaker = self, self._breaker
         should_handle = self.should_handle
-        check = None if should_handle is _handle_all else should_handle
+        check = None if should_handle is handle_all else should_handle
         rejected = ProtectedCallError.rejected
 
         @functools.wraps(func)
@@ -475,7 +591,7 @@ class CircuitProtectorPolicy(ProtectionPolicy):
     def _wrap_async(self, func: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
         policy, breaker = self, self._breaker
         should_handle = self.should_handle
-        check = None if should_handle is _handle_all else should_handle
+        check = None if should_handle is handle_all else should_handle
         rejected = ProtectedCallError.rejected
 
         @functools.wraps(func)

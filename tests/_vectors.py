@@ -8,8 +8,12 @@ Format (one JSON object per file, ``{"vectors": [...]}``); each vector is::
 
     CONFIG = {"failure_limit": "num/den", "window_size": int | null,
               "success_limit": "num/den" | null, "cooldown_ms": int,
-              "half_open_timeout_ms": int}
-    (limits may be given unreduced, "5/10": the store keeps them reduced)
+              "half_open_timeout_ms": int,
+              and optionally "window_duration_ms": int, "minimum_calls": int,
+              "slow_call_duration_ms": int, "slow_call_limit": "num/den",
+              "cooldown_factor": number, "max_cooldown_ms": int}
+    (limits may be given unreduced, "5/10": the store keeps them reduced; an absent
+    option is unused)
 
     STEP = {"at_ms": int (time since the vector's epoch), "op": OP, ...its arguments,
             "expect": ANSWER (optional, see below),
@@ -18,16 +22,22 @@ Format (one JSON object per file, ``{"vectors": [...]}``); each vector is::
 
     op "acquire"                                   ANSWER = {"permitted", "state",
                                                              "generation", "retry_after_ms"}
-    op "record", "success": bool, "generation": int | null
-    op "force", "state": "CLOSED" | "OPEN" | "HALF_OPEN"
+    op "record", "success": bool, "generation": int | null,
+        "duration_ms": int (optional: how long the call took)
+    op "release", "generation": int | null         (an uncounted outcome)
+    op "force", "state": "CLOSED" | "OPEN" | "HALF_OPEN" | "DISABLED", "hold": bool (optional)
     op "reset"
     op "configure", "config": CONFIG               ANSWER = {"state", "generation"}
-                                                   for record, force, reset, configure
+                                                   for record, release, force, reset,
+                                                   configure
 
     STATE = {"state", "generation", "window": "SSF" (oldest first), "failure_count",
              "open_until_ms": int | null, "permits": int (outstanding trial permits),
              "permits_ms": [int, ...] (their expiry times, oldest first),
-             "successes", "failures" (lifetime counters)}
+             "successes", "failures" (lifetime counters),
+             "held": bool (OPEN or DISABLED until a force or reset),
+             "window_calls", "window_failures", "window_slow" (the CLOSED time window's
+             sums over its buckets, else the window's outcomes, failures, slow calls)}
 
     TRANSITION = {"from", "to", "generation", "open_until_ms"}
 
@@ -83,10 +93,16 @@ STATE_KEYS = frozenset(
         "permits_ms",
         "successes",
         "failures",
+        "held",
+        "window_calls",
+        "window_failures",
+        "window_slow",
     }
 )
 # Keys added after the first version of the format: compared when a vector has them.
-LATER_STATE_KEYS = frozenset({"permits_ms"})
+LATER_STATE_KEYS = frozenset(
+    {"permits_ms", "held", "window_calls", "window_failures", "window_slow"}
+)
 ACQUIRE_KEYS = frozenset({"permitted", "state", "generation", "retry_after_ms"})
 REPLY_KEYS = frozenset({"state", "generation"})
 
@@ -101,14 +117,25 @@ def vector_params() -> list[Any]:
     return [pytest.param(v, id=v["name"]) for v in iter_vectors()]
 
 
+def _ms(value: int | None) -> timedelta | None:
+    return None if value is None else timedelta(milliseconds=value)
+
+
 def config_from(raw: dict[str, Any]) -> Config:
     """A vector's config as the Python machine takes it."""
+    slow_limit = raw.get("slow_call_limit")
     return Config.build(
         failure_limit=Fraction(raw["failure_limit"]),
         window_size=raw["window_size"],
         success_limit=None if raw["success_limit"] is None else Fraction(raw["success_limit"]),
         cooldown=timedelta(milliseconds=raw["cooldown_ms"]),
         half_open_timeout=timedelta(milliseconds=raw["half_open_timeout_ms"]),
+        window_duration=_ms(raw.get("window_duration_ms")),
+        minimum_calls=raw.get("minimum_calls"),
+        slow_call_duration=_ms(raw.get("slow_call_duration_ms")),
+        slow_call_limit=None if slow_limit is None else Fraction(slow_limit),
+        cooldown_factor=raw.get("cooldown_factor", 1),
+        max_cooldown=_ms(raw.get("max_cooldown_ms")),
     )
 
 
@@ -122,6 +149,25 @@ def stored_config(raw: dict[str, Any]) -> dict[str, Any]:
         "success_limit": None if s is None else (s.numerator, s.denominator),
         "cooldown_ms": raw["cooldown_ms"],
         "half_open_timeout_ms": raw["half_open_timeout_ms"],
+        **stored_options(raw),
+    }
+
+
+def stored_options(raw: dict[str, Any]) -> dict[str, Any]:
+    """The options beyond 0.4.5's a store must hold, with their defaults resolved."""
+    f = Fraction(raw["failure_limit"])
+    window = raw["window_size"] if raw["window_size"] is not None else f.denominator
+    duration = raw.get("window_duration_ms")
+    slow = raw.get("slow_call_duration_ms")
+    limit = None if slow is None else Fraction(raw.get("slow_call_limit") or 1)
+    minimum = raw.get("minimum_calls")
+    return {
+        "window_duration_ms": duration,
+        "minimum_calls": minimum if minimum is not None else window if duration is None else 10,
+        "slow_call_duration_ms": slow,
+        "slow_call_limit": None if limit is None else (limit.numerator, limit.denominator),
+        "cooldown_factor": float(raw.get("cooldown_factor", 1)),
+        "max_cooldown_ms": raw.get("max_cooldown_ms"),
     }
 
 

@@ -167,8 +167,20 @@ CONFIGURE_PARAMETERS = (
 )
 
 
+# The parameters after those, left at their defaults (the options that are unused).
+UNUSED_OPTIONS = {
+    "window_duration": None,
+    "minimum_calls": None,
+    "slow_call_duration": None,
+    "slow_call_limit_num": None,
+    "slow_call_limit_den": None,
+    "cooldown_factor": 1.0,
+    "max_cooldown": None,
+}
+
+
 def configure_args(*values: Any) -> dict[str, Any]:
-    return dict(zip(CONFIGURE_PARAMETERS, values, strict=True))
+    return {**dict(zip(CONFIGURE_PARAMETERS, values, strict=True)), **UNUSED_OPTIONS}
 
 
 # (parameters after key and namespace, the parameter the message must name)
@@ -227,13 +239,17 @@ def test_unknown_states_are_refused_in_python_and_in_sql(
             store.set_state("svc", bad, 0, 0)
         with pytest.raises(ValueError, match="p_state"):
             store.fetch(
-                None, store.statements.force, {"key": "svc", "state": bad, "namespace": "default"}
+                None,
+                store.statements.force,
+                {"key": "svc", "state": bad, "namespace": "default", "hold": False},
             )
     with pytest.raises(TypeError, match="status"):
         policy.status = None  # type: ignore[assignment]
     with pytest.raises(ValueError, match="p_state"):
         store.fetch(
-            None, store.statements.force, {"key": "svc", "state": None, "namespace": "default"}
+            None,
+            store.statements.force,
+            {"key": "svc", "state": None, "namespace": "default", "hold": False},
         )
     assert table(pg_dsn) == before
     assert [r for r in caplog.records if r.name.startswith("resilient_circuit")] == []

@@ -119,3 +119,153 @@ def test_large_window_appends_in_constant_work() -> None:
         state = m.record(state, cfg, 0, i % 3 != 0, None)
     assert state.window_len == 10_000
     assert state.window_failures == sum(not ok for ok in state.window)
+
+
+feature_configs = st.builds(
+    lambda base, duration, k, slow, slow_limit, factor, max_cool: Config.build(
+        failure_limit=base.failure_limit,
+        window_size=base.window_size,
+        success_limit=base.success_limit,
+        cooldown=timedelta(microseconds=base.cooldown_ns // 1000),
+        half_open_timeout=timedelta(microseconds=base.half_open_timeout_ns // 1000),
+        window_duration=None if duration is None else timedelta(milliseconds=duration),
+        minimum_calls=None if k is None else min(k, base.window_size if duration is None else k),
+        slow_call_duration=None if slow is None else timedelta(milliseconds=slow),
+        slow_call_limit=None if slow is None else slow_limit,
+        cooldown_factor=factor,
+        max_cooldown=None
+        if max_cool is None
+        else timedelta(microseconds=base.cooldown_ns // 1000 + max_cool * 1000),
+    ),
+    configs,
+    st.one_of(st.none(), st.integers(1, 300)),
+    st.one_of(st.none(), st.integers(1, 12)),
+    st.one_of(st.none(), st.integers(1, 15)),
+    st.sampled_from([Fraction(1, 1), Fraction(1, 2), Fraction(2, 3)]),
+    st.sampled_from([1, 1.5, 2, 3]),
+    st.one_of(st.none(), st.integers(0, 200)),
+)
+
+feature_events = st.lists(
+    st.tuples(
+        st.integers(0, 40),  # time step in ms
+        st.sampled_from(
+            ["acquire", "acquire", "ok", "fail", "ok", "fail", "release", "hold", "force", "reset"]
+        ),
+        st.sampled_from(list(CircuitState)),
+        st.integers(0, 30),  # the call's duration in ms
+    ),
+    max_size=150,
+)
+
+
+def _check_features(st_: State, cfg: Config, prev: State) -> None:
+    assert st_.generation >= prev.generation
+    if st_.state is not prev.state:
+        assert st_.generation > prev.generation
+    assert st_.held == (st_.state is CircuitState.DISABLED) or (
+        st_.held and st_.state is CircuitState.OPEN
+    )
+    assert (st_.open_until is not None) == (st_.state is CircuitState.OPEN and not st_.held)
+    assert 0 <= st_.window_slow <= st_.window_len
+    assert 0 <= st_.window_failures <= st_.window_len
+    if st_.state is CircuitState.CLOSED:
+        assert st_.last_cooldown == 0
+    cap = m.COOLDOWN_CEILING // timedelta(microseconds=1) * 1000
+    if cfg.max_cooldown_ns is not None:
+        cap = cfg.max_cooldown_ns
+    assert st_.last_cooldown <= max(cap, cfg.cooldown_ns)
+    if st_.buckets:
+        b = m.TIME_BUCKETS
+        assert len(st_.buckets) == 3 * b
+        assert st_.window_len == sum(st_.buckets[:b])
+        assert st_.window_failures == sum(st_.buckets[b : 2 * b])
+        assert st_.window_slow == sum(st_.buckets[2 * b :])
+        assert min(st_.buckets) >= 0
+    else:
+        assert st_.window_len == len(st_.window)
+        assert st_.window_failures == sum(not ok for ok in st_.window)
+        assert st_.window_slow == st_.slow_bits.bit_count()
+    if st_.state is CircuitState.HALF_OPEN:
+        assert len(st_.permits) <= cfg.half_open_window - st_.window_len
+    else:
+        assert st_.permits == ()
+
+
+@settings(max_examples=300, deadline=None)
+@given(feature_configs, feature_events)
+def test_feature_invariants_hold_for_any_event_sequence(cfg: Config, seq: list) -> None:
+    """Holds, DISABLED, releases, slow calls, time windows and growing cooldowns keep the
+    machine's invariants: bucket sums, hold rules, cooldown bounds, permit caps."""
+    state, now, admitted = m.INITIAL, 0, []
+    for step, kind, target, took in seq:
+        now += step * 1_000_000
+        prev = state
+        if kind == "acquire":
+            adm, state = m.try_acquire(state, cfg, now)
+            assert (adm.retry_after is None) == adm.permitted
+            if prev.state is CircuitState.DISABLED:
+                assert adm.permitted
+                assert state is prev
+            if prev.held and prev.state is CircuitState.OPEN:
+                assert not adm.permitted
+                assert state is prev
+            if adm.permitted:
+                admitted.append(adm.generation)
+        elif kind in ("ok", "fail"):
+            generation = admitted.pop(0) if admitted else state.generation
+            state = m.record(state, cfg, now, kind == "ok", generation, took * 1_000_000)
+            if prev.state in (CircuitState.OPEN, CircuitState.DISABLED):
+                assert state is prev
+            if state.state is CircuitState.OPEN and prev.state is not CircuitState.OPEN:
+                cooldown = state.open_until - now  # type: ignore[operator]
+                assert cooldown == state.last_cooldown >= cfg.cooldown_ns
+        elif kind == "release":
+            generation = admitted.pop(0) if admitted else None
+            state = m.release(state, cfg, now, generation)
+            assert state._replace(permits=prev.permits) == prev
+            assert len(state.permits) <= len(prev.permits)
+        elif kind == "hold":
+            state = m.force(state, cfg, now, CircuitState.OPEN, hold=True)
+            assert state.held
+            assert state.state is CircuitState.OPEN
+        elif kind == "force":
+            state = m.force(state, cfg, now, target)
+            assert state.state is target
+        else:
+            state = m.reset(state)
+            assert not state.held
+        _check_features(state, cfg, prev)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.integers(1, 400),
+    st.lists(st.tuples(st.integers(0, 60), st.booleans(), st.booleans()), max_size=120),
+)
+def test_memory_store_time_window_matches_the_machine(duration_ms: int, seq: list) -> None:
+    """The memory store's unlocked successes within a bucket leave exactly the state the
+    pure machine computes record by record."""
+    from resilient_circuit.storage import InMemoryStorage
+
+    cfg = Config.build(
+        failure_limit=Fraction(1, 2),
+        window_duration=timedelta(milliseconds=duration_ms),
+        minimum_calls=3,
+        cooldown=timedelta(milliseconds=5),
+    )
+    clock = [0]
+    breaker = InMemoryStorage(namespace="p", clock=lambda: clock[0]).breaker("k", "p", cfg)
+    state = m.INITIAL
+    for index, (step, ok, acquire) in enumerate(seq):
+        clock[0] += step * 1_000_000
+        if acquire:
+            _, state = m.try_acquire(state, cfg, clock[0])
+            breaker.acquire()
+        generation = state.generation
+        state = m.record(state, cfg, clock[0], ok, generation)
+        breaker.record(ok, generation)
+        if index % 7 == 6:
+            # Read now and then only: reading places the successes counted meanwhile.
+            assert breaker.state == state
+    assert breaker.state == state

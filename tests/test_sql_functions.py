@@ -693,6 +693,7 @@ def test_function_attributes(conn: Conn) -> None:
         "rc_gc",
         "rc_record",
         "rc_record_many",
+        "rc_release",
         "rc_reset",
         "rc_session_is_owner",
         "rc_status",
@@ -708,7 +709,7 @@ def test_an_app_role_changes_breakers_only_through_the_functions(
 ) -> None:
     """Granted EXECUTE alone, a role records through rc_record but may not touch the table."""
     role = sql.Identifier(pg_role())
-    grant = "GRANT EXECUTE ON FUNCTION rc_record(text, boolean, text, bigint) TO {}"
+    grant = "GRANT EXECUTE ON FUNCTION rc_record(text, boolean, text, bigint, interval) TO {}"
     conn.execute(sql.SQL(grant).format(role))
     with psycopg.connect(pg_dsn, autocommit=True) as app:
         app.execute(sql.SQL("SET ROLE {}").format(role))

@@ -47,14 +47,22 @@ def _ms(value: timedelta | None) -> int | float | None:
     return int(ms) if ms == int(ms) else ms
 
 
+def _duration(ms: int | None) -> timedelta | None:
+    return None if ms is None else ms * MS
+
+
 def _configure(conn: psycopg.Connection[Any], key: str, config: dict[str, Any]) -> Any:
     f_num, f_den = _fraction(config["failure_limit"])
     s_num, s_den = _fraction(config["success_limit"])
+    l_num, l_den = _fraction(config.get("slow_call_limit"))
     return conn.execute(
         "SELECT * FROM rc_configure(p_key => %s, p_namespace => %s,"
         " p_failure_limit_num => %s, p_failure_limit_den => %s, p_window_size => %s,"
         " p_success_limit_num => %s, p_success_limit_den => %s,"
-        " p_cooldown => %s, p_half_open_timeout => %s)",
+        " p_cooldown => %s, p_half_open_timeout => %s,"
+        " p_window_duration => %s, p_minimum_calls => %s, p_slow_call_duration => %s,"
+        " p_slow_call_limit_num => %s, p_slow_call_limit_den => %s,"
+        " p_cooldown_factor => %s, p_max_cooldown => %s)",
         (
             key,
             NAMESPACE,
@@ -65,19 +73,29 @@ def _configure(conn: psycopg.Connection[Any], key: str, config: dict[str, Any]) 
             s_den,
             config["cooldown_ms"] * MS,
             config["half_open_timeout_ms"] * MS,
+            _duration(config.get("window_duration_ms")),
+            config.get("minimum_calls"),
+            _duration(config.get("slow_call_duration_ms")),
+            l_num,
+            l_den,
+            float(config.get("cooldown_factor", 1)),
+            _duration(config.get("max_cooldown_ms")),
         ),
     ).fetchone()
 
 
 def _snapshot(conn: psycopg.Connection[Any], key: str) -> dict[str, Any]:
     row = conn.execute(
-        "SELECT state, generation, execution_log, failure_count, open_until,"
-        " permits, successes, failures"
-        " FROM rc_circuit_breakers WHERE resource_key = %s AND namespace = %s",
+        "SELECT b.state, b.generation, b.execution_log, b.failure_count, b.open_until,"
+        " b.permits, b.successes, b.failures, b.held,"
+        " s.window_calls, s.window_failures, s.window_slow"
+        " FROM rc_circuit_breakers AS b JOIN rc_circuit_breaker_status AS s"
+        " USING (resource_key, namespace) WHERE resource_key = %s AND namespace = %s",
         (key, NAMESPACE),
     ).fetchone()
     assert row is not None, "the vector's breaker has no row"
-    state, generation, log, failure_count, open_until, permits, successes, failures = row
+    state, generation, log, failure_count, open_until, permits, successes, failures = row[:8]
+    held, window_calls, window_failures, window_slow = row[8:]
     return {
         "state": state,
         "generation": generation,
@@ -88,6 +106,10 @@ def _snapshot(conn: psycopg.Connection[Any], key: str) -> dict[str, Any]:
         "permits_ms": [_at(expiry) for expiry in permits],
         "successes": successes,
         "failures": failures,
+        "held": held,
+        "window_calls": window_calls,
+        "window_failures": window_failures,
+        "window_slow": window_slow,
     }
 
 
@@ -97,19 +119,29 @@ def _at(moment: datetime | None) -> int | float | None:
 
 def _stored_config(conn: psycopg.Connection[Any], key: str) -> dict[str, Any]:
     row = conn.execute(
-        "SELECT failure_limit_num, failure_limit_den, window_size, success_limit_num,"
-        " success_limit_den, cooldown, half_open_timeout"
-        " FROM rc_circuit_breakers WHERE resource_key = %s AND namespace = %s",
+        "SELECT b.failure_limit_num, b.failure_limit_den, b.window_size, b.success_limit_num,"
+        " b.success_limit_den, b.cooldown, b.half_open_timeout, b.window_duration,"
+        " s.minimum_calls, b.slow_call_duration, b.slow_call_limit_num, b.slow_call_limit_den,"
+        " b.cooldown_factor, b.max_cooldown"
+        " FROM rc_circuit_breakers AS b JOIN rc_circuit_breaker_status AS s"
+        " USING (resource_key, namespace) WHERE resource_key = %s AND namespace = %s",
         (key, NAMESPACE),
     ).fetchone()
     assert row is not None, "the vector's breaker has no row"
-    f_num, f_den, window, s_num, s_den, cooldown, half_open_timeout = row
+    f_num, f_den, window, s_num, s_den, cooldown, half_open_timeout = row[:7]
+    duration, minimum, slow, l_num, l_den, factor, max_cooldown = row[7:]
     return {
         "failure_limit": (f_num, f_den),
         "window_size": window,
         "success_limit": None if s_num is None else (s_num, s_den),
         "cooldown_ms": _ms(cooldown),
         "half_open_timeout_ms": _ms(half_open_timeout),
+        "window_duration_ms": _ms(duration),
+        "minimum_calls": minimum,
+        "slow_call_duration_ms": _ms(slow),
+        "slow_call_limit": None if l_num is None else (l_num, l_den),
+        "cooldown_factor": factor,
+        "max_cooldown_ms": _ms(max_cooldown),
     }
 
 
@@ -154,13 +186,27 @@ def _step(conn: psycopg.Connection[Any], key: str, step: dict[str, Any]) -> dict
     if op == "record":
         row = conn.execute(
             "SELECT * FROM rc_record_at(p_key => %s, p_success => %s, p_namespace => %s,"
-            " p_generation => %s, p_now => %s)",
-            (key, step["success"], NAMESPACE, step["generation"], now),
+            " p_generation => %s, p_now => %s, p_duration => %s)",
+            (
+                key,
+                step["success"],
+                NAMESPACE,
+                step["generation"],
+                now,
+                _duration(step.get("duration_ms")),
+            ),
+        ).fetchone()
+    elif op == "release":
+        row = conn.execute(
+            "SELECT * FROM rc_release_at(p_key => %s, p_namespace => %s, p_generation => %s,"
+            " p_now => %s)",
+            (key, NAMESPACE, step["generation"], now),
         ).fetchone()
     elif op == "force":
         row = conn.execute(
-            "SELECT * FROM rc_force_at(p_key => %s, p_state => %s, p_namespace => %s, p_now => %s)",
-            (key, step["state"], NAMESPACE, now),
+            "SELECT * FROM rc_force_at(p_key => %s, p_state => %s, p_namespace => %s,"
+            " p_now => %s, p_hold => %s)",
+            (key, step["state"], NAMESPACE, now, step.get("hold", False)),
         ).fetchone()
     elif op == "reset":
         row = conn.execute(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from fractions import Fraction
 from typing import Any
 
 import pytest
@@ -22,6 +23,7 @@ from tests._vectors import (
     expected_transitions,
     iter_vectors,
     stored_config,
+    stored_options,
     vector_params,
     window_text,
 )
@@ -37,8 +39,12 @@ def _ms(ns: int | None) -> int | None:
 
 def _snapshot(breaker: MemoryBreaker) -> dict[str, Any]:
     st = breaker.state
-    # The machine keeps the window's failure count beside the window: the two must agree.
-    assert st.window_failures == st.window.count(False), st
+    # The machine keeps the window's failure count beside the window (or, for a time
+    # window, beside its buckets): the two must agree.
+    if st.buckets:
+        assert st.window_failures == sum(st.buckets[10:20]), st
+    else:
+        assert st.window_failures == st.window.count(False), st
     return {
         "state": st.state.value,
         "generation": st.generation,
@@ -49,18 +55,37 @@ def _snapshot(breaker: MemoryBreaker) -> dict[str, Any]:
         "permits_ms": [_ms(p) for p in st.permits],
         "successes": breaker.successes,
         "failures": breaker.failures,
+        "held": st.held,
+        "window_calls": st.window_len,
+        "window_failures": st.window_failures,
+        "window_slow": st.window_slow,
     }
+
+
+def _in_ms(ns: int | None) -> int | None:
+    return None if ns is None else ns // MS
 
 
 def _config(cfg: Config) -> dict[str, Any]:
     s = cfg.success_limit
+    slow = cfg.slow_call_limit
     return {
         "failure_limit": (cfg.failure_limit.numerator, cfg.failure_limit.denominator),
         "window_size": cfg.window_size,
         "success_limit": None if s is None else (s.numerator, s.denominator),
         "cooldown_ms": cfg.cooldown_ns // MS,
         "half_open_timeout_ms": cfg.half_open_timeout_ns // MS,
+        "window_duration_ms": _in_ms(cfg.window_duration_ns),
+        "minimum_calls": cfg.minimum_calls,
+        "slow_call_duration_ms": _in_ms(cfg.slow_call_duration_ns),
+        "slow_call_limit": None if slow is None else (slow.numerator, slow.denominator),
+        "cooldown_factor": cfg.cooldown_factor,
+        "max_cooldown_ms": _in_ms(cfg.max_cooldown_ns),
     }
+
+
+def _td(ns: int | None) -> timedelta | None:
+    return None if ns is None else timedelta(microseconds=ns // 1000)
 
 
 def test_vectors_exist_and_are_many() -> None:
@@ -90,7 +115,14 @@ def test_vector(vector: dict[str, Any]) -> None:
     seen: list[tuple[str, str]] = []
     # A policy on the same breaker reports the transitions it observes.
     cfg = breaker.config
-    optional: dict[str, Any] = {}
+    optional: dict[str, Any] = {
+        "window_duration": _td(cfg.window_duration_ns),
+        "minimum_calls": cfg.minimum_calls,
+        "slow_call_duration": _td(cfg.slow_call_duration_ns),
+        "slow_call_limit": cfg.slow_call_limit,
+        "cooldown_factor": cfg.cooldown_factor,
+        "max_cooldown": _td(cfg.max_cooldown_ns),
+    }
     if cfg.success_limit is not None:
         optional["success_limit"] = cfg.success_limit
     policy = CircuitProtectorPolicy(
@@ -121,9 +153,14 @@ def test_vector(vector: dict[str, Any]) -> None:
             }
         else:
             if op == "record":
-                reply = breaker.record(step["success"], step["generation"])
+                took = step.get("duration_ms")
+                reply = breaker.record(
+                    step["success"], step["generation"], None if took is None else took * MS
+                )
+            elif op == "release":
+                reply = breaker.release(step["generation"])
             elif op == "force":
-                reply = breaker.force(CircuitState[step["state"]])
+                reply = breaker.force(CircuitState[step["state"]], hold=step.get("hold", False))
             elif op == "reset":
                 reply = breaker.reset()
             elif op == "configure":
@@ -142,12 +179,19 @@ def test_vector(vector: dict[str, Any]) -> None:
 
 
 def _ref_config(raw: dict[str, Any]) -> RefConfig:
+    slow_limit = raw.get("slow_call_limit")
     return RefConfig(
         failure_limit=config_from(raw).failure_limit,
         window_size=raw["window_size"],
         success_limit=config_from(raw).success_limit,
         cooldown_ms=raw["cooldown_ms"],
         half_open_timeout_ms=raw["half_open_timeout_ms"],
+        window_duration_ms=raw.get("window_duration_ms"),
+        minimum_calls=raw.get("minimum_calls"),
+        slow_call_duration_ms=raw.get("slow_call_duration_ms"),
+        slow_call_limit=None if slow_limit is None else Fraction(slow_limit),
+        cooldown_factor=Fraction(str(raw.get("cooldown_factor", 1))),
+        max_cooldown_ms=raw.get("max_cooldown_ms"),
     )
 
 
@@ -172,9 +216,13 @@ def test_reference_model_agrees_with_the_vector(vector: dict[str, Any]) -> None:
             }
         else:
             if op == "record":
-                state, generation = ref.record(at, step["success"], step["generation"])
+                state, generation = ref.record(
+                    at, step["success"], step["generation"], step.get("duration_ms")
+                )
+            elif op == "release":
+                state, generation = ref.release(at, step["generation"])
             elif op == "force":
-                state, generation = ref.force(at, step["state"])
+                state, generation = ref.force(at, step["state"], step.get("hold", False))
             elif op == "reset":
                 state, generation = ref.reset(at)
             else:
@@ -189,6 +237,7 @@ def test_reference_model_agrees_with_the_vector(vector: dict[str, Any]) -> None:
             "success_limit": None if s is None else (s.numerator, s.denominator),
             "cooldown_ms": ref.config.cooldown_ms,
             "half_open_timeout_ms": ref.config.half_open_timeout_ms,
+            **stored_options(declared),
         }
         check_step(where, step, answer, after, config, stored_config(declared))
         made = [
@@ -210,4 +259,8 @@ def _ref_state(ref: RefBreaker) -> dict[str, Any]:
         "permits_ms": list(ref.permits_ms),
         "successes": ref.successes,
         "failures": ref.failures,
+        "held": ref.held,
+        "window_calls": ref.window_calls,
+        "window_failures": ref.window_failures,
+        "window_slow": ref.window_slow,
     }

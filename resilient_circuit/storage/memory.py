@@ -14,6 +14,7 @@ from typing import Any, Literal
 from resilient_circuit import _machine
 from resilient_circuit._machine import (
     CLOSED,
+    DISABLED,
     HALF_OPEN,
     OPEN,
     Admission,
@@ -33,6 +34,9 @@ from resilient_circuit.storage.base import (
 __all__ = ("InMemoryStorage",)
 
 _new = tuple.__new__  # builds a NamedTuple without its Python-level __new__
+
+# See MemoryBreaker._timed.
+_Timed = tuple[State, int, int, Callable[[], int], "_Counter", list[int]]
 
 
 class _Counter:
@@ -62,15 +66,18 @@ class MemoryBreaker(Breaker):
         "_admit_closed",
         "_clock",
         "_failures",
+        "_fast_successes",
         "_forgotten",
         "_lock",
+        "_placed",
         "_rejecting",
+        "_state",
         "_steady",
         "_successes",
+        "_timed",
         "config",
         "namespace",
         "resource_key",
-        "state",
     )
 
     def __init__(
@@ -84,7 +91,7 @@ class MemoryBreaker(Breaker):
         self.resource_key = resource_key
         self.namespace = namespace
         self.config = config
-        self.state = _machine.INITIAL
+        self._state = _machine.INITIAL
         self._successes = _Counter()
         self._failures = _Counter()
         self._lock = lock
@@ -104,13 +111,35 @@ class MemoryBreaker(Breaker):
         # The fresh state delete_state left: until it moves on, the breaker reads as
         # never stored (get_state None), although a policy may still hold it.
         self._forgotten: State | None = None
+        # A time window's successes within its newest bucket are only counted, without
+        # the lock, and placed in the bucket before anything else reads or changes the
+        # state: (the state they belong to, its generation, when its newest bucket ends,
+        # the counter's add, the counter, [its final value once retired]). These
+        # successes are counted in the lifetime counter through it, not _successes.
+        self._timed: _Timed | None = None
+        self._placed = 0  # the part of the counter already placed in the window
+        self._fast_successes = 0  # the final values of retired counters
+
+    @property
+    def state(self) -> State:
+        """The state as the machine defines it (counted successes placed)."""
+        if self._timed is None:
+            return self._state
+        with self._lock:
+            return self._settled()
+
+    @state.setter
+    def state(self, st: State) -> None:
+        with self._lock:
+            self._settled()
+            self._commit(st)
 
     @property
     def last_known(self) -> State:
-        return self.state
+        return self._state
 
     def acquire(self) -> Admission:
-        st = self.state
+        st = self._state
         if st.state is CLOSED:
             # CLOSED admits without changing anything: no lock, and the same reply
             # object for every call of a generation.
@@ -133,18 +162,28 @@ class MemoryBreaker(Breaker):
                 self._rejecting = (st, until, admission.state, admission.generation)
             return admission
         with self._lock:
-            admission, self.state = _machine.try_acquire(self.state, self.config, self._clock())
+            admission, nxt = _machine.try_acquire(self._settled(), self.config, self._clock())
+            self._commit(nxt)
         return admission
 
-    def record(self, success: bool, generation: int | None) -> State:
-        st = self.state
+    def record(self, success: bool, generation: int | None, duration: int | None = None) -> State:
+        st = self._state
         if success:
-            self._successes.add()
             if st is self._steady:
+                self._successes.add()
                 return st
+            timed = self._timed
+            if timed is not None and generation == timed[1] and self._clock() < timed[2]:
+                # Counted as of the state that published it: one a locked change made
+                # since then is still of this generation, and so later, not different.
+                ticket = timed[3]()
+                if self._timed is not timed:
+                    self._late(timed, ticket)
+                return timed[0]
+            self._successes.add()
         else:
             self._failures.add()
-        if st.state is CLOSED:
+        if st.state is CLOSED and self.config.plain:
             # A CLOSED outcome is decided on the state as read, outside the lock, and
             # swapped in under it if nobody changed the breaker meanwhile. The machine
             # reads the clock only to trip (a result still CLOSED did not use it), so
@@ -156,60 +195,119 @@ class MemoryBreaker(Breaker):
                 return st
             if nxt.state is CLOSED:
                 with self._lock:
-                    if self.state is st:
-                        self.state = nxt
+                    if self._state is st:
+                        self._state = nxt
                         return nxt
-                    return self._apply(success, generation)
+                    return self._apply(success, generation, duration)
         with self._lock:
-            return self._apply(success, generation)
+            return self._apply(success, generation, duration)
 
-    def _apply(self, success: bool, generation: int | None) -> State:
-        st = self.state = _machine.record(
-            self.state, self.config, self._clock(), success, generation
+    def _apply(self, success: bool, generation: int | None, duration: int | None) -> State:
+        st = _machine.record(
+            self._settled(), self.config, self._clock(), success, generation, duration
         )
+        return self._commit(st)
+
+    def _commit(self, st: State) -> State:
+        """Make ``st`` current (lock held, counted successes placed), keeping the unlocked
+        success path of a CLOSED time window in step with it."""
+        self._state = st
+        timed = self._timed
+        if timed is not None and (timed[1] != st.generation or not st.buckets):
+            # Unpublish first, then read: every success counted before the read is in
+            # the final value; one counted after it finds out in _late.
+            self._timed = None
+            final = timed[4].value
+            timed[5].append(final)
+            self._fast_successes += final
+            timed = None
+        # Only a fast success is a plain count: with slow calls configured every
+        # success is weighed by the machine.
+        if st.state is CLOSED and st.buckets and self.config.slow_call_duration_ns is None:
+            if timed is None:
+                counter = _Counter()
+                self._placed = 0
+                timed = (st, st.generation, 0, counter.add, counter, [])
+            self._timed = (st, st.generation, _machine.bucket_end(st, self.config), *timed[3:])
         return st
+
+    def _late(self, timed: _Timed, ticket: int) -> None:
+        """A success counted without the lock while the state changed: if its counter was
+        retired before it counted, it belongs to an older generation (not in the window)
+        and only the lifetime counter takes it."""
+        with self._lock:
+            if timed[5] and ticket >= timed[5][0]:
+                self._fast_successes += 1
+
+    def _settled(self) -> State:
+        """The current state with the successes counted outside the lock placed (lock held)."""
+        st = self._state
+        timed = self._timed
+        if timed is None:
+            return st
+        counted = timed[4].value
+        pending = counted - self._placed
+        if pending:
+            self._placed = counted
+            st = self._state = _machine.add_successes(st, pending)
+            self._timed = (st, *timed[1:])
+        return st
+
+    def release(self, generation: int | None) -> State:
+        with self._lock:
+            st = _machine.release(self._settled(), self.config, self._clock(), generation)
+            return self._commit(st)
 
     @property
     def successes(self) -> int:
-        return self._successes.value
+        timed = self._timed
+        live = 0 if timed is None else timed[4].value
+        return self._successes.value + self._fast_successes + live
 
     @property
     def failures(self) -> int:
         return self._failures.value
 
-    def force(self, state: CircuitState) -> State:
+    def force(self, state: CircuitState, *, hold: bool = False) -> State:
         with self._lock:
-            st = self.state = _machine.force(self.state, self.config, self._clock(), state)
-        return st
+            st = _machine.force(self._settled(), self.config, self._clock(), state, hold=hold)
+            return self._commit(st)
 
     def reset(self) -> State:
         with self._lock:
-            st = self.state = _machine.reset(self.state)
+            st = self._commit(_machine.reset(self._settled()))
             self._successes = _Counter()
             self._failures = _Counter()
+            self._fast_successes = 0
         return st
 
     def configure(self, config: Config) -> State:
         with self._lock:
-            self.config = config
-            st = _machine.reconfigure(self.state, config)
+            old, self.config = self.config, config
+            st = _machine.reconfigure(self._settled(), config, old)
             # Always a fresh object: a decision computed on the current one under the
             # old configuration (the _steady memo, a record's swap) then never applies.
-            st = self.state = State._make(st)
-        return st
+            return self._commit(State._make(st))
 
     def snapshot(self) -> Snapshot:
         with self._lock:
-            st, cfg, now = self.state, self.config, self._clock()
+            st, cfg, now = self._settled(), self.config, self._clock()
             successes, failures = self.successes, self.failures
         remaining = None
         if st.state is OPEN and st.open_until is not None:
             remaining = timedelta(microseconds=max(0, st.open_until - now) // 1000)
-        capacity = cfg.half_open_window if st.state is HALF_OPEN else cfg.window_size
+        if st.buckets:
+            # A time window keeps counts, not an order: its successes, then its failures.
+            ok = st.window_len - st.window_failures
+            window = (True,) * ok + (False,) * st.window_failures
+            capacity = max(cfg.minimum_calls, st.window_len)
+        else:
+            window = st.window
+            capacity = cfg.half_open_window if st.state is HALF_OPEN else cfg.window_size
         return Snapshot(
             state=st.state,
             generation=st.generation,
-            window=st.window,
+            window=window,
             window_capacity=capacity,
             failure_count=st.failure_count,
             open_remaining=remaining,
@@ -221,11 +319,16 @@ class MemoryBreaker(Breaker):
     async def aacquire(self) -> Admission:
         return self.acquire()
 
-    async def arecord(self, success: bool, generation: int | None) -> State:
-        return self.record(success, generation)
+    async def arecord(
+        self, success: bool, generation: int | None, duration: int | None = None
+    ) -> State:
+        return self.record(success, generation, duration)
 
-    async def aforce(self, state: CircuitState) -> State:
-        return self.force(state)
+    async def arelease(self, generation: int | None) -> State:
+        return self.release(generation)
+
+    async def aforce(self, state: CircuitState, *, hold: bool = False) -> State:
+        return self.force(state, hold=hold)
 
     async def areset(self) -> State:
         return self.reset()
@@ -306,7 +409,7 @@ class InMemoryStorage(CircuitBreakerStorage):
             if len(self._breakers) <= bound:
                 return
             key, oldest = self._breakers.popitem(last=False)
-            st = oldest.state
+            st = oldest._state
             if st.state is OPEN and st.open_until is not None and st.open_until > now:
                 self._breakers[key] = oldest
                 continue
@@ -352,7 +455,7 @@ class InMemoryStorage(CircuitBreakerStorage):
             if found is None:
                 return False
             self._released[key] = found
-            if found.state is found._forgotten:
+            if found._state is found._forgotten:
                 return False  # deleted before and untouched since
         found._forgotten = found.reset()
         return True
@@ -362,7 +465,7 @@ class InMemoryStorage(CircuitBreakerStorage):
         if found is None:
             return None
         with self._lock:
-            st, now = found.state, self._clock()
+            st, now = found._settled(), self._clock()
         if st is found._forgotten:
             return None
         open_until = 0.0
@@ -406,17 +509,20 @@ class InMemoryStorage(CircuitBreakerStorage):
             if target is OPEN:
                 seconds = admin.open_until
                 until = now + max(0, int((seconds - time.time()) * 1e9)) if seconds else now
-            old = found.state
-            found.state = State(
-                target,
-                old.generation + 1,
-                bits,
-                len(window),
-                bits.bit_count(),
-                failure_count,
-                until,
-                (),
+            old = found._settled()
+            found._commit(
+                State(
+                    target,
+                    old.generation + 1,
+                    bits,
+                    len(window),
+                    bits.bit_count(),
+                    failure_count,
+                    until,
+                    (),
+                    held=target is DISABLED,
+                )
             )
             found._admin_open_until = (
-                (found.state, admin.open_until) if target is OPEN and admin.open_until else None
+                (found._state, admin.open_until) if target is OPEN and admin.open_until else None
             )

@@ -26,6 +26,9 @@ MAX_QUEUED = 100_000
 # anyway halves the size for that breaker's next attempt.
 MAX_BATCH = 10_000
 
+# (success, generation, duration in nanoseconds when slow calls are measured)
+Outcome = tuple[bool, "int | None", "int | None"]
+
 
 class OutcomeQueue:
     """One breaker's unflushed outcomes. ``deque`` appends and pops are atomic, so the
@@ -34,24 +37,24 @@ class OutcomeQueue:
     __slots__ = ("_items", "_shed_lock", "dropped", "limit", "reported")
 
     def __init__(self, limit: int = MAX_QUEUED) -> None:
-        self._items: deque[tuple[bool, int | None]] = deque()
+        self._items: deque[Outcome] = deque()
         self.limit = limit
         self.dropped = 0  # outcomes shed so far
         self.reported = 0  # of which a log line has told
         self._shed_lock = threading.Lock()
 
-    def put(self, success: bool, generation: int | None) -> None:
+    def put(self, success: bool, generation: int | None, duration: int | None = None) -> None:
         items = self._items
-        items.append((success, generation))
+        items.append((success, generation, duration))
         if len(items) > self.limit:
             self._shed()
 
-    def take(self, most: int) -> list[tuple[bool, int | None]]:
+    def take(self, most: int) -> list[Outcome]:
         """The oldest ``most`` outcomes at most, removed from the queue."""
         items = self._items
         return [items.popleft() for _ in range(min(most, len(items)))]
 
-    def give_back(self, batch: list[tuple[bool, int | None]]) -> None:
+    def give_back(self, batch: list[Outcome]) -> None:
         """Requeue a batch that could not be flushed, ahead of newer outcomes."""
         self._items.extendleft(reversed(batch))
         self._shed()
@@ -127,10 +130,15 @@ class Flusher:
         self._flush_quietly(self._last_flush)
 
 
-def split(batch: Iterable[tuple[bool, int | None]]) -> tuple[list[bool], list[int | None]]:
+def split(
+    batch: Iterable[Outcome],
+) -> tuple[list[bool], list[int | None], list[int | None] | None]:
+    """The batch as rc_record_many's arrays; durations are None when no outcome has one."""
     successes: list[bool] = []
     generations: list[int | None] = []
-    for success, generation in batch:
+    durations: list[int | None] = []
+    for success, generation, duration in batch:
         successes.append(success)
         generations.append(generation)
-    return successes, generations
+        durations.append(duration)
+    return successes, generations, durations if any(d is not None for d in durations) else None

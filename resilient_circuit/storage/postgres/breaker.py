@@ -18,7 +18,7 @@ from typing import Any, Literal, Protocol
 from resilient_circuit._machine import Admission, CircuitState, Config
 from resilient_circuit.storage.base import Breaker, Snapshot, StorageError
 from resilient_circuit.storage.postgres import queries
-from resilient_circuit.storage.postgres.batch import MAX_BATCH, OutcomeQueue, split
+from resilient_circuit.storage.postgres.batch import MAX_BATCH, Outcome, OutcomeQueue, split
 from resilient_circuit.storage.postgres.notify import Transition
 from resilient_circuit.storage.postgres.queries import Reply, Statements
 
@@ -263,7 +263,7 @@ class PgBreaker(Breaker):
     def _recorded(self, row: tuple[Any, ...], epoch: int) -> Reply:
         return self._heard(queries.reply(row), epoch)
 
-    def _queued(self, success: bool, generation: int | None) -> Reply | None:
+    def _queued(self, success: bool, generation: int | None, duration: int | None) -> Reply | None:
         """Queue the outcome if it belongs to a CLOSED phase; half-open trials go at once."""
         queue, last = self._queue, self._last
         if (
@@ -272,20 +272,31 @@ class PgBreaker(Breaker):
             and last.state is CircuitState.CLOSED
             and generation == last.generation
         ):
-            queue.put(success, generation)
+            queue.put(success, generation, duration)
             return last
         return None
 
-    def _record_params(self, success: bool, generation: int | None) -> dict[str, Any]:
+    def _record_params(
+        self, success: bool, generation: int | None, duration: int | None
+    ) -> dict[str, Any]:
         return {
             "key": self.resource_key,
             "success": success,
             "namespace": self.namespace,
             "generation": generation,
+            "duration": queries.duration(duration),
         }
 
-    def _force_params(self, state: CircuitState) -> dict[str, Any]:
-        return {"key": self.resource_key, "state": state.value, "namespace": self.namespace}
+    def _release_params(self, generation: int | None) -> dict[str, Any]:
+        return {"key": self.resource_key, "namespace": self.namespace, "generation": generation}
+
+    def _force_params(self, state: CircuitState, hold: bool) -> dict[str, Any]:
+        return {
+            "key": self.resource_key,
+            "state": state.value,
+            "namespace": self.namespace,
+            "hold": hold,
+        }
 
     # -- the call path ------------------------------------------------------------------
 
@@ -301,19 +312,36 @@ class PgBreaker(Breaker):
             await host.afetch(self, host.statements.acquire, self._key_params), epoch
         )
 
-    def record(self, success: bool, generation: int | None) -> Reply:
+    def record(self, success: bool, generation: int | None, duration: int | None = None) -> Reply:
         host, epoch = self._host, self._epoch
-        return self._queued(success, generation) or self._recorded(
-            host.fetch(self, host.statements.record, self._record_params(success, generation)),
+        return self._queued(success, generation, duration) or self._recorded(
+            host.fetch(
+                self, host.statements.record, self._record_params(success, generation, duration)
+            ),
             epoch,
         )
 
-    async def arecord(self, success: bool, generation: int | None) -> Reply:
+    async def arecord(
+        self, success: bool, generation: int | None, duration: int | None = None
+    ) -> Reply:
         host, epoch = self._host, self._epoch
-        return self._queued(success, generation) or self._recorded(
+        return self._queued(success, generation, duration) or self._recorded(
             await host.afetch(
-                self, host.statements.record, self._record_params(success, generation)
+                self, host.statements.record, self._record_params(success, generation, duration)
             ),
+            epoch,
+        )
+
+    def release(self, generation: int | None) -> Reply:
+        host, epoch = self._host, self._epoch
+        return self._recorded(
+            host.fetch(self, host.statements.release, self._release_params(generation)), epoch
+        )
+
+    async def arelease(self, generation: int | None) -> Reply:
+        host, epoch = self._host, self._epoch
+        return self._recorded(
+            await host.afetch(self, host.statements.release, self._release_params(generation)),
             epoch,
         )
 
@@ -378,9 +406,7 @@ class PgBreaker(Breaker):
             self._flushing.release()
         self._report_shed(queue, False)
 
-    def _unsent(
-        self, queue: OutcomeQueue, batch: list[tuple[bool, int | None]], exc: StorageError
-    ) -> StorageError:
+    def _unsent(self, queue: OutcomeQueue, batch: list[Outcome], exc: StorageError) -> StorageError:
         queue.give_back(batch)
         if getattr(exc.__cause__, "sqlstate", None) == "57014":
             # The statement outran statement_timeout: send less at a time.
@@ -408,13 +434,14 @@ class PgBreaker(Breaker):
                 queue.limit,
             )
 
-    def _batch_params(self, batch: list[tuple[bool, int | None]]) -> dict[str, Any]:
-        successes, generations = split(batch)
+    def _batch_params(self, batch: list[Outcome]) -> dict[str, Any]:
+        successes, generations, durations = split(batch)
         return {
             "key": self.resource_key,
             "namespace": self.namespace,
             "successes": successes,
             "generations": generations,
+            "durations": None if durations is None else [queries.duration(d) for d in durations],
         }
 
     def _flushed(self, row: tuple[Any, ...], epoch: int) -> None:
@@ -423,18 +450,19 @@ class PgBreaker(Breaker):
 
     # -- admin ----------------------------------------------------------------------------
 
-    def force(self, state: CircuitState) -> Reply:
+    def force(self, state: CircuitState, *, hold: bool = False) -> Reply:
         self.invalidate()
         host, epoch = self._host, self._epoch
         return self._recorded(
-            host.fetch(self, host.statements.force, self._force_params(state)), epoch
+            host.fetch(self, host.statements.force, self._force_params(state, hold)), epoch
         )
 
-    async def aforce(self, state: CircuitState) -> Reply:
+    async def aforce(self, state: CircuitState, *, hold: bool = False) -> Reply:
         self.invalidate()
         host, epoch = self._host, self._epoch
         return self._recorded(
-            await host.afetch(self, host.statements.force, self._force_params(state)), epoch
+            await host.afetch(self, host.statements.force, self._force_params(state, hold)),
+            epoch,
         )
 
     def reset(self) -> Reply:

@@ -49,35 +49,46 @@ _STATEMENTS = {
         " FROM {s}.rc_try_acquire(%(key)s, %(namespace)s)"
     ),
     "record": (
-        "SELECT state, generation"
-        " FROM {s}.rc_record(%(key)s, %(success)s, %(namespace)s, %(generation)s)"
+        "SELECT state, generation FROM {s}.rc_record("
+        "%(key)s, %(success)s, %(namespace)s, %(generation)s, %(duration)s)"
     ),
     "record_many": (
-        "SELECT state, generation FROM {s}.rc_record_many("
-        "%(key)s, %(namespace)s, %(successes)s::boolean[], %(generations)s::bigint[])"
+        "SELECT state, generation FROM {s}.rc_record_many(%(key)s, %(namespace)s,"
+        " %(successes)s::boolean[], %(generations)s::bigint[], %(durations)s::interval[])"
+    ),
+    "release": (
+        "SELECT state, generation FROM {s}.rc_release(%(key)s, %(namespace)s, %(generation)s)"
     ),
     "configure": (
         "SELECT state, generation FROM {s}.rc_configure(%(key)s, %(namespace)s,"
         " %(failure_limit_num)s, %(failure_limit_den)s, %(window_size)s,"
-        " %(success_limit_num)s, %(success_limit_den)s, %(cooldown)s, %(half_open_timeout)s)"
+        " %(success_limit_num)s, %(success_limit_den)s, %(cooldown)s, %(half_open_timeout)s,"
+        " %(window_duration)s, %(minimum_calls)s, %(slow_call_duration)s,"
+        " %(slow_call_limit_num)s, %(slow_call_limit_den)s, %(cooldown_factor)s,"
+        " %(max_cooldown)s)"
     ),
-    "force": ("SELECT state, generation FROM {s}.rc_force(%(key)s, %(state)s, %(namespace)s)"),
+    "force": (
+        "SELECT state, generation FROM {s}.rc_force(%(key)s, %(state)s, %(namespace)s, %(hold)s)"
+    ),
     "reset": "SELECT state, generation FROM {s}.rc_reset(%(key)s, %(namespace)s)",
     "status": (
         "SELECT state, generation, execution_log, failure_count, open_until,"
         " cooldown_remaining, permits, successes, failures, window_size,"
-        " half_open_window FROM {s}.rc_status(%(key)s, %(namespace)s)"
+        " half_open_window, window_duration, window_calls, window_failures, minimum_calls"
+        " FROM {s}.rc_status(%(key)s, %(namespace)s)"
     ),
     # 0.4.5's set_state overwrites a row outright: the one statement that is not a
     # state-machine function (the admin API predates them).
     "set_state": (
         "INSERT INTO {s}.rc_circuit_breakers AS b"
-        " (resource_key, namespace, state, failure_count, open_until, execution_log)"
+        " (resource_key, namespace, state, failure_count, open_until, execution_log, held)"
         " VALUES (%(key)s, %(namespace)s, %(state)s, %(failure_count)s, %(open_until)s,"
-        " %(execution_log)s)"
+        " %(execution_log)s, %(state)s::varchar = 'DISABLED')"
         " ON CONFLICT (resource_key, namespace) DO UPDATE SET state = excluded.state,"
         " failure_count = excluded.failure_count, open_until = excluded.open_until,"
-        " execution_log = excluded.execution_log, permits = '{{}}',"
+        " execution_log = excluded.execution_log, permits = '{{}}', slow_log = '{{}}',"
+        " held = excluded.state = 'DISABLED', last_cooldown = '0', window_start = NULL,"
+        " bucket_head = 0, bucket_calls = '{{}}', bucket_failures = '{{}}', bucket_slow = '{{}}',"
         " generation = b.generation + 1, updated_at = clock_timestamp()"
         " RETURNING state, generation"
     ),
@@ -93,6 +104,7 @@ class Statements:
     acquire: sql.Composed
     record: sql.Composed
     record_many: sql.Composed
+    release: sql.Composed
     configure: sql.Composed
     force: sql.Composed
     reset: sql.Composed
@@ -111,8 +123,14 @@ class Statements:
         return statement is self.acquire or statement is self.status
 
 
+def duration(ns: int | None) -> timedelta | None:
+    """Nanoseconds as the interval PostgreSQL keeps (whole microseconds)."""
+    return None if ns is None else timedelta(microseconds=ns // 1000)
+
+
 def configure_params(key: str, namespace: str, cfg: Config) -> dict[str, Any]:
     s = cfg.success_limit
+    slow = cfg.slow_call_limit
     return {
         "key": key,
         "namespace": namespace,
@@ -123,6 +141,13 @@ def configure_params(key: str, namespace: str, cfg: Config) -> dict[str, Any]:
         "success_limit_den": None if s is None else s.denominator,
         "cooldown": timedelta(microseconds=cfg.cooldown_ns // 1000),
         "half_open_timeout": timedelta(microseconds=cfg.half_open_timeout_ns // 1000),
+        "window_duration": duration(cfg.window_duration_ns),
+        "minimum_calls": cfg.minimum_calls,
+        "slow_call_duration": duration(cfg.slow_call_duration_ns),
+        "slow_call_limit_num": None if slow is None else slow.numerator,
+        "slow_call_limit_den": None if slow is None else slow.denominator,
+        "cooldown_factor": cfg.cooldown_factor,
+        "max_cooldown": duration(cfg.max_cooldown_ns),
     }
 
 
@@ -144,11 +169,18 @@ def snapshot(row: tuple[Any, ...] | None, cfg: Config) -> Snapshot:
     if row is None:
         return Snapshot(CircuitState.CLOSED, 0, (), cfg.window_size, 0, None, 0, 0, 0)
     state = STATES[row[0]]
+    outcomes = window(row[2])
+    capacity = row[10] if state is CircuitState.HALF_OPEN else row[9]
+    if row[11] is not None and not outcomes and row[12]:
+        # A time window keeps counts, not an order: its successes, then its failures.
+        calls, failed = row[12], row[13]
+        outcomes = (True,) * (calls - failed) + (False,) * failed
+        capacity = max(row[14], calls)
     return Snapshot(
         state=state,
         generation=row[1],
-        window=window(row[2]),
-        window_capacity=row[10] if state is CircuitState.HALF_OPEN else row[9],
+        window=outcomes,
+        window_capacity=capacity,
         failure_count=row[3],
         open_remaining=row[5],
         permits=row[6],
