@@ -47,6 +47,14 @@ def _secrets_in(dsn: str) -> list[str]:
     return [s for s in found if s]
 
 
+def _masks_password(shown: str) -> bool:
+    """Whether the password ``shown`` would connect with is the mask itself."""
+    try:
+        return conninfo_to_dict(shown).get("password") == MASK
+    except ProgrammingError:
+        return False
+
+
 class Dsn:
     """A validated connection string, kept as its password-free part plus the password.
 
@@ -69,7 +77,13 @@ class Dsn:
         password = params.pop("password", None)
         self.password: str | None = None if password is None else str(password)
         self.conninfo: str = make_conninfo("", **params)
-        self.shown: str = redact(dsn, *_secrets_in(dsn))
+        # The patterns mask the password where it stands; masking every occurrence of
+        # its text as well would also garble a user or database name that contains it
+        # (user=test password=test). That blunt pass is kept for what they miss.
+        shown = redact(dsn)
+        if self.password is not None and not _masks_password(shown):
+            shown = redact(dsn, *_secrets_in(dsn), self.password)
+        self.shown: str = shown
         if self.password:
             _scrubber.add(self.password)
 

@@ -23,6 +23,7 @@ import pytest
 from click.testing import CliRunner
 
 from resilient_circuit import CircuitProtectorPolicy, CircuitState, ProtectedCallError, _installer
+from resilient_circuit._dsn import Dsn
 from resilient_circuit.cli import main as cli
 from resilient_circuit.cli.connect import connect
 from resilient_circuit.storage import InMemoryStorage, PostgresStorage
@@ -353,6 +354,23 @@ def test_a_malformed_dsn_is_refused_at_construction_without_its_password(dsn: st
         PostgresStorage(dsn)
     assert SECRET not in str(caught.value)
     assert caught.value.__cause__ is None or SECRET not in str(caught.value.__cause__)
+
+
+@pytest.mark.parametrize(
+    ("dsn", "shown"),
+    [
+        (
+            "user=test password=test dbname=test_db host=h",
+            "user=test password=******** dbname=test_db host=h",
+        ),
+        ("postgresql://test:test@h/test", "postgresql://test:********@h/test"),
+        ("host=h password = 'it\\'s' user=it", "host=h password = ******** user=it"),
+    ],
+)
+def test_the_shown_dsn_masks_the_password_and_nothing_else(dsn: str, shown: str) -> None:
+    """A user or database name that contains the password's text is shown as it is."""
+    assert Dsn(dsn).shown == shown
+    assert shown in repr(PostgresStorage(dsn))
 
 
 @pytest.mark.parametrize("dsn", BAD_DSNS)
