@@ -201,6 +201,12 @@ class Config:
         s = None if success_limit is None else to_limit(success_limit, "success_limit")
         if window_size is None:
             n = f.denominator
+            if n > MAX_WINDOW:
+                # The window defaults to the limit's denominator; say which value chose it.
+                raise ValueError(
+                    f"`failure_limit` {f} implies a window of {n} outcomes, over the maximum "
+                    f"{MAX_WINDOW}: pass `window_size` (e.g. failure_limit={f}, window_size=100)"
+                )
         elif isinstance(window_size, bool) or not isinstance(window_size, int):
             raise TypeError(f"`window_size` must be an int, got {type(window_size).__name__}")
         else:

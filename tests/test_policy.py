@@ -92,6 +92,7 @@ def test_defaults_match_0_4_5(storage: InMemoryStorage) -> None:
         ({"half_open_timeout": timedelta(0)}, ValueError, "half_open_timeout"),
         ({"window_size": 0}, ValueError, "window_size"),
         ({"window_size": 10_001}, ValueError, "window_size"),
+        ({"failure_limit": Fraction(3, 20_000)}, ValueError, "`failure_limit`"),
         ({"resource_key": ""}, ValueError, "resource_key"),
         ({"resource_key": "k" * 256}, ValueError, "resource_key"),
         ({"resource_key": 42}, TypeError, "resource_key"),
