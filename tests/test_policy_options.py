@@ -12,18 +12,7 @@ import pytest
 
 from resilient_circuit import CircuitProtectorPolicy, CircuitState, ProtectedCallError
 from resilient_circuit.storage import InMemoryStorage
-
-MS = 1_000_000
-
-
-class Clock:
-    """A fake monotonic clock in nanoseconds."""
-
-    def __init__(self) -> None:
-        self.now = 1_000 * MS
-
-    def __call__(self) -> int:
-        return self.now
+from tests._helpers import Clock
 
 
 @pytest.fixture
