@@ -1,8 +1,10 @@
-"""The policy object itself (defaults, validation) and what the memory store's injectable
-clock proves exactly. Behaviour every store shares is in tests/contract/."""
+"""The policy object itself (defaults, validation), what the memory store's injectable
+clock proves exactly, and its lock-free paths under threads. Behaviour every store
+shares is in tests/contract/."""
 
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
 from fractions import Fraction
 from typing import Any
@@ -110,3 +112,34 @@ def test_bad_input_names_the_parameter(
     kwargs.setdefault("storage", storage)
     with pytest.raises(error, match=name):
         CircuitProtectorPolicy(**kwargs)
+
+
+def test_time_window_counts_every_outcome_from_many_threads() -> None:
+    """Threads recording through a time window's unlocked success path, with failures
+    forcing locked changes, lose no outcome from the lifetime counters."""
+    policy, _ = make(
+        InMemoryStorage(),
+        window_duration=timedelta(milliseconds=5),
+        failure_limit=Fraction(1, 1),
+        minimum_calls=1000,
+    )
+    call = flaky(policy)
+
+    def worker(seed: int) -> None:
+        for i in range(3000):
+            if (i + seed) % 97 == 0:
+                with pytest.raises(ConnectionError):
+                    call(False)
+            else:
+                call()
+            if i % 1000 == 999 and seed == 0:
+                policy.status = CircuitState.CLOSED  # a transition while others count
+
+    threads = [threading.Thread(target=worker, args=(seed,)) for seed in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    snap = policy.snapshot()
+    assert snap.successes + snap.failures == 6 * 3000
+    assert snap.failures == sum(1 for s in range(6) for i in range(3000) if (i + s) % 97 == 0)
