@@ -20,6 +20,24 @@ from resilient_circuit.circuit_breaker import (
 )
 from resilient_circuit.exceptions import ProtectedCallError, ProtectionException, RetryLimitReached
 from resilient_circuit.failsafe import SafetyNet
+from resilient_circuit.instrumentation import (
+    CallFailed,
+    CallIgnored,
+    CallRejected,
+    CallSlow,
+    CallSucceeded,
+    Event,
+    Hook,
+    RetryGaveUp,
+    RetryScheduled,
+    StateChanged,
+    StorageOutageEnded,
+    StorageOutageStarted,
+    add_hook,
+    get_hooks,
+    remove_hook,
+    set_hooks,
+)
 from resilient_circuit.policy import ProtectionPolicy
 from resilient_circuit.retry import (
     GiveUpEvent,
@@ -37,26 +55,42 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0+unknown"
 
 __all__ = (
+    "CallFailed",
+    "CallIgnored",
+    "CallRejected",
+    "CallSlow",
+    "CallSucceeded",
     "CircuitProtectorPolicy",
     "CircuitState",
     "CircuitStatus",
+    "Event",
     "ExecutionLog",
     "ExponentialDelay",
     "FixedDelay",
     "GiveUpEvent",
     "GiveUpHook",
+    "Hook",
     "ProtectedCallError",
     "ProtectionException",
     "ProtectionPolicy",
     "RetryBudget",
     "RetryEvent",
+    "RetryGaveUp",
     "RetryHook",
     "RetryLimitReached",
+    "RetryScheduled",
     "RetryWithBackoffPolicy",
     "SafetyNet",
+    "StateChanged",
     "StatusChangeListener",
     "StorageError",
+    "StorageOutageEnded",
+    "StorageOutageStarted",
     "__version__",
+    "add_hook",
+    "get_hooks",
     "is_testing",
+    "remove_hook",
+    "set_hooks",
     "set_testing",
 )

@@ -73,6 +73,8 @@ class OptionDrivers:
 
         def _degraded_admission(self) -> tuple[Breaker | None, int | None]: ...
 
+        def _handle(self) -> Breaker: ...
+
         def _admitted(self, breaker: Breaker, admission: Admission) -> int: ...
 
         def _predicate_failed(self) -> bool: ...
@@ -123,7 +125,7 @@ class OptionDrivers:
 
     def _admit(self) -> tuple[Breaker | None, int | None]:
         """Admission through the store (or its outage mode); raises ProtectedCallError."""
-        breaker = self._breaker
+        breaker = self._handle()  # the store's, or one reporting to hooks
         try:
             admission = breaker.acquire()
         except StorageError:
@@ -131,7 +133,7 @@ class OptionDrivers:
         return breaker, self._admitted(breaker, admission)
 
     async def _aadmit(self) -> tuple[Breaker | None, int | None]:
-        breaker = self._breaker
+        breaker = self._handle()  # the store's, or one reporting to hooks
         try:
             admission = await breaker.aacquire()
         except StorageError:

@@ -14,7 +14,7 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from datetime import timedelta
 from fractions import Fraction
 from typing import Any, Literal, Protocol, TypeVar, cast
@@ -29,6 +29,8 @@ from resilient_circuit._machine import (
     to_ns,
 )
 from resilient_circuit.exceptions import ProtectedCallError
+from resilient_circuit.instrumentation import _events
+from resilient_circuit.instrumentation.hooks import Hook, TransitionSource, checked_hooks
 from resilient_circuit.policy import ProtectionPolicy
 from resilient_circuit.storage import CircuitBreakerStorage, InMemoryStorage, create_storage
 from resilient_circuit.storage.base import Breaker, Snapshot, StorageError, check_name
@@ -197,6 +199,7 @@ class CircuitProtectorPolicy(OptionDrivers, ProtectionPolicy):
         failure_if: Callable[[Any], Any] | None = None,
         fallback: Callable[[Exception], Any] | None = None,
         timeout: timedelta | None = None,
+        hooks: Iterable[Hook] | None = None,
     ) -> None:
         admission = _admission_mode(admission, admission_refresh_interval)
         if not callable(should_handle):
@@ -256,6 +259,9 @@ class CircuitProtectorPolicy(OptionDrivers, ProtectionPolicy):
         self._sync_problem = self._find_sync_problem()
         self.on_storage_error = on_storage_error
         self._on_status_change = on_status_change
+        #: This policy's own hooks (the process-wide ones run after them).
+        self.hooks = checked_hooks(hooks)
+        self._observer: Breaker | None = None  # made on first use by _handle
         self._seen_lock = threading.Lock()
         self._seen_state = CircuitState.CLOSED
         self._seen_generation = -1
@@ -331,7 +337,7 @@ class CircuitProtectorPolicy(OptionDrivers, ProtectionPolicy):
     def snapshot(self) -> Snapshot:
         """The breaker as the store sees it now (one read)."""
         snap: Snapshot = self._call_store(lambda b: b.snapshot())
-        self._observe(snap.state, snap.generation)
+        self._observe(snap.state, snap.generation, "read")
         return snap
 
     @property
@@ -358,12 +364,12 @@ class CircuitProtectorPolicy(OptionDrivers, ProtectionPolicy):
         if hold and target not in (CircuitState.OPEN, CircuitState.DISABLED):
             raise ValueError(f"`hold` applies to OPEN and DISABLED only, not {target.value}")
         reply = self._call_store(lambda b: b.force(target, hold=hold))
-        self._observe(reply.state, reply.generation)
+        self._observe(reply.state, reply.generation, "admin")
 
     def reset(self) -> None:
         """Back to a fresh CLOSED breaker for every process sharing it."""
         reply = self._call_store(lambda b: b.reset())
-        self._observe(reply.state, reply.generation)
+        self._observe(reply.state, reply.generation, "admin")
 
     @property
     def execution_log(self) -> ExecutionLog:
@@ -381,11 +387,15 @@ class CircuitProtectorPolicy(OptionDrivers, ProtectionPolicy):
 
     # -- transitions seen ---------------------------------------------------------
 
-    def _observe(self, state: CircuitState, generation: int) -> None:
+    def _observe(
+        self, state: CircuitState, generation: int, source: TransitionSource = "call"
+    ) -> None:
         if generation != self._seen_generation:
-            self._advance(state, generation)
+            self._advance(state, generation, source)
 
-    def _advance(self, state: CircuitState, generation: int) -> None:
+    def _advance(
+        self, state: CircuitState, generation: int, source: TransitionSource = "call"
+    ) -> None:
         # Replies from concurrent calls arrive in any order: only a newer generation
         # moves what this policy has seen, so each transition fires once.
         with self._seen_lock:
@@ -395,6 +405,7 @@ class CircuitProtectorPolicy(OptionDrivers, ProtectionPolicy):
             self._seen_state, self._seen_generation = state, generation
         if old is not state:
             self.on_status_change(old, state)
+            _events.transition(self, old, state, generation, source)
 
     def on_status_change(self, current: CircuitState, new: CircuitState) -> None:
         """Called once for each transition this policy makes or observes."""
@@ -430,7 +441,7 @@ class CircuitProtectorPolicy(OptionDrivers, ProtectionPolicy):
         return local, self._admitted(local, local.acquire())
 
     def _admitted(self, breaker: Breaker, admission: Admission) -> int:
-        if admission.generation != self._seen_generation and breaker is self._breaker:
+        if admission.generation != self._seen_generation and breaker is not self._local:
             self._advance(admission.state, admission.generation)
         if not admission.permitted:
             raise self._rejection(admission)
@@ -477,7 +488,7 @@ class CircuitProtectorPolicy(OptionDrivers, ProtectionPolicy):
         except Exception:
             self._record_failed()
             return
-        if reply.generation != self._seen_generation and breaker is self._breaker:
+        if reply.generation != self._seen_generation and breaker is not self._local:
             self._advance(reply.state, reply.generation)
 
     async def _asettle(
@@ -496,7 +507,7 @@ class CircuitProtectorPolicy(OptionDrivers, ProtectionPolicy):
         except Exception:
             self._record_failed()
             return
-        if reply.generation != self._seen_generation and breaker is self._breaker:
+        if reply.generation != self._seen_generation and breaker is not self._local:
             self._advance(reply.state, reply.generation)
 
     # -- decorators ---------------------------------------------------------------
@@ -505,7 +516,7 @@ class CircuitProtectorPolicy(OptionDrivers, ProtectionPolicy):
         """Protect ``func`` (sync or ``async def``) with this breaker."""
         if inspect.iscoroutinefunction(func):
             if self._plain and self.timeout is None:
-                return cast(F, self._wrap_async(func))
+                return cast(F, self._observable(self._wrap_async, func))
             run_async = self._run_async
 
             @functools.wraps(func)
@@ -515,7 +526,7 @@ class CircuitProtectorPolicy(OptionDrivers, ProtectionPolicy):
             return cast(F, protected_async)
         self._check_sync_options()
         if self._plain:
-            return cast(F, self._wrap_sync(func))
+            return cast(F, self._observable(self._wrap_sync, func))
         run = self._run_sync
 
         @functools.wraps(func)
@@ -524,19 +535,45 @@ class CircuitProtectorPolicy(OptionDrivers, ProtectionPolicy):
 
         return cast(F, protected)
 
+    def _observable(self, wrap: Callable[..., Any], func: Callable[..., Any]) -> Any:
+        # Observed calls run the same fast driver around a handle that reports them;
+        # with no hook installed the plain driver only checks that none is, per call.
+        observed = wrap(func, _events.observing(self))
+        if self.hooks:
+            return observed
+        return wrap(func, divert=observed)
+
+    def _handle(self) -> Breaker:
+        """The breaker handle for a call of the general drivers: the store's, or, while
+        any hook is installed, one that reports the call's events."""
+        if self.hooks or _events.registry.hooks:
+            observer = self._observer
+            if observer is None:
+                observer = self._observer = _events.observing(self)
+            return observer
+        return self._breaker
+
     # The drivers below are the per-call hot path: admission is read inline and the
     # slow paths (a transition seen, a storage outage, a faulty predicate) are method
     # calls. With the default predicate (every exception is a failure) there is
     # nothing to ask, so it is not called; a rejection is built right here.
 
-    def _wrap_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
-        policy, breaker = self, self._breaker
+    def _wrap_sync(
+        self,
+        func: Callable[..., Any],
+        via: Breaker | None = None,
+        divert: Callable[..., Any] | None = None,
+    ) -> Callable[..., Any]:
+        policy, breaker = self, self._breaker if via is None else via
+        switch = _events.switch(divert)
         should_handle = self.should_handle
         check = None if should_handle is handle_all else should_handle
         rejected = ProtectedCallError.rejected
 
         @functools.wraps(func)
         def protected(*args: Any, **kwargs: Any) -> Any:
+            if switch.hooks:
+                return divert(*args, **kwargs)  # type: ignore[misc]
             try:
                 admission = breaker.acquire()
             except StorageError:
@@ -588,14 +625,22 @@ class CircuitProtectorPolicy(OptionDrivers, ProtectionPolicy):
 
         return protected
 
-    def _wrap_async(self, func: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-        policy, breaker = self, self._breaker
+    def _wrap_async(
+        self,
+        func: Callable[..., Awaitable[Any]],
+        via: Breaker | None = None,
+        divert: Callable[..., Awaitable[Any]] | None = None,
+    ) -> Callable[..., Awaitable[Any]]:
+        policy, breaker = self, self._breaker if via is None else via
+        switch = _events.switch(divert)
         should_handle = self.should_handle
         check = None if should_handle is handle_all else should_handle
         rejected = ProtectedCallError.rejected
 
         @functools.wraps(func)
         async def protected(*args: Any, **kwargs: Any) -> Any:
+            if switch.hooks:
+                return await divert(*args, **kwargs)  # type: ignore[misc]
             try:
                 admission = await breaker.aacquire()
             except StorageError:

@@ -6,7 +6,7 @@ import asyncio
 import functools
 import inspect
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
@@ -19,6 +19,8 @@ from resilient_circuit._retry_engine import (
     RetryEngine,
     RetryEvent,
 )
+from resilient_circuit.instrumentation import _events
+from resilient_circuit.instrumentation.hooks import Hook, checked_hooks
 from resilient_circuit.policy import ProtectionPolicy
 
 if TYPE_CHECKING:
@@ -99,6 +101,7 @@ class RetryWithBackoffPolicy(ProtectionPolicy):
         sleep: Callable[[float], object] | None = None,
         async_sleep: Callable[[float], Awaitable[object]] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        hooks: Iterable[Hook] | None = None,
     ) -> None:
         if isinstance(max_retries, bool) or not isinstance(max_retries, int):
             raise TypeError(f"`max_retries` must be an int, got {type(max_retries).__name__}")
@@ -143,6 +146,8 @@ class RetryWithBackoffPolicy(ProtectionPolicy):
         self._sleep = sleep
         self._async_sleep = async_sleep
         self._clock = clock
+        #: This policy's own hooks (the process-wide ones run after them).
+        self.hooks = checked_hooks(hooks)
         self._engine = RetryEngine(
             backoff=backoff,
             max_attempts=self.max_attempts,
@@ -208,6 +213,7 @@ class RetryWithBackoffPolicy(ProtectionPolicy):
     ) -> Any:
         engine, clock, check = self._engine, self._clock, self.retry_if_result
         budget, on_retry, on_give_up = self.budget, self.on_retry, self.on_give_up
+        hooks = self.hooks
         timed = self.max_duration is not None
         call = Call(started)
         while True:
@@ -219,9 +225,12 @@ class RetryWithBackoffPolicy(ProtectionPolicy):
             if type(step) is float and budget is not None and not budget.withdraw():
                 step = engine.refused_by_budget(call, error, result)
             if isinstance(step, GiveUp):
-                if step.event is not None and on_give_up is not None:
-                    on_give_up(step.event)
+                if step.event is not None:
+                    _events.gave_up(hooks, func, step.event.attempts, step.event.reason, error)
+                    if on_give_up is not None:
+                        on_give_up(step.event)
                 return _raise(step)
+            _events.retried(hooks, func, call.attempts - 1, step, error)
             if on_retry is not None:
                 on_retry(RetryEvent(call.attempts - 1, step, error, result))
             if step > 0 and not _testing.is_testing():
@@ -281,6 +290,7 @@ class RetryWithBackoffPolicy(ProtectionPolicy):
     ) -> Any:
         engine, clock, check = self._engine, self._clock, self.retry_if_result
         budget, on_retry, on_give_up = self.budget, self.on_retry, self.on_give_up
+        hooks = self.hooks
         timed = self.max_duration is not None
         call = Call(started)
         while True:
@@ -292,9 +302,12 @@ class RetryWithBackoffPolicy(ProtectionPolicy):
             if type(step) is float and budget is not None and not await budget.withdraw_async():
                 step = engine.refused_by_budget(call, error, result)
             if isinstance(step, GiveUp):
-                if step.event is not None and on_give_up is not None:
-                    await _maybe_await(on_give_up(step.event))
+                if step.event is not None:
+                    _events.gave_up(hooks, func, step.event.attempts, step.event.reason, error)
+                    if on_give_up is not None:
+                        await _maybe_await(on_give_up(step.event))
                 return _raise(step)
+            _events.retried(hooks, func, call.attempts - 1, step, error)
             if on_retry is not None:
                 await _maybe_await(on_retry(RetryEvent(call.attempts - 1, step, error, result)))
             if step > 0 and not _testing.is_testing():

@@ -14,6 +14,8 @@ import time
 import psycopg
 from psycopg_pool import PoolTimeout
 
+from resilient_circuit.instrumentation import _events
+
 __all__ = ("Outage", "connection_lost", "one_line", "unavailable")
 
 logger = logging.getLogger("resilient_circuit.storage")
@@ -123,6 +125,7 @@ class Outage:
             self._describe,
             one_line(exc),
         )
+        _events.outage_started(self._describe, one_line(exc))
 
     def succeeded(self, started: float | None = None, conclusive: bool = True) -> None:
         """An attempt begun at ``started`` (monotonic seconds) got its answer.
@@ -149,3 +152,4 @@ class Outage:
         logger.info(
             "breaker storage %s available again after %.1fs", self._describe, now - down_since
         )
+        _events.outage_ended(self._describe, now - down_since)

@@ -1,0 +1,95 @@
+"""The one place the library's modules report events through; each helper is cheap
+when no hook is installed and is called off the hot path (or once per decoration)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from resilient_circuit._machine import CircuitState
+from resilient_circuit.instrumentation.hooks import (
+    RetryGaveUp,
+    RetryScheduled,
+    StateChanged,
+    StorageOutageEnded,
+    StorageOutageStarted,
+    TransitionSource,
+    _Registry,
+    emit,
+    registry,
+)
+
+if TYPE_CHECKING:
+    from resilient_circuit.circuit_breaker import CircuitProtectorPolicy
+    from resilient_circuit.storage.base import Breaker
+
+__all__ = (
+    "gave_up",
+    "observing",
+    "outage_ended",
+    "outage_started",
+    "registry",
+    "retried",
+    "switch",
+    "transition",
+)
+
+# What an observed driver checks instead of the registry: never any hooks, so it never
+# diverts to itself.
+_NEVER = _Registry()
+
+
+def switch(divert: object) -> _Registry:
+    """What a decorator checks per call: the registry if it may divert, else nothing."""
+    return _NEVER if divert is None else registry
+
+
+def observing(policy: CircuitProtectorPolicy) -> Breaker:
+    """The policy's breaker handle, reporting each admission and outcome."""
+    from resilient_circuit.instrumentation._observing import ObservingBreaker
+
+    return ObservingBreaker(policy._breaker, policy)  # type: ignore[return-value]
+
+
+def transition(
+    policy: CircuitProtectorPolicy,
+    old: CircuitState,
+    new: CircuitState,
+    generation: int,
+    source: TransitionSource,
+) -> None:
+    if policy.hooks or registry.hooks:
+        emit(
+            StateChanged(policy.namespace, policy.resource_key, old, new, generation, source),
+            policy.hooks,
+        )
+
+
+def function_name(func: Any) -> str:
+    """``module.qualname`` of a protected function, the label retries are counted under."""
+    module = getattr(func, "__module__", None) or "?"
+    name = getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or repr(func)
+    return f"{module}.{name}"
+
+
+def retried(
+    hooks: tuple[Any, ...], func: Any, attempt: int, delay: float, exc: BaseException | None
+) -> None:
+    if hooks or registry.hooks:
+        emit(RetryScheduled(function_name(func), attempt, delay, exc), hooks)
+
+
+def gave_up(
+    hooks: tuple[Any, ...], func: Any, attempts: int, reason: str, exc: BaseException | None
+) -> None:
+    if hooks or registry.hooks:
+        emit(RetryGaveUp(function_name(func), attempts, reason, exc), hooks)
+
+
+def outage_started(store: str, error: str) -> None:
+    if registry.hooks:
+        emit(StorageOutageStarted(store, error))
+
+
+def outage_ended(store: str, downtime: float) -> None:
+    if registry.hooks:
+        emit(StorageOutageEnded(store, downtime))
