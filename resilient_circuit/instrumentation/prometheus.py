@@ -1,0 +1,315 @@
+"""Prometheus metrics: a hook for this process's calls, and a collector for the fleet.
+
+``pip install 'resilient_circuit[prometheus]'``. ``install()`` adds a
+``PrometheusMetrics`` hook that keeps, in a ``prometheus_client`` registry:
+
+- ``resilient_circuit_calls_total{namespace,key,outcome}`` (success, failure,
+  rejected, ignored), ``resilient_circuit_slow_calls_total{namespace,key}``
+- ``resilient_circuit_call_duration_seconds{namespace,key}`` (histogram)
+- ``resilient_circuit_state{namespace,key,state}`` (1 for the state last seen, else 0)
+- ``resilient_circuit_transitions_total{namespace,key,from,to}``
+- ``resilient_circuit_retries_total{function,outcome,reason}`` (outcome ``retry`` for a
+  scheduled retry, ``gave_up`` with its reason)
+- ``resilient_circuit_storage_up{store}``
+
+``FleetCollector`` exports every breaker of the shared store (the namespaces the
+database role may see) from the status view, with one query per scrape, so any one
+replica, or ``resilient-circuit-cli metrics``, can export the whole fleet.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from resilient_circuit._machine import CircuitState
+from resilient_circuit.instrumentation.hooks import (
+    CallFailed,
+    CallIgnored,
+    CallRejected,
+    CallSlow,
+    CallSucceeded,
+    Event,
+    RetryGaveUp,
+    RetryScheduled,
+    StateChanged,
+    StorageOutageEnded,
+    StorageOutageStarted,
+    add_hook,
+)
+
+__all__ = ("FleetCollector", "PrometheusMetrics", "install")
+
+logger = logging.getLogger("resilient_circuit.instrumentation")
+
+_STATES = tuple(s.value for s in CircuitState)
+
+
+class PrometheusMetrics:
+    """A hook keeping this process's call, state, retry and storage metrics."""
+
+    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+        self.registry = registry
+        key = ["namespace", "key"]
+        self.calls = Counter(
+            "resilient_circuit_calls",
+            "Calls through a circuit breaker, by outcome.",
+            [*key, "outcome"],
+            registry=registry,
+        )
+        self.slow_calls = Counter(
+            "resilient_circuit_slow_calls",
+            "Recorded calls slower than the breaker's slow-call duration.",
+            key,
+            registry=registry,
+        )
+        self.duration = Histogram(
+            "resilient_circuit_call_duration_seconds",
+            "Duration of the calls a breaker admitted, from admission to record.",
+            key,
+            registry=registry,
+        )
+        self.state = Gauge(
+            "resilient_circuit_state",
+            "1 for the state this process last saw a breaker in, 0 for the others.",
+            [*key, "state"],
+            registry=registry,
+        )
+        self.transitions = Counter(
+            "resilient_circuit_transitions",
+            "Breaker transitions this process made or observed.",
+            [*key, "from", "to"],
+            registry=registry,
+        )
+        self.retries = Counter(
+            "resilient_circuit_retries",
+            "Retries scheduled (outcome=retry) and retry policies that gave up (gave_up).",
+            ["function", "outcome", "reason"],
+            registry=registry,
+        )
+        self.storage_up = Gauge(
+            "resilient_circuit_storage_up",
+            "1 while the breaker store answers, 0 during an outage.",
+            ["store"],
+            registry=registry,
+        )
+        self._seen: dict[tuple[str, str], str] = {}
+
+    def __call__(self, event: Event) -> None:
+        kind = type(event)
+        if kind is CallSucceeded or kind is CallFailed:
+            e: Any = event
+            self.calls.labels(
+                e.namespace, e.key, "success" if kind is CallSucceeded else "failure"
+            ).inc()
+            self.duration.labels(e.namespace, e.key).observe(e.duration)
+            self._set_state(e.namespace, e.key, e.state.value)
+        elif isinstance(event, CallRejected):
+            self.calls.labels(event.namespace, event.key, "rejected").inc()
+            self._set_state(event.namespace, event.key, event.state.value)
+        elif isinstance(event, CallIgnored):
+            self.calls.labels(event.namespace, event.key, "ignored").inc()
+            self.duration.labels(event.namespace, event.key).observe(event.duration)
+        elif isinstance(event, CallSlow):
+            self.slow_calls.labels(event.namespace, event.key).inc()
+        elif isinstance(event, StateChanged):
+            self.transitions.labels(
+                event.namespace, event.key, event.old.value, event.new.value
+            ).inc()
+            self._set_state(event.namespace, event.key, event.new.value)
+        elif isinstance(event, RetryScheduled):
+            self.retries.labels(event.function, "retry", "").inc()
+        elif isinstance(event, RetryGaveUp):
+            self.retries.labels(event.function, "gave_up", event.reason).inc()
+        elif isinstance(event, StorageOutageStarted):
+            self.storage_up.labels(event.store).set(0)
+        elif isinstance(event, StorageOutageEnded):
+            self.storage_up.labels(event.store).set(1)
+
+    def _set_state(self, namespace: str, key: str, state: str) -> None:
+        if self._seen.get((namespace, key)) == state:
+            return
+        self._seen[(namespace, key)] = state
+        for name in _STATES:
+            self.state.labels(namespace, key, name).set(1 if name == state else 0)
+
+
+def install(registry: CollectorRegistry = REGISTRY) -> PrometheusMetrics:
+    """Create a ``PrometheusMetrics`` in ``registry`` and install it for the process."""
+    metrics = PrometheusMetrics(registry)
+    add_hook(metrics)
+    return metrics
+
+
+class FleetCollector(Collector):
+    """Every breaker's shared state, read from the status view once per scrape.
+
+    ``dsn`` defaults to the library's configuration (``RC_DB_DSN`` or ``RC_DB_*``);
+    ``schema`` to ``RC_DB_SCHEMA``, else ``public``. The database role sees only
+    its granted namespaces. A failed scrape exports ``resilient_circuit_fleet_up 0``
+    (and logs one line until the database answers again) instead of failing the
+    scrape of the other metrics in the registry.
+    """
+
+    def __init__(
+        self, dsn: str | None = None, *, schema: str | None = None, connect_timeout: int = 5
+    ) -> None:
+        from resilient_circuit._dsn import Dsn
+        from resilient_circuit._settings import database_dsn, database_schema
+
+        target = dsn or database_dsn()
+        if not target:
+            raise ValueError("`dsn` is required when RC_DB_DSN and RC_DB_HOST are not set")
+        self._dsn = Dsn(target)
+        self.schema = schema or database_schema()
+        self.connect_timeout = connect_timeout
+        self._conn: Any = None
+        self._lock = threading.Lock()
+        self._failing = False
+
+    def __repr__(self) -> str:
+        return f"FleetCollector({str(self._dsn)!r}, schema={self.schema!r})"
+
+    def read(self) -> list[Any]:
+        """The breakers, one query; raises psycopg's error when the database fails."""
+        import psycopg
+
+        from resilient_circuit.instrumentation.fleet import read_fleet
+
+        with self._lock:
+            if self._conn is None or self._conn.closed:
+                self._conn = psycopg.connect(
+                    self._dsn.conninfo,
+                    autocommit=True,
+                    connect_timeout=self.connect_timeout,
+                    **self._dsn.connect_kwargs(),
+                )
+            try:
+                return read_fleet(self._conn, self.schema)
+            except psycopg.Error:
+                self._conn.close()
+                self._conn = None
+                raise
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def describe(self) -> list[Metric]:
+        # Tells the registry the names without a database query at registration.
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        from resilient_circuit.storage.postgres.outage import one_line
+
+        started = time.perf_counter()
+        up = GaugeMetricFamily(
+            "resilient_circuit_fleet_up", "1 when the last scrape read the status view."
+        )
+        try:
+            rows = self.read()
+        except Exception as exc:
+            if not self._failing:
+                self._failing = True
+                logger.warning("fleet collector cannot read the status view: %s", one_line(exc))
+            up.add_metric([], 0)
+            yield up
+            return
+        self._failing = False
+        up.add_metric([], 1)
+        yield up
+        yield from _fleet_metrics(rows)
+        took = GaugeMetricFamily(
+            "resilient_circuit_fleet_scrape_duration_seconds",
+            "How long the status view's query took.",
+        )
+        took.add_metric([], time.perf_counter() - started)
+        yield took
+
+
+def _fleet_metrics(rows: list[Any]) -> Iterator[Metric]:
+    key = ["namespace", "key"]
+    state = GaugeMetricFamily(
+        "resilient_circuit_fleet_state",
+        "1 for the breaker's shared state, 0 for the others.",
+        labels=[*key, "state"],
+    )
+    calls = CounterMetricFamily(
+        "resilient_circuit_fleet_calls",
+        "Outcomes the breaker recorded over its lifetime, from every process.",
+        labels=[*key, "outcome"],
+    )
+    failure_count = GaugeMetricFamily(
+        "resilient_circuit_fleet_failure_count", "Consecutive failures.", labels=key
+    )
+    window_failures = GaugeMetricFamily(
+        "resilient_circuit_fleet_window_failures",
+        "Failures in the current phase's window.",
+        labels=key,
+    )
+    window_calls = GaugeMetricFamily(
+        "resilient_circuit_fleet_window_calls",
+        "Outcomes in the current phase's window.",
+        labels=key,
+    )
+    generation = GaugeMetricFamily(
+        "resilient_circuit_fleet_generation",
+        "Transitions the breaker has made (its generation).",
+        labels=key,
+    )
+    permits = GaugeMetricFamily(
+        "resilient_circuit_fleet_permits", "Half-open trial calls in flight.", labels=key
+    )
+    open_until = GaugeMetricFamily(
+        "resilient_circuit_fleet_open_until_timestamp_seconds",
+        "When an OPEN breaker's cooldown ends (Unix time).",
+        labels=key,
+    )
+    remaining = GaugeMetricFamily(
+        "resilient_circuit_fleet_cooldown_remaining_seconds",
+        "Time left in an OPEN breaker's cooldown.",
+        labels=key,
+    )
+    updated = GaugeMetricFamily(
+        "resilient_circuit_fleet_updated_timestamp_seconds",
+        "When the breaker's row last changed (Unix time).",
+        labels=key,
+    )
+    for row in rows:
+        labels = [row.namespace, row.key]
+        states = _STATES if row.state in _STATES else (*_STATES, row.state)
+        for name in states:
+            state.add_metric([*labels, name], 1 if name == row.state else 0)
+        calls.add_metric([*labels, "success"], row.successes)
+        calls.add_metric([*labels, "failure"], row.failures)
+        failure_count.add_metric(labels, row.failure_count)
+        window_failures.add_metric(labels, row.window_failures)
+        window_calls.add_metric(labels, len(row.window))
+        generation.add_metric(labels, row.generation)
+        permits.add_metric(labels, row.permits)
+        if row.open_until is not None:
+            open_until.add_metric(labels, row.open_until.timestamp())
+        if row.cooldown_remaining is not None:
+            remaining.add_metric(labels, row.cooldown_remaining.total_seconds())
+        updated.add_metric(labels, row.updated_at.timestamp())
+    yield from (
+        state,
+        calls,
+        failure_count,
+        window_failures,
+        window_calls,
+        generation,
+        permits,
+        open_until,
+        remaining,
+        updated,
+    )
