@@ -418,3 +418,10 @@ def demo_command(memory: bool, dsn: str | None, workers: int, seconds: float | N
         if isinstance(exc, SetupError):
             raise click.ClickException(str(exc)) from exc
         raise
+
+
+# The operator's commands live in their own module; registered here, after ``main``.
+from resilient_circuit.cli.operate import force, metrics, reset, status  # noqa: E402
+
+for _command in (status, force, reset, metrics):
+    main.add_command(_command)
