@@ -229,7 +229,7 @@ def test_one_scrape_is_one_query(pg_dsn: str, monkeypatch: pytest.MonkeyPatch) -
 def test_an_unreachable_database_scrapes_as_down_and_logs_once(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """A failing scrape exports fleet_up 0, logs one line without the password, not one per scrape."""
+    """A failing scrape exports fleet_up 0 and logs one line (no password), not one per scrape."""
     collector = FleetCollector("postgresql://app:hunter2secret@127.0.0.1:1/db", connect_timeout=2)
     with caplog.at_level(logging.WARNING, logger="resilient_circuit.instrumentation"):
         for _ in range(3):
