@@ -303,7 +303,12 @@ def _run_one(dsn: str | None, schema: str | None, function: str, *args: Any) -> 
 @click.option("--dsn", metavar="DSN", help="Default: RC_DB_DSN or RC_DB_* (also from .env).")
 @click.option("--schema", metavar="NAME", help="Default: RC_DB_SCHEMA, else public.")
 def forget(key: str, namespace: str | None, dsn: str | None, schema: str | None) -> None:
-    """Delete one breaker; its next use starts a fresh one."""
+    """Delete one breaker; its next use starts a fresh one.
+
+    \b
+    Example:
+      resilient-circuit-cli forget payments-v1 --namespace shop
+    """
     ns = namespace or default_namespace()
     if _run_one(dsn, schema, "rc_forget", key, ns):
         click.echo(f"Forgot {printable(ns)}/{printable(key)}.")
@@ -321,7 +326,12 @@ def forget(key: str, namespace: str | None, dsn: str | None, schema: str | None)
 @click.option("--dsn", metavar="DSN", help="Default: RC_DB_DSN or RC_DB_* (also from .env).")
 @click.option("--schema", metavar="NAME", help="Default: RC_DB_SCHEMA, else public.")
 def gc(idle: str, dsn: str | None, schema: str | None) -> None:
-    """Delete the CLOSED breakers unchanged for --idle (in the namespaces you may use)."""
+    """Delete the CLOSED breakers unchanged for --idle (in the namespaces you may use).
+
+    \b
+    Example:
+      resilient-circuit-cli gc --idle '30 days'
+    """
     deleted = _run_one(dsn, schema, "rc_gc", idle)
     click.echo(f"Deleted {deleted} CLOSED breaker(s) unchanged for {idle}.")
 

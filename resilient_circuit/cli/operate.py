@@ -136,8 +136,11 @@ def status(
 _HEADERS = ("NAMESPACE", "KEY", "STATE", "WINDOW", "OK/FAILED", "OPEN FOR", "CHANGED")
 
 
-def status_table(rows: list[BreakerRow], width: int, now: datetime) -> list[str]:
-    """The table's lines, at most ``width`` characters wide (long names are cut with …)."""
+def status_table(
+    rows: list[BreakerRow], width: int, now: datetime, *, colour: bool = True
+) -> list[str]:
+    """The table's lines, at most ``width`` characters wide (long names are cut with …);
+    ``colour`` styles the states (click.echo drops the styles unless on a terminal)."""
     from resilient_circuit.cli import printable
 
     cells = [
@@ -163,7 +166,7 @@ def status_table(rows: list[BreakerRow], width: int, now: datetime) -> list[str]
                 widths[column] -= cut
                 excess -= cut
     lines = [_line(list(_HEADERS), widths, gap, colour=False)]
-    lines += [_line(c, widths, gap, colour=True) for c in cells]
+    lines += [_line(c, widths, gap, colour=colour) for c in cells]
     return lines
 
 
