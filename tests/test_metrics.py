@@ -3,7 +3,9 @@ sharing a breaker in a real PostgreSQL, and the fleet collector's view of it."""
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 import subprocess
 import sys
 import time
@@ -239,3 +241,35 @@ def test_an_unreachable_database_scrapes_as_down_and_logs_once(
     assert len(lines) == 1
     assert "hunter2secret" not in lines[0]
     assert "hunter2secret" not in repr(collector)
+
+
+def test_the_grafana_dashboard_queries_only_exported_metrics(pg_dsn: str) -> None:
+    """docs/grafana-dashboard.json is valid JSON and every metric it queries is exported,
+    by the hook adapter or by the fleet collector."""
+    from prometheus_client import generate_latest
+
+    dashboard = json.loads((ROOT / "docs" / "grafana-dashboard.json").read_text())
+    queried = set()
+    for panel in dashboard["panels"]:
+        for target in panel.get("targets", []):
+            queried |= set(re.findall(r"resilient_circuit_[a-z_]+", target["expr"]))
+    assert len(queried) >= 10
+    registry = CollectorRegistry(auto_describe=False)
+    prometheus.PrometheusMetrics(registry)
+    collector = FleetCollector(pg_dsn)
+    registry.register(collector)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("SELECT * FROM rc_record('svc', false)")
+    try:
+        exposition = generate_latest(registry).decode()
+    finally:
+        collector.close()
+    exported = set(re.findall(r"^# TYPE (\S+) (\S+)", exposition, re.MULTILINE))
+    names = set()
+    for name, kind in exported:
+        names.add(name)
+        if kind == "counter":
+            names.add(name + "_total")
+        if kind == "histogram":
+            names |= {name + "_bucket", name + "_count", name + "_sum"}
+    assert queried <= names, sorted(queried - names)
