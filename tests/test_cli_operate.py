@@ -174,7 +174,7 @@ def test_an_unreachable_database_is_one_line_without_the_password(command: list[
     assert SECRET not in out
 
 
-@pytest.mark.parametrize("command", [["status"], ["force", "k", "OPEN"], ["reset", "k"]])
+@pytest.mark.parametrize("command", COMMANDS)
 def test_a_database_without_the_schema_names_pg_setup(
     pg_empty_dsn: str, command: list[str]
 ) -> None:

@@ -281,19 +281,16 @@ def _admin_connection(dsn: str | None) -> Any:
 
 
 def _run_one(dsn: str | None, schema: str | None, function: str, *args: Any) -> Any:
-    import psycopg
     from psycopg import sql
 
-    statement = sql.SQL("SELECT {}({})").format(
-        sql.Identifier(schema or database_schema(), function),
-        sql.SQL(", ").join(sql.Placeholder() for _ in args),
-    )
-    with _admin_connection(dsn) as conn:
-        try:
-            row = conn.execute(statement, args).fetchone()
-        except psycopg.Error as exc:
-            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise click.ClickException(first_line) from exc
+    from resilient_circuit.cli.operate import session
+
+    with session(dsn, schema) as (conn, schema_name):
+        statement = sql.SQL("SELECT {}({})").format(
+            sql.Identifier(schema_name, function),
+            sql.SQL(", ").join(sql.Placeholder() for _ in args),
+        )
+        row = conn.execute(statement, args).fetchone()
     return row[0] if row else None
 
 

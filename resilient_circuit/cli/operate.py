@@ -41,7 +41,7 @@ def _psycopg_missing(exc: ImportError) -> click.ClickException:
 
 
 @contextmanager
-def _session(dsn: str | None, schema: str | None) -> Iterator[tuple[Any, str]]:
+def session(dsn: str | None, schema: str | None) -> Iterator[tuple[Any, str]]:
     """A connection and the schema name; database errors become one clear line."""
     try:
         import psycopg
@@ -118,7 +118,7 @@ def status(
     """
     from resilient_circuit.instrumentation.fleet import read_fleet
 
-    with _session(dsn, schema) as (conn, schema_name):
+    with session(dsn, schema) as (conn, schema_name):
         rows = read_fleet(
             conn, schema_name, namespace=namespace, state=state, key_pattern=key_pattern
         )
@@ -262,7 +262,7 @@ def force(
     if hold and target not in ("OPEN", "DISABLED"):
         raise click.UsageError(f"--hold applies to OPEN and DISABLED only, not {target}")
     ns = namespace or default_namespace()
-    with _session(dsn, schema) as (conn, schema_name):
+    with session(dsn, schema) as (conn, schema_name):
         _existing(conn, schema_name, key, ns)
         args: list[Any] = [key, target, ns]
         if hold:
@@ -298,7 +298,7 @@ def reset(key: str, namespace: str | None, dsn: str | None, schema: str | None) 
     from resilient_circuit.cli import printable
 
     ns = namespace or default_namespace()
-    with _session(dsn, schema) as (conn, schema_name):
+    with session(dsn, schema) as (conn, schema_name):
         _existing(conn, schema_name, key, ns)
         statement = sql.SQL("SELECT * FROM {}(%s, %s)").format(
             sql.Identifier(schema_name, "rc_reset")
@@ -335,7 +335,7 @@ def metrics(port: int, host: str, dsn: str | None, schema: str | None) -> None:
             ) from exc
         raise _psycopg_missing(exc) from exc
     # Fail now, in one line, rather than serve a fleet that can never be read.
-    with _session(dsn, schema) as (conn, schema_name):
+    with session(dsn, schema) as (conn, schema_name):
         from resilient_circuit.instrumentation.fleet import read_fleet
 
         count = len(read_fleet(conn, schema_name))
