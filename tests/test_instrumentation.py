@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from fractions import Fraction
@@ -16,7 +17,9 @@ import pytest
 import resilient_circuit
 from resilient_circuit import (
     CallFailed,
+    CallIgnored,
     CallRejected,
+    CallSlow,
     CallSucceeded,
     CircuitProtectorPolicy,
     CircuitState,
@@ -274,3 +277,57 @@ def test_importing_the_package_imports_no_metrics_library() -> None:
         [sys.executable, "-c", code], check=True, capture_output=True, text=True
     ).stdout
     assert out.strip() == "[]"
+
+
+def test_ignored_exceptions_are_reported_as_ignored() -> None:
+    """An exception in ``ignore`` is reported as CallIgnored, never as a failure."""
+    events: list[Any] = []
+    policy = _policy(Clock(), hooks=[events.append], ignore=(KeyError,))
+
+    @policy
+    def lookup() -> None:
+        raise KeyError("absent")
+
+    with pytest.raises(KeyError):
+        lookup()
+    [ignored] = events
+    assert isinstance(ignored, CallIgnored)
+    assert isinstance(ignored.exception, KeyError)
+    assert (ignored.namespace, ignored.key) == ("ns", "svc")
+
+
+def test_slow_calls_are_reported_with_their_outcome() -> None:
+    """A call slower than slow_call_duration reports its success and CallSlow."""
+    events: list[Any] = []
+    policy = _policy(
+        Clock(),
+        hooks=[events.append],
+        slow_call_duration=timedelta(milliseconds=1),
+        slow_call_limit=Fraction(1, 1),
+    )
+
+    @policy
+    def sluggish() -> str:
+        time.sleep(0.01)
+        return "late"
+
+    assert sluggish() == "late"
+    kinds = [type(e) for e in events]
+    assert kinds[:2] == [CallSucceeded, CallSlow]
+    assert events[1].duration >= 0.01
+    assert events[1].threshold == pytest.approx(0.001)
+
+
+def test_the_with_form_and_call_report_through_global_hooks() -> None:
+    """``with policy:`` and ``policy.call`` report their outcomes like the decorator."""
+    events: list[Any] = []
+    add_hook(events.append)
+    policy = _policy(Clock(), failure_limit=Fraction(1, 1), cooldown=timedelta(0))
+    with policy:
+        pass
+    assert policy.call(lambda: 7) == 7
+    with pytest.raises(Boom), policy:
+        raise Boom("in a block")
+    kinds = [type(e) for e in events]
+    assert kinds[:3] == [CallSucceeded, CallSucceeded, CallFailed]
+    assert isinstance(events[2].exception, Boom)

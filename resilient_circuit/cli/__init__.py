@@ -262,24 +262,6 @@ def _parse_dsn(dsn: str) -> Dsn:
         raise click.ClickException(str(exc)) from None
 
 
-def _admin_connection(dsn: str | None) -> Any:
-    """A connection for the one-statement commands (forget, gc)."""
-    try:
-        from resilient_circuit._installer import SetupError
-        from resilient_circuit.cli.connect import connect
-    except ImportError as exc:
-        raise click.ClickException(
-            "this command needs psycopg: pip install 'resilient_circuit[postgres]'"
-        ) from exc
-    target_dsn = dsn or database_dsn()
-    if not target_dsn:
-        raise click.ClickException("no database configured: set RC_DB_DSN or pass --dsn")
-    try:
-        return connect(target_dsn)
-    except SetupError as exc:
-        raise click.ClickException(str(exc)) from exc
-
-
 def _run_one(dsn: str | None, schema: str | None, function: str, *args: Any) -> Any:
     from psycopg import sql
 
@@ -331,60 +313,6 @@ def gc(idle: str, dsn: str | None, schema: str | None) -> None:
     """
     deleted = _run_one(dsn, schema, "rc_gc", idle)
     click.echo(f"Deleted {deleted} CLOSED breaker(s) unchanged for {idle}.")
-
-
-def _run_row(dsn: str | None, schema: str | None, function: str, *args: Any) -> tuple[Any, ...]:
-    """The one row a table function returns."""
-    import psycopg
-    from psycopg import sql
-
-    statement = sql.SQL("SELECT * FROM {}({})").format(
-        sql.Identifier(schema or database_schema(), function),
-        sql.SQL(", ").join(sql.Placeholder() for _ in args),
-    )
-    with _admin_connection(dsn) as conn:
-        try:
-            row = conn.execute(statement, args).fetchone()
-        except psycopg.Error as exc:
-            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise click.ClickException(first_line) from exc
-    return tuple(row) if row else ()
-
-
-@main.command("force")
-@click.argument("key")
-@click.argument(
-    "state", type=click.Choice(["CLOSED", "OPEN", "HALF_OPEN", "DISABLED"], case_sensitive=False)
-)
-@click.option(
-    "--hold",
-    is_flag=True,
-    help="OPEN only: stay OPEN (no automatic half-open) until the next force or reset.",
-)
-@click.option("--namespace", metavar="NAME", help="Default: RC_NAMESPACE, else default.")
-@click.option("--dsn", metavar="DSN", help="Default: RC_DB_DSN or RC_DB_* (also from .env).")
-@click.option("--schema", metavar="NAME", help="Default: RC_DB_SCHEMA, else public.")
-def force(
-    key: str, state: str, hold: bool, namespace: str | None, dsn: str | None, schema: str | None
-) -> None:
-    """Force a breaker into STATE for every process sharing it (DISABLED: every call runs,
-    nothing trips, until the next force or reset)."""
-    ns = namespace or default_namespace()
-    new, generation = _run_row(dsn, schema, "rc_force", key, state.upper(), ns, hold)
-    held = " (held)" if hold else ""
-    click.echo(f"{printable(ns)}/{printable(key)}: {new}{held}, generation {generation}.")
-
-
-@main.command("reset")
-@click.argument("key")
-@click.option("--namespace", metavar="NAME", help="Default: RC_NAMESPACE, else default.")
-@click.option("--dsn", metavar="DSN", help="Default: RC_DB_DSN or RC_DB_* (also from .env).")
-@click.option("--schema", metavar="NAME", help="Default: RC_DB_SCHEMA, else public.")
-def reset(key: str, namespace: str | None, dsn: str | None, schema: str | None) -> None:
-    """Back to a fresh CLOSED breaker, releasing any hold; the configuration stays."""
-    ns = namespace or default_namespace()
-    new, generation = _run_row(dsn, schema, "rc_reset", key, ns)
-    click.echo(f"{printable(ns)}/{printable(key)}: {new}, generation {generation}.")
 
 
 @main.command("demo")
