@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from resilient_circuit._installer import install
 from resilient_circuit.cli import main as cli
 from resilient_circuit.cli.operate import status_table
-from resilient_circuit.instrumentation.fleet import read_fleet
+from resilient_circuit.instrumentation.fleet import BreakerRow, read_fleet
 from tests.conftest import PgRole
 
 pytestmark = pytest.mark.postgres
@@ -279,27 +279,40 @@ def test_metrics_refuses_to_start_without_the_schema(pg_empty_dsn: str) -> None:
     assert "pg-setup" in proc.stderr
 
 
-def test_the_table_shows_time_left_in_cooldown() -> None:
-    """An OPEN row shows its cooldown left; a CLOSED row a dash."""
-    from resilient_circuit.instrumentation.fleet import BreakerRow
-
+def _row(state: str, *, held: bool = False) -> BreakerRow:
     now = datetime.now(timezone.utc)
-    row = BreakerRow(
-        "ns",
-        "k",
-        "OPEN",
-        3,
-        "FF",
-        2,
-        now + timedelta(seconds=42),
-        timedelta(seconds=42),
-        0,
-        10,
-        2,
-        "1/2",
-        2,
-        now - timedelta(minutes=5),
-        {},
+    return BreakerRow(
+        namespace="ns",
+        key="k",
+        state=state,
+        generation=3,
+        window="FF",
+        failure_count=2,
+        open_until=now + timedelta(seconds=42),
+        cooldown_remaining=None if held else timedelta(seconds=42),
+        permits=0,
+        successes=10,
+        failures=2,
+        failure_limit="1/2",
+        window_size=2,
+        updated_at=now - timedelta(minutes=5),
+        held=held,
+        window_calls=2,
+        window_failures=2,
+        window_slow=0,
+        extra={},
     )
-    [_, line] = status_table([row], 80, now, colour=False)
+
+
+def test_the_table_shows_time_left_in_cooldown() -> None:
+    """An OPEN row shows its cooldown left, its window's failures and lifetime counts."""
+    [_, line] = status_table([_row("OPEN")], 80, datetime.now(timezone.utc), colour=False)
     assert line.split() == ["ns", "k", "OPEN", "2F/2", "10/2", "42.0s", "5m", "ago"]
+
+
+def test_a_held_breaker_says_so() -> None:
+    """A held OPEN breaker reads 'OPEN held' and has no cooldown to count down."""
+    [_, line] = status_table(
+        [_row("OPEN", held=True)], 80, datetime.now(timezone.utc), colour=False
+    )
+    assert line.split() == ["ns", "k", "OPEN", "held", "2F/2", "10/2", "-", "5m", "ago"]

@@ -147,10 +147,10 @@ def status_table(
         [
             printable(r.namespace),
             printable(r.key),
-            r.state,
-            f"{r.window_failures}F/{len(r.window)}",
+            f"{r.state} held" if r.held else r.state,
+            f"{r.window_failures}F/{r.window_calls}",
             f"{_compact(r.successes)}/{_compact(r.failures)}",
-            _duration(r.cooldown_remaining) if r.state == "OPEN" else "-",
+            _duration(r.cooldown_remaining) if r.state == "OPEN" and not r.held else "-",
             _duration(now - r.updated_at) + " ago",
         ]
         for r in rows
@@ -177,7 +177,8 @@ def _line(cells: list[str], widths: list[int], gap: int, *, colour: bool) -> str
             text = text[: w - 1] + "…"
         padded = text.ljust(w) if i < len(cells) - 1 else text
         if colour and i == 2:
-            padded = click.style(padded, fg=_STATE_COLOURS.get(text), bold=text == "OPEN")
+            state = text.split()[0]
+            padded = click.style(padded, fg=_STATE_COLOURS.get(state), bold=state == "OPEN")
         parts.append(padded)
     return (" " * gap).join(parts).rstrip()
 
@@ -240,7 +241,7 @@ def _takes_hold(conn: Any, schema: str) -> bool:
 @click.option(
     "--hold",
     is_flag=True,
-    help="Keep it OPEN (no automatic half-open) until the next force or reset.",
+    help="OPEN: stay OPEN (no automatic half-open) until the next force or reset.",
 )
 @click.option("--namespace", metavar="NAME", help=_NAMESPACE_HELP)
 @click.option("--dsn", metavar="DSN", help=_DSN_HELP)
@@ -248,7 +249,8 @@ def _takes_hold(conn: Any, schema: str) -> bool:
 def force(
     key: str, state: str, hold: bool, namespace: str | None, dsn: str | None, schema: str | None
 ) -> None:
-    """Force the breaker KEY into STATE for every process sharing it.
+    """Force the breaker KEY into STATE for every process sharing it (DISABLED: every
+    call runs and nothing trips, until the next force or reset).
 
     \b
     Example:

@@ -37,11 +37,11 @@ class BreakerRow:
     failure_limit: str
     window_size: int
     updated_at: datetime
+    held: bool  # OPEN or DISABLED until released by an operator
+    window_calls: int  # outcomes in the current window (count or time buckets)
+    window_failures: int
+    window_slow: int
     extra: dict[str, Any]  # any column this version does not know by name
-
-    @property
-    def window_failures(self) -> int:
-        return self.window.count("F")
 
     def as_json(self) -> dict[str, Any]:
         """A JSON-ready dict: times in ISO 8601, durations in seconds."""
@@ -61,6 +61,10 @@ class BreakerRow:
             "failure_limit",
             "window_size",
             "updated_at",
+            "held",
+            "window_calls",
+            "window_failures",
+            "window_slow",
         ):
             out[name] = _jsonable(getattr(self, name))
         for name, value in self.extra.items():
@@ -93,6 +97,10 @@ _KNOWN = {
     "failure_limit",
     "window_size",
     "updated_at",
+    "held",
+    "window_calls",
+    "window_failures",
+    "window_slow",
 }
 
 
@@ -142,12 +150,15 @@ def read_fleet(
 
 
 def _row(r: dict[str, Any]) -> BreakerRow:
+    window = r.get("execution_log") or ""
+    # Installs older than time windows have no window_* columns: count the log instead.
+    calls, failures = r.get("window_calls"), r.get("window_failures")
     return BreakerRow(
         namespace=r["namespace"],
         key=r["resource_key"],
         state=r["state"],
         generation=int(r.get("generation") or 0),
-        window=r.get("execution_log") or "",
+        window=window,
         failure_count=int(r.get("failure_count") or 0),
         open_until=r.get("open_until"),
         cooldown_remaining=r.get("cooldown_remaining"),
@@ -157,5 +168,9 @@ def _row(r: dict[str, Any]) -> BreakerRow:
         failure_limit=str(r.get("failure_limit") or ""),
         window_size=int(r.get("window_size") or 0),
         updated_at=r["updated_at"],
+        held=bool(r.get("held")),
+        window_calls=int(calls) if calls is not None else len(window),
+        window_failures=int(failures) if failures is not None else window.count("F"),
+        window_slow=int(r.get("window_slow") or 0),
         extra={k: v for k, v in r.items() if k not in _KNOWN},
     )

@@ -261,6 +261,16 @@ def _fleet_metrics(rows: list[Any]) -> Iterator[Metric]:
         "Outcomes in the current phase's window.",
         labels=key,
     )
+    window_slow = GaugeMetricFamily(
+        "resilient_circuit_fleet_window_slow_calls",
+        "Slow calls in the current phase's window.",
+        labels=key,
+    )
+    held = GaugeMetricFamily(
+        "resilient_circuit_fleet_held",
+        "1 while an operator holds the breaker OPEN or DISABLED.",
+        labels=key,
+    )
     generation = GaugeMetricFamily(
         "resilient_circuit_fleet_generation",
         "Transitions the breaker has made (its generation).",
@@ -293,7 +303,9 @@ def _fleet_metrics(rows: list[Any]) -> Iterator[Metric]:
         calls.add_metric([*labels, "failure"], row.failures)
         failure_count.add_metric(labels, row.failure_count)
         window_failures.add_metric(labels, row.window_failures)
-        window_calls.add_metric(labels, len(row.window))
+        window_calls.add_metric(labels, row.window_calls)
+        window_slow.add_metric(labels, row.window_slow)
+        held.add_metric(labels, 1 if row.held else 0)
         generation.add_metric(labels, row.generation)
         permits.add_metric(labels, row.permits)
         if row.open_until is not None:
@@ -307,6 +319,8 @@ def _fleet_metrics(rows: list[Any]) -> Iterator[Metric]:
         failure_count,
         window_failures,
         window_calls,
+        window_slow,
+        held,
         generation,
         permits,
         open_until,
