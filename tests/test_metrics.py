@@ -273,3 +273,20 @@ def test_the_grafana_dashboard_queries_only_exported_metrics(pg_dsn: str) -> Non
         if kind == "histogram":
             names |= {name + "_bucket", name + "_count", name + "_sum"}
     assert queried <= names, sorted(queried - names)
+
+
+def test_the_fleet_shows_a_held_breaker(pg_dsn: str) -> None:
+    """A breaker held OPEN by an operator exports fleet_held 1 and no cooldown countdown."""
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("SELECT * FROM rc_record('held-svc', true)")
+        conn.execute("SELECT * FROM rc_force('held-svc', 'OPEN', 'default', true)")
+        conn.execute("SELECT * FROM rc_record('free-svc', true)")
+    collector = FleetCollector(pg_dsn)
+    try:
+        families = {f.name: f for f in collector.collect()}
+    finally:
+        collector.close()
+    held = {s.labels["key"]: s.value for s in families["resilient_circuit_fleet_held"].samples}
+    assert held == {"held-svc": 1, "free-svc": 0}
+    remaining = families["resilient_circuit_fleet_cooldown_remaining_seconds"].samples
+    assert [s.labels["key"] for s in remaining] == []
