@@ -83,8 +83,8 @@ def main() -> None:
                 results[name].append(measure(tree))
     before = statistics.median(results["before"])
     after = statistics.median(results["after"])
-    print(f"before ({args.before}): {before:.1f} ns/call  runs {results['before']}")
-    print(f"after  (this tree): {after:.1f} ns/call  runs {results['after']}")
+    print(f"before ({args.before}): median {before:.1f} ns/call, best {min(results['before']):.1f}")
+    print(f"after  (this tree): median {after:.1f} ns/call, best {min(results['after']):.1f}")
     print(f"change: {(after - before) / before:+.1%}")
 
 

@@ -572,7 +572,7 @@ class CircuitProtectorPolicy(OptionDrivers, ProtectionPolicy):
 
         @functools.wraps(func)
         def protected(*args: Any, **kwargs: Any) -> Any:
-            if switch.hooks:
+            if switch:
                 return divert(*args, **kwargs)  # type: ignore[misc]
             try:
                 admission = breaker.acquire()
@@ -639,7 +639,7 @@ class CircuitProtectorPolicy(OptionDrivers, ProtectionPolicy):
 
         @functools.wraps(func)
         async def protected(*args: Any, **kwargs: Any) -> Any:
-            if switch.hooks:
+            if switch:
                 return await divert(*args, **kwargs)  # type: ignore[misc]
             try:
                 admission = await breaker.aacquire()

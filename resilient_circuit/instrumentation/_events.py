@@ -13,8 +13,8 @@ from resilient_circuit.instrumentation.hooks import (
     StorageOutageEnded,
     StorageOutageStarted,
     TransitionSource,
-    _Registry,
     emit,
+    installed,
     registry,
 )
 
@@ -33,14 +33,13 @@ __all__ = (
     "transition",
 )
 
-# What an observed driver checks instead of the registry: never any hooks, so it never
-# diverts to itself.
-_NEVER = _Registry()
+# What an observed driver checks instead: never any hooks, so it never diverts to itself.
+_NEVER: list[Any] = []
 
 
-def switch(divert: object) -> _Registry:
-    """What a decorator checks per call: the registry if it may divert, else nothing."""
-    return _NEVER if divert is None else registry
+def switch(divert: object) -> list[Any]:
+    """What a decorator tests per call: the installed hooks if it may divert, else nothing."""
+    return _NEVER if divert is None else installed
 
 
 def observing(policy: CircuitProtectorPolicy) -> Breaker:

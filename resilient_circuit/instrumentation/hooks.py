@@ -183,8 +183,11 @@ class _Registry:
         self.hooks: tuple[Hook, ...] = ()
 
 
-#: Read by the decorators on every call: ``registry.hooks`` empty means nothing to do.
 registry = _Registry()
+#: What the decorators read on every call: the same hooks as ``registry.hooks``, as a
+#: list updated in place, so that "none installed" costs one truth test of a closure
+#: variable (no attribute lookup).
+installed: list[Hook] = []
 _lock = threading.Lock()
 _reported: set[int] = set()  # ids of hooks whose failure has been logged
 
@@ -214,6 +217,7 @@ def add_hook(hook: Hook) -> None:
     with _lock:
         if hook not in registry.hooks:
             registry.hooks = (*registry.hooks, hook)
+            installed[:] = registry.hooks
 
 
 def remove_hook(hook: Hook) -> None:
@@ -222,6 +226,7 @@ def remove_hook(hook: Hook) -> None:
         if hook not in registry.hooks:
             raise ValueError("`hook` is not installed")
         registry.hooks = tuple(h for h in registry.hooks if h != hook)
+        installed[:] = registry.hooks
 
 
 def set_hooks(hooks: Iterable[Hook] | None) -> None:
@@ -229,6 +234,7 @@ def set_hooks(hooks: Iterable[Hook] | None) -> None:
     new = checked_hooks(hooks)
     with _lock:
         registry.hooks = new
+        installed[:] = new
 
 
 def get_hooks() -> tuple[Hook, ...]:
