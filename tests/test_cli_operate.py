@@ -316,3 +316,12 @@ def test_a_held_breaker_says_so() -> None:
         [_row("OPEN", held=True)], 80, datetime.now(timezone.utc), colour=False
     )
     assert line.split() == ["ns", "k", "OPEN", "held", "2F/2", "10/2", "-", "5m", "ago"]
+
+
+def test_version_through_a_real_subprocess() -> None:
+    """--version prints the installed package's version and exits 0."""
+    from resilient_circuit import __version__
+
+    proc = subprocess.run([*CLI, "--version"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0
+    assert proc.stdout.strip() == f"resilient-circuit-cli, version {__version__}"

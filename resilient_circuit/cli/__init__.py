@@ -26,7 +26,14 @@ if TYPE_CHECKING:
     from resilient_circuit._installer import Step
 
 
+def _version() -> str:
+    from resilient_circuit import __version__
+
+    return __version__
+
+
 @click.group()
+@click.version_option(_version(), "--version", prog_name="resilient-circuit-cli")
 def main() -> None:
     """Tools for resilient_circuit's shared PostgreSQL breaker store."""
 
