@@ -79,7 +79,12 @@ def pg_setup(
     app_role: str | None,
     namespaces: tuple[str, ...],
 ) -> None:
-    """Create or upgrade the breaker table and functions (idempotent, one transaction)."""
+    """Create or upgrade the breaker table and functions (idempotent, one transaction).
+
+    \b
+    Example:
+      resilient-circuit-cli pg-setup --yes --app-role shop_app --namespace shop
+    """
     try:
         import psycopg
 
@@ -210,7 +215,12 @@ def _print_script(where: str, statements: list[str]) -> None:
     help="Stop after this many seconds without a transition.",
 )
 def watch(dsn: str | None, namespace: str | None, count: int | None, timeout: float | None) -> None:
-    """Print breaker transitions across the fleet as they happen (LISTEN/NOTIFY)."""
+    """Print breaker transitions across the fleet as they happen (LISTEN/NOTIFY).
+
+    \b
+    Example:
+      resilient-circuit-cli watch --namespace shop --count 10
+    """
     try:
         import psycopg
 
@@ -339,7 +349,12 @@ def gc(idle: str, dsn: str | None, schema: str | None) -> None:
     help="Length of the run [default: 8 with PostgreSQL, 6 in memory].",
 )
 def demo_command(memory: bool, dsn: str | None, workers: int, seconds: float | None) -> None:
-    """Show one breaker shared by several workers calling a flaky dependency."""
+    """Show one breaker shared by several workers calling a flaky dependency.
+
+    \b
+    Example:
+      resilient-circuit-cli demo --memory --workers 4
+    """
     from resilient_circuit.cli.demo import DemoError, run_memory_demo, run_postgres_demo
 
     try:
