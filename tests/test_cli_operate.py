@@ -160,6 +160,7 @@ COMMANDS = [
     ["reset", "k"],
     ["forget", "k"],
     ["gc", "--idle", "1 day"],
+    ["metrics", "--port", "0"],
 ]
 
 
@@ -196,6 +197,7 @@ def test_an_app_role_is_refused_other_namespaces(
     app = role.dsn(pg_dsn)
     _, out = _run("status", "--dsn", app, "--format", "json")
     assert {r["namespace"] for r in json.loads(out)} == {"shop"}
+    assert role.password not in out
     code, out = _run("force", "cron", "OPEN", "--namespace", "ops", "--dsn", app)
     assert code == 1
     assert out.startswith("Error: permission denied")
