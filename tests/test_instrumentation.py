@@ -239,7 +239,8 @@ def test_storage_outages_are_reported_to_global_hooks() -> None:
 
 
 def test_hook_arguments_are_checked() -> None:
-    """Non-callable hooks raise TypeError naming the parameter; removing a stranger, ValueError."""
+    """Non-callable and async hooks raise TypeError naming the parameter; removing a
+    stranger, ValueError."""
     with pytest.raises(TypeError, match="`hooks`"):
         CircuitProtectorPolicy(hooks=[42])  # type: ignore[list-item]
     with pytest.raises(TypeError, match="`hooks`"):
@@ -248,6 +249,14 @@ def test_hook_arguments_are_checked() -> None:
         add_hook(42)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="`hook`"):
         remove_hook(print)
+
+    async def coroutine_hook(event: Any) -> None:
+        pass
+
+    with pytest.raises(TypeError, match="async def"):
+        add_hook(coroutine_hook)
+    with pytest.raises(TypeError, match="`hooks`"):
+        CircuitProtectorPolicy(hooks=[coroutine_hook])
 
 
 def test_events_are_frozen_and_slotted() -> None:

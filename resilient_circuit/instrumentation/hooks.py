@@ -10,6 +10,7 @@ turning the call into a failure.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import threading
 from collections.abc import Iterable
@@ -192,9 +193,14 @@ _lock = threading.Lock()
 _reported: set[int] = set()  # ids of hooks whose failure has been logged
 
 
-def _checked(hook: object) -> Hook:
+def _checked(hook: object, name: str = "hook") -> Hook:
     if not callable(hook):
-        raise TypeError(f"`hook` must be callable, got {type(hook).__name__}")
+        raise TypeError(f"`{name}` must be callable, got {type(hook).__name__}")
+    if inspect.iscoroutinefunction(hook) or inspect.iscoroutinefunction(
+        getattr(hook, "__call__", None)  # noqa: B004
+    ):
+        # Hooks run inside the call, sync or async alike: a coroutine would never run.
+        raise TypeError(f"`{name}` must be a plain function, not async def")
     return hook
 
 
@@ -206,8 +212,7 @@ def checked_hooks(hooks: Iterable[Hook] | None, name: str = "hooks") -> tuple[Ho
         raise TypeError(f"`{name}` must be an iterable of callables, not a single object")
     result = tuple(hooks)
     for hook in result:
-        if not callable(hook):
-            raise TypeError(f"`{name}` must hold callables, got {type(hook).__name__}")
+        _checked(hook, name)
     return result
 
 
