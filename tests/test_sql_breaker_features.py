@@ -190,13 +190,15 @@ def test_cli_force_hold_and_reset(conn: Conn, pg_dsn: str) -> None:
 
     from resilient_circuit.cli import main
 
+    # The CLI refuses keys that have no breaker (a typo must not create one).
+    _row(conn, "SELECT state FROM rc_record('svc', true)")
     held = CliRunner().invoke(main, ["force", "svc", "open", "--hold", "--dsn", pg_dsn])
     assert held.exit_code == 0, held.output
     assert "svc: OPEN (held)" in held.output
     assert _row(conn, "SELECT state, held FROM rc_status('svc')") == ("OPEN", True)
     refused = CliRunner().invoke(main, ["force", "svc", "CLOSED", "--hold", "--dsn", pg_dsn])
-    assert refused.exit_code == 1
-    assert "p_hold" in refused.output
+    assert refused.exit_code == 2
+    assert "--hold applies to OPEN and DISABLED only" in refused.output
     released = CliRunner().invoke(main, ["reset", "svc", "--dsn", pg_dsn])
     assert released.exit_code == 0, released.output
     assert _row(conn, "SELECT state, held FROM rc_status('svc')") == ("CLOSED", False)
