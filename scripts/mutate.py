@@ -55,9 +55,9 @@ MUTANTS = (
     Mutant(
         "sql_closed_trip_integer_division",
         SCHEMA,
-        "AND _failed::bigint * _row.failure_limit_den\n"
-        "                   >= _row.failure_limit_num::bigint * _size THEN",
-        "AND _failed >= (_row.failure_limit_num::bigint * _size) / _row.failure_limit_den THEN",
+        "AND (_failed::bigint * _row.failure_limit_den\n"
+        "                        >= _row.failure_limit_num::bigint * _len",
+        "AND (_failed >= (_row.failure_limit_num::bigint * _len) / _row.failure_limit_den",
         must_kill=True,
     ),
     Mutant(
@@ -72,8 +72,9 @@ MUTANTS = (
     Mutant(
         "py_half_open_failure_limit_integer_division",
         MACHINE,
-        "close = not in_window * f.denominator >= f.numerator * size",
-        "close = not in_window >= f.numerator * size // f.denominator",
+        "close = not _reaches(in_window, size, cfg.failure_limit)",
+        "close = not in_window >= cfg.failure_limit.numerator * size"
+        " // cfg.failure_limit.denominator",
         must_kill=True,
     ),
     Mutant(
@@ -123,8 +124,8 @@ MUTANTS = (
     Mutant(
         "py_force_open_ignores_cooldown",
         MACHINE,
-        "state=OPEN, generation=generation, open_until=now + cfg.cooldown_ns, permits=()",
-        "state=OPEN, generation=generation, open_until=now, permits=()",
+        "open_until=None if hold else now + cooldown,",
+        "open_until=None if hold else now,",
     ),
     Mutant(
         "py_half_open_success_keeps_failure_count",
@@ -141,14 +142,14 @@ MUTANTS = (
     Mutant(
         "py_half_open_entry_clears_failure_count",
         MACHINE,
-        "nxt = State(HALF_OPEN, generation, 0, 0, 0, st.failure_count, None, trial)",
-        "nxt = State(HALF_OPEN, generation, 0, 0, 0, 0, None, trial)",
+        "HALF_OPEN, generation, 0, 0, 0, st.failure_count, None, trial,",
+        "HALF_OPEN, generation, 0, 0, 0, 0, None, trial,",
     ),
     Mutant(
         "py_reconfigure_keeps_failure_tally",
         MACHINE,
-        "window_failures=bits.bit_count())",
-        "window_failures=min(st.window_failures, size))",
+        "window_failures=bits.bit_count(),",
+        "window_failures=min(st.window_failures, size),",
     ),
     Mutant(
         "py_reconfigure_keeps_long_window",
@@ -160,8 +161,8 @@ MUTANTS = (
     Mutant(
         "sql_open_until_inclusive",
         SCHEMA,
-        "    IF _row.state = 'OPEN' THEN\n        IF _now < _row.open_until THEN",
-        "    IF _row.state = 'OPEN' THEN\n        IF _now <= _row.open_until THEN",
+        "        END IF;\n        IF _now < _row.open_until THEN",
+        "        END IF;\n        IF _now <= _row.open_until THEN",
     ),
     Mutant(
         "sql_permit_cap_off_by_one",
@@ -196,8 +197,8 @@ MUTANTS = (
     Mutant(
         "sql_force_open_ignores_cooldown",
         SCHEMA,
-        "generation = _row.generation + 1,\n            open_until = _now + _row.cooldown,",
-        "generation = _row.generation + 1,\n            open_until = _now,",
+        "open_until = CASE WHEN p_hold THEN NULL ELSE _now + _row.cooldown END,",
+        "open_until = CASE WHEN p_hold THEN NULL ELSE _now END,",
     ),
     Mutant(
         "sql_reset_keeps_lifetime_counters",
