@@ -43,6 +43,7 @@ __all__ = [
     "Step",
     "Target",
     "WritableSchema",
+    "WrongSchemaOwner",
     "applied_versions",
     "connection_target",
     "granted_namespaces",
@@ -121,6 +122,10 @@ class RoleNotFound(SetupError):
 
 class WritableSchema(SetupError):
     """Roles other than the schema's owner may create objects in it."""
+
+
+class WrongSchemaOwner(SetupError):
+    """The schema, or an object in it with one of our names, belongs to another role."""
 
 
 # ------------------------------------------------------------------------ SQL files
@@ -248,7 +253,7 @@ def applied_versions(conn: psycopg.Connection[Any], schema: str = "public") -> l
 
 def plan(conn: psycopg.Connection[Any], schema: str = "public") -> list[Step]:
     """What ``install`` would run in ``schema``, in order; empty when it is up to date."""
-    _check_identifier(schema, "schema")
+    _check_schema_name(schema)
     migrations = load_migrations()
     catalog = _inspect(conn, schema)
     newest = migrations[-1].version if migrations else 0
@@ -289,15 +294,31 @@ def _check_identifier(name: str, what: str) -> None:
         raise ValueError(f"{what} must be 1 to {_MAX_IDENTIFIER_BYTES} bytes long, got {name!r}")
 
 
+def _check_schema_name(schema: str) -> None:
+    _check_identifier(schema, "schema")
+    # The schema's name is written into the functions' dollar-quoted bodies: a `$` could end
+    # a body early (and `$$; ...` would run SQL of its author's choosing), a control
+    # character has no business in a name that messages and logs print.
+    if "$" in schema or not schema.isprintable():
+        raise ValueError(
+            f"schema must not contain '$' or control characters, got {schema!r}; "
+            f"choose a plain name such as 'rc'"
+        )
+
+
 def _check_app_role(conn: psycopg.Connection[Any], schema: str, role: str) -> None:
+    # MEMBER, not USAGE: a NOINHERIT member can still SET ROLE to the role it belongs to.
     row = conn.execute(
         """
         SELECT r.rolsuper,
-               pg_has_role(r.oid, coalesce(c.relowner, o.oid), 'USAGE')
+               pg_has_role(r.oid, coalesce(c.relowner, o.oid), 'MEMBER'),
+               pg_has_role(r.oid, d.datdba, 'MEMBER'),
+               n.nspowner IS NOT NULL AND pg_has_role(r.oid, n.nspowner, 'MEMBER')
         FROM pg_roles r
         CROSS JOIN (SELECT oid FROM pg_roles WHERE rolname = current_user) AS o
-        LEFT JOIN (pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace)
-               ON n.nspname = %s AND c.relname = %s
+        CROSS JOIN (SELECT datdba FROM pg_database WHERE datname = current_database()) AS d
+        LEFT JOIN pg_namespace n ON n.nspname = %s
+        LEFT JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = %s
         WHERE r.rolname = %s
         """,
         [schema, TABLE, role],
@@ -307,13 +328,99 @@ def _check_app_role(conn: psycopg.Connection[Any], schema: str, role: str) -> No
             f"role {role!r} does not exist on {connection_target(conn)}; "
             f"create it first (CREATE ROLE ... LOGIN)"
         )
-    superuser, acts_as_owner = row
+    superuser, acts_as_owner, owns_database, owns_schema = row
     if superuser or acts_as_owner:
         # Revoking its table privileges would then cut off the SECURITY DEFINER
         # functions themselves, and the separation would be void anyway.
         raise SetupError(
-            f"role {role!r} is a superuser or owns the breaker objects (directly or through "
-            f"membership); --app-role must be a separate, unprivileged role"
+            f"role {role!r} is a superuser, or owns the breaker objects or is a member of the "
+            f"role installing them; --app-role must be a separate, unprivileged role"
+        )
+    if owns_database or owns_schema:
+        # The owner of a schema may drop any object in it, and the database owner owns
+        # `public` through pg_database_owner: either could put its own code in place of
+        # a function that runs with the installer's rights.
+        what = "the database" if owns_database else f"schema {schema!r}"
+        raise SetupError(
+            f"role {role!r} owns {what} (directly or through membership) and could replace the "
+            f"breaker functions; --app-role must be a role that owns neither the database nor "
+            f"the schema (e.g. create the database with another owner, or give it one: "
+            f"ALTER DATABASE ... OWNER TO <admin role>)"
+        )
+
+
+def _check_schema_owner(conn: psycopg.Connection[Any], schema: str) -> None:
+    # The owner of a schema may drop any object in it, whoever owns that object: the
+    # functions would be only as safe as that role. On PostgreSQL 15 and later `public`
+    # belongs to pg_database_owner, i.e. to whichever role owns the database.
+    row = conn.execute(
+        """
+        SELECT CASE WHEN n.nspowner = dbo.oid THEN d.datdba ELSE n.nspowner END = me.oid,
+               n.nspowner::regrole::text, d.datdba::regrole::text, n.nspowner = dbo.oid
+        FROM pg_namespace n
+        CROSS JOIN (SELECT oid FROM pg_roles WHERE rolname = current_user) AS me
+        CROSS JOIN (SELECT datdba FROM pg_database WHERE datname = current_database()) AS d
+        LEFT JOIN (SELECT oid FROM pg_roles WHERE rolname = 'pg_database_owner') AS dbo
+               ON true
+        WHERE n.nspname = %s
+        """,
+        [schema],
+    ).fetchone()
+    if row is None or row[0]:
+        return
+    _, owner, database_owner, through_database = row
+    installer = sql.Identifier(str(_one_value(conn, "SELECT current_user")))
+    alter = sql.SQL("ALTER SCHEMA {} OWNER TO {};").format(sql.Identifier(schema), installer)
+    create = sql.SQL("CREATE SCHEMA rc AUTHORIZATION {};").format(installer)
+    whose = (
+        f"owned by pg_database_owner, i.e. by the database's owner {database_owner}"
+        if through_database
+        else f"owned by {owner}"
+    )
+    raise WrongSchemaOwner(
+        f"refusing to install into schema {schema!r}: it is {whose}, not by the installing "
+        f"role, and a schema's owner may drop and replace the breaker functions, which run with "
+        f"the installer's rights. Either run {alter.as_string(conn)} or install into a "
+        f"dedicated schema the installer owns: {create.as_string(conn)} then pg-setup "
+        f"--schema rc (and RC_DB_SCHEMA=rc for the application)"
+    )
+
+
+def _one_value(conn: psycopg.Connection[Any], query: str) -> Any:
+    row = conn.execute(query).fetchone()
+    return None if row is None else row[0]
+
+
+def _check_objects_owned(conn: psycopg.Connection[Any], schema: str) -> None:
+    # CREATE OR REPLACE keeps an existing function's owner: a look-alike that another role
+    # created while it could (say, when public was writable) would stay that role's, and so
+    # would its SECURITY DEFINER rights, after we "replaced" it.
+    rows = conn.execute(
+        r"""
+        SELECT o.kind || ' ' || o.name || ' (owner ' || o.owner::regrole::text || ')'
+        FROM (SELECT oid FROM pg_namespace WHERE nspname = %s) AS n,
+        LATERAL (
+            SELECT 'function' AS kind, p.proname::text AS name, p.proowner AS owner
+            FROM pg_proc p WHERE p.pronamespace = n.oid
+            UNION ALL
+            SELECT 'relation', c.relname::text, c.relowner FROM pg_class c
+            WHERE c.relnamespace = n.oid
+            UNION ALL
+            SELECT 'type', t.typname::text, t.typowner FROM pg_type t
+            WHERE t.typnamespace = n.oid
+        ) AS o
+        WHERE (o.name LIKE 'rc\_%%' OR o.name LIKE 'idx\_rc\_%%' OR o.name LIKE '\_rc\_%%')
+          AND o.owner <> (SELECT oid FROM pg_roles WHERE rolname = current_user)
+        ORDER BY 1
+        """,
+        [schema],
+    ).fetchall()
+    if rows:
+        found = "; ".join(row[0] for row in rows[:10])
+        raise WrongSchemaOwner(
+            f"refusing to install into schema {schema!r}: it holds objects with the breaker's "
+            f"names that another role owns ({found}); that role could change them. Drop them "
+            f"(or, if they are a previous install by another role, run pg-setup as that role)"
         )
 
 
@@ -342,6 +449,18 @@ def _check_schema_not_writable(conn: psycopg.Connection[Any], schema: str) -> No
             f"and could plant objects that the breaker functions would run with their owner's "
             f"rights; run as its owner: {fix.as_string(conn)}"
         )
+
+
+def _check_schema_safe(conn: psycopg.Connection[Any], schema: str) -> None:
+    """Only the installing role can change what the functions in ``schema`` run."""
+    _check_schema_owner(conn, schema)
+    _check_schema_not_writable(conn, schema)
+    _check_objects_owned(conn, schema)
+
+
+def _restore_search_path(conn: psycopg.Connection[Any], previous: str | None) -> None:
+    if previous is not None:
+        conn.execute("SELECT set_config('search_path', %s, true)", [previous])
 
 
 def _check_namespaces(namespaces: Sequence[str]) -> list[str]:
@@ -516,7 +635,7 @@ def install(
     means there was nothing to do.  On a connection already inside a transaction
     the work joins it and the caller commits.
     """
-    _check_identifier(schema, "schema")
+    _check_schema_name(schema)
     if app_role is not None:
         _check_identifier(app_role, "app_role")
     if namespaces is not None:
@@ -536,6 +655,11 @@ def install(
             if dry_run and outermost:
                 # Belt and braces: even a bug here cannot write during a dry run.
                 conn.execute("SET TRANSACTION READ ONLY")
+            # SET LOCAL outlives our savepoint when the caller's transaction goes on.
+            previous_path = None if outermost else _current_search_path(conn)
+            # Our own catalog queries run as the installer (often a superuser): they must
+            # not find an operator or function that someone planted in a writable schema.
+            conn.execute("SET LOCAL search_path TO pg_catalog, pg_temp")
             lock = sql.SQL("SELECT pg_advisory_xact_lock({})").format(LOCK_KEY)
             if not dry_run:
                 # Taken before looking at the catalog, so the plan cannot go stale.
@@ -544,13 +668,12 @@ def install(
                 _check_app_role(conn, schema, app_role)
             schema_exists = _inspect(conn, schema).schema_exists
             if schema_exists:
-                _check_schema_not_writable(conn, schema)
+                _check_schema_safe(conn, schema)
             steps = plan(conn, schema)
             if not steps and app_role is None:
+                _restore_search_path(conn, previous_path)
                 return []
             done.append(lock.as_string(conn))
-            # SET LOCAL outlives our savepoint when the caller's transaction goes on.
-            previous_path = None if outermost else _current_search_path(conn)
             if not schema_exists:
                 run(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
             # Older SQL files create objects in the first schema of search_path;
@@ -566,6 +689,7 @@ def install(
                 record = _record_statement(schema, step.records)
                 if record is not None:
                     run(record)
+            conn.execute("SET LOCAL search_path TO pg_catalog, pg_temp")
             if app_role is not None:
                 grants = _grant_statements(
                     conn, schema, app_role, functions_exist=not (dry_run and steps)
@@ -573,8 +697,12 @@ def install(
                 grants += _namespace_grant_statements(schema, app_role, namespaces)
                 for statement in grants:
                     run(statement)
-            if previous_path is not None:
-                conn.execute("SELECT set_config('search_path', %s, true)", [previous_path])
+                _check_app_role(conn, schema, app_role)
+            # Checked again as the last thing before commit, in the same transaction: a
+            # grant or owner change made meanwhile, or an object the files created under
+            # another owner, undoes the whole install.
+            _check_schema_safe(conn, schema)
+            _restore_search_path(conn, previous_path)
     except psycopg.errors.InsufficientPrivilege as exc:
         raise PermissionDenied(
             f"permission denied on {connection_target(conn)}: {exc.diag.message_primary}; "

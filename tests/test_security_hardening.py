@@ -1,0 +1,510 @@
+"""Who may replace the functions, forged payloads, values that do not fit SQL's types.
+
+Every role here is created by the test (``pg_role``: unique names and passwords, dropped
+afterwards) and logs in itself, so the suite passes under password authentication.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from fractions import Fraction
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+import pytest
+from click.testing import CliRunner
+from psycopg import sql
+
+from resilient_circuit import CircuitProtectorPolicy, _installer
+from resilient_circuit.cli import main as cli
+from resilient_circuit.cli.connect import connect
+from resilient_circuit.retry_budget import PostgresBudgetStore
+from resilient_circuit.storage import InMemoryStorage, PostgresStorage
+from resilient_circuit.storage.postgres.notify import Transition
+from tests._helpers import wait_for
+
+if TYPE_CHECKING:
+    from tests.conftest import PgRole
+
+Conn = psycopg.Connection[Any]
+INT4_MAX = 2**31 - 1
+
+
+def _connect(dsn: str) -> Conn:
+    return psycopg.connect(dsn, autocommit=True)
+
+
+def _one(conn: Conn, query: str, *args: Any) -> tuple[Any, ...]:
+    row = conn.execute(query, args).fetchone()
+    assert row is not None, query
+    return tuple(row)
+
+
+def _ident(name: str) -> sql.Identifier:
+    return sql.Identifier(name)
+
+
+def _installer_name(dsn: str) -> str:
+    with _connect(dsn) as conn:
+        return str(_one(conn, "SELECT current_user")[0])
+
+
+def _rc_functions(conn: Conn, schema: str) -> int:
+    return int(
+        _one(
+            conn,
+            "SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace"
+            " WHERE n.nspname = %s AND p.proname LIKE 'rc\\_%%'",
+            schema,
+        )[0]
+    )
+
+
+@pytest.fixture
+def stores(pg_dsn: str) -> Iterator[Callable[..., PostgresStorage]]:
+    """Stores closed after the test."""
+    made: list[PostgresStorage] = []
+
+    def make(dsn: str = pg_dsn, **kwargs: Any) -> PostgresStorage:
+        store = PostgresStorage(dsn, **kwargs)
+        made.append(store)
+        return store
+
+    yield make
+    for store in made:
+        store.close()
+
+
+# ------------------------------------------------- who may replace the functions (1)
+
+
+def test_pg_setup_refuses_public_owned_by_another_database_owner(
+    pg_role: Callable[[], PgRole], pg_empty_dsn: str, pg_backend: Any
+) -> None:
+    """Public owned via pg_database_owner by another role: refused, naming both fixes."""
+    owner = pg_role()
+    installer = _installer_name(pg_empty_dsn)
+    with _connect(pg_empty_dsn) as conn:
+        dbname = _one(conn, "SELECT current_database()")[0]
+        conn.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(_ident(dbname), _ident(owner)))
+        if pg_backend.version_num >= 140000:
+            conn.execute("ALTER SCHEMA public OWNER TO pg_database_owner")
+        else:  # pragma: no cover - PostgreSQL 13
+            conn.execute(sql.SQL("ALTER SCHEMA public OWNER TO {}").format(_ident(owner)))
+        with pytest.raises(_installer.SetupError) as refused:
+            _installer.install(conn)
+        assert _rc_functions(conn, "public") == 0
+    message = str(refused.value)
+    assert f'ALTER SCHEMA "public" OWNER TO "{installer}";' in message
+    assert f'CREATE SCHEMA rc AUTHORIZATION "{installer}";' in message
+    assert "--schema rc" in message
+
+
+def test_pg_setup_refuses_a_schema_owned_by_another_role(
+    pg_role: Callable[[], PgRole], pg_empty_dsn: str
+) -> None:
+    """A schema that another role owns could have our functions dropped and replaced: refused."""
+    owner, app = pg_role(), pg_role()
+    with _connect(pg_empty_dsn) as conn:
+        conn.execute(sql.SQL("CREATE SCHEMA rcx AUTHORIZATION {}").format(_ident(owner)))
+        with pytest.raises(_installer.SetupError, match="owned by"):
+            _installer.install(conn, schema="rcx", app_role=app)
+        assert _rc_functions(conn, "rcx") == 0
+
+
+def test_pg_setup_refuses_an_app_role_that_owns_the_database(
+    pg_role: Callable[[], PgRole], pg_empty_dsn: str
+) -> None:
+    """`createdb -O app` then `pg-setup --app-role app`: refused even in a dedicated schema."""
+    app = pg_role()
+    with _connect(pg_empty_dsn) as conn:
+        dbname = _one(conn, "SELECT current_database()")[0]
+        conn.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(_ident(dbname), _ident(app)))
+        conn.execute("CREATE SCHEMA rc")
+        with pytest.raises(_installer.SetupError, match="owns the database"):
+            _installer.install(conn, schema="rc", app_role=app)
+
+
+def test_pg_setup_refuses_an_app_role_that_may_become_the_installer(
+    pg_empty_dsn: str, pg_role: Callable[[], PgRole]
+) -> None:
+    """A member of the installing role (even NOINHERIT, through SET ROLE) is no app role."""
+    app = pg_role()
+    installer = _installer_name(pg_empty_dsn)
+    with _connect(pg_empty_dsn) as conn:
+        conn.execute(sql.SQL("ALTER ROLE {} NOINHERIT").format(_ident(app)))
+        conn.execute(sql.SQL("GRANT {} TO {}").format(_ident(installer), _ident(app)))
+        try:
+            with pytest.raises(_installer.SetupError, match="member"):
+                _installer.install(conn, app_role=app)
+        finally:
+            conn.execute(sql.SQL("REVOKE {} FROM {}").format(_ident(installer), _ident(app)))
+
+
+def test_pg_setup_refuses_a_schema_holding_rc_objects_of_another_role(
+    pg_role: Callable[[], PgRole], pg_empty_dsn: str
+) -> None:
+    """A look-alike rc_* function left by a role that could once create in public is refused."""
+    planter = pg_role()
+    with _connect(pg_empty_dsn) as conn:
+        conn.execute(sql.SQL("GRANT CREATE ON SCHEMA public TO {}").format(_ident(planter)))
+    with _connect(planter.dsn(pg_empty_dsn)) as conn:
+        conn.execute(
+            "CREATE FUNCTION public.rc_gc(p_idle interval) RETURNS integer"
+            " LANGUAGE sql AS 'SELECT 0'"
+        )
+    with _connect(pg_empty_dsn) as conn:
+        conn.execute(sql.SQL("REVOKE CREATE ON SCHEMA public FROM {}").format(_ident(planter)))
+        with pytest.raises(_installer.SetupError, match="rc_gc"):
+            _installer.install(conn)
+        owner = _one(
+            conn,
+            "SELECT proowner::regrole::text FROM pg_proc WHERE proname = 'rc_gc'",
+        )
+    assert owner == (str(planter),)
+
+
+@pytest.mark.parametrize("schema", ["rc$$x", "rc$x", "rc$$; SELECT 1; --"])
+def test_pg_setup_refuses_a_schema_name_that_could_break_the_sql_files(
+    pg_empty_dsn: str, schema: str
+) -> None:
+    """A `$` would end the functions' dollar-quoted bodies: refused before anything runs."""
+    result = CliRunner().invoke(
+        cli, ["pg-setup", "--yes", "--dsn", pg_empty_dsn, "--schema", schema]
+    )
+    assert result.exit_code != 0
+    assert "schema" in result.output + (result.stderr or "")
+    assert "$" in (result.stderr or result.output)
+    with _connect(pg_empty_dsn) as conn:
+        assert _one(conn, "SELECT count(*) FROM pg_namespace WHERE nspname = %s", schema) == (0,)
+
+
+# ------------------------------------------------------------- forged payloads (2)
+
+_GOOD = {"namespace": "default", "key": "k", "from": "OPEN", "to": "CLOSED", "generation": 1}
+_HOSTILE_PAYLOADS = [
+    json.dumps(_GOOD).replace('"generation": 1', '"generation": 1e400'),
+    "[" * 7000,
+    '{"namespace": ' * 3000,
+    json.dumps({**_GOOD, "open_until": "9999-12-31T23:59:59.999999+14:00"}),
+    json.dumps({**_GOOD, "open_until": 5}),
+    json.dumps({**_GOOD, "generation": "9" * 5000}),
+    json.dumps({**_GOOD, "key": {"nested": [1, 2, 3]}}),
+    "x" * 7999,
+]
+
+
+@pytest.mark.parametrize("payload", _HOSTILE_PAYLOADS)
+def test_a_malformed_payload_parses_as_nothing(payload: str) -> None:
+    """No payload raises: overflowing numbers, deep nesting, odd dates are all ignored."""
+    assert Transition.parse(payload) is None
+
+
+def test_a_listener_survives_hostile_payloads_and_a_failing_subscriber(
+    pg_dsn: str, pg_role: Callable[[], PgRole], stores: Callable[..., PostgresStorage]
+) -> None:
+    """After every hostile payload (and a subscriber that raises) real transitions still arrive."""
+    store = stores()
+    heard: list[Transition] = []
+
+    def fragile(event: Transition) -> None:
+        heard.append(event)
+        raise RuntimeError("subscriber bug")
+
+    store.subscribe(fragile)
+    store.listen()
+    assert store.wait_listening()
+    forger = pg_role()
+    with _connect(forger.dsn(pg_dsn)) as conn:
+        for payload in _HOSTILE_PAYLOADS:
+            conn.execute("SELECT pg_notify('resilient_circuit', %s)", [payload])
+    with _connect(pg_dsn) as owner:
+        for _attempt in range(3):
+            owner.execute("SELECT * FROM rc_force('k', 'OPEN')")
+            owner.execute("SELECT * FROM rc_force('k', 'CLOSED')")
+            if wait_for(lambda: len(heard) >= 2, timeout=5):
+                break
+    assert store.listening()
+    assert [(t.old.value, t.new.value) for t in heard[:2]] == [
+        ("CLOSED", "OPEN"),
+        ("OPEN", "CLOSED"),
+    ]
+
+
+def test_cli_watch_never_crashes_on_a_payload(pg_dsn: str, pg_role: Callable[[], PgRole]) -> None:
+    """watch skips hostile payloads and prints the real transition that follows."""
+    forger = pg_role()
+
+    def send() -> None:
+        time.sleep(1.0)
+        with _connect(forger.dsn(pg_dsn)) as conn:
+            for payload in _HOSTILE_PAYLOADS:
+                conn.execute("SELECT pg_notify('resilient_circuit', %s)", [payload])
+        with _connect(pg_dsn) as owner:
+            owner.execute("SELECT * FROM rc_force('after', 'OPEN')")
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    try:
+        result = CliRunner().invoke(
+            cli, ["watch", "--dsn", pg_dsn, "--count", "1", "--timeout", "10"]
+        )
+    finally:
+        sender.join()
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert "after" in result.output
+
+
+# -------------------------------------------------- values that fit SQL's types (3)
+
+
+@pytest.mark.parametrize(
+    ("options", "parameter"),
+    [
+        ({"failure_limit": Fraction(2**40 - 1, 2**40), "window_size": 10}, "failure_limit"),
+        ({"failure_limit": Fraction(1, 2**31), "window_size": 10}, "failure_limit"),
+        ({"failure_limit": 0.123456789012, "window_size": 10}, "failure_limit"),
+        ({"success_limit": Fraction(1, 2**31)}, "success_limit"),
+        (
+            {"slow_call_duration": timedelta(seconds=1), "slow_call_limit": Fraction(1, 2**31)},
+            "slow_call_limit",
+        ),
+        (
+            {"slow_call_duration": timedelta(seconds=1), "slow_call_limit": Fraction(1, 2**40)},
+            "slow_call_limit",
+        ),
+    ],
+)
+def test_a_limit_that_does_not_fit_int4_is_refused_at_construction(
+    options: dict[str, Any], parameter: str
+) -> None:
+    """Fractions are sent as int4 numerator and denominator: larger ones are refused up front."""
+    with pytest.raises(ValueError, match=parameter):
+        CircuitProtectorPolicy(resource_key="k", storage=InMemoryStorage(), **options)
+
+
+def test_the_largest_settings_that_python_accepts_are_accepted_by_sql(
+    pg_dsn: str, stores: Callable[..., PostgresStorage]
+) -> None:
+    """Every bound Python accepts at its limit is stored by rc_configure, and the policy trips."""
+    store = stores()
+    policy = CircuitProtectorPolicy(
+        resource_key="edge",
+        storage=store,
+        failure_limit=Fraction(1, INT4_MAX),
+        window_duration=timedelta(days=365),
+        minimum_calls=INT4_MAX,
+        slow_call_duration=timedelta(days=365),
+        slow_call_limit=Fraction(INT4_MAX - 1, INT4_MAX),
+        cooldown=timedelta(days=365),
+        half_open_timeout=timedelta(days=365),
+        cooldown_factor=100,
+        max_cooldown=timedelta(days=365),
+    )
+
+    @policy
+    def ok() -> str:
+        return "ran"
+
+    assert ok() == "ran"
+    with _connect(pg_dsn) as conn:
+        assert _one(conn, "SELECT minimum_calls FROM rc_circuit_breaker_status") == (INT4_MAX,)
+
+
+def test_sql_refuses_numbers_wider_than_int4_with_22023(pg_dsn: str) -> None:
+    """A plain-SQL caller passing bigint limits gets the same 22023 naming the parameter."""
+    with _connect(pg_dsn) as conn:
+        with pytest.raises(psycopg.errors.InvalidParameterValue, match="p_failure_limit"):
+            conn.execute(
+                "SELECT * FROM rc_configure('k', 'default', 1::bigint, 2199023255552::bigint)"
+            )
+
+
+# ----------------------------------------- qualified SQL outside the functions (4)
+
+_PLANT_EQ = """
+CREATE TABLE public.planted_calls (ran_as text, what text);
+GRANT INSERT ON public.planted_calls TO PUBLIC;
+CREATE FUNCTION public.planted_eq(a varchar, b varchar) RETURNS boolean LANGUAGE plpgsql AS $p$
+BEGIN
+    INSERT INTO public.planted_calls VALUES (current_user, '=(varchar, varchar)');
+    RETURN a::text OPERATOR(pg_catalog.=) b::text;
+END $p$;
+CREATE OPERATOR public.= (LEFTARG = varchar, RIGHTARG = varchar, FUNCTION = public.planted_eq);
+CREATE FUNCTION public.planted_plus(a bigint, b integer) RETURNS bigint LANGUAGE plpgsql AS $p$
+BEGIN
+    INSERT INTO public.planted_calls VALUES (current_user, '+(bigint, integer)');
+    RETURN a OPERATOR(pg_catalog.+) b;
+END $p$;
+CREATE OPERATOR public.+ (LEFTARG = bigint, RIGHTARG = integer, FUNCTION = public.planted_plus);
+CREATE FUNCTION public.clock_timestamp() RETURNS timestamptz LANGUAGE plpgsql AS $p$
+BEGIN
+    INSERT INTO public.planted_calls VALUES (current_user, 'clock_timestamp()');
+    RETURN pg_catalog.clock_timestamp();
+END $p$;
+"""
+
+
+def test_admin_calls_from_python_never_run_planted_operators(
+    pg_dsn: str, pg_role: Callable[[], PgRole], stores: Callable[..., PostgresStorage]
+) -> None:
+    """set_state and friends, run in the owner's own session, resolve nothing through public."""
+    hostile = pg_role()
+    with _connect(pg_dsn) as conn:
+        conn.execute(sql.SQL("GRANT CREATE ON SCHEMA public TO {}").format(_ident(hostile)))
+    with _connect(hostile.dsn(pg_dsn)) as conn:
+        conn.execute(_PLANT_EQ)
+    store = stores()
+    store.set_state("k", "OPEN", 1, time.time() + 60)
+    store.set_state("k", "DISABLED", 0, 0)
+    assert store.get_state("k") is not None
+    store.forget("k")
+    store.check()
+    with _connect(pg_dsn) as conn:
+        assert conn.execute("SELECT * FROM public.planted_calls").fetchall() == []
+
+
+# ------------------------------------------------ admin entry points validate (7)
+
+_BAD_NAMES: list[tuple[object, type[Exception]]] = [
+    ("a\x00b", ValueError),
+    ("a\ud800b", ValueError),
+    ("x" * 10_000_000, ValueError),
+    ("", ValueError),
+    (5, TypeError),
+    (b"k", TypeError),
+]
+
+
+@pytest.mark.parametrize(("value", "error"), _BAD_NAMES, ids=lambda v: repr(v)[:12])
+@pytest.mark.parametrize("where", ["resource_key", "namespace"])
+@pytest.mark.parametrize("operation", ["get_state", "set_state", "delete_state", "forget"])
+def test_admin_entry_points_validate_names_before_any_round_trip(
+    pg_dsn: str,
+    stores: Callable[..., PostgresStorage],
+    operation: str,
+    where: str,
+    value: object,
+    error: type[Exception],
+) -> None:
+    """Bad keys and namespaces raise the parameter-naming error, as for policies, in both stores."""
+    for store in (stores(), InMemoryStorage()):
+        key, ns = (value, None) if where == "resource_key" else ("k", value)
+        with pytest.raises(error, match=where):
+            if operation == "set_state":
+                store.set_state(key, "OPEN", 0, 0, namespace=ns)  # type: ignore[arg-type]
+            else:
+                getattr(store, operation)(key, namespace=ns)
+
+
+@pytest.mark.parametrize("command", ["forget", "force", "reset"])
+def test_cli_admin_commands_validate_the_key(pg_dsn: str, command: str) -> None:
+    """A NUL in a key is refused by the CLI with a message naming it, not a database error."""
+    args = [command, "a\x00b"] + (["OPEN"] if command == "force" else []) + ["--dsn", pg_dsn]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code != 0
+    assert "key" in (result.stderr or result.output)
+    assert "NUL" in (result.stderr or result.output)
+
+
+# ------------------------------------------------------------------------ LOW (8)
+
+
+def test_sql_checks_the_namespace_length_before_the_grant_and_never_echoes_it(
+    pg_dsn: str, pg_role: Callable[[], PgRole]
+) -> None:
+    """A 10 MB namespace or state is a short 22023, not a 42501 echoing 10 MB."""
+    app = pg_role()
+    with connect(pg_dsn) as conn:
+        _installer.install(conn, app_role=app, namespaces=["A"])
+    with _connect(app.dsn(pg_dsn)) as conn:
+        for query in (
+            "SELECT * FROM rc_try_acquire('k', repeat('n', 10000000))",
+            "SELECT * FROM rc_record('k', true, repeat('n', 10000000))",
+            "SELECT rc_forget('k', repeat('n', 10000000))",
+        ):
+            with pytest.raises(psycopg.errors.InvalidParameterValue) as refused:
+                conn.execute(query)
+            assert "p_namespace" in str(refused.value)
+            assert len(str(refused.value)) < 500
+        with pytest.raises(psycopg.errors.InvalidParameterValue) as refused:
+            conn.execute("SELECT * FROM rc_force('k', repeat('Z', 10000000), 'A')")
+        assert "p_state" in str(refused.value)
+        assert len(str(refused.value)) < 500
+
+
+def test_namespace_grants_follow_the_role_not_its_name(
+    pg_dsn: str, pg_role: Callable[[], PgRole], pg_admin_dsn: str
+) -> None:
+    """A renamed role keeps its namespaces; a new role given the old name gets none of them."""
+    tenant, newcomer = pg_role(), pg_role()
+    with connect(pg_dsn) as conn:
+        _installer.install(conn, app_role=tenant, namespaces=["payments"])
+        _installer.install(conn, app_role=newcomer, namespaces=["other"])
+    renamed = f"{tenant}_old"
+    with _connect(pg_admin_dsn) as conn:
+        conn.execute(sql.SQL("ALTER ROLE {} RENAME TO {}").format(_ident(tenant), _ident(renamed)))
+        conn.execute(sql.SQL("ALTER ROLE {} RENAME TO {}").format(_ident(newcomer), _ident(tenant)))
+    try:
+        # Renaming clears an MD5 password (it is salted with the name): set them again.
+        with _connect(pg_admin_dsn) as conn:
+            for name, password in ((renamed, tenant.password), (tenant, newcomer.password)):
+                conn.execute(
+                    sql.SQL("ALTER ROLE {} PASSWORD {}").format(_ident(name), sql.Literal(password))
+                )
+        newcomer_dsn = psycopg.conninfo.make_conninfo(
+            pg_dsn, user=str(tenant), password=newcomer.password
+        )
+        with _connect(newcomer_dsn) as conn:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute("SELECT * FROM rc_force('k', 'OPEN', 'payments')")
+        renamed_dsn = psycopg.conninfo.make_conninfo(pg_dsn, user=renamed, password=tenant.password)
+        with _connect(renamed_dsn) as conn:
+            conn.execute("SELECT * FROM rc_force('k', 'OPEN', 'payments')")
+    finally:
+        with _connect(pg_admin_dsn) as conn:
+            conn.execute(
+                sql.SQL("ALTER ROLE {} RENAME TO {}").format(_ident(tenant), _ident(newcomer))
+            )
+            conn.execute(
+                sql.SQL("ALTER ROLE {} RENAME TO {}").format(_ident(renamed), _ident(tenant))
+            )
+
+
+def test_a_poisoned_budget_counter_saturates_instead_of_overflowing(
+    pg_dsn: str, pg_role: Callable[[], PgRole]
+) -> None:
+    """A tenant depositing bigint-max first attempts cannot make later deposits fail."""
+    app = pg_role()
+    with connect(pg_dsn) as conn:
+        _installer.install(conn, app_role=app, namespaces=["A"])
+    with _connect(app.dsn(pg_dsn)) as conn:
+        conn.execute("SELECT rc_budget_deposit('poison', 'A', 9223372036854775807, 0, 0)")
+        conn.execute("SELECT rc_budget_deposit('poison', 'A', 9223372036854775807, 1000, 0)")
+        conn.execute("SELECT rc_budget_deposit('poison', 'A', 1, 0.2, 10)")
+        assert _one(conn, "SELECT rc_budget_withdraw('poison', 'A')") == (True,)
+    store = PostgresBudgetStore(app.dsn(pg_dsn))
+    try:
+        store.settle("A", "poison", 1, 0.2, 10, withdraw=False)
+        assert store.settle("A", "poison", 0, 0.2, 10, withdraw=True) is True
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "postgresql://u:pw-XYZ@h:notaport/db",
+        "postgresql://u:pw-XYZ@h:99999/db",
+        "host=h port=abc password=pw-XYZ",
+    ],
+)
+def test_a_dsn_with_a_bad_port_is_refused_at_construction(dsn: str) -> None:
+    """A port that is no number in 1..65535 fails when the store is built, password masked."""
+    with pytest.raises(ValueError, match="port") as refused:
+        PostgresStorage(dsn)
+    assert "pw-XYZ" not in str(refused.value)
