@@ -189,7 +189,7 @@ _GOOD = {"namespace": "default", "key": "k", "from": "OPEN", "to": "CLOSED", "ge
 _HOSTILE_PAYLOADS = [
     json.dumps(_GOOD).replace('"generation": 1', '"generation": 1e400'),
     "[" * 7000,
-    '{"namespace": ' * 3000,
+    '{"namespace": ' * 500,
     json.dumps({**_GOOD, "open_until": "9999-12-31T23:59:59.999999+14:00"}),
     json.dumps({**_GOOD, "open_until": 5}),
     json.dumps({**_GOOD, "generation": "9" * 5000}),

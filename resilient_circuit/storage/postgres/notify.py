@@ -38,21 +38,76 @@ class Transition:
 
     @classmethod
     def parse(cls, payload: str) -> Transition | None:
-        """The notification's JSON, or None when it is not one of ours."""
+        """The notification's JSON, or None when it is not one of ours.
+
+        Any role that can connect may send any payload, so nothing in it may raise: too
+        long or too deeply nested is refused before parsing, and every field is checked.
+        """
+        if not isinstance(payload, str) or len(payload) > MAX_PAYLOAD or _too_deep(payload):
+            return None
         try:
             raw = json.loads(payload)
+            if not isinstance(raw, dict):
+                return None
+            namespace, key, generation = raw["namespace"], raw["key"], raw["generation"]
+            if not (_is_name(namespace) and _is_name(key)):
+                return None
+            if type(generation) is not int or not 0 <= generation <= _BIGINT_MAX:
+                return None
+            until = raw.get("open_until")
+            open_until = None
+            if until is not None:
+                if not isinstance(until, str) or len(until) > 40:
+                    return None
+                open_until = datetime.fromisoformat(until)
+                if open_until.tzinfo is None or open_until.year > _LAST_YEAR:
+                    return None
             return cls(
-                namespace=str(raw["namespace"]),
-                resource_key=str(raw["key"]),
+                namespace=namespace,
+                resource_key=key,
                 old=CircuitState(raw["from"]),
                 new=CircuitState(raw["to"]),
-                generation=int(raw["generation"]),
-                open_until=(
-                    datetime.fromisoformat(raw["open_until"]) if raw.get("open_until") else None
-                ),
+                generation=generation,
+                open_until=open_until,
             )
-        except (ValueError, KeyError, TypeError):
+        except Exception:
+            # Malformed in a way not foreseen above: still only a notification to ignore.
             return None
+
+
+#: NOTIFY payloads are at most 8000 bytes; ours are far shorter.
+MAX_PAYLOAD = 8000
+_BIGINT_MAX = 2**63 - 1
+# Leaves room for arithmetic on the date without overflowing datetime's year 9999.
+_LAST_YEAR = 9000
+# Ours is one flat object; deeper nesting is refused before json parses (and recurses).
+_MAX_DEPTH = 1
+
+
+def _is_name(value: object) -> bool:
+    return isinstance(value, str) and 1 <= len(value) <= 255
+
+
+def _too_deep(payload: str) -> bool:
+    depth = 0
+    in_string = escaped = False
+    for ch in payload:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            if depth > _MAX_DEPTH:
+                return True
+        elif ch in "]}":
+            depth -= 1
+    return False
 
 
 def watch(
@@ -180,6 +235,11 @@ class Listener:
                                 self._on_event(event)
             except psycopg.Error as exc:
                 logger.debug("transition listener disconnected: %s", exc)
+            except Exception:
+                # Whatever went wrong, the thread must live on: it is what revokes a held
+                # OPEN verdict and keeps cached admission honest. Reconnecting (which
+                # also drops every cached verdict) is the safe way back.
+                logger.exception("transition listener failed; reconnecting in %.2f s", backoff)
             finally:
                 self._listening.clear()
             self._stop.wait(backoff)
