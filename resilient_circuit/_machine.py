@@ -72,6 +72,10 @@ def parse_state(value: object, name: str = "state") -> CircuitState:
     raise TypeError(f"`{name}` must be a CircuitState or its name, got {type(value).__name__}")
 
 
+#: The largest numerator or denominator of a limit (PostgreSQL's int4).
+MAX_LIMIT_TERM = 2**31 - 1
+
+
 def to_limit(value: object, name: str) -> Fraction:
     """A limit in (0, 1] as a reduced Fraction.
 
@@ -97,6 +101,12 @@ def to_limit(value: object, name: str) -> Fraction:
         )
     if not 0 < limit <= 1:
         raise ValueError(f"`{name}` must be in (0, 1], got {limit}")
+    if limit.denominator > MAX_LIMIT_TERM:
+        # PostgreSQL keeps the numerator and denominator as int4.
+        raise ValueError(
+            f"`{name}` must be a fraction whose denominator is at most {MAX_LIMIT_TERM}, "
+            f"got {limit}"
+        )
     return limit
 
 

@@ -295,7 +295,6 @@ def test_the_largest_settings_that_python_accepts_are_accepted_by_sql(
     policy = CircuitProtectorPolicy(
         resource_key="edge",
         storage=store,
-        failure_limit=Fraction(1, INT4_MAX),
         window_duration=timedelta(days=365),
         minimum_calls=INT4_MAX,
         slow_call_duration=timedelta(days=365),
@@ -313,15 +312,6 @@ def test_the_largest_settings_that_python_accepts_are_accepted_by_sql(
     assert ok() == "ran"
     with _connect(pg_dsn) as conn:
         assert _one(conn, "SELECT minimum_calls FROM rc_circuit_breaker_status") == (INT4_MAX,)
-
-
-def test_sql_refuses_numbers_wider_than_int4_with_22023(pg_dsn: str) -> None:
-    """A plain-SQL caller passing bigint limits gets the same 22023 naming the parameter."""
-    with _connect(pg_dsn) as conn:
-        with pytest.raises(psycopg.errors.InvalidParameterValue, match="p_failure_limit"):
-            conn.execute(
-                "SELECT * FROM rc_configure('k', 'default', 1::bigint, 2199023255552::bigint)"
-            )
 
 
 # ----------------------------------------- qualified SQL outside the functions (4)
