@@ -121,7 +121,7 @@ class PostgresBudgetStore:
             )
             # Set after connecting: PgBouncer refuses the `options` startup parameter.
             conn.execute(
-                "SELECT set_config('statement_timeout', %s, false)",
+                "SELECT pg_catalog.set_config('statement_timeout', %s, false)",
                 [str(self._statement_timeout_ms)],
             )
             self._conn = conn

@@ -460,7 +460,7 @@ def _check_schema_safe(conn: psycopg.Connection[Any], schema: str) -> None:
 
 def _restore_search_path(conn: psycopg.Connection[Any], previous: str | None) -> None:
     if previous is not None:
-        conn.execute("SELECT set_config('search_path', %s, true)", [previous])
+        conn.execute("SELECT pg_catalog.set_config('search_path', %s, true)", [previous])
 
 
 def _check_namespaces(namespaces: Sequence[str]) -> list[str]:
@@ -513,7 +513,7 @@ def granted_namespaces(conn: psycopg.Connection[Any], schema: str, role: str) ->
 
 
 def _current_search_path(conn: psycopg.Connection[Any]) -> str:
-    row = conn.execute("SELECT current_setting('search_path')").fetchone()
+    row = conn.execute("SELECT pg_catalog.current_setting('search_path')").fetchone()
     return str(row[0]) if row else ""
 
 

@@ -305,7 +305,9 @@ def forget(key: str, namespace: str | None, dsn: str | None, schema: str | None)
     Example:
       resilient-circuit-cli forget payments-v1 --namespace shop
     """
-    ns = namespace or default_namespace()
+    from resilient_circuit.cli.operate import checked_names
+
+    key, ns = checked_names(key, namespace)
     if _run_one(dsn, schema, "rc_forget", key, ns):
         click.echo(f"Forgot {printable(ns)}/{printable(key)}.")
     else:

@@ -40,6 +40,16 @@ def _psycopg_missing(exc: ImportError) -> click.ClickException:
     )
 
 
+def checked_names(key: str, namespace: str | None) -> tuple[str, str]:
+    """A command's key and namespace, checked as the library checks them."""
+    from resilient_circuit.storage.base import check_key_and_namespace
+
+    try:
+        return check_key_and_namespace(key, namespace, default_namespace())
+    except (TypeError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
 @contextmanager
 def session(dsn: str | None, schema: str | None) -> Iterator[tuple[Any, str]]:
     """A connection and the schema name; database errors become one clear line."""
@@ -263,7 +273,7 @@ def force(
     target = state.upper()
     if hold and target not in ("OPEN", "DISABLED"):
         raise click.UsageError(f"--hold applies to OPEN and DISABLED only, not {target}")
-    ns = namespace or default_namespace()
+    key, ns = checked_names(key, namespace)
     with session(dsn, schema) as (conn, schema_name):
         _existing(conn, schema_name, key, ns)
         args: list[Any] = [key, target, ns]
@@ -299,7 +309,7 @@ def reset(key: str, namespace: str | None, dsn: str | None, schema: str | None) 
 
     from resilient_circuit.cli import printable
 
-    ns = namespace or default_namespace()
+    key, ns = checked_names(key, namespace)
     with session(dsn, schema) as (conn, schema_name):
         _existing(conn, schema_name, key, ns)
         statement = sql.SQL("SELECT * FROM {}(%s, %s)").format(

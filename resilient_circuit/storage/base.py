@@ -124,6 +124,15 @@ def check_name(value: object, name: str) -> str:
     return value
 
 
+def check_key_and_namespace(
+    resource_key: object, namespace: object, default_namespace: str
+) -> tuple[str, str]:
+    """An entry point's key and namespace (None: ``default_namespace``), checked alike."""
+    key = check_name(resource_key, "resource_key")
+    ns = check_name(default_namespace if namespace is None else namespace, "namespace")
+    return key, ns
+
+
 class CircuitBreakerStorage(abc.ABC):
     """Where breakers live. Policies sharing a storage object and a key share a breaker."""
 
@@ -182,6 +191,10 @@ class AdminState:
     window: tuple[bool, ...]  # oldest first; True is a success
 
 
+_INT4_MAX = 2**31 - 1
+_MAX_EPOCH = 32503680000  # 3000-01-01
+
+
 def check_admin_state(
     resource_key: object,
     state: object,
@@ -194,10 +207,12 @@ def check_admin_state(
     target = parse_state(state)
     if isinstance(failure_count, bool) or not isinstance(failure_count, int):
         raise TypeError("`failure_count` must be an int")
-    if failure_count < 0:
-        raise ValueError(f"`failure_count` must be >= 0, got {failure_count}")
+    if not 0 <= failure_count <= _INT4_MAX:
+        raise ValueError(f"`failure_count` must be in [0, {_INT4_MAX}], got {failure_count}")
     if isinstance(open_until, bool) or not isinstance(open_until, int | float):
         raise TypeError("`open_until` must be epoch seconds (0 for none)")
+    if not -_MAX_EPOCH <= open_until <= _MAX_EPOCH:  # also refuses NaN
+        raise ValueError(f"`open_until` must be epoch seconds before year 3000, got {open_until}")
     if execution_log is None:
         window: tuple[bool, ...] = ()
     elif not isinstance(execution_log, list | tuple) or not all(

@@ -28,6 +28,7 @@ from resilient_circuit.storage.base import (
     CircuitBreakerStorage,
     Snapshot,
     check_admin_state,
+    check_key_and_namespace,
     check_name,
 )
 
@@ -448,8 +449,8 @@ class InMemoryStorage(CircuitBreakerStorage):
         A policy still holding it sees a breaker never used: CLOSED, empty window,
         counters at zero.
         """
-        check_name(resource_key, "resource_key")
-        key = (namespace or self.namespace, resource_key)
+        resource_key, ns = check_key_and_namespace(resource_key, namespace, self.namespace)
+        key = (ns, resource_key)
         with self._lock:
             found = self._breakers.pop(key, None) or self._released.get(key)
             if found is None:
@@ -461,6 +462,7 @@ class InMemoryStorage(CircuitBreakerStorage):
         return True
 
     def get_state(self, resource_key: str, namespace: str | None = None) -> dict[str, Any] | None:
+        resource_key, namespace = check_key_and_namespace(resource_key, namespace, self.namespace)
         found = self._existing(resource_key, namespace)
         if found is None:
             return None
@@ -491,9 +493,9 @@ class InMemoryStorage(CircuitBreakerStorage):
         execution_log: list[bool] | None = None,
         namespace: str | None = None,
     ) -> None:
+        resource_key, ns = check_key_and_namespace(resource_key, namespace, self.namespace)
         admin = check_admin_state(resource_key, state, failure_count, open_until, execution_log)
         target, window = admin.state, admin.window
-        ns = namespace or self.namespace
         found = self._existing(resource_key, ns) or self.breaker(
             resource_key, ns, _machine.DEFAULT_CONFIG
         )

@@ -52,17 +52,19 @@ def describe(dsn: str) -> str:
 # reaches PostgreSQL directly and the timeouts become session settings; through a
 # pooler a session setting would stick to a server connection that other clients
 # use next, so none is set: each round trip sets them for its own transaction.
+# Sent with the session's own search_path: every operator and function is spelled out
+# in pg_catalog, so nothing planted in a writable schema can run instead.
 _SESSION_SETUP = (
-    "SELECT pg_backend_pid() = %(pid)s,"
-    " CASE WHEN pg_backend_pid() = %(pid)s"
-    " THEN set_config('statement_timeout', %(timeout)s, false) END,"
-    " CASE WHEN pg_backend_pid() = %(pid)s"
-    " THEN set_config('lock_timeout', %(timeout)s, false) END"
+    "SELECT pg_catalog.pg_backend_pid() OPERATOR(pg_catalog.=) %(pid)s,"
+    " CASE WHEN pg_catalog.pg_backend_pid() OPERATOR(pg_catalog.=) %(pid)s"
+    " THEN pg_catalog.set_config('statement_timeout', %(timeout)s, false) END,"
+    " CASE WHEN pg_catalog.pg_backend_pid() OPERATOR(pg_catalog.=) %(pid)s"
+    " THEN pg_catalog.set_config('lock_timeout', %(timeout)s, false) END"
 )
-_SERVER_PID = "SELECT pg_backend_pid()"
+_SERVER_PID = "SELECT pg_catalog.pg_backend_pid()"
 _LOCAL_TIMEOUTS = (
-    "SELECT set_config('statement_timeout', %(timeout)s, true),"
-    " set_config('lock_timeout', %(timeout)s, true)"
+    "SELECT pg_catalog.set_config('statement_timeout', %(timeout)s, true),"
+    " pg_catalog.set_config('lock_timeout', %(timeout)s, true)"
 )
 
 

@@ -78,18 +78,21 @@ _STATEMENTS = {
         " FROM {s}.rc_status(%(key)s, %(namespace)s)"
     ),
     # 0.4.5's set_state overwrites a row outright: the one statement that is not a
-    # state-machine function (the admin API predates them).
+    # state-machine function (the admin API predates them). It runs with the caller's
+    # own search_path, so its operators and functions are spelled out in pg_catalog:
+    # a look-alike planted in a writable schema must never run in the owner's session.
     "set_state": (
         "INSERT INTO {s}.rc_circuit_breakers AS b"
         " (resource_key, namespace, state, failure_count, open_until, execution_log, held)"
         " VALUES (%(key)s, %(namespace)s, %(state)s, %(failure_count)s, %(open_until)s,"
-        " %(execution_log)s, %(state)s::varchar = 'DISABLED')"
+        " %(execution_log)s, %(held)s)"
         " ON CONFLICT (resource_key, namespace) DO UPDATE SET state = excluded.state,"
         " failure_count = excluded.failure_count, open_until = excluded.open_until,"
         " execution_log = excluded.execution_log, permits = '{{}}', slow_log = '{{}}',"
-        " held = excluded.state = 'DISABLED', last_cooldown = '0', window_start = NULL,"
+        " held = excluded.held, last_cooldown = '0', window_start = NULL,"
         " bucket_head = 0, bucket_calls = '{{}}', bucket_failures = '{{}}', bucket_slow = '{{}}',"
-        " generation = b.generation + 1, updated_at = clock_timestamp()"
+        " generation = b.generation OPERATOR(pg_catalog.+) 1,"
+        " updated_at = pg_catalog.clock_timestamp()"
         " RETURNING state, generation"
     ),
     "forget": "SELECT {s}.rc_forget(%(key)s, %(namespace)s)",

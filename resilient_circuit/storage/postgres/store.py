@@ -26,6 +26,7 @@ from resilient_circuit.storage.base import (
     CircuitBreakerStorage,
     StorageError,
     check_admin_state,
+    check_key_and_namespace,
     check_name,
 )
 from resilient_circuit.storage.postgres import notify, queries
@@ -494,8 +495,7 @@ class PostgresStorage(CircuitBreakerStorage):
 
     def forget(self, resource_key: str, namespace: str | None = None) -> bool:
         """Delete one breaker's row (True if there was one); its next use starts afresh."""
-        key = check_name(resource_key, "resource_key")
-        ns = check_name(namespace if namespace is not None else self.namespace, "namespace")
+        key, ns = check_key_and_namespace(resource_key, namespace, self.namespace)
         row = self.fetch(None, self.statements.forget, {"key": key, "namespace": ns})
         found = self._breakers.get((ns, key))
         if found is not None:
@@ -526,10 +526,11 @@ class PostgresStorage(CircuitBreakerStorage):
     # -- 0.4.5's admin API ----------------------------------------------------------
 
     def get_state(self, resource_key: str, namespace: str | None = None) -> dict[str, Any] | None:
+        key, ns = check_key_and_namespace(resource_key, namespace, self.namespace)
         row = self.fetch(
             None,
             self.statements.status,
-            {"key": resource_key, "namespace": namespace or self.namespace},
+            {"key": key, "namespace": ns},
             missing_ok=True,
         )
         if row is None:
@@ -552,13 +553,13 @@ class PostgresStorage(CircuitBreakerStorage):
         execution_log: list[bool] | None = None,
         namespace: str | None = None,
     ) -> None:
+        resource_key, ns = check_key_and_namespace(resource_key, namespace, self.namespace)
         admin = check_admin_state(resource_key, state, failure_count, open_until, execution_log)
         until = (
             datetime.fromtimestamp(admin.open_until, timezone.utc)
             if admin.state is CircuitState.OPEN and admin.open_until
             else None
         )
-        ns = namespace or self.namespace
         self.fetch(
             None,
             self.statements.set_state,
@@ -569,6 +570,7 @@ class PostgresStorage(CircuitBreakerStorage):
                 "failure_count": admin.failure_count,
                 "open_until": until,
                 "execution_log": list(admin.window),
+                "held": admin.state is CircuitState.DISABLED,
             },
             missing_ok=True,
         )
