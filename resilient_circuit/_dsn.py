@@ -74,6 +74,7 @@ class Dsn:
             raise ValueError(
                 f"`{name}` is not a valid connection string: {redact(reason, *_secrets_in(dsn))}"
             ) from None
+        _check_ports(params.get("port"), name)
         password = params.pop("password", None)
         self.password: str | None = None if password is None else str(password)
         self.conninfo: str = make_conninfo("", **params)
@@ -96,6 +97,21 @@ class Dsn:
 
     def __repr__(self) -> str:
         return f"Dsn({self.shown!r})"
+
+
+def _check_ports(port: object, name: str) -> None:
+    # libpq checks the port only when it connects, and then echoes the whole connection
+    # string in its message: checked here, it fails once, at construction.
+    if port is None or port == "":
+        return
+    for part in str(port).split(","):
+        part = part.strip()
+        if part and not (part.isascii() and part.isdigit() and 1 <= int(part) <= 65535):
+            shown = part if len(part) <= 20 else part[:20] + "..."
+            raise ValueError(
+                f"`{name}` is not a valid connection string: port must be a number from 1 to "
+                f"65535, got {shown!r}"
+            )
 
 
 class _PasswordScrubber(logging.Filter):

@@ -483,32 +483,48 @@ def _namespace_grant_statements(
     schema: str, role: str, namespaces: Sequence[str] | None
 ) -> list[sql.Composed]:
     grants = sql.Identifier(schema, GRANTS_TABLE)
+    # Grants follow the role's OID (role_name is kept for people to read): a renamed role
+    # keeps them and a new role given an old name gets none. Those of dropped roles go.
+    statements = [
+        sql.SQL(
+            "DELETE FROM {} AS g WHERE NOT EXISTS "
+            "(SELECT 1 FROM pg_catalog.pg_roles AS r WHERE r.oid = g.role_oid)"
+        ).format(grants)
+    ]
     if namespaces is None:
         # A role keeps what it was given; a new one gets the namespace calls use when they
         # name none, which is what an application written for one namespace needs.
-        return [
+        statements.append(
             sql.SQL(
-                "INSERT INTO {} (role_name, namespace) SELECT {}, {} "
-                "WHERE NOT EXISTS (SELECT 1 FROM {} WHERE role_name = {})"
-            ).format(grants, role, DEFAULT_NAMESPACE, grants, role)
-        ]
-    values = sql.SQL(", ").join(sql.SQL("({}, {})").format(role, ns) for ns in namespaces)
+                "INSERT INTO {} (role_oid, role_name, namespace) SELECT r.oid, r.rolname, {} "
+                "FROM pg_catalog.pg_roles AS r WHERE r.rolname = {} "
+                "AND NOT EXISTS (SELECT 1 FROM {} AS g WHERE g.role_oid = r.oid)"
+            ).format(grants, DEFAULT_NAMESPACE, role, grants)
+        )
+        return statements
     return [
+        *statements,
         # Exactly the namespaces asked for: running pg-setup again narrows as well as widens.
-        sql.SQL("DELETE FROM {} WHERE role_name = {} AND NOT namespace = ANY({})").format(
-            grants, role, list(namespaces)
-        ),
-        sql.SQL("INSERT INTO {} (role_name, namespace) VALUES {} ON CONFLICT DO NOTHING").format(
-            grants, values
-        ),
+        sql.SQL(
+            "DELETE FROM {} WHERE role_oid = "
+            "(SELECT r.oid FROM pg_catalog.pg_roles AS r WHERE r.rolname = {}) "
+            "AND NOT namespace = ANY({})"
+        ).format(grants, role, list(namespaces)),
+        sql.SQL(
+            "INSERT INTO {} (role_oid, role_name, namespace) "
+            "SELECT r.oid, r.rolname, n.namespace FROM pg_catalog.pg_roles AS r, "
+            "pg_catalog.unnest({}::pg_catalog.text[]) AS n(namespace) WHERE r.rolname = {} "
+            "ON CONFLICT (role_oid, namespace) DO UPDATE SET role_name = excluded.role_name"
+        ).format(grants, list(namespaces), role),
     ]
 
 
 def granted_namespaces(conn: psycopg.Connection[Any], schema: str, role: str) -> list[str]:
     """The namespaces ``role`` may use in ``schema`` (``['*']``: all), sorted."""
-    query = sql.SQL("SELECT namespace FROM {} WHERE role_name = %s ORDER BY 1").format(
-        sql.Identifier(schema, GRANTS_TABLE)
-    )
+    query = sql.SQL(
+        "SELECT g.namespace FROM {} AS g JOIN pg_catalog.pg_roles AS r ON r.oid = g.role_oid"
+        " WHERE r.rolname = %s ORDER BY 1"
+    ).format(sql.Identifier(schema, GRANTS_TABLE))
     return [str(namespace) for (namespace,) in conn.execute(query, [role]).fetchall()]
 
 

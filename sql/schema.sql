@@ -105,12 +105,15 @@ CREATE INDEX idx_rc_circuit_breakers_state ON @extschema@.rc_circuit_breakers (s
 CREATE INDEX idx_rc_circuit_breakers_namespace ON @extschema@.rc_circuit_breakers (namespace);
 
 -- Which namespaces each application role may use ('*': all of them). The functions check it
--- for the session's login role; `pg-setup --app-role ROLE --namespace NS` writes it.
+-- for the session's login role; `pg-setup --app-role ROLE --namespace NS` writes it. Grants
+-- follow the role's OID, not its name: a renamed role keeps them, and a new role given an
+-- old name gets none (role_name is the name at the time of the grant, for people to read).
 CREATE TABLE @extschema@.rc_namespace_grants (
     role_name  name          NOT NULL,
     namespace  varchar(255)  NOT NULL,
     granted_at timestamptz   NOT NULL DEFAULT now(),
-    CONSTRAINT rc_namespace_grants_pkey PRIMARY KEY (role_name, namespace),
+    role_oid   oid           NOT NULL,
+    CONSTRAINT rc_namespace_grants_pkey PRIMARY KEY (role_oid, namespace),
     CONSTRAINT rc_namespace_grants_namespace_check
         CHECK (char_length(namespace) BETWEEN 1 AND 255)
 );
@@ -136,11 +139,19 @@ STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+    -- The length first: an over-long value is a bad parameter (22023), never echoed, whoever
+    -- may use it. A NULL namespace is left to the caller's name check.
+    IF char_length(p_namespace) NOT BETWEEN 1 AND 255 THEN
+        RAISE EXCEPTION 'rc: p_namespace must be 1 to 255 characters long, got % characters',
+            char_length(p_namespace)
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     -- Called only from the SECURITY DEFINER functions, where current_user is their owner.
-    -- A NULL namespace is left to the caller's name check, which reports it as invalid.
     IF p_namespace IS NULL OR pg_has_role(session_user, current_user, 'MEMBER')
        OR EXISTS (SELECT 1 FROM @extschema@.rc_namespace_grants AS g
-                  WHERE g.role_name = session_user AND g.namespace IN (p_namespace, '*')) THEN
+                  WHERE g.role_oid = (SELECT r.oid FROM pg_roles AS r
+                                      WHERE r.rolname = session_user)
+                    AND g.namespace IN (p_namespace, '*')) THEN
         RETURN;
     END IF;
     RAISE EXCEPTION 'rc: role % may not use namespace %', quote_ident(session_user),
@@ -223,7 +234,8 @@ FROM @extschema@.rc_circuit_breakers AS b
 -- Each application role sees its own namespaces only (the owner sees all).
 WHERE (SELECT @extschema@.rc_session_is_owner())
    OR EXISTS (SELECT 1 FROM @extschema@.rc_namespace_grants AS g
-              WHERE g.role_name = session_user AND g.namespace IN (b.namespace, '*'));
+              WHERE g.role_oid = (SELECT r.oid FROM pg_roles AS r WHERE r.rolname = session_user)
+                AND g.namespace IN (b.namespace, '*'));
 
 -- Raises the error for a bad key or namespace. Callers test the cheap condition inline and
 -- call this only when it fails, so a valid call pays no extra function call.
@@ -1366,7 +1378,8 @@ BEGIN
         WHERE b.state = 'CLOSED' AND b.updated_at < clock_timestamp() - p_idle
           AND ((SELECT @extschema@.rc_session_is_owner())
                OR EXISTS (SELECT 1 FROM @extschema@.rc_namespace_grants AS g
-                          WHERE g.role_name = session_user
+                          WHERE g.role_oid = (SELECT r.oid FROM pg_roles AS r
+                                              WHERE r.rolname = session_user)
                             AND g.namespace IN (b.namespace, '*')))
         FOR UPDATE SKIP LOCKED
     )
@@ -1520,7 +1533,7 @@ COMMENT ON FUNCTION @extschema@.rc_check_duration(text, interval, boolean) IS
     'Raises invalid_parameter_value for a duration that is NULL, negative (or zero when not '
     'allowed), over 365 days, or holds months or years.';
 COMMENT ON TABLE @extschema@.rc_namespace_grants IS
-    'The namespaces each application role may use (''*'': all); written by pg-setup '
+    'The namespaces each application role (by OID) may use (''*'': all); written by pg-setup '
     '--app-role ROLE --namespace NS.';
 COMMENT ON FUNCTION @extschema@.rc_check_names(text, text) IS
     'Raises invalid_parameter_value for a NULL, empty or over-long key or namespace.';
@@ -1609,8 +1622,10 @@ BEGIN
             coalesce(char_length(p_namespace) || ' characters', 'NULL')
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    IF p_first_attempts IS NULL OR p_first_attempts < 0 THEN
-        RAISE EXCEPTION 'rc: p_first_attempts must be >= 0, got %',
+    -- Bounded per call, and the counters below saturate: no value a caller passes can make
+    -- a later deposit overflow (which would cut every process off the shared budget).
+    IF p_first_attempts IS NULL OR p_first_attempts < 0 OR p_first_attempts > 1000000000 THEN
+        RAISE EXCEPTION 'rc: p_first_attempts must be in [0, 1000000000], got %',
             coalesce(p_first_attempts::text, 'NULL')
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
@@ -1662,9 +1677,11 @@ BEGIN
     UPDATE @extschema@.rc_retry_budgets AS b
     SET balance = v_balance,
         min_per_second = p_min_per_second,
-        first_attempts = b.first_attempts + p_first_attempts,
-        retries = b.retries + v_permitted::integer,
-        refusals = b.refusals + (p_withdraw AND NOT v_permitted)::integer,
+        first_attempts = b.first_attempts
+            + least(p_first_attempts, 9223372036854775807 - b.first_attempts),
+        retries = b.retries + least(v_permitted::integer, 9223372036854775807 - b.retries),
+        refusals = b.refusals
+            + least((p_withdraw AND NOT v_permitted)::integer, 9223372036854775807 - b.refusals),
         updated_at = greatest(v_then, v_now)
     WHERE b.name = p_name AND b.namespace = p_namespace;
 
