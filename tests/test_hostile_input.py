@@ -148,7 +148,7 @@ def test_invalid_names_are_refused_before_anything_is_written(
         store.set_state("k" * 256, "OPEN", 0, 0)
     with pytest.raises(TypeError, match="resource_key"):
         CircuitProtectorPolicy(resource_key=42, storage=store)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="p_key"):
+    with pytest.raises(ValueError, match="resource_key"):
         store.get_state("k" * 256)
     assert table(pg_dsn) == before
 
