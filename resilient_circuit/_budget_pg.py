@@ -32,6 +32,10 @@ __all__ = ("PostgresBudgetStore",)
 _inherited: list[Any] = []
 
 
+#: The most first attempts one rc_budget_deposit or rc_budget_withdraw call accepts.
+MAX_FIRST_ATTEMPTS = 1_000_000_000
+
+
 class PostgresBudgetStore:
     """Budgets in the ``rc_retry_budgets`` table of ``schema``, reached through ``dsn``."""
 
@@ -83,6 +87,9 @@ class PostgresBudgetStore:
         withdraw: bool,
     ) -> bool:
         """See ``retry_budget.BudgetStore.settle``: one round trip."""
+        # The functions take at most MAX_FIRST_ATTEMPTS per call; a backlog larger than that
+        # (a long outage under heavy traffic) is worth that many tokens and no more.
+        first_attempts = min(first_attempts, MAX_FIRST_ATTEMPTS)
         with self._lock:
             try:
                 conn = self._connection()

@@ -24,7 +24,7 @@ from resilient_circuit.cli import main as cli
 from resilient_circuit.cli.connect import connect
 from resilient_circuit.retry_budget import PostgresBudgetStore
 from resilient_circuit.storage import InMemoryStorage, PostgresStorage
-from resilient_circuit.storage.postgres.notify import Transition
+from resilient_circuit.storage.postgres.notify import Listener, Transition
 from tests._helpers import wait_for
 
 if TYPE_CHECKING:
@@ -233,6 +233,36 @@ def test_a_listener_survives_hostile_payloads_and_a_failing_subscriber(
         ("CLOSED", "OPEN"),
         ("OPEN", "CLOSED"),
     ]
+
+
+def test_the_listener_reconnects_after_any_error_of_its_own(
+    pg_dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An unexpected exception in the LISTEN thread is logged, and the thread listens again."""
+    heard: list[Transition | None] = []
+    failed = threading.Event()
+
+    def on_event(event: Transition | None) -> None:
+        heard.append(event)
+        if event is not None and not failed.is_set():
+            failed.set()
+            raise OverflowError("a bug while handling a transition")
+
+    listener = Listener(pg_dsn, {"autocommit": True}, on_event, check_route=False)
+    listener.start()
+    try:
+        assert listener.wait_until_listening(10)
+        with _connect(pg_dsn) as owner:
+            owner.execute("SELECT * FROM rc_force('k', 'OPEN')")
+            assert wait_for(failed.is_set, timeout=10)
+            # Reconnected: a second (re)connection marker, then transitions arrive again.
+            assert wait_for(lambda: heard.count(None) >= 2, timeout=10)
+            assert listener.wait_until_listening(10)
+            owner.execute("SELECT * FROM rc_force('k', 'CLOSED')")
+            assert wait_for(lambda: len([e for e in heard if e is not None]) >= 2, timeout=10)
+    finally:
+        listener.stop()
+    assert any("reconnecting" in r.getMessage() for r in caplog.records)
 
 
 def test_cli_watch_never_crashes_on_a_payload(pg_dsn: str, pg_role: Callable[[], PgRole]) -> None:
@@ -486,6 +516,12 @@ def test_a_poisoned_budget_counter_saturates_instead_of_overflowing(
     with _connect(pg_dsn) as owner:
         counters = _one(owner, "SELECT first_attempts, retries, refusals FROM rc_retry_budgets")
     assert counters == (2**63 - 1,) * 3
+    # A backlog beyond the per-call bound (a long outage) is deposited up to the bound.
+    store = PostgresBudgetStore(app.dsn(pg_dsn))
+    try:
+        assert store.settle("A", "backlog", 5_000_000_000, 0.2, 10, withdraw=True) is True
+    finally:
+        store.close()
     store = PostgresBudgetStore(app.dsn(pg_dsn))
     try:
         store.settle("A", "poison", 1, 0.2, 10, withdraw=False)
