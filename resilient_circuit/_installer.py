@@ -456,6 +456,40 @@ def _check_schema_safe(conn: psycopg.Connection[Any], schema: str) -> None:
     _check_schema_owner(conn, schema)
     _check_schema_not_writable(conn, schema)
     _check_objects_owned(conn, schema)
+    _check_no_foreign_triggers(conn, schema)
+
+
+def _check_no_foreign_triggers(conn: psycopg.Connection[Any], schema: str) -> None:
+    # A trigger on our tables runs inside the SECURITY DEFINER functions, i.e. with the
+    # installer's rights, whoever wrote its function: the TRIGGER privilege (or a trigger
+    # left by someone who held it) is as good as owning the functions.
+    rows = conn.execute(
+        r"""
+        SELECT 'TRIGGER on ' || c.relname || ' held by '
+               || CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE a.grantee::regrole::text END
+        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        CROSS JOIN LATERAL aclexplode(c.relacl) AS a
+        WHERE n.nspname = %s AND c.relname LIKE 'rc\_%%'
+          AND a.privilege_type = 'TRIGGER' AND a.grantee <> c.relowner
+        UNION ALL
+        SELECT 'trigger ' || t.tgname || ' on ' || c.relname || ' runs '
+               || t.tgfoid::regproc::text || ' of ' || p.proowner::regrole::text
+        FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        JOIN pg_proc p ON p.oid = t.tgfoid
+        WHERE n.nspname = %s AND c.relname LIKE 'rc\_%%' AND NOT t.tgisinternal
+          AND p.proowner <> (SELECT oid FROM pg_roles WHERE rolname = current_user)
+        ORDER BY 1
+        """,
+        [schema, schema],
+    ).fetchall()
+    if rows:
+        found = "; ".join(row[0] for row in rows[:10])
+        raise WrongSchemaOwner(
+            f"refusing to install into schema {schema!r}: another role could run code inside "
+            f"the breaker functions, with the installer's rights, through triggers ({found}); "
+            f"REVOKE TRIGGER on those tables and drop triggers you did not create"
+        )
 
 
 def _restore_search_path(conn: psycopg.Connection[Any], previous: str | None) -> None:

@@ -168,6 +168,19 @@ def test_pg_setup_refuses_a_schema_holding_rc_objects_of_another_role(
     assert owner == (str(planter),)
 
 
+def test_pg_setup_refuses_tables_others_may_put_triggers_on(
+    pg_role: Callable[[], PgRole], pg_dsn: str
+) -> None:
+    """A trigger runs inside the functions with the owner's rights: TRIGGER grants are refused."""
+    role = pg_role()
+    with _connect(pg_dsn) as conn:
+        conn.execute(sql.SQL("GRANT TRIGGER ON rc_circuit_breakers TO {}").format(_ident(role)))
+        with pytest.raises(_installer.SetupError, match="TRIGGER on rc_circuit_breakers"):
+            _installer.install(conn, app_role=role)
+        conn.execute(sql.SQL("REVOKE TRIGGER ON rc_circuit_breakers FROM {}").format(_ident(role)))
+        _installer.install(conn, app_role=role)
+
+
 @pytest.mark.parametrize("schema", ["rc$$x", "rc$x", "rc$$; SELECT 1; --"])
 def test_pg_setup_refuses_a_schema_name_that_could_break_the_sql_files(
     pg_empty_dsn: str, schema: str
