@@ -513,6 +513,40 @@ def _check_namespaces(namespaces: Sequence[str]) -> list[str]:
     return checked
 
 
+def _grants_by_oid(conn: psycopg.Connection[Any], schema: str) -> bool:
+    # Before migration 0008 (an install that an older package left) grants went by name.
+    row = conn.execute(
+        "SELECT 1 FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid"
+        " JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = %s AND c.relname = %s AND a.attname = 'role_oid'"
+        " AND NOT a.attisdropped",
+        [schema, GRANTS_TABLE],
+    ).fetchone()
+    return row is not None
+
+
+def _namespace_grant_statements_by_name(
+    schema: str, role: str, namespaces: Sequence[str] | None
+) -> list[sql.Composed]:
+    grants = sql.Identifier(schema, GRANTS_TABLE)
+    if namespaces is None:
+        return [
+            sql.SQL(
+                "INSERT INTO {} (role_name, namespace) SELECT {}, {} "
+                "WHERE NOT EXISTS (SELECT 1 FROM {} WHERE role_name = {})"
+            ).format(grants, role, DEFAULT_NAMESPACE, grants, role)
+        ]
+    values = sql.SQL(", ").join(sql.SQL("({}, {})").format(role, ns) for ns in namespaces)
+    return [
+        sql.SQL("DELETE FROM {} WHERE role_name = {} AND NOT namespace = ANY({})").format(
+            grants, role, list(namespaces)
+        ),
+        sql.SQL("INSERT INTO {} (role_name, namespace) VALUES {} ON CONFLICT DO NOTHING").format(
+            grants, values
+        ),
+    ]
+
+
 def _namespace_grant_statements(
     schema: str, role: str, namespaces: Sequence[str] | None
 ) -> list[sql.Composed]:
@@ -744,7 +778,10 @@ def install(
                 grants = _grant_statements(
                     conn, schema, app_role, functions_exist=not (dry_run and steps)
                 )
-                grants += _namespace_grant_statements(schema, app_role, namespaces)
+                if (dry_run and steps) or _grants_by_oid(conn, schema):
+                    grants += _namespace_grant_statements(schema, app_role, namespaces)
+                else:
+                    grants += _namespace_grant_statements_by_name(schema, app_role, namespaces)
                 for statement in grants:
                     run(statement)
                 _check_app_role(conn, schema, app_role)

@@ -967,18 +967,18 @@ $$;
 CREATE OR REPLACE FUNCTION @extschema@.rc_configure(
     p_key text,
     p_namespace text DEFAULT 'default',
-    p_failure_limit_num integer DEFAULT 1,
-    p_failure_limit_den integer DEFAULT 1,
-    p_window_size integer DEFAULT NULL,
-    p_success_limit_num integer DEFAULT NULL,
-    p_success_limit_den integer DEFAULT NULL,
+    p_failure_limit_num bigint DEFAULT 1,
+    p_failure_limit_den bigint DEFAULT 1,
+    p_window_size bigint DEFAULT NULL,
+    p_success_limit_num bigint DEFAULT NULL,
+    p_success_limit_den bigint DEFAULT NULL,
     p_cooldown interval DEFAULT '0',
     p_half_open_timeout interval DEFAULT '10 seconds',
     p_window_duration interval DEFAULT NULL,
-    p_minimum_calls integer DEFAULT NULL,
+    p_minimum_calls bigint DEFAULT NULL,
     p_slow_call_duration interval DEFAULT NULL,
-    p_slow_call_limit_num integer DEFAULT NULL,
-    p_slow_call_limit_den integer DEFAULT NULL,
+    p_slow_call_limit_num bigint DEFAULT NULL,
+    p_slow_call_limit_den bigint DEFAULT NULL,
     p_cooldown_factor double precision DEFAULT 1,
     p_max_cooldown interval DEFAULT NULL
 )
@@ -989,7 +989,8 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     _row @extschema@.rc_circuit_breakers%ROWTYPE;
-    -- bigint so that flipping the sign of -2^31 cannot overflow.
+    -- The parameters are bigint so that a caller passing a wider number gets a 22023 naming
+    -- it rather than "function does not exist"; what is stored must fit int4.
     _fnum bigint := p_failure_limit_num;
     _fden bigint := p_failure_limit_den;
     _snum bigint := p_success_limit_num;
@@ -997,7 +998,7 @@ DECLARE
     _lnum bigint := p_slow_call_limit_num;
     _lden bigint := p_slow_call_limit_den;
     _gcd bigint;
-    _window integer;
+    _window bigint;
     _size integer;
     _len integer;
     _fresh boolean;
@@ -1021,6 +1022,11 @@ BEGIN
     _gcd := gcd(_fnum, _fden);
     _fnum := _fnum / _gcd;
     _fden := _fden / _gcd;
+    IF _fden > 2147483647 THEN
+        RAISE EXCEPTION 'rc: p_failure_limit_num/p_failure_limit_den must have a reduced '
+            'denominator of at most 2147483647, got %/%', _fnum, _fden
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
 
     IF (_snum IS NULL) <> (_sden IS NULL) THEN
         RAISE EXCEPTION 'rc: p_success_limit_num and p_success_limit_den must both be set or '
@@ -1072,9 +1078,10 @@ BEGIN
                 USING ERRCODE = 'invalid_parameter_value';
         END IF;
     END IF;
-    IF p_minimum_calls < 1 OR (p_window_duration IS NULL AND p_minimum_calls > _window) THEN
-        RAISE EXCEPTION 'rc: p_minimum_calls must be >= 1 and, with a count window, at most '
-            'p_window_size (%), got %', _window, p_minimum_calls
+    IF p_minimum_calls < 1 OR p_minimum_calls > 2147483647
+       OR (p_window_duration IS NULL AND p_minimum_calls > _window) THEN
+        RAISE EXCEPTION 'rc: p_minimum_calls must be between 1 and 2147483647 and, with a count '
+            'window, at most p_window_size (%), got %', _window, p_minimum_calls
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
 
@@ -1108,6 +1115,11 @@ BEGIN
         _gcd := gcd(_lnum, _lden);
         _lnum := _lnum / _gcd;
         _lden := _lden / _gcd;
+        IF _lden > 2147483647 THEN
+            RAISE EXCEPTION 'rc: p_slow_call_limit_num/p_slow_call_limit_den must have a '
+                'reduced denominator of at most 2147483647, got %/%', _lnum, _lden
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
     END IF;
 
     IF (p_cooldown_factor BETWEEN 1 AND 100) IS NOT TRUE THEN
@@ -1488,8 +1500,8 @@ COMMENT ON FUNCTION @extschema@.rc_record(text, boolean, text, bigint, interval)
 COMMENT ON FUNCTION @extschema@.rc_record_many(text, text, boolean[], bigint[], interval[]) IS
     'Records several outcomes in order, exactly as that many rc_record calls would, under one '
     'row lock.';
-COMMENT ON FUNCTION @extschema@.rc_configure(text, text, integer, integer, integer, integer, integer, interval, interval,
-    interval, integer, interval, integer, integer, double precision, interval) IS
+COMMENT ON FUNCTION @extschema@.rc_configure(text, text, bigint, bigint, bigint, bigint, bigint, interval, interval,
+    interval, bigint, interval, bigint, bigint, double precision, interval) IS
     'Stores a breaker''s configuration. Limits are fractions in (0, 1]; the window defaults to '
     'the failure limit''s denominator, or is a time window of p_window_duration; '
     'p_minimum_calls outcomes are needed before a trip; calls longer than '
@@ -1533,8 +1545,8 @@ COMMENT ON FUNCTION @extschema@.rc_check_duration(text, interval, boolean) IS
     'Raises invalid_parameter_value for a duration that is NULL, negative (or zero when not '
     'allowed), over 365 days, or holds months or years.';
 COMMENT ON TABLE @extschema@.rc_namespace_grants IS
-    'The namespaces each application role (by OID) may use (''*'': all); written by pg-setup '
-    '--app-role ROLE --namespace NS.';
+    'The namespaces each application role (by OID) may use (''*'': all); written by '
+    'pg-setup for its application role and namespace options.';
 COMMENT ON FUNCTION @extschema@.rc_check_names(text, text) IS
     'Raises invalid_parameter_value for a NULL, empty or over-long key or namespace.';
 COMMENT ON FUNCTION @extschema@.rc_notify_transition(text, text, text, text, bigint, timestamptz) IS
@@ -1550,8 +1562,8 @@ REVOKE EXECUTE ON FUNCTION
     @extschema@.rc_force_at(text, text, text, timestamptz, boolean),
     @extschema@.rc_reset_at(text, text, timestamptz),
     @extschema@.rc_release_at(text, text, bigint, timestamptz),
-    @extschema@.rc_configure(text, text, integer, integer, integer, integer, integer, interval, interval,
-    interval, integer, interval, integer, integer, double precision, interval),
+    @extschema@.rc_configure(text, text, bigint, bigint, bigint, bigint, bigint, interval, interval,
+    interval, bigint, interval, bigint, bigint, double precision, interval),
     @extschema@.rc_try_acquire(text, text),
     @extschema@.rc_record(text, boolean, text, bigint, interval),
     @extschema@.rc_record_many(text, text, boolean[], bigint[], interval[]),

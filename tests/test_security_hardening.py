@@ -357,6 +357,33 @@ def test_the_largest_settings_that_python_accepts_are_accepted_by_sql(
         assert _one(conn, "SELECT minimum_calls FROM rc_circuit_breaker_status") == (INT4_MAX,)
 
 
+@pytest.mark.parametrize(
+    ("arguments", "parameter"),
+    [
+        ("1::bigint, 2199023255552::bigint, 10", "p_failure_limit"),
+        (
+            "1, 1, NULL, NULL, NULL, '0', '10 seconds', '1 minute', 2199023255552::bigint",
+            "p_minimum_calls",
+        ),
+        (
+            "1, 1, NULL, NULL, NULL, '0', '10 seconds', NULL, NULL, '1 second', 1,"
+            " 2199023255552::bigint",
+            "p_slow_call_limit",
+        ),
+        ("1, 1, 2199023255552::bigint", "p_window_size"),
+    ],
+)
+def test_sql_refuses_numbers_wider_than_int4_with_22023(
+    pg_dsn: str, arguments: str, parameter: str
+) -> None:
+    """A plain-SQL caller passing bigint numbers gets a 22023 naming the parameter."""
+    with (
+        _connect(pg_dsn) as conn,
+        pytest.raises(psycopg.errors.InvalidParameterValue, match=parameter),
+    ):
+        conn.execute(f"SELECT * FROM rc_configure('k', 'default', {arguments})")
+
+
 # ----------------------------------------- qualified SQL outside the functions (4)
 
 _PLANT_EQ = """
