@@ -17,7 +17,6 @@ import click
 from resilient_circuit._settings import (
     database_dsn,
     database_schema,
-    default_namespace,
     listen_dsn,
 )
 
