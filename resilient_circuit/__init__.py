@@ -18,7 +18,14 @@ from resilient_circuit.circuit_breaker import (
     ExecutionLog,
     StatusChangeListener,
 )
-from resilient_circuit.exceptions import ProtectedCallError, ProtectionException, RetryLimitReached
+from resilient_circuit.exceptions import (
+    ProtectedCallError,
+    ProtectionException,
+    RetryLimitReached,
+    SchemaNotReady,
+    StorageAccessDenied,
+    StorageNotUsable,
+)
 from resilient_circuit.failsafe import SafetyNet
 from resilient_circuit.instrumentation import (
     CallFailed,
@@ -81,9 +88,12 @@ __all__ = (
     "RetryScheduled",
     "RetryWithBackoffPolicy",
     "SafetyNet",
+    "SchemaNotReady",
     "StateChanged",
     "StatusChangeListener",
+    "StorageAccessDenied",
     "StorageError",
+    "StorageNotUsable",
     "StorageOutageEnded",
     "StorageOutageStarted",
     "__version__",

@@ -55,7 +55,7 @@ def _is_async(fn: object) -> bool:
 class OptionDrivers:
     """The general drivers; the attributes below are the policy's."""
 
-    _breaker: Breaker
+    _breaker: Breaker | None  # None until an anonymous policy knows its key
     _config: Config
     _entered: contextvars.ContextVar[tuple[Entered, ...]]
     resource_key: str

@@ -276,6 +276,37 @@ class Config:
         s = self.success_limit
         return s.denominator if s is not None else self.window_size
 
+    def describe(self) -> str:
+        """The configuration in words, for messages (``failure_limit=3/10, ...``)."""
+        f, s = self.failure_limit, self.success_limit
+        return (
+            f"failure_limit={f.numerator}/{f.denominator}, window_size={self.window_size}, "
+            f"success_limit={'unset' if s is None else f'{s.numerator}/{s.denominator}'}, "
+            f"cooldown={timedelta(microseconds=self.cooldown_ns // 1000).total_seconds():g}s, "
+            "half_open_timeout="
+            f"{timedelta(microseconds=self.half_open_timeout_ns // 1000).total_seconds():g}s"
+            + "".join(f", {name}={value}" for name, value in self._described_options())
+        )
+
+    def _described_options(self) -> list[tuple[str, str]]:
+        """The options beyond 0.4.5's that are set, in words."""
+
+        def seconds(ns: int) -> str:
+            return f"{ns / 1e9:g}s"
+
+        found: list[tuple[str, str]] = []
+        if self.window_duration_ns is not None:
+            found.append(("window_duration", seconds(self.window_duration_ns)))
+            found.append(("minimum_calls", str(self.minimum_calls)))
+        if self.slow_call_duration_ns is not None:
+            found.append(("slow_call_duration", seconds(self.slow_call_duration_ns)))
+            found.append(("slow_call_limit", str(self.slow_call_limit)))
+        if self.cooldown_factor != 1.0:
+            found.append(("cooldown_factor", f"{self.cooldown_factor:g}"))
+        if self.max_cooldown_ns is not None:
+            found.append(("max_cooldown", seconds(self.max_cooldown_ns)))
+        return found
+
 
 DEFAULT_CONFIG = Config.build()
 

@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import hashlib
 import inspect
 import logging
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from datetime import timedelta
 from fractions import Fraction
+from types import FrameType
 from typing import Any, Literal, Protocol, TypeVar, cast
 
+from resilient_circuit import _fork
 from resilient_circuit._drivers import OptionDrivers, exception_types, handle_all, run_listener
 from resilient_circuit._machine import (
     DEFAULT_HALF_OPEN_TIMEOUT,
@@ -33,7 +37,14 @@ from resilient_circuit.instrumentation import _events
 from resilient_circuit.instrumentation.hooks import Hook, TransitionSource, checked_hooks
 from resilient_circuit.policy import ProtectionPolicy
 from resilient_circuit.storage import CircuitBreakerStorage, InMemoryStorage, create_storage
-from resilient_circuit.storage.base import Breaker, Snapshot, StorageError, check_name
+from resilient_circuit.storage.base import (
+    MAX_KEY_LENGTH,
+    Breaker,
+    Snapshot,
+    StorageError,
+    StorageErrorMode,
+    check_name,
+)
 
 __all__ = (
     "DEFAULT_ADMISSION_REFRESH_INTERVAL",
@@ -47,7 +58,6 @@ __all__ = (
 CircuitStatus = CircuitState  # 0.4.5's name for the same enum
 
 F = TypeVar("F", bound=Callable[..., Any])
-StorageErrorMode = Literal["open", "closed", "local"]
 
 logger = logging.getLogger(__name__)
 
@@ -139,6 +149,65 @@ class ExecutionLog:
     @property
     def failure_rate(self) -> Fraction:
         return Fraction(self.failure_count, len(self)) if self._outcomes else Fraction(0)
+
+
+def function_key(func: Callable[..., Any]) -> str:
+    """The key of an anonymous policy that protects ``func``: its module and qualified
+    name, the same in every process that imports it (``app.billing.charge``)."""
+    module = getattr(func, "__module__", None) or "__main__"
+    name = getattr(func, "__qualname__", None) or type(func).__qualname__
+    return _fit(f"{module}.{name}")
+
+
+def _site_key(frame: FrameType | None) -> str:
+    """The key of an anonymous policy used before it decorates anything: the line that
+    built it (``app.billing:12``), as stable as the source code."""
+    # Skip the __init__ of subclasses: the site is where the policy was asked for.
+    while frame is not None and frame.f_code.co_name == "__init__":
+        frame = frame.f_back
+    if frame is None:  # pragma: no cover - only from C code
+        return "anonymous"
+    module = frame.f_globals.get("__name__") or "__main__"
+    return _fit(f"{module}:{frame.f_lineno}")
+
+
+def _fit(key: str) -> str:
+    # Deeply nested names can exceed the limit: keep them unique and readable.
+    if len(key) <= MAX_KEY_LENGTH:
+        return key
+    digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return f"{key[: MAX_KEY_LENGTH - 17]}~{digest}"
+
+
+# Which live policy declared each breaker of each storage object (by id: the policy
+# keeps its storage alive), to catch two policies that declare different
+# configurations for one breaker: the second would silently replace the first's
+# (cooldown, limits) in the shared row.
+_declared: dict[tuple[int, str, str], weakref.ref[CircuitProtectorPolicy]] = {}
+_declared_lock = threading.RLock()  # weakref callbacks may run inside _declare
+
+
+def _declare(policy: CircuitProtectorPolicy, key: str) -> None:
+    where = (id(policy.storage), policy.namespace, key)
+    with _declared_lock:
+        ref = _declared.get(where)
+        other = ref() if ref is not None else None
+        if other is None:
+
+            def forget(dead: weakref.ref[CircuitProtectorPolicy]) -> None:
+                with _declared_lock:
+                    if _declared.get(where) is dead:
+                        del _declared[where]
+
+            _declared[where] = weakref.ref(policy, forget)
+            return
+    if other is not policy and other.config != policy.config:
+        raise ValueError(
+            f"breaker {key!r} (namespace {policy.namespace!r}) is already declared in this "
+            f"process by {other!r} with {other.config.describe()}; this policy declares "
+            f"{policy.config.describe()}: share one policy object, or declare the same "
+            "configuration"
+        )
 
 
 class CircuitProtectorPolicy(OptionDrivers, ProtectionPolicy):
@@ -247,8 +316,12 @@ class CircuitProtectorPolicy(OptionDrivers, ProtectionPolicy):
         )
         self._entered: contextvars.ContextVar[tuple[tuple[Breaker | None, int | None, int], ...]]
         self._entered = contextvars.ContextVar(f"rc_entered_{id(self)}", default=())
+        # An anonymous policy is named after the first function it decorates (or, used
+        # before that, after the line that built it), so that every process agrees.
+        self._named = resource_key is not None
         self.resource_key = check_name(
-            resource_key if resource_key is not None else f"anonymous_{id(self)}", "resource_key"
+            resource_key if resource_key is not None else _site_key(sys._getframe(1)),
+            "resource_key",
         )
         self.storage = storage if storage is not None else create_storage(namespace)
         self.namespace = check_name(
@@ -270,16 +343,52 @@ class CircuitProtectorPolicy(OptionDrivers, ProtectionPolicy):
         self.admission = admission
         self.admission_refresh_interval = admission_refresh_interval
         self.recording = recording
-        self._breaker = self.storage.breaker(
-            self.resource_key,
+        self._breaker: Breaker | None = None
+        if self._named:
+            self._bind(self.resource_key)
+        _fork.after_fork_in_child(self, CircuitProtectorPolicy._after_fork)
+
+    def _after_fork(self) -> None:
+        # A thread of the parent may have held it at the fork.
+        self._seen_lock = threading.Lock()
+
+    def _bind(self, resource_key: str) -> Breaker:
+        """Adopt the breaker of ``resource_key`` (no I/O: the first call configures it)."""
+        _declare(self, resource_key)
+        breaker = self.storage.breaker(
+            resource_key,
             self.namespace,
             self._config,
-            admission=admission,
-            recording=recording,
+            admission=self.admission,
+            recording=self.recording,
+            on_storage_error=self.on_storage_error,
         )
-        initial = self._breaker.last_known
+        self.resource_key = resource_key
+        self._breaker = breaker
+        initial = breaker.last_known
         if initial is not None:
             self._seen_state, self._seen_generation = initial.state, initial.generation
+        return breaker
+
+    def _bound(self) -> Breaker:
+        """The breaker, bound now under the construction site's key if still anonymous."""
+        breaker = self._breaker
+        if breaker is None:
+            with _declared_lock:
+                breaker = self._breaker or self._bind(self.resource_key)
+        return breaker
+
+    def _handle_for(self, func: Callable[..., Any]) -> Breaker:
+        """The breaker protecting ``func``: an anonymous policy takes ``func``'s name.
+
+        A policy is one breaker: the functions it decorates share it, under the name
+        of the first one.
+        """
+        breaker = self._breaker
+        if breaker is None:
+            with _declared_lock:
+                breaker = self._breaker or self._bind(function_key(func))
+        return breaker
 
     # -- configuration, read-only -------------------------------------------------
 
@@ -379,7 +488,7 @@ class CircuitProtectorPolicy(OptionDrivers, ProtectionPolicy):
 
     def _call_store(self, op: Callable[[Breaker], Any]) -> Any:
         try:
-            return op(self._breaker)
+            return op(self._bound())
         except StorageError:
             if self.on_storage_error != "local":
                 raise
@@ -514,6 +623,7 @@ class CircuitProtectorPolicy(OptionDrivers, ProtectionPolicy):
 
     def __call__(self, func: F) -> F:
         """Protect ``func`` (sync or ``async def``) with this breaker."""
+        self._handle_for(func)  # an anonymous policy takes its key from func now
         if inspect.iscoroutinefunction(func):
             if self._plain and self.timeout is None:
                 return cast(F, self._observable(self._wrap_async, func))
@@ -546,12 +656,13 @@ class CircuitProtectorPolicy(OptionDrivers, ProtectionPolicy):
     def _handle(self) -> Breaker:
         """The breaker handle for a call of the general drivers: the store's, or, while
         any hook is installed, one that reports the call's events."""
+        breaker = self._bound()
         if self.hooks or _events.registry.hooks:
             observer = self._observer
             if observer is None:
                 observer = self._observer = _events.observing(self)
             return observer
-        return self._breaker
+        return breaker
 
     # The drivers below are the per-call hot path: admission is read inline and the
     # slow paths (a transition seen, a storage outage, a faulty predicate) are method
@@ -564,7 +675,7 @@ class CircuitProtectorPolicy(OptionDrivers, ProtectionPolicy):
         via: Breaker | None = None,
         divert: Callable[..., Any] | None = None,
     ) -> Callable[..., Any]:
-        policy, breaker = self, self._breaker if via is None else via
+        policy, breaker = self, self._bound() if via is None else via
         switch = _events.switch(divert)
         should_handle = self.should_handle
         check = None if should_handle is handle_all else should_handle
@@ -631,7 +742,7 @@ class CircuitProtectorPolicy(OptionDrivers, ProtectionPolicy):
         via: Breaker | None = None,
         divert: Callable[..., Awaitable[Any]] | None = None,
     ) -> Callable[..., Awaitable[Any]]:
-        policy, breaker = self, self._breaker if via is None else via
+        policy, breaker = self, self._bound() if via is None else via
         switch = _events.switch(divert)
         should_handle = self.should_handle
         check = None if should_handle is handle_all else should_handle

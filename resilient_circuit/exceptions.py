@@ -8,7 +8,14 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from resilient_circuit._machine import CircuitState
 
-__all__ = ("ProtectedCallError", "ProtectionException", "RetryLimitReached", "SchemaNotReady")
+__all__ = (
+    "ProtectedCallError",
+    "ProtectionException",
+    "RetryLimitReached",
+    "SchemaNotReady",
+    "StorageAccessDenied",
+    "StorageNotUsable",
+)
 
 
 class ProtectionException(Exception):
@@ -64,6 +71,14 @@ class ProtectedCallError(ProtectionException):
         ns = self.retry_after_ns
         return None if ns is None else timedelta(microseconds=ns // 1000)
 
+    def __repr__(self) -> str:
+        message = f"{self.args[0]!r}, " if self.args else ""
+        state = self.state.name if self.state is not None else None
+        return (
+            f"{type(self).__name__}({message}resource_key={self.resource_key!r}, "
+            f"state={state!r}, retry_after={self.retry_after!r})"
+        )
+
     def __str__(self) -> str:
         if self.args:
             return str(self.args[0])
@@ -88,5 +103,20 @@ class RetryLimitReached(ProtectionException):
     """Every attempt failed; the last error is chained as ``__cause__``."""
 
 
-class SchemaNotReady(ProtectionException):
-    """The breaker functions are not installed in the database: run ``pg-setup``."""
+class StorageNotUsable(ProtectionException):
+    """The breaker store answers but cannot be used as configured; an operator must act.
+
+    Unlike an outage (which the policies ride out per ``on_storage_error``), this is
+    raised to the caller before the protected function runs, on every call, until
+    it is fixed: a deployment mistake should be loud, not a silently missing breaker.
+    """
+
+
+class SchemaNotReady(StorageNotUsable):
+    """The breaker functions are not installed (or are older than this library) in the
+    database: run ``resilient-circuit-cli pg-setup``."""
+
+
+class StorageAccessDenied(StorageNotUsable):
+    """The database role may not use the breaker functions or this namespace: grant it
+    with ``resilient-circuit-cli pg-setup --app-role ROLE``."""

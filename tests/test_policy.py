@@ -77,7 +77,6 @@ def test_defaults_match_0_4_5(storage: InMemoryStorage) -> None:
     assert policy.failure_limit == Fraction(1, 1)
     assert policy.success_limit == Fraction(1, 1)
     assert policy.cooldown == timedelta(0)
-    assert policy.resource_key.startswith("anonymous_")
     assert CircuitProtectorPolicy(storage=storage, failure_limit=Fraction(5, 10)).window_size == 2
 
 

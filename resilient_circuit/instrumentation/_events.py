@@ -46,7 +46,7 @@ def observing(policy: CircuitProtectorPolicy) -> Breaker:
     """The policy's breaker handle, reporting each admission and outcome."""
     from resilient_circuit.instrumentation._observing import ObservingBreaker
 
-    return ObservingBreaker(policy._breaker, policy)  # type: ignore[return-value]
+    return ObservingBreaker(policy._bound(), policy)  # type: ignore[return-value]
 
 
 def transition(

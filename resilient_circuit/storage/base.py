@@ -10,9 +10,19 @@ from typing import Any, Literal, Protocol
 
 from resilient_circuit._machine import MAX_WINDOW, Admission, CircuitState, Config, parse_state
 
-__all__ = ("Breaker", "CircuitBreakerStorage", "Observed", "Snapshot", "StorageError")
+__all__ = (
+    "Breaker",
+    "CircuitBreakerStorage",
+    "Observed",
+    "Snapshot",
+    "StorageError",
+    "StorageErrorMode",
+)
 
 MAX_KEY_LENGTH = 255
+
+#: What a policy does with a call while its store cannot answer.
+StorageErrorMode = Literal["open", "closed", "local"]
 
 
 class StorageError(Exception):
@@ -150,11 +160,14 @@ class CircuitBreakerStorage(abc.ABC):
         *,
         admission: Literal["strict", "cached"] = "strict",
         recording: Literal["immediate", "batched"] = "immediate",
+        on_storage_error: StorageErrorMode = "open",
     ) -> Breaker:
         """The handle of one breaker, adopting ``config`` as its configuration.
 
         ``admission`` and ``recording`` choose how a remote store trades round trips
         for freshness; a store in this process's memory is always exact and free.
+        ``on_storage_error`` is what the policy does while the store cannot answer
+        (a remote store says so when it reports an outage). No I/O.
         """
 
     @abc.abstractmethod

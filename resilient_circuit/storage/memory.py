@@ -424,6 +424,7 @@ class InMemoryStorage(CircuitBreakerStorage):
         *,
         admission: Literal["strict", "cached"] = "strict",
         recording: Literal["immediate", "batched"] = "immediate",
+        on_storage_error: Literal["open", "closed", "local"] = "open",
     ) -> MemoryBreaker:
         if admission not in ("strict", "cached"):
             raise ValueError(f"`admission` must be 'strict' or 'cached', got {admission!r}")

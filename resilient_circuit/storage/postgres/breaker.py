@@ -24,6 +24,8 @@ from resilient_circuit.storage.postgres.queries import Reply, Statements
 
 __all__ = ("AdmissionMode", "BreakerHost", "PgBreaker", "RecordingMode")
 
+logger = logging.getLogger("resilient_circuit.storage")
+
 AdmissionMode = Literal["strict", "cached"]
 RecordingMode = Literal["immediate", "batched"]
 
@@ -84,10 +86,12 @@ class PgBreaker(Breaker):
         "_config_epoch",
         "_configured",
         "_epoch",
+        "_flusher_started",
         "_flushing",
         "_host",
         "_key_params",
         "_last",
+        "_listen_requested",
         "_open_deadline",
         "_open_until",
         "_queue",
@@ -111,16 +115,28 @@ class PgBreaker(Breaker):
         self.config = config
         self._key_params = {"key": resource_key, "namespace": namespace}
         self._configured = False
+        self._admit_closed = Admission(True, CircuitState.CLOSED, -1, None)
+        self._cached = False
+        self._queue: OutcomeQueue | None = None
+        self.start_afresh()
+
+    def start_afresh(self) -> None:
+        """Forget every verdict and queued outcome (a new breaker, or a forked child's).
+
+        A child must not replay its parent's queued outcomes (the parent sends them)
+        nor trust verdicts its parent's LISTEN connection vouched for.
+        """
         self._last: Reply | None = None
         self._open_deadline = 0  # monotonic ns; 0 = no cached OPEN verdict
         self._open_until = 0  # monotonic ns: the end of the cooldown the server reported
-        self._admit_closed = Admission(True, CircuitState.CLOSED, -1, None)
         self._trusted = False  # may the last reply admit without asking the server?
         # Bumped by every invalidation: a reply to a request sent before one is not trusted.
         self._epoch = 0
         self._config_epoch = 0  # the epoch when rc_configure was last sent
-        self._cached = False
-        self._queue: OutcomeQueue | None = None
+        self._listen_requested = False
+        self._flusher_started = False
+        if self._queue is not None:
+            self._queue = OutcomeQueue(self._host.max_queued)
         # Held while a batch is on its way, so flush() returns only once it has landed.
         self._flushing = threading.Lock()
         self._batch_size = MAX_BATCH
@@ -133,18 +149,20 @@ class PgBreaker(Breaker):
             raise ValueError(f"`admission` must be 'strict' or 'cached', got {admission!r}")
         if recording not in ("immediate", "batched"):
             raise ValueError(f"`recording` must be 'immediate' or 'batched', got {recording!r}")
+        # No connection and no thread yet: the first call that needs them starts them.
         self._cached = admission == "cached"
         if recording == "batched" and self._queue is None:
             self._queue = OutcomeQueue(self._host.max_queued)
-        if self._cached:
-            self._host.listen()
-        if self._queue is not None:
-            self._host.start_flusher()
 
     def reconfigure(self, config: Config) -> None:
         """Adopt ``config``; it is stored in the row on the next contact."""
         self.config = config
         self._configured = False
+
+    @property
+    def is_configured(self) -> bool:
+        """Has this process stored ``config`` in the row yet?"""
+        return self._configured
 
     def pending_configuration(self) -> dict[str, Any] | None:
         """The parameters of ``rc_configure`` while the row may not hold ``config`` yet."""
@@ -153,10 +171,25 @@ class PgBreaker(Breaker):
         self._config_epoch = self._epoch
         return queries.configure_params(self.resource_key, self.namespace, self.config)
 
-    def configured(self, row: tuple[Any, ...]) -> None:
-        """``rc_configure`` answered ``row``: the row holds ``config``."""
+    def configured(self, row: tuple[Any, ...], stored: tuple[Any, ...] | None = None) -> None:
+        """``rc_configure`` answered ``row``: the row holds ``config``.
+
+        ``stored`` is what the row held before (None when it did not exist): another
+        process declaring another configuration for the same key is worth one WARNING,
+        since each process that starts replaces the other's.
+        """
         self._configured = True
         self._heard(queries.reply(row), self._config_epoch)
+        if stored is None or tuple(stored) == queries.config_row(self.config):
+            return
+        logger.warning(
+            "breaker %r (namespace %r): the stored configuration (%s) differs from this "
+            "process's (%s); this process's replaces it (the last declaration wins)",
+            self.resource_key,
+            self.namespace,
+            queries.describe_stored(stored),
+            self.config.describe(),
+        )
 
     def invalidate(self, *, keep_open: bool = False) -> None:
         """Forget cached verdicts: the next call asks the server.
@@ -244,12 +277,17 @@ class PgBreaker(Breaker):
     def _admitted(self, row: tuple[Any, ...], epoch: int) -> Admission:
         adm = queries.admission(row)
         self._heard(Reply(adm.state, adm.generation), epoch)
+        if self._cached and not self._listen_requested:
+            # Cached admission needs LISTEN: opened on the first call, not at import.
+            self._listen_requested = True
+            self._host.listen()
         if adm.state is CircuitState.OPEN and adm.retry_after and epoch == self._epoch:
             # A remaining duration, on our monotonic clock: never an absolute server time.
             # It is held for the whole cooldown only while NOTIFY can end it early (a
             # peer forcing CLOSED, a reset); unheard, for a second at most.
             hold = adm.retry_after
             if not self._host.listening():
+                # Held verdicts need LISTEN too: opened the first time one is held.
                 self._host.listen()
                 hold = min(hold, UNHEARD_OPEN_HOLD_NS)
             now = time.monotonic_ns()
@@ -273,6 +311,9 @@ class PgBreaker(Breaker):
             and generation == last.generation
         ):
             queue.put(success, generation, duration)
+            if not self._flusher_started:
+                self._flusher_started = True
+                self._host.start_flusher()
             return last
         return None
 

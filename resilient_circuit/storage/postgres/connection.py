@@ -8,6 +8,12 @@ Nothing is sent as a startup parameter but ``application_name``: connection pool
 such as PgBouncer refuse ``options``. The timeouts are set on each new connection
 that reaches PostgreSQL directly (see ``setup_session``); through a pooler, on each
 round trip instead, for its own transaction only (see ``Pools.scope``).
+
+Every pool of a store draws from one budget of ``max_connections``: a connection
+takes a share when it opens and gives it back when it closes, so the process never
+holds more than that however many event loops it runs. Pools keep no connection
+open for its own sake (``min_size=0``) and close those idle for ``idle_timeout``;
+an event loop's pool closes with its loop (``asyncio.run`` ends it).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import asyncio
 import logging
 import math
 import threading
+import weakref
 from collections.abc import AsyncIterator, Iterator
 from contextlib import (
     AbstractAsyncContextManager,
@@ -31,7 +38,7 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from resilient_circuit._dsn import Dsn
 
-__all__ = ("Pools", "describe", "reaches_server", "setup_session")
+__all__ = ("Budget", "Pools", "describe", "reaches_server", "setup_session")
 
 logger = logging.getLogger("resilient_circuit.storage")
 
@@ -113,6 +120,90 @@ def reaches_server(conn: psycopg.Connection[Any]) -> bool:
     return row is not None and row[0] == conn.info.backend_pid
 
 
+class Budget:
+    """How many more connections the store's pools may open, together."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._free = threading.BoundedSemaphore(size)
+
+    def take(self, timeout: float) -> None:
+        """A share, waiting up to ``timeout`` seconds for one (in a pool's worker thread)."""
+        if not self._free.acquire(timeout=timeout):
+            raise self._exhausted()
+
+    def take_now(self) -> None:
+        """A share, or the error at once.
+
+        For event loops: an async pool's worker swallows cancellation while it runs a
+        task, so a task that waits can keep ``asyncio.run`` from ever returning.
+        """
+        if not self._free.acquire(blocking=False):
+            raise self._exhausted()
+
+    def _exhausted(self) -> psycopg.OperationalError:
+        return psycopg.OperationalError(
+            f"all {self.size} connections of the store's budget (max_connections) are in use"
+        )
+
+    def give_back(self) -> None:
+        self._free.release()
+
+
+def _connection_classes(
+    budget: Budget, timeout: float
+) -> tuple[type[psycopg.Connection[Any]], type[psycopg.AsyncConnection[Any]]]:
+    """Connection classes that hold a share of ``budget`` while they exist.
+
+    The share is given back on ``close()``, or when the pool drops a broken
+    connection without closing it (its socket lives until then anyway).
+    """
+
+    class BudgetedConnection(psycopg.Connection[Any]):
+        _share: weakref.finalize[[], None] | None = None
+
+        @classmethod
+        def connect(cls, conninfo: str = "", **kwargs: Any) -> BudgetedConnection:
+            budget.take(timeout)
+            try:
+                conn = super().connect(conninfo, **kwargs)
+            except BaseException:
+                budget.give_back()
+                raise
+            conn._share = weakref.finalize(conn, budget.give_back)  # type: ignore[arg-type]
+            return conn
+
+        def close(self) -> None:
+            try:
+                super().close()
+            finally:
+                if self._share is not None:
+                    self._share()
+
+    class AsyncBudgetedConnection(psycopg.AsyncConnection[Any]):
+        _share: weakref.finalize[[], None] | None = None
+
+        @classmethod
+        async def connect(cls, conninfo: str = "", **kwargs: Any) -> AsyncBudgetedConnection:
+            budget.take_now()
+            try:
+                conn = await super().connect(conninfo, **kwargs)
+            except BaseException:
+                budget.give_back()
+                raise
+            conn._share = weakref.finalize(conn, budget.give_back)  # type: ignore[arg-type]
+            return conn
+
+        async def close(self) -> None:
+            try:
+                await super().close()
+            finally:
+                if self._share is not None:
+                    self._share()
+
+    return BudgetedConnection, AsyncBudgetedConnection
+
+
 _draining: set[asyncio.Future[None]] = set()
 
 
@@ -141,16 +232,23 @@ class Pools:
         statement_timeout: float,
         max_connections: int,
         prepared_statements: bool | None = None,
+        idle_timeout: float = 60.0,
     ) -> None:
         self.dsn = dsn
         self.connect_timeout = connect_timeout
         self.statement_timeout = statement_timeout
         self.max_connections = max_connections
         self.prepared_statements = prepared_statements
+        self.idle_timeout = idle_timeout
+        self.budget = Budget(max_connections)
+        self._sync_class, self._async_class = _connection_classes(self.budget, connect_timeout)
         self.through_pooler: bool | None = None  # unknown until a connection is made
         self._lock = threading.Lock()
         self._sync: ConnectionPool | None = None
         self._async: dict[asyncio.AbstractEventLoop, AsyncConnectionPool] = {}
+        # One suspended async generator per loop: asyncio closes it (and so the pool)
+        # when the loop shuts down.
+        self._closers: dict[asyncio.AbstractEventLoop, AsyncIterator[None]] = {}
 
     def connect_kwargs(self) -> dict[str, Any]:
         """Every connection's settings: autocommit and the store's timeouts."""
@@ -217,9 +315,11 @@ class Pools:
                 if self._sync is None:
                     self._sync = ConnectionPool(
                         self.dsn.conninfo,
-                        min_size=1,
+                        min_size=0,
                         max_size=self.max_connections,
+                        max_idle=self.idle_timeout,
                         kwargs=self.connect_kwargs(),
+                        connection_class=self._sync_class,
                         configure=self._configure,
                         timeout=self.connect_timeout,
                         reconnect_timeout=0,
@@ -237,9 +337,11 @@ class Pools:
         if pool is None:
             pool = AsyncConnectionPool(
                 self.dsn.conninfo,
-                min_size=1,
+                min_size=0,
                 max_size=self.max_connections,
+                max_idle=self.idle_timeout,
                 kwargs=self.connect_kwargs(),
+                connection_class=self._async_class,
                 configure=self._aconfigure,
                 timeout=self.connect_timeout,
                 reconnect_timeout=0,
@@ -248,7 +350,29 @@ class Pools:
             )
             self._async[loop] = pool
             await pool.open(wait=False)
+            closer = self._close_with_loop(loop, pool)
+            self._closers[loop] = closer
+            await closer.__anext__()
         return pool
+
+    async def _close_with_loop(
+        self, loop: asyncio.AbstractEventLoop, pool: AsyncConnectionPool
+    ) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            if self._async.get(loop) is pool:
+                del self._async[loop]
+            self._closers.pop(loop, None)
+            idle = list(pool._pool)
+            try:
+                await pool.close()
+            except asyncio.CancelledError:
+                # asyncio.run cancels every task (the pool's workers too) before it
+                # closes async generators, so close() cannot wait for them: close the
+                # idle connections it would have closed after that wait.
+                for conn in idle:
+                    await conn.close()
 
     def drain(self) -> None:
         """Replace every pool's idle connections (each async pool within its own loop)."""
@@ -270,6 +394,26 @@ class Pools:
 
     async def aclose(self) -> None:
         """Close the async pool of the running event loop."""
-        pool = self._async.pop(asyncio.get_running_loop(), None)
+        loop = asyncio.get_running_loop()
+        pool = self._async.pop(loop, None)
+        self._closers.pop(loop, None)
         if pool is not None:
             await pool.close()
+
+    def abandon(self) -> None:
+        """In a forked child: drop the parent's pools without touching their connections.
+
+        Closing them would tell the server to end the parent's sessions (the sockets
+        are shared), and their worker threads do not exist here. Marked closed, they
+        do nothing when collected; psycopg itself never ends a connection from a
+        process other than the one that opened it.
+        """
+        pools: list[ConnectionPool | AsyncConnectionPool] = list(self._async.values())
+        if self._sync is not None:
+            pools.append(self._sync)
+        for pool in pools:
+            # The pool's own close() would join threads and end sessions: neither here.
+            pool._closed = True
+        self._sync = None
+        self._async = {}
+        self._closers = {}

@@ -1,8 +1,8 @@
 """When the database counts as down: which errors are outages, and the backoff between tries.
 
 Only availability failures are outages (connection lost, admin shutdown, too many
-connections, timeouts, read-only, pool exhausted); a bug or a caller's bad argument
-is not, and reaches the caller as itself.
+connections, timeouts, read-only, pool exhausted, OS errors); a missing schema, a
+missing privilege, a bug or a caller's bad argument is not.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 import psycopg
 from psycopg_pool import PoolTimeout
@@ -20,17 +21,27 @@ __all__ = ("Outage", "connection_lost", "one_line", "unavailable")
 
 logger = logging.getLogger("resilient_circuit.storage")
 
-# Errors that mean "the store could not answer", as opposed to a bug or bad input.
-_UNAVAILABLE = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout)
+# SQLSTATEs (whole classes, or single codes) that mean "the database could not answer
+# now": connection exceptions, insufficient resources (too many connections, disk
+# full), admin/crash shutdown and statement timeouts (57), system errors (58), a lock
+# timeout, and a read-only server. Anything else (a missing function, a privilege,
+# a deadlock, a bug) is not an outage: switching every breaker of the store off for
+# it would hide a deployment mistake behind "calls proceed without it".
+_UNAVAILABLE_CLASSES = ("08", "53", "57", "58")
+_UNAVAILABLE_CODES = frozenset({"55P03", "25006"})
 
 
 def unavailable(exc: BaseException) -> bool:
     """Whether ``exc`` means the store could not answer (an outage, not a bug)."""
-    if isinstance(exc, _UNAVAILABLE):
+    if isinstance(exc, PoolTimeout | OSError):
         return True
-    # Read-only replicas, admin shutdown, statement/lock timeouts, missing schema.
-    sqlstate = getattr(exc, "sqlstate", None) or ""
-    return sqlstate[:2] in ("25", "57", "08", "53", "55", "42", "40")
+    if not isinstance(exc, psycopg.Error):
+        return False
+    sqlstate = exc.sqlstate
+    if not sqlstate:
+        # No server reply at all: libpq lost or never had the connection.
+        return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
+    return sqlstate[:2] in _UNAVAILABLE_CLASSES or sqlstate in _UNAVAILABLE_CODES
 
 
 def connection_lost(exc: BaseException) -> bool:
@@ -63,6 +74,7 @@ class Outage:
     __slots__ = (
         "_backoff",
         "_describe",
+        "_effect",
         "_failed_at",
         "_lock",
         "down_since",
@@ -72,8 +84,15 @@ class Outage:
         "up_since",
     )
 
-    def __init__(self, describe: str, min_backoff: float = 0.25, max_backoff: float = 5.0) -> None:
+    def __init__(
+        self,
+        describe: str,
+        effect: Callable[[], str] = lambda: "calls proceed without it",
+        min_backoff: float = 0.25,
+        max_backoff: float = 5.0,
+    ) -> None:
         self._describe = describe
+        self._effect = effect  # what calls do meanwhile, for the WARNING
         self.min_backoff = min_backoff
         self.max_backoff = max_backoff
         self._backoff = min_backoff
@@ -121,8 +140,9 @@ class Outage:
             self._backoff = self.min_backoff
             self.retry_at = now + self._backoff
         logger.warning(
-            "breaker storage %s unavailable, calls proceed without it until it answers: %s",
+            "breaker storage %s unavailable, %s until it answers: %s",
             self._describe,
+            self._effect(),
             one_line(exc),
         )
         _events.outage_started(self._describe, one_line(exc))

@@ -20,7 +20,9 @@ __all__ = (
     "Reply",
     "Statements",
     "admission",
+    "config_row",
     "configure_params",
+    "describe_stored",
     "reply",
     "snapshot",
     "window",
@@ -77,6 +79,11 @@ _STATEMENTS = {
         " half_open_window, window_duration, window_calls, window_failures, minimum_calls"
         " FROM {s}.rc_status(%(key)s, %(namespace)s)"
     ),
+    # What the row holds before this process configures it, to say so when it differs.
+    "stored_config": (
+        "SELECT failure_limit, window_size, success_limit, cooldown, half_open_timeout"
+        " FROM {s}.rc_status(%(key)s, %(namespace)s)"
+    ),
     # 0.4.5's set_state overwrites a row outright: the one statement that is not a
     # state-machine function (the admin API predates them). It runs with the caller's
     # own search_path, so its operators and functions are spelled out in pg_catalog:
@@ -112,6 +119,7 @@ class Statements:
     force: sql.Composed
     reset: sql.Composed
     status: sql.Composed
+    stored_config: sql.Composed
     set_state: sql.Composed
     forget: sql.Composed
     gc: sql.Composed
@@ -124,6 +132,27 @@ class Statements:
     def reads_only(self, statement: object) -> bool:
         """Whether ``statement`` only reads, which a read-only or locked database answers."""
         return statement is self.acquire or statement is self.status
+
+    def function(self, statement: object) -> str:
+        """The name of the SQL function ``statement`` calls."""
+        for name, function in _FUNCTIONS.items():
+            if getattr(self, name) is statement:
+                return function
+        raise ValueError(f"unknown statement: {statement!r}")
+
+
+# The function each statement calls (set_state writes the table itself).
+_FUNCTIONS = {
+    "acquire": "rc_try_acquire",
+    "record": "rc_record",
+    "record_many": "rc_record_many",
+    "configure": "rc_configure",
+    "force": "rc_force",
+    "reset": "rc_reset",
+    "status": "rc_status",
+    "stored_config": "rc_status",
+    "set_state": "rc_circuit_breakers",
+}
 
 
 def duration(ns: int | None) -> timedelta | None:
@@ -152,6 +181,32 @@ def configure_params(key: str, namespace: str, cfg: Config) -> dict[str, Any]:
         "cooldown_factor": cfg.cooldown_factor,
         "max_cooldown": duration(cfg.max_cooldown_ns),
     }
+
+
+def config_row(cfg: Config) -> tuple[Any, ...]:
+    """A configuration as the ``stored_config`` statement reads one."""
+    f, s = cfg.failure_limit, cfg.success_limit
+    return (
+        f"{f.numerator}/{f.denominator}",
+        cfg.window_size,
+        None if s is None else f"{s.numerator}/{s.denominator}",
+        timedelta(microseconds=cfg.cooldown_ns // 1000),
+        timedelta(microseconds=cfg.half_open_timeout_ns // 1000),
+    )
+
+
+def describe_stored(row: tuple[Any, ...]) -> str:
+    """A ``stored_config`` row in the words of ``Config.describe``."""
+    failure_limit, window_size, success_limit, cooldown, half_open_timeout = row
+    return (
+        f"failure_limit={failure_limit}, window_size={window_size}, "
+        f"success_limit={success_limit if success_limit is not None else 'unset'}, "
+        f"cooldown={_seconds(cooldown)}, half_open_timeout={_seconds(half_open_timeout)}"
+    )
+
+
+def _seconds(value: timedelta) -> str:
+    return f"{value.total_seconds():g}s"
 
 
 def admission(row: tuple[Any, ...]) -> Admission:

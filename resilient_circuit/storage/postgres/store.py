@@ -7,6 +7,7 @@ One statement per operation, prepared, autocommit, on pooled connections.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -18,18 +19,20 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
-from resilient_circuit import _settings
+from resilient_circuit import _fork, _settings
 from resilient_circuit._dsn import Dsn
 from resilient_circuit._machine import CircuitState, Config
 from resilient_circuit._settings import database_schema, default_namespace
+from resilient_circuit.exceptions import SchemaNotReady, StorageAccessDenied, StorageNotUsable
 from resilient_circuit.storage.base import (
     CircuitBreakerStorage,
     StorageError,
+    StorageErrorMode,
     check_admin_state,
     check_key_and_namespace,
     check_name,
 )
-from resilient_circuit.storage.postgres import notify, queries
+from resilient_circuit.storage.postgres import notify, queries, readiness
 from resilient_circuit.storage.postgres.batch import MAX_QUEUED, Flusher
 from resilient_circuit.storage.postgres.borrowed import (
     Borrowed,
@@ -55,6 +58,18 @@ logger = logging.getLogger("resilient_circuit.storage")
 MAX_GC_IDLE = timedelta(days=3650)
 
 
+# SQLSTATEs of a name that does not resolve: a function, a table, a schema, a type.
+_UNDEFINED = frozenset({"42883", "42P01", "3F000", "42704"})
+# How often one kind of unexpected database error is logged (it repeats on every call).
+_ERROR_LOG_INTERVAL = 60.0
+# What a call does during an outage, by ``on_storage_error``, for the outage WARNING.
+_EFFECTS = {
+    "open": "calls proceed without a breaker",
+    "closed": "calls are rejected",
+    "local": "calls use an in-memory breaker of this process",
+}
+
+
 class PostgresStorage(CircuitBreakerStorage):
     """Breakers shared through PostgreSQL by every process that uses the same database.
 
@@ -72,6 +87,13 @@ class PostgresStorage(CircuitBreakerStorage):
     psycopg_pool ``ConnectionPool``, ``AsyncConnectionPool``, or a pair of both) or
     ``connection_factory`` (returns a ``Connection``, or a context manager yielding
     one); the store borrows a connection per round trip and never closes them.
+
+    Connections: at most ``max_connections`` pooled ones in this process (sync
+    callers and every event loop together), opened on demand and closed after
+    ``idle_timeout`` seconds unused, plus one LISTEN connection, opened the first
+    time something needs it (a breaker with ``admission="cached"``, an OPEN verdict
+    held locally, a ``subscribe`` callback). Constructing a store connects to
+    nothing; after ``os.fork()`` the child starts afresh (see ``_start_afresh``).
     """
 
     backend_name = "postgres"
@@ -85,6 +107,7 @@ class PostgresStorage(CircuitBreakerStorage):
         connect_timeout: float = 2.0,
         statement_timeout: float = 2.0,
         max_connections: int = 10,
+        idle_timeout: float = 60.0,
         flush_interval: float = 0.05,
         max_queued: int = MAX_QUEUED,
         prepared_statements: bool | None = None,
@@ -106,6 +129,7 @@ class PostgresStorage(CircuitBreakerStorage):
         for name, value in (
             ("connect_timeout", connect_timeout),
             ("statement_timeout", statement_timeout),
+            ("idle_timeout", idle_timeout),
             ("flush_interval", flush_interval),
         ):
             if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
@@ -135,18 +159,14 @@ class PostgresStorage(CircuitBreakerStorage):
         self.schema = check_name(schema if schema is not None else database_schema(), "schema")
         self.connect_timeout = float(connect_timeout)
         self.statement_timeout = float(statement_timeout)
+        self.idle_timeout = float(idle_timeout)
+        self.flush_interval = float(flush_interval)
         self.max_connections = max_connections
         self.statements = queries.Statements.for_schema(self.schema)
         self._pools: Pools | Borrowed
         if borrowed is None:
             assert self._dsn is not None
-            self._pools = Pools(
-                self._dsn,
-                connect_timeout=self.connect_timeout,
-                statement_timeout=self.statement_timeout,
-                max_connections=max_connections,
-                prepared_statements=self.prepared_statements,
-            )
+            self._pools = self._new_pools()
             # Our own connections prepare every statement, unless configured not to
             # (see Pools); the application's follow their own prepare_threshold.
             self._prepare: bool | None = True
@@ -157,14 +177,49 @@ class PostgresStorage(CircuitBreakerStorage):
             conninfo = borrowed.conninfo
         self._pool_dsn = Dsn(conninfo, "pool") if borrowed is not None and conninfo else None
         self._where = describe(conninfo or "")
-        self.outage = Outage(self._where)
-        self._lock = threading.Lock()
+        self._error_modes: frozenset[StorageErrorMode] = frozenset()
         self._breakers: dict[tuple[str, str], PgBreaker] = {}
+        self._subscribers: tuple[Callable[[Transition], None], ...] = ()
+        self._start_afresh()
+        _fork.after_fork_in_child(self, PostgresStorage._after_fork)
+
+    def _new_pools(self) -> Pools:
+        assert self._dsn is not None
+        return Pools(
+            self._dsn,
+            connect_timeout=self.connect_timeout,
+            statement_timeout=self.statement_timeout,
+            max_connections=self.max_connections,
+            prepared_statements=self.prepared_statements,
+            idle_timeout=self.idle_timeout,
+        )
+
+    def _after_fork(self) -> None:
+        """In a child process: what the parent connected, started and learnt is its own.
+
+        Inherited pools hold sockets the parent keeps using, threads that do not exist
+        here, locks another thread may hold: they are dropped, never used nor closed
+        (closing would end the parent's sessions), and the child connects on its first
+        call like a new process. Pools the application lent are the application's.
+        """
+        if isinstance(self._pools, Pools):
+            self._pools.abandon()
+            self._pools = self._new_pools()
+        self._start_afresh()
+
+    def _start_afresh(self) -> None:
+        """No outage known, no LISTEN, no flusher, no verdict: a new store's state."""
+        self.outage = Outage(self._where, self._outage_effect)
+        self._lock = threading.Lock()
         self._listener: notify.Listener | None = None
         self._listened = False  # has a LISTEN connection ever been up?
         self._warned_unlistened = False
-        self._subscribers: tuple[Callable[[Transition], None], ...] = ()
-        self._flusher = Flusher(float(flush_interval), self.flush, self._last_flush)
+        self._flusher = Flusher(self.flush_interval, self.flush, self._last_flush)
+        self._errors_logged: dict[str, float] = {}
+        # Subscriptions carry over a fork: the child listens again from its first call.
+        self._listen_pending = bool(self._subscribers)
+        for each in self._breakers.values():
+            each.start_afresh()
 
     def __repr__(self) -> str:
         return f"PostgresStorage({self.dsn or self._where!r}, namespace={self.namespace!r})"
@@ -206,17 +261,101 @@ class PostgresStorage(CircuitBreakerStorage):
 
     # -- one round trip -----------------------------------------------------------
 
-    def _failed(self, exc: Exception, started: float | None = None) -> StorageError:
-        if isinstance(exc, psycopg.Error) and getattr(exc, "sqlstate", None) == "22023":
-            raise ValueError(str(exc).strip()) from exc
+    def _outage_effect(self) -> str:
+        """What calls do during an outage, as the breakers of this store are configured."""
+        modes = sorted(self._error_modes) or ["open"]
+        if len(modes) == 1:
+            return f"{_EFFECTS[modes[0]]} (on_storage_error={modes[0]!r})"
+        return "; ".join(f"with on_storage_error={m!r} {_EFFECTS[m]}" for m in modes)
+
+    def _failed(self, exc: Exception, started: float | None = None) -> Exception:
+        """The exception a failed round trip raises, by what went wrong."""
+        sqlstate = getattr(exc, "sqlstate", None)
+        if sqlstate == "22023":
+            return ValueError(str(exc).strip())
+        if sqlstate == "42501":
+            return StorageAccessDenied(self._access_denied(exc))
         if not unavailable(exc):
-            raise exc
+            # Not an outage: this store stays in use for every other breaker. The
+            # caller's breaker handles this call per its on_storage_error.
+            self._log_unexpected(exc)
+            return StorageError(f"breaker storage error: {one_line(exc)}")
         if connection_lost(exc):
             # Idle connections opened before this one died are most likely dead too:
             # replace them now, or each would fail once after the database is back.
             self._pools.drain()
         self.outage.failed(exc, started)
         return StorageError(f"breaker storage unavailable: {one_line(exc)}")
+
+    def _access_denied(self, exc: Exception) -> str:
+        role = self._role(exc)
+        return (
+            f"{one_line(exc)} ({self._where}, schema {self.schema!r}): grant it with "
+            f"`resilient-circuit-cli pg-setup --schema {self.schema} --app-role {role}"
+            f" --namespace {self.namespace}` run as the owner of the breaker functions"
+        )
+
+    def _role(self, exc: Exception | None = None) -> str:
+        """The login role, for the command that grants it access."""
+        pgconn = getattr(exc, "pgconn", None)
+        user = getattr(pgconn, "user", None) if pgconn is not None else None
+        if isinstance(user, bytes) and user:
+            return user.decode("utf-8", "replace")
+        conninfo = self._dsn.conninfo if self._dsn is not None else None
+        if not conninfo:
+            return "ROLE"
+        return str(psycopg.conninfo.conninfo_to_dict(conninfo).get("user") or "ROLE")
+
+    def _log_unexpected(self, exc: Exception) -> None:
+        kind = f"{type(exc).__name__}:{getattr(exc, 'sqlstate', None)}"
+        now = time.monotonic()
+        if now - self._errors_logged.get(kind, float("-inf")) < _ERROR_LOG_INTERVAL:
+            return
+        self._errors_logged[kind] = now
+        logger.error(
+            "breaker storage %s failed a call (not an outage; each breaker handles its "
+            "call per on_storage_error): %s",
+            self._where,
+            one_line(exc),
+        )
+
+    def _not_ready(self, found: readiness.Functions, statement: Any) -> StorageNotUsable:
+        where = self._where
+        setup = f"resilient-circuit-cli pg-setup --schema {self.schema}"
+        if not found.schema_usable and not found.missing:
+            return StorageAccessDenied(
+                f"the role may not use schema {self.schema!r} of {where}: grant it with "
+                f"`{setup} --app-role {self._role()}`"
+            )
+        return SchemaNotReady(
+            f"{found.describe_missing(self.schema)} of {where} "
+            f"({self.statements.function(statement)} is missing): run `{setup}` "
+            "(or set RC_DB_AUTO_CREATE=1 to install on first use, for development)"
+        )
+
+    def _install(self) -> None:
+        """``RC_DB_AUTO_CREATE``: install the schema, under the installer's advisory lock."""
+        from resilient_circuit import _installer
+
+        if self._dsn is None:
+            with self.pool().connection(timeout=self.connect_timeout) as lent:
+                ran = _installer.install(lent, schema=self.schema)
+        else:
+            # A connection of its own: the pool's carry the statement timeout.
+            with psycopg.connect(
+                self._dsn.conninfo,
+                autocommit=True,
+                connect_timeout=max(2, round(self.connect_timeout)),
+                **self._dsn.connect_kwargs(),
+            ) as conn:
+                ran = _installer.install(conn, schema=self.schema)
+        if not ran:
+            return  # another process or thread installed it meanwhile
+        logger.warning(
+            "installed the breaker functions in schema %r of %s (RC_DB_AUTO_CREATE)",
+            self.schema,
+            self._where,
+        )
 
     def _begin(self, statement: Any, force: bool = False) -> tuple[bool, float]:
         """Before a round trip (sync or async): skip a database known down, note the time.
@@ -225,6 +364,8 @@ class PostgresStorage(CircuitBreakerStorage):
         """
         if not force and self.outage.skip(self.connect_timeout + self.statement_timeout):
             raise StorageError("breaker storage unavailable (backing off)")
+        if self._listen_pending:
+            self.listen()
         # Admission (while CLOSED) and status only read, which a read-only or locked
         # database still answers: for a store that records, only a write ends an outage.
         return not self.statements.reads_only(statement), time.monotonic()
@@ -237,6 +378,52 @@ class PostgresStorage(CircuitBreakerStorage):
             raise StorageError("breaker function returned no row")
         return row
 
+    def _send(
+        self, conn: psycopg.Connection[Any], breaker: PgBreaker | None, statement: Any, params: Any
+    ) -> Any:
+        """The statement, after storing the breaker's configuration if it never was.
+
+        The first time, the row's configuration is read just before it is replaced, so
+        that another process's differing declaration is worth a WARNING.
+        """
+        prepare = self._prepare
+        pending = breaker.pending_configuration() if breaker is not None else None
+        with self._pools.scope(conn):
+            if pending is not None:
+                stmts = self.statements
+                storing = conn.execute(stmts.stored_config, pending, prepare=prepare)
+                configuring = conn.execute(stmts.configure, pending, prepare=prepare)
+            cur = conn.execute(statement, params, prepare=prepare)
+        if breaker is not None and pending is not None:
+            stored = storing.fetchone()
+            configured = configuring.fetchone()
+            if configured is not None:
+                breaker.configured(configured, stored)
+        return cur.fetchone()
+
+    async def _asend(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        breaker: PgBreaker | None,
+        statement: Any,
+        params: Any,
+    ) -> Any:
+        """The coroutine twin of ``_send``."""
+        prepare = self._prepare
+        pending = breaker.pending_configuration() if breaker is not None else None
+        async with self._pools.ascope(conn):
+            if pending is not None:
+                stmts = self.statements
+                storing = await conn.execute(stmts.stored_config, pending, prepare=prepare)
+                configuring = await conn.execute(stmts.configure, pending, prepare=prepare)
+            cur = await conn.execute(statement, params, prepare=prepare)
+        if breaker is not None and pending is not None:
+            stored = await storing.fetchone()
+            configured = await configuring.fetchone()
+            if configured is not None:
+                breaker.configured(configured, stored)
+        return await cur.fetchone()
+
     def fetch(
         self,
         breaker: PgBreaker | None,
@@ -248,23 +435,31 @@ class PostgresStorage(CircuitBreakerStorage):
     ) -> Any:
         """Run one statement (configuring the breaker first if it never was)."""
         wrote, started = self._begin(statement, force)
-        prepare = self._prepare
+        wrote = wrote or (breaker is not None and not breaker.is_configured)
+        used: psycopg.Connection[Any] | None = None
         try:
             with self.pool().connection(timeout=self.connect_timeout) as conn:
-                with self._pools.scope(conn):
-                    pending = breaker.pending_configuration() if breaker is not None else None
-                    if breaker is not None and pending is not None:
-                        wrote = True
-                        configuring = conn.execute(
-                            self.statements.configure, pending, prepare=prepare
-                        )
-                    cur = conn.execute(statement, params, prepare=prepare)
-                if breaker is not None and pending is not None:
-                    configured = configuring.fetchone()
-                    if configured is not None:
-                        breaker.configured(configured)
-                row = cur.fetchone()
+                used = conn
+                try:
+                    row = self._send(conn, breaker, statement, params)
+                except psycopg.Error as exc:
+                    if exc.sqlstate not in _UNDEFINED:
+                        raise
+                    found = readiness.inspect_functions(conn, self.schema)
+                    if found.installed and found.schema_usable:
+                        raise  # our functions are there: something else does not resolve
+                    problem = self._not_ready(found, statement)
+                    if not (isinstance(problem, SchemaNotReady) and _settings.auto_create()):
+                        raise problem from exc
+                    self._install()
+                    row = self._send(conn, breaker, statement, params)
+        except StorageNotUsable:
+            raise
         except Exception as exc:
+            if used is not None and used.broken and isinstance(self._pools, Pools):
+                # The pool drops it unclosed; closing it now gives its share of the
+                # connection budget back at once instead of at garbage collection.
+                used.close()
             raise self._failed(exc, started) from exc
         return self._finish(row, started, wrote, missing_ok)
 
@@ -285,24 +480,30 @@ class PostgresStorage(CircuitBreakerStorage):
                 lambda: self.fetch(breaker, statement, params, missing_ok=missing_ok, force=force)
             )
         wrote, started = self._begin(statement, force)
-        prepare = self._prepare
+        wrote = wrote or (breaker is not None and not breaker.is_configured)
+        used: psycopg.AsyncConnection[Any] | None = None
         try:
             pool = await self.apool()
             async with pool.connection(timeout=self.connect_timeout) as conn:
-                async with self._pools.ascope(conn):
-                    pending = breaker.pending_configuration() if breaker is not None else None
-                    if breaker is not None and pending is not None:
-                        wrote = True
-                        configuring = await conn.execute(
-                            self.statements.configure, pending, prepare=prepare
-                        )
-                    cur = await conn.execute(statement, params, prepare=prepare)
-                if breaker is not None and pending is not None:
-                    configured = await configuring.fetchone()
-                    if configured is not None:
-                        breaker.configured(configured)
-                row = await cur.fetchone()
+                used = conn
+                try:
+                    row = await self._asend(conn, breaker, statement, params)
+                except psycopg.Error as exc:
+                    if exc.sqlstate not in _UNDEFINED:
+                        raise
+                    found = await readiness.ainspect_functions(conn, self.schema)
+                    if found.installed and found.schema_usable:
+                        raise
+                    problem = self._not_ready(found, statement)
+                    if not (isinstance(problem, SchemaNotReady) and _settings.auto_create()):
+                        raise problem from exc
+                    await asyncio.to_thread(self._install)
+                    row = await self._asend(conn, breaker, statement, params)
+        except StorageNotUsable:
+            raise
         except Exception as exc:
+            if used is not None and used.broken and isinstance(self._pools, Pools):
+                await used.close()  # see fetch
             raise self._failed(exc, started) from exc
         return self._finish(row, started, wrote, missing_ok)
 
@@ -316,28 +517,22 @@ class PostgresStorage(CircuitBreakerStorage):
         *,
         admission: AdmissionMode = "strict",
         recording: RecordingMode = "immediate",
+        on_storage_error: StorageErrorMode = "open",
     ) -> PgBreaker:
-        """Bind a breaker and store ``config`` in its row (now, or on first contact)."""
+        """Bind a breaker; its ``config`` is stored in its row on its first round trip.
+
+        No I/O: a policy built at import time costs nothing until it is called.
+        """
         with self._lock:
             found = self._breakers.get((namespace, resource_key))
             if found is None:
                 found = PgBreaker(self, resource_key, namespace, config)
                 self._breakers[(namespace, resource_key)] = found
-            else:
+            elif found.config != config:
                 found.reconfigure(config)
-        # Outside the lock: the modes may start the listener or the flusher.
+            self._error_modes = self._error_modes | {on_storage_error}
         found.set_modes(admission, recording)
-        pending = found.pending_configuration()
-        if pending is not None and self._serves_sync():
-            try:
-                found.configured(self.fetch(None, self.statements.configure, pending))
-            except StorageError:
-                pass  # configured on the first call that reaches the database
         return found
-
-    def _serves_sync(self) -> bool:
-        pools = self._pools
-        return not isinstance(pools, Borrowed) or pools.serves_sync
 
     def breakers(self) -> list[PgBreaker]:
         with self._lock:
@@ -346,7 +541,8 @@ class PostgresStorage(CircuitBreakerStorage):
     # -- transitions and batches ------------------------------------------------------
 
     def listen(self) -> None:
-        """Start the LISTEN connection that keeps cached verdicts honest."""
+        """Start the LISTEN connection that keeps cached verdicts honest (once needed)."""
+        self._listen_pending = False
         listener = self._listener
         if listener is not None:
             # Called on every OPEN reply while not listening: cheap once warned.
@@ -401,7 +597,13 @@ class PostgresStorage(CircuitBreakerStorage):
         return listener is not None and listener.healthy
 
     def wait_listening(self, timeout: float = 5.0) -> bool:
-        """Block until the LISTEN connection is up (for start-up and tests)."""
+        """Block until the LISTEN connection is up (for start-up and tests).
+
+        Starts it now if a breaker with cached admission needs it (otherwise its
+        first call would).
+        """
+        if self._listener is None and any(b.cached for b in self.breakers()):
+            self.listen()
         listener = self._listener
         return listener is not None and listener.wait_until_listening(timeout)
 

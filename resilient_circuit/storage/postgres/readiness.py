@@ -1,0 +1,81 @@
+"""Is the database ready for the breakers: installed, up to date, usable by this role?
+
+Shared by the store (to tell a missing ``pg-setup`` from an outage) and by
+``resilient-circuit-cli pg-check`` (a readiness probe). Reads the catalog only:
+nothing here needs a privilege on the breaker table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+__all__ = ("ADMIN_FUNCTIONS", "CALL_FUNCTIONS", "Functions", "inspect_functions")
+
+#: What every protected call may run: without these no breaker works.
+CALL_FUNCTIONS = ("rc_try_acquire", "rc_record", "rc_record_many", "rc_configure", "rc_status")
+#: What operators and the admin API run (``force``, ``reset``, ``set_state``).
+ADMIN_FUNCTIONS = ("rc_force", "rc_reset")
+
+_QUERY = """
+SELECT f.name,
+       EXISTS (SELECT 1 FROM pg_catalog.pg_proc AS p
+               WHERE p.pronamespace = n.oid AND p.proname = f.name),
+       EXISTS (SELECT 1 FROM pg_catalog.pg_proc AS p
+               WHERE p.pronamespace = n.oid AND p.proname = f.name
+                 AND pg_catalog.has_function_privilege(p.oid, 'EXECUTE')),
+       n.oid IS NOT NULL AND pg_catalog.has_schema_privilege(n.oid, 'USAGE')
+FROM pg_catalog.unnest(%(names)s::text[]) WITH ORDINALITY AS f(name, i)
+LEFT JOIN pg_catalog.pg_namespace AS n ON n.nspname = %(schema)s
+ORDER BY f.i
+"""
+
+
+@dataclass(frozen=True)
+class Functions:
+    """Which of the library's functions a schema holds, and which this role may run."""
+
+    schema_usable: bool  # the schema exists and the role has USAGE on it
+    missing: tuple[str, ...]
+    not_executable: tuple[str, ...]  # present, but EXECUTE is not granted
+
+    @property
+    def installed(self) -> bool:
+        """Nothing at all is missing."""
+        return not self.missing
+
+    def describe_missing(self, schema: str) -> str:
+        if set(self.missing) >= set(CALL_FUNCTIONS):
+            return f"resilient_circuit's functions are not installed in schema {schema!r}"
+        names = ", ".join(self.missing)
+        return f"schema {schema!r} lacks {names} (installed by an older version)"
+
+
+def inspect_functions(
+    conn: psycopg.Connection[Any],
+    schema: str,
+    names: tuple[str, ...] = CALL_FUNCTIONS + ADMIN_FUNCTIONS,
+) -> Functions:
+    """Look ``names`` up in ``schema`` of ``conn``'s database."""
+    rows = conn.execute(_QUERY, {"names": list(names), "schema": schema}).fetchall()
+    return _functions(rows)
+
+
+async def ainspect_functions(
+    conn: psycopg.AsyncConnection[Any],
+    schema: str,
+    names: tuple[str, ...] = CALL_FUNCTIONS + ADMIN_FUNCTIONS,
+) -> Functions:
+    """The coroutine twin of ``inspect_functions``."""
+    cur = await conn.execute(_QUERY, {"names": list(names), "schema": schema})
+    return _functions(await cur.fetchall())
+
+
+def _functions(rows: list[tuple[Any, ...]]) -> Functions:
+    return Functions(
+        schema_usable=bool(rows) and bool(rows[0][3]),
+        missing=tuple(name for name, exists, _, _ in rows if not exists),
+        not_executable=tuple(name for name, exists, ok, _ in rows if exists and not ok),
+    )
