@@ -13,7 +13,6 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -112,7 +111,8 @@ def test_a_preforking_server_shares_one_breaker_between_its_workers(pg_dsn: str)
         text=True,
     )
     try:
-        assert server.stdout is not None and server.stdin is not None
+        assert server.stdout is not None
+        assert server.stdin is not None
         started = json.loads(server.stdout.readline())
         port = started["port"]
         served = [_request(port, "ok").split() for _ in range(40)]
@@ -125,7 +125,7 @@ def test_a_preforking_server_shares_one_breaker_between_its_workers(pg_dsn: str)
         logs = [json.loads(_request(port, "logs")) for _ in range(8)]
         assert all(lines == [] for lines in logs), logs
     finally:
-        out, err = server.communicate(timeout=30)
+        _out, err = server.communicate(timeout=30)
     assert server.returncode == 0, err
     [(key, state, successes, failures)] = breaker_rows(pg_dsn)
     assert (key, state, successes, failures) == (APP_KEY, "OPEN", 40, 1)
