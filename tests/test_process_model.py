@@ -9,15 +9,36 @@ budget. Real processes, real PostgreSQL.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import select
 import socket
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+from click.testing import CliRunner, Result
+from psycopg.conninfo import make_conninfo
+from psycopg_pool import PoolTimeout
+
+from resilient_circuit import (
+    CircuitProtectorPolicy,
+    ProtectedCallError,
+    ProtectionException,
+    SchemaNotReady,
+    StorageAccessDenied,
+)
+from resilient_circuit.cli import main as cli
+from resilient_circuit.storage import InMemoryStorage, PostgresStorage
+from resilient_circuit.storage.postgres.outage import unavailable
 
 ROOT = Path(__file__).resolve().parent.parent
 APP_KEY = "tests._process_app.handle"
@@ -129,3 +150,398 @@ def test_a_preforking_server_shares_one_breaker_between_its_workers(pg_dsn: str)
     assert server.returncode == 0, err
     [(key, state, successes, failures)] = breaker_rows(pg_dsn)
     assert (key, state, successes, failures) == (APP_KEY, "OPEN", 40, 1)
+
+
+# ---------------------------------------------------------------- no I/O at construction
+
+
+@pytest.fixture
+def silent() -> Iterator[tuple[str, socket.socket]]:
+    """A DSN to a TCP port that accepts connections into its backlog and never answers."""
+    server = socket.create_server(("127.0.0.1", 0), backlog=16)
+    port = server.getsockname()[1]
+    try:
+        yield f"host=127.0.0.1 port={port} dbname=app user=app connect_timeout=5", server
+    finally:
+        server.close()
+
+
+def connection_attempted(server: socket.socket) -> bool:
+    """Whether anyone connected to ``server`` (a connection waits in its backlog)."""
+    return bool(select.select([server], [], [], 0.2)[0])
+
+
+def test_building_policies_and_stores_connects_to_nothing(
+    silent: tuple[str, socket.socket],
+) -> None:
+    """Constructing stores, policies of every mode and decorators: instant, no socket, no thread."""
+    dsn, server = silent
+    threads = threading.active_count()
+    started = time.monotonic()
+    store = PostgresStorage(dsn)
+    policies = [
+        CircuitProtectorPolicy(
+            resource_key=f"k-{admission}-{recording}",
+            storage=store,
+            admission=admission,
+            recording=recording,
+        )
+        for admission in ("strict", "cached")
+        for recording in ("immediate", "batched")
+    ]
+    for policy in policies:
+        policy(lambda: None)
+    anonymous = CircuitProtectorPolicy(storage=store)
+
+    @anonymous
+    def handler() -> None: ...
+
+    assert time.monotonic() - started < 0.5
+    assert threading.active_count() == threads
+    assert not connection_attempted(server)
+    store.close()
+
+
+def test_importing_a_module_level_decorator_connects_to_nothing(
+    silent: tuple[str, socket.socket], tmp_path: Path
+) -> None:
+    """A module whose policies are built at import, with PostgreSQL configured: free to import."""
+    dsn, server = silent
+    (tmp_path / "service_module.py").write_text(
+        "from resilient_circuit import CircuitProtectorPolicy\n"
+        "protector = CircuitProtectorPolicy(admission='cached', recording='batched')\n"
+        "@protector\n"
+        "def call():\n"
+        "    return 1\n"
+    )
+    probe = (
+        "import threading, time; t = time.monotonic(); import service_module; "
+        "print(time.monotonic() - t, threading.active_count())"
+    )
+    env = app_env(dsn, PYTHONPATH=str(tmp_path))
+    done = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    elapsed, threads = done.stdout.split()
+    assert float(elapsed) < 1.0
+    assert threads == "1"
+    assert not connection_attempted(server)
+
+
+# ------------------------------------------------------------- schema, privileges, errors
+
+
+def test_a_database_without_the_schema_raises_schema_not_ready_before_the_call(
+    pg_empty_dsn: str,
+) -> None:
+    """No pg-setup: SchemaNotReady naming the command, the function never runs, no outage."""
+    store = PostgresStorage(pg_empty_dsn)
+    ran: list[int] = []
+    protector = CircuitProtectorPolicy(resource_key="svc", storage=store)
+
+    @protector
+    def call() -> str:
+        ran.append(1)
+        return "ok"
+
+    try:
+        for _ in range(2):
+            with pytest.raises(SchemaNotReady, match=r"resilient-circuit-cli pg-setup") as caught:
+                call()
+        assert isinstance(caught.value, ProtectionException)
+        assert "not installed" in str(caught.value)
+        assert ran == []
+        assert store.outage.down_since is None
+    finally:
+        store.close()
+
+
+async def test_async_calls_raise_schema_not_ready_too(pg_empty_dsn: str) -> None:
+    """The coroutine path tells a missing schema from an outage the same way."""
+    store = PostgresStorage(pg_empty_dsn)
+    protector = CircuitProtectorPolicy(resource_key="svc", storage=store)
+
+    @protector
+    async def call() -> str:
+        raise AssertionError("must not run")
+
+    try:
+        with pytest.raises(SchemaNotReady, match="pg-setup"):
+            await call()
+    finally:
+        await store.aclose()
+        store.close()
+
+
+def test_schema_not_ready_is_exported_where_0_8_6_had_it() -> None:
+    """exceptions.SchemaNotReady and the package root name the same ProtectionException."""
+    import resilient_circuit
+    from resilient_circuit import exceptions
+
+    assert exceptions.SchemaNotReady is resilient_circuit.SchemaNotReady
+    assert issubclass(exceptions.SchemaNotReady, ProtectionException)
+    assert issubclass(exceptions.StorageAccessDenied, ProtectionException)
+
+
+def test_auto_create_installs_on_first_use_once_under_concurrency(
+    pg_empty_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RC_DB_AUTO_CREATE=1: stores racing on an empty database install it once and all work."""
+    monkeypatch.setenv("RC_DB_AUTO_CREATE", "1")
+    stores = [PostgresStorage(pg_empty_dsn) for _ in range(4)]
+    barrier = threading.Barrier(len(stores))
+    results: list[str] = []
+    errors: list[BaseException] = []
+
+    def first_call(store: PostgresStorage) -> None:
+        protector = CircuitProtectorPolicy(resource_key="svc", storage=store)
+        barrier.wait()
+        try:
+            results.append(protector(lambda: "ok")())
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=first_call, args=(store,)) for store in stores]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert errors == []
+        assert results == ["ok"] * 4
+        with psycopg.connect(pg_empty_dsn, autocommit=True) as conn:
+            versions = conn.execute("SELECT version FROM rc_schema_migrations").fetchall()
+            successes = conn.execute("SELECT successes FROM rc_circuit_breakers").fetchall()
+        assert len(versions) == len({v for (v,) in versions}) >= 2
+        assert successes == [(4,)]
+    finally:
+        for store in stores:
+            store.close()
+
+
+def test_a_role_without_privileges_gets_a_clear_error_not_an_outage(
+    pg_dsn: str, pg_role: Any
+) -> None:
+    """No EXECUTE grant: StorageAccessDenied naming pg-setup --app-role, before the call."""
+    role = pg_role()
+    store = PostgresStorage(make_conninfo(pg_dsn, user=role))
+    protector = CircuitProtectorPolicy(resource_key="svc", storage=store)
+    try:
+        with pytest.raises(StorageAccessDenied, match=rf"pg-setup .*--app-role {role}"):
+            protector(lambda: pytest.fail("must not run"))()
+        assert store.outage.down_since is None
+    finally:
+        store.close()
+
+
+def test_an_unexpected_database_error_is_logged_never_an_outage_never_the_callers(
+    pg_dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """rc_record failing on a bug: the call's result stands, one ERROR, other breakers work."""
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        # Stands for any bug: the third success of a breaker violates this constraint.
+        conn.execute(
+            "ALTER TABLE rc_circuit_breakers ADD CONSTRAINT two_successes CHECK (successes < 3)"
+        )
+    caplog.set_level(logging.WARNING, logger="resilient_circuit")
+    store = PostgresStorage(pg_dsn)
+    broken = CircuitProtectorPolicy(resource_key="broken", storage=store)
+    healthy = CircuitProtectorPolicy(
+        resource_key="healthy", storage=store, cooldown=timedelta(hours=1)
+    )
+    try:
+        assert [broken(lambda: "ok")() for _ in range(5)] == ["ok"] * 5
+        assert store.outage.down_since is None
+        errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+        assert len(errors) == 1
+        assert "not an outage" in errors[0].getMessage()
+        assert "CheckViolation" in errors[0].getMessage()
+
+        @healthy
+        def fail() -> None:
+            raise ValueError("own error")
+
+        with pytest.raises(ValueError, match="own error"):
+            fail()
+        with pytest.raises(ProtectedCallError):
+            fail()
+    finally:
+        store.close()
+
+
+def test_an_oversized_fraction_is_a_value_error_not_a_database_error() -> None:
+    """A limit whose terms overflow PostgreSQL's integer is refused by name, at once."""
+    with pytest.raises(ValueError, match="failure_limit"):
+        CircuitProtectorPolicy(failure_limit=Fraction(2**31, 2**31 + 1), window_size=10)
+
+
+@pytest.mark.parametrize(
+    ("sqlstate", "outage"),
+    [
+        ("08006", True),  # connection failure
+        ("57P01", True),  # admin shutdown
+        ("53300", True),  # too many connections
+        ("57014", True),  # statement timeout
+        ("55P03", True),  # lock timeout
+        ("25006", True),  # read-only
+        ("42883", False),  # undefined function
+        ("42501", False),  # insufficient privilege
+        ("40P01", False),  # deadlock
+        ("40001", False),  # serialization failure
+        ("22012", False),  # division by zero
+    ],
+)
+def test_only_availability_errors_are_outages(sqlstate: str, outage: bool) -> None:
+    """The §10 list, by SQLSTATE; timeouts of the pool and OS errors too."""
+    error = psycopg.errors.lookup(sqlstate)("x")
+    assert unavailable(error) is outage
+    assert unavailable(PoolTimeout("x"))
+    assert unavailable(ConnectionRefusedError())
+
+
+# ---------------------------------------------------------------------------- pg-check
+
+
+def pg_check(*args: str) -> Result:
+    return CliRunner().invoke(cli, ["pg-check", *args])
+
+
+def test_pg_check_exit_codes_for_a_readiness_probe(
+    pg_dsn: str, pg_empty_dsn: str, pg_role: Any
+) -> None:
+    """0 ready, 1 not installed or no privilege, 2 unreachable, 3 admin functions missing."""
+    ready = pg_check("--dsn", pg_dsn)
+    assert ready.exit_code == 0, ready.output
+    assert "ready" in ready.output
+
+    empty = pg_check("--dsn", pg_empty_dsn)
+    assert empty.exit_code == 1, empty.output
+    assert "pg-setup" in empty.output
+
+    role = pg_role()
+    denied = pg_check("--dsn", make_conninfo(pg_dsn, user=role))
+    assert denied.exit_code == 1, denied.output
+    assert f"--app-role {role}" in denied.output
+
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    unreachable = pg_check("--dsn", f"host=127.0.0.1 port={port} dbname=app connect_timeout=2")
+    assert unreachable.exit_code == 2, unreachable.output
+
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("DROP FUNCTION rc_reset(text, text)")
+    incomplete = pg_check("--dsn", pg_dsn)
+    assert incomplete.exit_code == 3, incomplete.output
+    assert "rc_reset" in incomplete.output
+
+
+def test_watch_refuses_a_database_without_the_schema(pg_empty_dsn: str) -> None:
+    """watch on an uninstalled database exits 1 naming pg-setup instead of waiting silently."""
+    result = CliRunner().invoke(cli, ["watch", "--dsn", pg_empty_dsn, "--timeout", "1"])
+    assert result.exit_code == 1
+    assert "pg-setup" in result.output
+
+
+# ------------------------------------------------------------------------------- keys
+
+
+def test_anonymous_policies_share_one_key_across_processes(pg_dsn: str) -> None:
+    """The Quick Start shape in two processes: one row, named after the decorated function."""
+    for _ in range(2):
+        done = subprocess.run(
+            [sys.executable, "-c", "from tests._process_app import handle; handle()"],
+            cwd=ROOT,
+            env=app_env(pg_dsn),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+    assert breaker_rows(pg_dsn) == [(APP_KEY, "CLOSED", 2, 0)]
+
+
+def test_a_policy_decorating_several_functions_is_one_breaker_named_after_the_first() -> None:
+    """One policy object is one breaker: every function it decorates shares it."""
+    protector = CircuitProtectorPolicy(storage=InMemoryStorage(), cooldown=timedelta(hours=1))
+
+    @protector
+    def first() -> None:
+        raise ValueError("down")
+
+    @protector
+    def second() -> str:
+        return "ok"
+
+    expected = f"{__name__}.test_a_policy_decorating_several_functions_is_one_breaker_named_after_the_first.<locals>.first"  # noqa: E501
+    assert protector.resource_key == expected
+    with pytest.raises(ValueError, match="down"):
+        first()
+    with pytest.raises(ProtectedCallError) as caught:
+        second()
+    assert caught.value.resource_key == expected
+
+
+# ------------------------------------------------------------- configuration conflicts
+
+
+def test_two_policies_of_one_process_declaring_different_configurations_fail() -> None:
+    """Same storage and key, other limits: ValueError naming both configurations."""
+    storage = InMemoryStorage()
+    first = CircuitProtectorPolicy(
+        resource_key="payments-api",
+        storage=storage,
+        failure_limit=Fraction(3, 10),
+        cooldown=timedelta(seconds=30),
+    )
+    with pytest.raises(ValueError, match="payments-api") as caught:
+        CircuitProtectorPolicy(resource_key="payments-api", storage=storage)
+    message = str(caught.value)
+    assert "failure_limit=3/10" in message
+    assert "cooldown=30s" in message
+    assert "failure_limit=1/1" in message
+    same = CircuitProtectorPolicy(
+        resource_key="payments-api",
+        storage=storage,
+        failure_limit=Fraction(3, 10),
+        cooldown=timedelta(seconds=30),
+    )
+    assert same.config == first.config
+    del first, same, caught  # the traceback holds the first policy too
+    # Once no live policy declares it, a new configuration is a redeclaration, not a clash.
+    CircuitProtectorPolicy(resource_key="payments-api", storage=storage)
+
+
+def test_a_stored_configuration_that_differs_is_one_warning_and_the_last_wins(
+    pg_dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Process A stores 3/10, 30 s; process C declares defaults: one WARNING, C's is stored."""
+    caplog.set_level(logging.WARNING, logger="resilient_circuit")
+    store_a, store_c = PostgresStorage(pg_dsn), PostgresStorage(pg_dsn)
+    try:
+        a = CircuitProtectorPolicy(
+            resource_key="payments-api",
+            storage=store_a,
+            failure_limit=Fraction(3, 10),
+            cooldown=timedelta(seconds=30),
+        )
+        a(lambda: None)()
+        assert caplog.records == []
+        c = CircuitProtectorPolicy(resource_key="payments-api", storage=store_c)
+        for _ in range(3):
+            c(lambda: None)()
+        [warning] = caplog.records
+        text = warning.getMessage()
+        assert "payments-api" in text
+        assert "failure_limit=3/10, window_size=10" in text
+        assert "cooldown=30s" in text
+        assert "failure_limit=1/1, window_size=1" in text
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            stored = conn.execute(
+                "SELECT failure_limit, cooldown FROM rc_circuit_breaker_status"
+            ).fetchall()
+        assert stored == [("1/1", timedelta(0))]
+    finally:
+        store_a.close()
+        store_c.close()

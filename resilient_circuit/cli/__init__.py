@@ -31,10 +31,42 @@ def _version() -> str:
     return __version__
 
 
-@click.group()
+@click.group(invoke_without_command=True)
 @click.version_option(_version(), "--version", prog_name="resilient-circuit-cli")
-def main() -> None:
+@click.pass_context
+def main(ctx: click.Context) -> None:
     """Tools for resilient_circuit's shared PostgreSQL breaker store."""
+    if ctx.invoked_subcommand is None:
+        # No command: the help, as a successful answer rather than a usage error.
+        click.echo(ctx.get_help())
+        ctx.exit(0)
+
+
+@main.command("pg-check")
+@click.option("--dsn", metavar="DSN", help="Default: RC_DB_DSN or RC_DB_* (also from .env).")
+@click.option("--schema", metavar="NAME", help="Default: RC_DB_SCHEMA, else public.")
+@click.option("--namespace", metavar="NAME", help="Default: RC_NAMESPACE, else default.")
+def pg_check(dsn: str | None, schema: str | None, namespace: str | None) -> None:
+    """Check that the database is ready for the breakers (a readiness probe).
+
+    Exit status: 0 ready; 1 not usable (not installed, privileges missing, login
+    refused); 2 unreachable; 3 usable but incomplete (an older install, or no access
+    to the admin functions). Changes nothing.
+    """
+    try:
+        from resilient_circuit.cli.check import NOT_USABLE, check
+    except ImportError as exc:
+        if not (exc.name or "").startswith("psycopg"):
+            raise
+        click.echo("pg-check needs psycopg: pip install 'resilient_circuit[postgres]'", err=True)
+        sys.exit(1)
+    target_dsn = dsn or database_dsn()
+    if not target_dsn:
+        click.echo("not usable: no database configured (RC_DB_DSN or RC_DB_HOST)", err=True)
+        sys.exit(NOT_USABLE)
+    verdict = check(target_dsn, schema or database_schema(), namespace or default_namespace())
+    click.echo(verdict.message, err=verdict.status != 0)
+    sys.exit(verdict.status)
 
 
 def _stdin_is_interactive() -> bool:
@@ -233,6 +265,7 @@ def watch(dsn: str | None, namespace: str | None, count: int | None, timeout: fl
     if not target_dsn:
         raise click.ClickException("no database configured: set RC_DB_DSN or pass --dsn")
     parsed = _parse_dsn(target_dsn)
+    _require_schema(target_dsn)
     seen = 0
     try:
         for event in watch_transitions(parsed.conninfo, timeout=timeout, password=parsed.password):
@@ -331,6 +364,26 @@ def gc(idle: str, dsn: str | None, schema: str | None) -> None:
     """
     deleted = _run_one(dsn, schema, "rc_gc", idle)
     click.echo(f"Deleted {deleted} CLOSED breaker(s) unchanged for {idle}.")
+
+
+def _require_schema(dsn: str) -> None:
+    """Fail, naming ``pg-setup``, unless the breaker functions are installed: without
+    them no transition is ever announced, and watching would wait silently for ever."""
+    from resilient_circuit._installer import SetupError
+    from resilient_circuit.cli.connect import connect
+    from resilient_circuit.storage.postgres.readiness import CALL_FUNCTIONS, inspect_functions
+
+    schema = database_schema()
+    try:
+        with connect(dsn, connect_timeout=5) as conn:
+            found = inspect_functions(conn, schema)
+    except SetupError as exc:
+        raise click.ClickException(f"cannot watch: {exc}") from exc
+    if set(CALL_FUNCTIONS) & set(found.missing):
+        raise click.ClickException(
+            f"cannot watch: {found.describe_missing(schema)}; run "
+            f"`resilient-circuit-cli pg-setup --schema {schema}`"
+        )
 
 
 @main.command("demo")
