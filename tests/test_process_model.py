@@ -8,6 +8,7 @@ budget. Real processes, real PostgreSQL.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -545,3 +546,142 @@ def test_a_stored_configuration_that_differs_is_one_warning_and_the_last_wins(
     finally:
         store_a.close()
         store_c.close()
+
+
+# ---------------------------------------------------------------------- connections
+
+
+def app_connections(dsn: str) -> tuple[int, int]:
+    """(pooled, LISTEN) sessions of the library in ``dsn``'s database."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FILTER (WHERE query NOT ILIKE 'LISTEN%%'),"
+            " count(*) FILTER (WHERE query ILIKE 'LISTEN%%')"
+            " FROM pg_stat_activity"
+            " WHERE datname = current_database() AND application_name = 'resilient_circuit'"
+            " AND pid <> pg_backend_pid()"
+        ).fetchone()
+    assert row is not None
+    return row[0], row[1]
+
+
+def test_one_store_stays_within_max_connections_and_closes_idle_ones(pg_dsn: str) -> None:
+    """Threads and two event loops share max_connections; idle connections close; no LISTEN."""
+    store = PostgresStorage(pg_dsn, max_connections=3, idle_timeout=0.5)
+    protector = CircuitProtectorPolicy(resource_key="budget", storage=store)
+
+    @protector
+    def sync_call() -> None:
+        time.sleep(0.002)
+
+    @protector
+    async def async_call() -> None:
+        await asyncio.sleep(0.002)
+
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def threads_calling() -> None:
+        try:
+            while not stop.is_set():
+                sync_call()
+        except BaseException as exc:
+            errors.append(exc)
+
+    def loop_calling() -> None:
+        async def main() -> None:
+            async def task() -> None:
+                while not stop.is_set():
+                    await async_call()
+
+            await asyncio.gather(*(task() for _ in range(4)))
+
+        try:
+            asyncio.run(main())
+        except BaseException as exc:
+            errors.append(exc)
+
+    workers = [threading.Thread(target=threads_calling) for _ in range(4)]
+    workers += [threading.Thread(target=loop_calling) for _ in range(2)]
+    seen: list[tuple[int, int]] = []
+    try:
+        for worker in workers:
+            worker.start()
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            seen.append(app_connections(pg_dsn))
+            time.sleep(0.02)
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join(30)
+    try:
+        assert errors == []
+        assert max(pooled for pooled, _ in seen) <= 3, seen
+        assert max(pooled for pooled, _ in seen) >= 2, seen
+        assert max(listen for _, listen in seen) == 0, seen
+        deadline = time.monotonic() + 15
+        while app_connections(pg_dsn) != (0, 0) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert app_connections(pg_dsn) == (0, 0)
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize(
+    ("mode", "effect"),
+    [
+        ("open", "calls proceed without a breaker (on_storage_error='open')"),
+        ("closed", "calls are rejected (on_storage_error='closed')"),
+        ("local", "calls use an in-memory breaker of this process (on_storage_error='local')"),
+    ],
+)
+def test_the_outage_warning_says_what_calls_do_in_each_mode(
+    mode: Any, effect: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One WARNING per outage, whose words match on_storage_error."""
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    caplog.set_level(logging.WARNING, logger="resilient_circuit")
+    store = PostgresStorage(f"host=127.0.0.1 port={port} dbname=app", connect_timeout=0.5)
+    protector = CircuitProtectorPolicy(resource_key="svc", storage=store, on_storage_error=mode)
+    try:
+        call = protector(lambda: "ok")
+        try:
+            call()
+        except ProtectedCallError:
+            assert mode == "closed"
+        [warning] = [r for r in caplog.records if r.name == "resilient_circuit.storage"]
+        assert effect in warning.getMessage()
+    finally:
+        store.close()
+
+
+# ------------------------------------------------------------------------------ small
+
+
+def test_a_rejection_repr_shows_key_state_and_retry_after() -> None:
+    """repr(ProtectedCallError) says which breaker, in which state, for how long."""
+    protector = CircuitProtectorPolicy(
+        resource_key="payments", storage=InMemoryStorage(), cooldown=timedelta(minutes=5)
+    )
+    protector.status = "OPEN"
+    with pytest.raises(ProtectedCallError) as caught:
+        protector(lambda: None)()
+    text = repr(caught.value)
+    assert text.startswith("ProtectedCallError(resource_key='payments', state='OPEN', ")
+    assert "retry_after=datetime.timedelta(seconds=" in text
+
+
+def test_the_cli_prints_its_version_and_help() -> None:
+    """--version prints the package version; no command prints the help and exits 0."""
+    import resilient_circuit
+
+    version = CliRunner().invoke(cli, ["--version"])
+    assert version.exit_code == 0
+    assert resilient_circuit.__version__ in version.output
+    bare = CliRunner().invoke(cli, [])
+    assert bare.exit_code == 0
+    assert "pg-check" in bare.output
+    assert "pg-setup" in bare.output
