@@ -802,13 +802,12 @@ BEGIN
     WHERE b.resource_key = p_key AND b.namespace = p_namespace
     FOR UPDATE;
     IF NOT FOUND THEN
-        INSERT INTO @extschema@.rc_circuit_breakers (resource_key, namespace)
-        VALUES (p_key, p_namespace)
-        ON CONFLICT DO NOTHING;
-        SELECT * INTO _row
-        FROM @extschema@.rc_circuit_breakers AS b
-        WHERE b.resource_key = p_key AND b.namespace = p_namespace
-        FOR UPDATE;
+        -- Changing a breaker nobody created is most likely a typo: say so, create nothing.
+        RAISE EXCEPTION 'rc: no breaker % in namespace %', quote_literal(p_key),
+            quote_literal(p_namespace)
+            USING ERRCODE = 'no_data_found',
+                  HINT = 'rc_force and rc_reset change an existing breaker; rc_configure '
+                         '(or any call) creates one.';
     END IF;
     _now := coalesce(p_now, clock_timestamp());
 
@@ -876,13 +875,12 @@ BEGIN
     WHERE b.resource_key = p_key AND b.namespace = p_namespace
     FOR UPDATE;
     IF NOT FOUND THEN
-        INSERT INTO @extschema@.rc_circuit_breakers (resource_key, namespace)
-        VALUES (p_key, p_namespace)
-        ON CONFLICT DO NOTHING;
-        SELECT * INTO _row
-        FROM @extschema@.rc_circuit_breakers AS b
-        WHERE b.resource_key = p_key AND b.namespace = p_namespace
-        FOR UPDATE;
+        -- Changing a breaker nobody created is most likely a typo: say so, create nothing.
+        RAISE EXCEPTION 'rc: no breaker % in namespace %', quote_literal(p_key),
+            quote_literal(p_namespace)
+            USING ERRCODE = 'no_data_found',
+                  HINT = 'rc_force and rc_reset change an existing breaker; rc_configure '
+                         '(or any call) creates one.';
     END IF;
     _now := coalesce(p_now, clock_timestamp());
 
@@ -1321,6 +1319,93 @@ BEGIN
 END;
 $$;
 
+-- 0.4.5's set_state: overwrite a breaker's state outright (an operator's repair), creating
+-- the breaker if needed. A transition like any other: a new generation, announced.
+CREATE OR REPLACE FUNCTION @extschema@.rc_set_state(
+    p_key text,
+    p_state text,
+    p_failure_count integer,
+    p_open_until timestamptz,
+    p_execution_log boolean[],
+    p_namespace text DEFAULT 'default'
+)
+RETURNS TABLE (state text, generation bigint)
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    _row @extschema@.rc_circuit_breakers%ROWTYPE;
+    _target text := upper(btrim(p_state));
+    _log boolean[] := coalesce(p_execution_log, '{}');
+    _size integer;
+    _len integer;
+    _now timestamptz;
+BEGIN
+    IF (char_length(p_key) BETWEEN 1 AND 255
+        AND char_length(p_namespace) BETWEEN 1 AND 255) IS NOT TRUE THEN
+        PERFORM @extschema@.rc_check_names(p_key, p_namespace);
+    END IF;
+    PERFORM @extschema@.rc_check_namespace(p_namespace);
+    IF _target IS NULL OR _target NOT IN ('CLOSED', 'OPEN', 'HALF_OPEN', 'DISABLED') THEN
+        RAISE EXCEPTION 'rc: p_state must be one of CLOSED, OPEN, HALF_OPEN, DISABLED, got %',
+            quote_nullable(p_state)
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF (p_failure_count >= 0) IS NOT TRUE THEN
+        RAISE EXCEPTION 'rc: p_failure_count must be >= 0, got %',
+            coalesce(p_failure_count::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF array_ndims(_log) > 1 OR array_position(_log, NULL) IS NOT NULL
+       OR cardinality(_log) > 10000 THEN
+        RAISE EXCEPTION 'rc: p_execution_log must hold at most 10000 true/false outcomes'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+
+    INSERT INTO @extschema@.rc_circuit_breakers (resource_key, namespace)
+    VALUES (p_key, p_namespace)
+    ON CONFLICT DO NOTHING;
+    SELECT * INTO _row
+    FROM @extschema@.rc_circuit_breakers AS b
+    WHERE b.resource_key = p_key AND b.namespace = p_namespace
+    FOR UPDATE;
+    _now := clock_timestamp();
+
+    -- The window keeps the newest outcomes that fit the new phase.
+    _size := CASE WHEN _target = 'HALF_OPEN' THEN coalesce(_row.success_limit_den, _row.window_size)
+                  ELSE _row.window_size END;
+    _len := cardinality(_log);
+    IF _len > _size THEN
+        _log := _log[_len - _size + 1 : _len];
+    END IF;
+    UPDATE @extschema@.rc_circuit_breakers AS b
+    SET state = _target,
+        generation = _row.generation + 1,
+        failure_count = p_failure_count,
+        open_until = CASE WHEN _target = 'OPEN'
+                          THEN least(coalesce(p_open_until, _now), _now + interval '365 days') END,
+        execution_log = _log,
+        permits = '{}',
+        slow_log = '{}',
+        held = _target = 'DISABLED',
+        last_cooldown = interval '0',
+        window_start = NULL,
+        bucket_head = 0,
+        bucket_calls = '{}',
+        bucket_failures = '{}',
+        bucket_slow = '{}',
+        updated_at = _now
+    WHERE b.resource_key = p_key AND b.namespace = p_namespace
+    RETURNING b.open_until INTO _row.open_until;
+    PERFORM @extschema@.rc_notify_transition(p_key, p_namespace, _row.state, _target,
+                                 _row.generation + 1, _row.open_until);
+    state := _target;
+    generation := _row.generation + 1;
+    RETURN NEXT;
+END;
+$$;
+
 CREATE OR REPLACE FUNCTION @extschema@.rc_status(p_key text, p_namespace text DEFAULT 'default')
 RETURNS SETOF @extschema@.rc_circuit_breaker_status
 LANGUAGE plpgsql
@@ -1511,12 +1596,16 @@ COMMENT ON FUNCTION @extschema@.rc_configure(text, text, bigint, bigint, bigint,
 COMMENT ON FUNCTION @extschema@.rc_force(text, text, text, boolean) IS
     'Forces a transition: OPEN for one cooldown (held OPEN with p_hold), DISABLED (every '
     'call permitted, nothing trips, until the next force or reset), or a fresh CLOSED or '
-    'HALF_OPEN phase.';
+    'HALF_OPEN phase. A breaker that does not exist raises no_data_found (P0002).';
 COMMENT ON FUNCTION @extschema@.rc_release(text, text, bigint) IS
     'A call whose outcome is not counted ended: gives back the half-open trial permit it '
     'held (pass the generation rc_try_acquire returned). Counts nothing.';
 COMMENT ON FUNCTION @extschema@.rc_reset(text, text) IS
-    'Back to a fresh CLOSED breaker with zeroed counters; the configuration stays.';
+    'Back to a fresh CLOSED breaker with zeroed counters; the configuration stays. A breaker '
+    'that does not exist raises no_data_found (P0002).';
+COMMENT ON FUNCTION @extschema@.rc_set_state(text, text, integer, timestamptz, boolean[], text) IS
+    'Overwrites a breaker''s state (0.4.5''s set_state), creating it if needed: a new '
+    'generation, announced like any transition. open_until counts only for OPEN.';
 COMMENT ON FUNCTION @extschema@.rc_status(text, text) IS
     'The rc_circuit_breaker_status row of one breaker (no row if it was never used).';
 COMMENT ON FUNCTION @extschema@.rc_try_acquire_at(text, text, timestamptz) IS
@@ -1569,6 +1658,7 @@ REVOKE EXECUTE ON FUNCTION
     @extschema@.rc_record_many(text, text, boolean[], bigint[], interval[]),
     @extschema@.rc_force(text, text, text, boolean),
     @extschema@.rc_reset(text, text),
+    @extschema@.rc_set_state(text, text, integer, timestamptz, boolean[], text),
     @extschema@.rc_release(text, text, bigint),
     @extschema@.rc_status(text, text),
     @extschema@.rc_forget(text, text),

@@ -27,7 +27,6 @@ from typing import Any
 import psycopg
 import pytest
 from click.testing import CliRunner, Result
-from psycopg.conninfo import make_conninfo
 from psycopg_pool import PoolTimeout
 
 from resilient_circuit import (
@@ -36,6 +35,7 @@ from resilient_circuit import (
     ProtectionException,
     SchemaNotReady,
     StorageAccessDenied,
+    _installer,
 )
 from resilient_circuit.cli import main as cli
 from resilient_circuit.storage import InMemoryStorage, PostgresStorage
@@ -326,7 +326,7 @@ def test_a_role_without_privileges_gets_a_clear_error_not_an_outage(
 ) -> None:
     """No EXECUTE grant: StorageAccessDenied naming pg-setup --app-role, before the call."""
     role = pg_role()
-    store = PostgresStorage(make_conninfo(pg_dsn, user=role))
+    store = PostgresStorage(role.dsn(pg_dsn))
     protector = CircuitProtectorPolicy(resource_key="svc", storage=store)
     try:
         with pytest.raises(StorageAccessDenied, match=rf"pg-setup .*--app-role {role}"):
@@ -421,7 +421,7 @@ def test_pg_check_exit_codes_for_a_readiness_probe(
     assert "pg-setup" in empty.output
 
     role = pg_role()
-    denied = pg_check("--dsn", make_conninfo(pg_dsn, user=role))
+    denied = pg_check("--dsn", role.dsn(pg_dsn))
     assert denied.exit_code == 1, denied.output
     assert f"--app-role {role}" in denied.output
 
@@ -685,3 +685,62 @@ def test_the_cli_prints_its_version_and_help() -> None:
     assert bare.exit_code == 0
     assert "pg-check" in bare.output
     assert "pg-setup" in bare.output
+
+
+# ------------------------------------------------------------ rc_force, rc_reset, rc_set_state
+
+
+def test_forcing_or_resetting_a_breaker_that_does_not_exist_raises_instead_of_creating_it(
+    pg_dsn: str,
+) -> None:
+    """A typo in rc_force/rc_reset: SQLSTATE P0002 naming the key, and no row appears."""
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        for statement in (
+            "SELECT * FROM rc_force('nosuchkey2', 'OPEN')",
+            "SELECT * FROM rc_reset('nosuchkey2')",
+        ):
+            with pytest.raises(psycopg.errors.NoDataFound, match="nosuchkey2"):
+                conn.execute(statement)
+        assert conn.execute("SELECT count(*) FROM rc_circuit_breakers").fetchone() == (0,)
+        conn.execute("SELECT * FROM rc_configure('payments', 'default', 1, 2)")
+        assert conn.execute("SELECT state FROM rc_force('payments', 'OPEN')").fetchone() == (
+            "OPEN",
+        )
+        assert conn.execute("SELECT state FROM rc_reset('payments')").fetchone() == ("CLOSED",)
+
+
+def test_set_state_as_the_app_role_is_announced_and_kept_to_its_namespaces(
+    pg_dsn: str, pg_role: Any
+) -> None:
+    """rc_set_state notifies, works for the app role in its namespace, refuses other ones."""
+    role = pg_role()
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        _installer.install(conn, app_role=role, namespaces=["shop"])
+    app = role.dsn(pg_dsn)
+    store = PostgresStorage(app, namespace="shop")
+    watcher = PostgresStorage(pg_dsn, namespace="shop")
+    peer = CircuitProtectorPolicy(
+        resource_key="svc", storage=watcher, admission="cached", cooldown=timedelta(minutes=5)
+    )
+    heard: list[Any] = []
+    try:
+        assert peer(lambda: "ok")() == "ok"
+        watcher.subscribe(heard.append)
+        assert watcher.wait_listening(10)
+        store.set_state("svc", "OPEN", 3, time.time() + 120, [False, False, False])
+        deadline = time.monotonic() + 10
+        while not heard and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert [(t.resource_key, t.new.name) for t in heard] == [("svc", "OPEN")]
+        # The peer admitted from its cache; the announcement made it ask again.
+        with pytest.raises(ProtectedCallError):
+            peer(lambda: "ok")()
+        state = store.get_state("svc")
+        assert state is not None
+        assert (state["state"], state["failure_count"]) == ("OPEN", 3)
+        with pytest.raises(StorageAccessDenied, match="may not use namespace"):
+            store.set_state("svc", "CLOSED", 0, 0, namespace="other")
+        assert store.outage.down_since is None
+    finally:
+        store.close()
+        watcher.close()

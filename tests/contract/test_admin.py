@@ -20,6 +20,8 @@ def test_admin_api_reads_and_writes_state(
     """get_state/set_state keep 0.4.5's shape, and a state written through one handle is
     what every policy sees next."""
     policy, events = make(store, failure_limit=Fraction(1, 3), cooldown=timedelta(minutes=1))
+    # Building a policy does no I/O: its first use (here a read) stores the breaker.
+    assert policy.status is CircuitState.CLOSED
     fresh = peer.get_state("svc")
     assert fresh is not None
     assert (fresh["state"], fresh["failure_count"], fresh["open_until"]) == ("CLOSED", 0, 0)

@@ -84,23 +84,10 @@ _STATEMENTS = {
         "SELECT failure_limit, window_size, success_limit, cooldown, half_open_timeout"
         " FROM {s}.rc_status(%(key)s, %(namespace)s)"
     ),
-    # 0.4.5's set_state overwrites a row outright: the one statement that is not a
-    # state-machine function (the admin API predates them). It runs with the caller's
-    # own search_path, so its operators and functions are spelled out in pg_catalog:
-    # a look-alike planted in a writable schema must never run in the owner's session.
+    # 0.4.5's set_state: a transition like any other, announced, within the role's grants.
     "set_state": (
-        "INSERT INTO {s}.rc_circuit_breakers AS b"
-        " (resource_key, namespace, state, failure_count, open_until, execution_log, held)"
-        " VALUES (%(key)s, %(namespace)s, %(state)s, %(failure_count)s, %(open_until)s,"
-        " %(execution_log)s, %(held)s)"
-        " ON CONFLICT (resource_key, namespace) DO UPDATE SET state = excluded.state,"
-        " failure_count = excluded.failure_count, open_until = excluded.open_until,"
-        " execution_log = excluded.execution_log, permits = '{{}}', slow_log = '{{}}',"
-        " held = excluded.held, last_cooldown = '0', window_start = NULL,"
-        " bucket_head = 0, bucket_calls = '{{}}', bucket_failures = '{{}}', bucket_slow = '{{}}',"
-        " generation = b.generation OPERATOR(pg_catalog.+) 1,"
-        " updated_at = pg_catalog.clock_timestamp()"
-        " RETURNING state, generation"
+        "SELECT state, generation FROM {s}.rc_set_state(%(key)s, %(state)s,"
+        " %(failure_count)s, %(open_until)s, %(execution_log)s::boolean[], %(namespace)s)"
     ),
     "forget": "SELECT {s}.rc_forget(%(key)s, %(namespace)s)",
     "gc": "SELECT {s}.rc_gc(%(idle)s)",
@@ -141,7 +128,7 @@ class Statements:
         raise ValueError(f"unknown statement: {statement!r}")
 
 
-# The function each statement calls (set_state writes the table itself).
+# The function each statement calls.
 _FUNCTIONS = {
     "acquire": "rc_try_acquire",
     "record": "rc_record",
@@ -151,7 +138,9 @@ _FUNCTIONS = {
     "reset": "rc_reset",
     "status": "rc_status",
     "stored_config": "rc_status",
-    "set_state": "rc_circuit_breakers",
+    "set_state": "rc_set_state",
+    "forget": "rc_forget",
+    "gc": "rc_gc",
 }
 
 

@@ -271,7 +271,8 @@ class PostgresStorage(CircuitBreakerStorage):
     def _failed(self, exc: Exception, started: float | None = None) -> Exception:
         """The exception a failed round trip raises, by what went wrong."""
         sqlstate = getattr(exc, "sqlstate", None)
-        if sqlstate == "22023":
+        if sqlstate in ("22023", "P0002"):
+            # A bad argument, or a breaker that does not exist (rc_force, rc_reset).
             return ValueError(str(exc).strip())
         if sqlstate == "42501":
             return StorageAccessDenied(self._access_denied(exc))
