@@ -152,8 +152,10 @@ def test_max_entries_never_splits_a_breaker_a_policy_holds() -> None:
     for key in ("x", "y"):
         storage.set_state(key, "CLOSED", 0, 0)
     fail_until_open(first)
-    second = CircuitProtectorPolicy(resource_key="held", storage=storage, window_size=2)
-    assert second.cooldown == timedelta(0)  # it adopts its own configuration, not the state
+    # A second policy of the same breaker (same configuration: two would be a ValueError).
+    second = CircuitProtectorPolicy(
+        resource_key="held", storage=storage, window_size=2, cooldown=timedelta(minutes=1)
+    )
     assert second.status is CircuitState.OPEN
     state = storage.get_state("held")
     assert state is not None

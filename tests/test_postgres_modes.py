@@ -282,6 +282,8 @@ def test_cli_watch_prints_transitions(stores: list[PostgresStorage], pg_dsn: str
     """resilient-circuit-cli watch prints one line per transition across the fleet."""
 
     listening = listening_sessions(pg_dsn)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("SELECT * FROM rc_configure('cli-watched', 'modes')")
 
     def trip_once_watched() -> None:
         # Transitions before the command's LISTEN are not for it to print.

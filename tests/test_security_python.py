@@ -434,6 +434,7 @@ def test_watch_prints_no_terminal_control_characters(pg_dsn: str) -> None:
         cwd=Path(__file__).resolve().parent.parent,
     ) as watcher:
         with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            conn.execute("SELECT * FROM rc_configure(%s)", [key])
             while watcher.poll() is None:
                 conn.execute("SELECT * FROM rc_force(%s, 'OPEN')", [key])
                 time.sleep(0.3)

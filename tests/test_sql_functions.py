@@ -205,6 +205,7 @@ def test_configuring_again_with_the_same_values_writes_nothing(conn: Conn) -> No
 
 def test_force_accepts_state_names_in_any_case(conn: Conn) -> None:
     """rc_force takes ' open ' or 'half_open' as readily as 'OPEN', like the Python API."""
+    conn.execute("SELECT * FROM rc_configure('svc')")
     assert _one(conn, "SELECT * FROM rc_force('svc', ' open ')") == ("OPEN", 1)
     assert _one(conn, "SELECT * FROM rc_force('svc', 'half_open')") == ("HALF_OPEN", 2)
 
@@ -319,6 +320,7 @@ def test_public_functions_use_the_server_clock(conn: Conn) -> None:
 
 def test_time_is_read_when_the_call_runs_not_when_its_transaction_began(conn: Conn) -> None:
     """Inside a long transaction the functions still use clock_timestamp(), not now()."""
+    conn.execute("SELECT * FROM rc_configure('svc')")
     with conn.transaction():
         conn.execute("SELECT pg_sleep(0.2)")
         conn.execute("SELECT * FROM rc_force('svc', 'OPEN')")
@@ -696,6 +698,7 @@ def test_function_attributes(conn: Conn) -> None:
         "rc_release",
         "rc_reset",
         "rc_session_is_owner",
+        "rc_set_state",
         "rc_status",
         "rc_try_acquire",
     }

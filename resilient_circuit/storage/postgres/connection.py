@@ -9,11 +9,14 @@ such as PgBouncer refuse ``options``. The timeouts are set on each new connectio
 that reaches PostgreSQL directly (see ``setup_session``); through a pooler, on each
 round trip instead, for its own transaction only (see ``Pools.scope``).
 
-Every pool of a store draws from one budget of ``max_connections``: a connection
-takes a share when it opens and gives it back when it closes, so the process never
-holds more than that however many event loops it runs. Pools keep no connection
-open for its own sake (``min_size=0``) and close those idle for ``idle_timeout``;
-an event loop's pool closes with its loop (``asyncio.run`` ends it).
+The sync pool holds at most ``max_connections``; the pools of all event loops draw
+from one more budget of ``max_connections`` (a connection takes a share when it
+opens and gives it back when it closes), however many loops the process runs. The
+two are apart so that a blocking call made from a loop's own thread (``policy.status``
+in a coroutine) never waits for connections that only that blocked loop could
+release. Pools keep no connection open for its own sake (``min_size=0``) and close
+those idle for ``idle_timeout``; an event loop's pool closes with its loop
+(``asyncio.run`` ends it).
 """
 
 from __future__ import annotations
@@ -121,23 +124,17 @@ def reaches_server(conn: psycopg.Connection[Any]) -> bool:
 
 
 class Budget:
-    """How many more connections the store's pools may open, together."""
+    """How many more connections the event loops' pools may open, together."""
 
     def __init__(self, size: int) -> None:
         self.size = size
         self._free = threading.BoundedSemaphore(size)
 
-    def take(self, timeout: float) -> None:
-        """A share, waiting up to ``timeout`` seconds for one (in a pool's worker thread)."""
-        if not self._free.acquire(timeout=timeout):
-            raise self._exhausted()
-
     def take_now(self) -> None:
-        """A share, or the error at once.
-
-        For event loops: an async pool's worker swallows cancellation while it runs a
-        task, so a task that waits can keep ``asyncio.run`` from ever returning.
-        """
+        """A share, or the error at once (the pool's client then waits for a connection
+        another task returns). Never a wait here: an async pool's worker swallows
+        cancellation while it runs a task, so a waiting task could keep ``asyncio.run``
+        from ever returning."""
         if not self._free.acquire(blocking=False):
             raise self._exhausted()
 
@@ -150,35 +147,12 @@ class Budget:
         self._free.release()
 
 
-def _connection_classes(
-    budget: Budget, timeout: float
-) -> tuple[type[psycopg.Connection[Any]], type[psycopg.AsyncConnection[Any]]]:
-    """Connection classes that hold a share of ``budget`` while they exist.
+def _async_connection_class(budget: Budget) -> type[psycopg.AsyncConnection[Any]]:
+    """An async connection class that holds a share of ``budget`` while it exists.
 
     The share is given back on ``close()``, or when the pool drops a broken
     connection without closing it (its socket lives until then anyway).
     """
-
-    class BudgetedConnection(psycopg.Connection[Any]):
-        _share: weakref.finalize[[], None] | None = None
-
-        @classmethod
-        def connect(cls, conninfo: str = "", **kwargs: Any) -> BudgetedConnection:
-            budget.take(timeout)
-            try:
-                conn = super().connect(conninfo, **kwargs)
-            except BaseException:
-                budget.give_back()
-                raise
-            conn._share = weakref.finalize(conn, budget.give_back)  # type: ignore[arg-type]
-            return conn
-
-        def close(self) -> None:
-            try:
-                super().close()
-            finally:
-                if self._share is not None:
-                    self._share()
 
     class AsyncBudgetedConnection(psycopg.AsyncConnection[Any]):
         _share: weakref.finalize[[], None] | None = None
@@ -201,7 +175,7 @@ def _connection_classes(
                 if self._share is not None:
                     self._share()
 
-    return BudgetedConnection, AsyncBudgetedConnection
+    return AsyncBudgetedConnection
 
 
 _draining: set[asyncio.Future[None]] = set()
@@ -240,8 +214,10 @@ class Pools:
         self.max_connections = max_connections
         self.prepared_statements = prepared_statements
         self.idle_timeout = idle_timeout
+        # The event loops' pools share one budget: each loop's pool closes with its loop,
+        # but loops come and go (asyncio.run per job), and live ones may overlap.
         self.budget = Budget(max_connections)
-        self._sync_class, self._async_class = _connection_classes(self.budget, connect_timeout)
+        self._async_class = _async_connection_class(self.budget)
         self.through_pooler: bool | None = None  # unknown until a connection is made
         self._lock = threading.Lock()
         self._sync: ConnectionPool | None = None
@@ -319,7 +295,6 @@ class Pools:
                         max_size=self.max_connections,
                         max_idle=self.idle_timeout,
                         kwargs=self.connect_kwargs(),
-                        connection_class=self._sync_class,
                         configure=self._configure,
                         timeout=self.connect_timeout,
                         reconnect_timeout=0,

@@ -88,12 +88,12 @@ class PostgresStorage(CircuitBreakerStorage):
     ``connection_factory`` (returns a ``Connection``, or a context manager yielding
     one); the store borrows a connection per round trip and never closes them.
 
-    Connections: at most ``max_connections`` pooled ones in this process (sync
-    callers and every event loop together), opened on demand and closed after
-    ``idle_timeout`` seconds unused, plus one LISTEN connection, opened the first
+    Connections: at most ``max_connections`` pooled ones for sync callers and as many
+    shared by every event loop, opened on demand and closed after ``idle_timeout``
+    seconds unused, plus one LISTEN connection, opened the first
     time something needs it (a breaker with ``admission="cached"``, an OPEN verdict
     held locally, a ``subscribe`` callback). Constructing a store connects to
-    nothing; after ``os.fork()`` the child starts afresh (see ``_start_afresh``).
+    nothing; after ``os.fork()`` the child starts afresh (see ``_after_fork``).
     """
 
     backend_name = "postgres"
