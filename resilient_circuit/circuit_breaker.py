@@ -156,6 +156,11 @@ def function_key(func: Callable[..., Any]) -> str:
     name, the same in every process that imports it (``app.billing.charge``)."""
     module = getattr(func, "__module__", None) or "__main__"
     name = getattr(func, "__qualname__", None) or type(func).__qualname__
+    if name.endswith("<lambda>"):
+        # Lambdas share one name: their line tells them apart.
+        code = getattr(func, "__code__", None)
+        if code is not None:
+            name = f"{name}:{code.co_firstlineno}"
     return _fit(f"{module}.{name}")
 
 
