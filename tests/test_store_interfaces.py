@@ -89,6 +89,7 @@ def test_subscribers_hear_each_transition_once_invalidated(
     """A subscriber gets every transition; a failing one is logged and stops nobody."""
     heard: queue.Queue[Transition] = queue.Queue()
     breaker = listening.breaker("svc", "default", CONFIG)
+    breaker.snapshot()  # binding does no I/O: the first round trip stores the breaker
     seen_by_breaker: list[Any] = []
 
     def broken(event: Transition) -> None:

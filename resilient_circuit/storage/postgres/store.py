@@ -277,6 +277,8 @@ class PostgresStorage(CircuitBreakerStorage):
         if sqlstate == "42501":
             return StorageAccessDenied(self._access_denied(exc))
         if not unavailable(exc):
+            if not isinstance(exc, psycopg.Error):
+                return exc  # not the database's answer: a misuse or a bug, raised as is
             # Not an outage: this store stays in use for every other breaker. The
             # caller's breaker handles this call per its on_storage_error.
             self._log_unexpected(exc)
@@ -461,7 +463,10 @@ class PostgresStorage(CircuitBreakerStorage):
                 # The pool drops it unclosed; closing it now gives its share of the
                 # connection budget back at once instead of at garbage collection.
                 used.close()
-            raise self._failed(exc, started) from exc
+            failure = self._failed(exc, started)
+            if failure is exc:
+                raise
+            raise failure from exc
         return self._finish(row, started, wrote, missing_ok)
 
     async def afetch(
@@ -505,7 +510,10 @@ class PostgresStorage(CircuitBreakerStorage):
         except Exception as exc:
             if used is not None and used.broken and isinstance(self._pools, Pools):
                 await used.close()  # see fetch
-            raise self._failed(exc, started) from exc
+            failure = self._failed(exc, started)
+            if failure is exc:
+                raise
+            raise failure from exc
         return self._finish(row, started, wrote, missing_ok)
 
     # -- breakers -------------------------------------------------------------------
