@@ -460,8 +460,8 @@ class PostgresStorage(CircuitBreakerStorage):
             raise
         except Exception as exc:
             if used is not None and used.broken and isinstance(self._pools, Pools):
-                # The pool drops it unclosed; closing it now gives its share of the
-                # connection budget back at once instead of at garbage collection.
+                # The pool drops a broken connection without closing it: its socket is
+                # freed now rather than at garbage collection.
                 used.close()
             failure = self._failed(exc, started)
             if failure is exc:
@@ -509,7 +509,8 @@ class PostgresStorage(CircuitBreakerStorage):
             raise
         except Exception as exc:
             if used is not None and used.broken and isinstance(self._pools, Pools):
-                await used.close()  # see fetch
+                # As in fetch; this also gives its share of the event loops' budget back.
+                await used.close()
             failure = self._failed(exc, started)
             if failure is exc:
                 raise
