@@ -135,6 +135,7 @@ def test_a_sql_caller_reports_a_slow_call_by_its_duration(conn: Conn) -> None:
 def test_disabled_and_held_open_from_sql(conn: Conn) -> None:
     """DISABLED admits and never trips; a held OPEN rejects for a cooldown (>= 1 s) with no
     half-open; rc_reset releases it."""
+    conn.execute("SELECT * FROM rc_configure('svc')")  # rc_force changes existing breakers
     conn.execute("SELECT * FROM rc_force('svc', 'disabled')")
     for _ in range(3):
         conn.execute("SELECT * FROM rc_record('svc', false)")
