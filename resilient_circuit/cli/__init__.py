@@ -52,6 +52,10 @@ def pg_check(dsn: str | None, schema: str | None, namespace: str | None) -> None
     Exit status: 0 ready; 1 not usable (not installed, privileges missing, login
     refused); 2 unreachable; 3 usable but incomplete (an older install, or no access
     to the admin functions). Changes nothing.
+
+    \b
+    Example:
+      resilient-circuit-cli pg-check --namespace shop || exit 1
     """
     try:
         from resilient_circuit.cli.check import NOT_USABLE, check
