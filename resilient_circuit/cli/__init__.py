@@ -17,6 +17,7 @@ import click
 from resilient_circuit._settings import (
     database_dsn,
     database_schema,
+    default_namespace,
     listen_dsn,
 )
 
