@@ -514,7 +514,7 @@ def _check_namespaces(namespaces: Sequence[str]) -> list[str]:
 
 
 def _grants_by_oid(conn: psycopg.Connection[Any], schema: str) -> bool:
-    # Before migration 0008 (an install that an older package left) grants went by name.
+    # Before migration 0007 (an install that an older package left) grants went by name.
     row = conn.execute(
         "SELECT 1 FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid"
         " JOIN pg_namespace n ON n.oid = c.relnamespace"

@@ -236,6 +236,7 @@ def test_a_listener_survives_hostile_payloads_and_a_failing_subscriber(
         for payload in _HOSTILE_PAYLOADS:
             conn.execute("SELECT pg_notify('resilient_circuit', %s)", [payload])
     with _connect(pg_dsn) as owner:
+        owner.execute("SELECT * FROM rc_configure('k', 'default')")
         for _attempt in range(3):
             owner.execute("SELECT * FROM rc_force('k', 'OPEN')")
             owner.execute("SELECT * FROM rc_force('k', 'CLOSED')")
@@ -266,6 +267,7 @@ def test_the_listener_reconnects_after_any_error_of_its_own(
     try:
         assert listener.wait_until_listening(10)
         with _connect(pg_dsn) as owner:
+            owner.execute("SELECT * FROM rc_configure('k', 'default')")
             owner.execute("SELECT * FROM rc_force('k', 'OPEN')")
             assert wait_for(failed.is_set, timeout=10)
             # Reconnected: a second (re)connection marker, then transitions arrive again.
@@ -288,6 +290,7 @@ def test_cli_watch_never_crashes_on_a_payload(pg_dsn: str, pg_role: Callable[[],
             for payload in _HOSTILE_PAYLOADS:
                 conn.execute("SELECT pg_notify('resilient_circuit', %s)", [payload])
         with _connect(pg_dsn) as owner:
+            owner.execute("SELECT * FROM rc_configure('after', 'default')")
             owner.execute("SELECT * FROM rc_force('after', 'OPEN')")
 
     sender = threading.Thread(target=send)
@@ -494,6 +497,25 @@ def test_sql_checks_the_namespace_length_before_the_grant_and_never_echoes_it(
             assert len(str(refused.value)) < 500
 
 
+def test_an_unknown_state_name_is_never_echoed_in_full(
+    pg_dsn: str, pg_role: Callable[[], PgRole]
+) -> None:
+    """A 10 MB state name is a short 22023 naming p_state, from rc_force and rc_set_state."""
+    app = pg_role()
+    with connect(pg_dsn) as conn:
+        _installer.install(conn, app_role=app, namespaces=["A"])
+    with _connect(app.dsn(pg_dsn)) as conn:
+        conn.execute("SELECT * FROM rc_configure('k', 'A')")
+        for query in (
+            "SELECT * FROM rc_force('k', repeat('s', 10000000), 'A')",
+            "SELECT * FROM rc_set_state('k', repeat('s', 10000000), 0, NULL, NULL, 'A')",
+        ):
+            with pytest.raises(psycopg.errors.InvalidParameterValue) as refused:
+                conn.execute(query)
+            assert "p_state" in str(refused.value)
+            assert len(str(refused.value)) < 500
+
+
 def test_namespace_grants_follow_the_role_not_its_name(
     pg_dsn: str, pg_role: Callable[[], PgRole], pg_admin_dsn: str
 ) -> None:
@@ -520,6 +542,7 @@ def test_namespace_grants_follow_the_role_not_its_name(
             conn.execute("SELECT * FROM rc_force('k', 'OPEN', 'payments')")
         renamed_dsn = psycopg.conninfo.make_conninfo(pg_dsn, user=renamed, password=tenant.password)
         with _connect(renamed_dsn) as conn:
+            conn.execute("SELECT * FROM rc_configure('k', 'payments')")
             conn.execute("SELECT * FROM rc_force('k', 'OPEN', 'payments')")
     finally:
         with _connect(pg_admin_dsn) as conn:

@@ -30,7 +30,7 @@ BEGIN
     END IF;
     IF _target IS NULL OR _target NOT IN ('CLOSED', 'OPEN', 'HALF_OPEN', 'DISABLED') THEN
         RAISE EXCEPTION 'rc: p_state must be one of CLOSED, OPEN, HALF_OPEN, DISABLED, got %',
-            quote_nullable(p_state)
+            quote_nullable(left(p_state, 40))
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     IF p_hold IS NULL OR (p_hold AND _target NOT IN ('OPEN', 'DISABLED')) THEN
@@ -184,7 +184,7 @@ BEGIN
     PERFORM @extschema@.rc_check_namespace(p_namespace);
     IF _target IS NULL OR _target NOT IN ('CLOSED', 'OPEN', 'HALF_OPEN', 'DISABLED') THEN
         RAISE EXCEPTION 'rc: p_state must be one of CLOSED, OPEN, HALF_OPEN, DISABLED, got %',
-            quote_nullable(p_state)
+            quote_nullable(left(p_state, 40))
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     IF (p_failure_count >= 0) IS NOT TRUE THEN
