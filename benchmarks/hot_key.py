@@ -1,10 +1,13 @@
 """Contention on one breaker: 8 processes calling through the same key at once.
 
 For each PostgreSQL mode, with ``synchronous_commit`` on and off: total successful
-calls per second and the p99 latency of a call. Every process has its own storage
-and connection(s), as separate application processes would; the key's row is the
-point of contention. The server's floor is the same load issuing a plain one-row
-``UPDATE`` of one shared row (label ``floor``, plain psycopg).
+calls per second and the p99 latency of a call. The modes in ``scale_modes`` (strict
+admission with immediate recording, and the floor) also run with 1, 2 and 4 processes
+(``SCALE_COUNTS``), so throughput can be read against the number of processes.
+Every process has its own storage and connection(s), as separate application
+processes would; the key's row is the point of contention. The server's floor is
+the same load issuing a plain one-row ``UPDATE`` of one shared row (label
+``floor``, plain psycopg).
 
 What limits each run is read from the server: a sampler process polls
 ``pg_stat_activity`` every SAMPLE_EVERY_S and sorts the benchmark's backends into
@@ -33,6 +36,8 @@ from _harness import mode_tag
 
 HERE = Path(__file__).resolve().parent
 PROCESSES = 8
+# The other process counts of the scaling runs (PROCESSES is the last point).
+SCALE_COUNTS = (1, 2, 4)
 SECONDS = 2.0
 START_TIMEOUT_S = 60
 SAMPLE_EVERY_S = 0.01
@@ -44,6 +49,12 @@ SELECT state, wait_event_type, wait_event
 FROM pg_stat_activity
 WHERE datname = current_database() AND backend_type = 'client backend'
   AND pid <> pg_backend_pid() AND query NOT LIKE 'LISTEN%'
+"""
+# The benchmark's backends (LISTEN ones included: they too spend the server's CPU).
+PIDS_QUERY = """
+SELECT pid FROM pg_stat_activity
+WHERE datname = current_database() AND backend_type = 'client backend'
+  AND pid <> pg_backend_pid()
 """
 WAIT_KINDS = ("row lock", "commit (WAL flush)", "server CPU", "client (idle)", "other")
 
@@ -58,14 +69,24 @@ def run(
     seconds: float = SECONDS,
     env: dict[str, str] | None = None,
     cwd: str | None = None,
+    scale_modes: tuple[str, ...] = (),
+    scale_counts: tuple[int, ...] = SCALE_COUNTS,
 ) -> dict[str, Any]:
-    """Every mode x synchronous_commit setting; returns a worker-style report dict."""
+    """Every mode x synchronous_commit setting; returns a worker-style report dict.
+
+    Results are ``hot.MODE.SYNC`` at ``processes``; for the modes in ``scale_modes``
+    also ``scale.MODE.SYNC.N`` for each N in ``scale_counts``.
+    """
     report: dict[str, Any] = {"library": label, "results": {}, "errors": {}, "info": {}}
-    for mode in modes:
+    runs = [(mode, processes, "hot") for mode in modes]
+    runs += [(m, n, "scale") for m in modes if m in scale_modes for n in scale_counts]
+    for mode, count, prefix in runs:
         for sync in ("on", "off"):
-            name = f"hot.{mode_tag(mode)}.{sync}"
+            name = f"{prefix}.{mode_tag(mode)}.{sync}"
+            if prefix == "scale":
+                name += f".{count}"
             try:
-                result = _one(python, label, dsn, mode, sync, processes, seconds, env, cwd)
+                result = _one(python, label, dsn, mode, sync, count, seconds, env, cwd)
                 result["mode"] = mode
                 report["results"][name] = result
             except Exception as exc:
@@ -138,6 +159,11 @@ def _one(
         "seconds": seconds,
         "waits": waits["shares"],
         "wait_samples": waits["samples"],
+        # Calls per second of the backends' own CPU: what one server core sustains.
+        "server_cpu_s": waits.get("server_cpu_s"),
+        "calls_per_server_cpu_s": (
+            calls / waits["server_cpu_s"] if waits.get("server_cpu_s") else None
+        ),
     }
 
 
@@ -238,14 +264,39 @@ def sampler(dsn: str, seconds: float) -> None:
         sys.stdout.write("ready\n")
         sys.stdout.flush()
         sys.stdin.readline()
+        # Every child has connected by now: "go" is sent once all are ready.
+        pids = [row[0] for row in conn.execute(PIDS_QUERY)]
+        cpu_before = backend_cpu_s(pids)
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             for row in conn.execute(WAITS_QUERY, prepare=True):
                 counts[classify(*row)] += 1
             time.sleep(SAMPLE_EVERY_S)
+        cpu_after = backend_cpu_s(pids)
     total = sum(counts.values())
     shares = {kind: n / total for kind, n in counts.items()} if total else {}
-    sys.stdout.write(json.dumps({"samples": total, "shares": shares}) + "\n")
+    server_cpu = None if cpu_before is None or cpu_after is None else cpu_after - cpu_before
+    sys.stdout.write(
+        json.dumps({"samples": total, "shares": shares, "server_cpu_s": server_cpu}) + "\n"
+    )
+
+
+def backend_cpu_s(pids: list[int]) -> float | None:
+    """CPU seconds (user + system) the given server processes have used, or None.
+
+    Read from /proc, so only for a server on this machine that this user may inspect;
+    the calls a core sustains are the calls made per second of this CPU.
+    """
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    try:
+        for pid in pids:
+            with open(f"/proc/{pid}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    except (OSError, IndexError, ValueError):
+        return None
+    return total / ticks
 
 
 def main() -> None:
@@ -254,6 +305,9 @@ def main() -> None:
     parser.add_argument("--dsn", required=True)
     parser.add_argument("--mode", action="append", help="a mode name; default: all")
     parser.add_argument("--processes", type=int, default=PROCESSES)
+    parser.add_argument(
+        "--scale", action="store_true", help=f"also run every mode with {SCALE_COUNTS} processes"
+    )
     parser.add_argument("--seconds", type=float, default=SECONDS)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--sample", action="store_true", help=argparse.SUPPRESS)
@@ -275,7 +329,13 @@ def main() -> None:
 
         modes = list(modes_for(Api(), args.label))
     report = run(
-        sys.executable, args.label, args.dsn, modes, processes=args.processes, seconds=args.seconds
+        sys.executable,
+        args.label,
+        args.dsn,
+        modes,
+        processes=args.processes,
+        seconds=args.seconds,
+        scale_modes=tuple(modes) if args.scale else (),
     )
     print(json.dumps(report, indent=2))
 

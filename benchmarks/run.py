@@ -506,12 +506,46 @@ def hot_waits(out: dict[str, dict[str, Any]], labels: dict[str, str]) -> str:
                 continue
             shares = [f"{100 * waits.get(kind, 0):.0f}%" for kind in hot_key.WAIT_KINDS]
             top = LIMITS[max(hot_key.WAIT_KINDS, key=lambda kind, w=waits: w.get(kind, 0))]
-            sync = key.rsplit(".", 1)[1]
+            sync = key.split(".")[2]
             run = f"{labels[w]} · {result.get('mode', '')} · sync {sync}"
+            if key.startswith("scale."):
+                run += f" · {result['processes']} processes"
             lines.append(
                 f"| {run} | {result['calls_per_s']:,.0f} | " + " | ".join(shares) + f" | {top} |"
             )
     return "\n".join(lines)
+
+
+def hot_scaling(out: dict[str, dict[str, Any]], labels: dict[str, str], base: str) -> str:
+    """Strict calls/s on one key against the raw one-row UPDATE's, by process count."""
+    ours = out["hot_ours"]["results"]
+    floor = out["hot_floor"]["results"]
+    tag = mode_tag(base)
+    head = ("Processes", "synchronous_commit", f"{base} calls/s", "one-row UPDATE calls/s")
+    head += ("ratio", f"{base}: limited by", "UPDATE: limited by")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for sync in ("on", "off"):
+        for count in (*hot_key.SCALE_COUNTS, hot_key.PROCESSES):
+            suffix = "" if count == hot_key.PROCESSES else f".{count}"
+            prefix = "hot" if count == hot_key.PROCESSES else "scale"
+            a = ours.get(f"{prefix}.{tag}.{sync}{suffix}")
+            f = floor.get(f"{prefix}.one-row-UPDATE.{sync}{suffix}")
+            if not a or not f:
+                continue
+            ratio = a["calls_per_s"] / f["calls_per_s"] if f["calls_per_s"] else float("nan")
+            lines.append(
+                f"| {count} | {sync} | {a['calls_per_s']:,.0f} | {f['calls_per_s']:,.0f} | "
+                f"{ratio:.2f} | {_limit(a)} | {_limit(f)} |"
+            )
+    return "\n".join(lines)
+
+
+def _limit(result: dict[str, Any]) -> str:
+    waits = result.get("waits") or {}
+    if not waits:
+        return "?"
+    top = max(hot_key.WAIT_KINDS, key=lambda kind: waits.get(kind, 0))
+    return f"{top} ({100 * waits.get(top, 0):.0f}%)"
 
 
 # --------------------------------------------------------------------------- machine
@@ -790,6 +824,7 @@ def main() -> None:
             seconds=args.hot_seconds,
             env=clean_env(ours, args.rounds),
             cwd=runner.workdir,
+            scale_modes=(modes[0],) if label in ("ours", "floor") else (),
         )
         runner.log(f"hot_key {label}: {time.monotonic() - t0:.1f} s")
         return report
@@ -859,6 +894,14 @@ def main() -> None:
         "the client process's own CPU time (here, 8 Python processes on the same cores).",
         "",
         hot_waits(out, labels),
+        "",
+        "### Hot key: throughput by number of processes",
+        "",
+        f"{our_modes[0]} on one key against the raw one-row `UPDATE` of one row, with 1 to "
+        f"{hot_key.PROCESSES} processes; each process makes its calls one after another. "
+        "`docs/capacity.md` explains the limit.",
+        "",
+        hot_scaling(out, labels, our_modes[0]),
         "",
         "## Method",
         "",

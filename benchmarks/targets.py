@@ -405,6 +405,8 @@ def evaluate(out: dict[str, dict[str, Any]], labels: dict[str, str]) -> list[Tar
     if hot:
         parts = []
         for key, res in hot.items():
+            if not key.startswith("hot."):
+                continue
             waits = res.get("waits") or {}
             top = max(waits, key=lambda kind, w=waits: w[kind]) if waits else "?"
             sync = key.rsplit(".", 1)[1]
@@ -418,6 +420,37 @@ def evaluate(out: dict[str, dict[str, Any]], labels: dict[str, str]) -> list[Tar
                 "; ".join(parts),
                 "measure and report",
                 "reported",
+            )
+        )
+    for sync in ("on", "off"):
+        strict = r.get("hot_ours", f"hot.strict-immediate.{sync}")
+        update = r.get("hot_floor", f"hot.one-row-UPDATE.{sync}")
+        if strict is None or update is None:
+            add(
+                Target(
+                    f"Hot key, 8 processes, sync {sync}: strict ≥ 50% of UPDATE", "n/a", "", "n/a"
+                )
+            )
+            continue
+        ratio = strict["calls_per_s"] / update["calls_per_s"]
+        waits = strict.get("waits") or {}
+        add(
+            Target(
+                f"Hot key, 8 processes, synchronous_commit={sync}: strict/immediate ≥ 50% "
+                "of the raw one-row UPDATE's calls/s",
+                f"{ratio:.2f}x ({strict['calls_per_s']:,.0f} vs {update['calls_per_s']:,.0f} "
+                "calls/s, same run)",
+                "≥ 0.5x",
+                _status(ratio >= 0.5),
+                ""
+                if ratio >= 0.5
+                else (
+                    "a strict call is two round trips and a PL/pgSQL function per call, each "
+                    "client process running them one after another: the backends wait for "
+                    f"their clients {100 * waits.get('client (idle)', 0):.0f}% of the time "
+                    f"and for the row lock {100 * waits.get('row lock', 0):.0f}% (see the "
+                    "scaling table and docs/capacity.md)"
+                ),
             )
         )
     mem = [r.get("mem_ours", k) for k in ("mem.window100", "mem.100k", "mem.pg_row")]
