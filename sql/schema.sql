@@ -259,6 +259,25 @@ BEGIN
 END;
 $$;
 
+-- An outcome that moves no state need not wait for its commit's WAL flush: losing the last
+-- fraction of a second of counted outcomes in a server crash is harmless, waiting for the disk
+-- on every call is not (docs/capacity.md measures both). For this transaction only, and only
+-- when it has written nothing yet, so a caller's own earlier writes keep their durability; a
+-- transition (rc_notify_transition) restores the setting saved here.
+CREATE OR REPLACE FUNCTION @extschema@.rc_relax_commit()
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF pg_current_xact_id_if_assigned() IS NULL
+       AND current_setting('synchronous_commit') <> 'off' THEN
+        PERFORM set_config('rc.durable_commit', current_setting('synchronous_commit'), true);
+        PERFORM set_config('synchronous_commit', 'off', true);
+    END IF;
+END;
+$$;
+
 CREATE OR REPLACE FUNCTION @extschema@.rc_notify_transition(
     p_key text,
     p_namespace text,
@@ -272,6 +291,9 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+    -- A transition is committed durably: undo rc_relax_commit for this transaction.
+    PERFORM set_config('synchronous_commit', current_setting('rc.durable_commit', true), true)
+    WHERE current_setting('rc.durable_commit', true) <> '';
     -- Delivered at commit, so listeners never hear of a transition that was rolled back.
     PERFORM pg_notify('resilient_circuit', json_build_object(
         'namespace', p_namespace,
@@ -1248,6 +1270,7 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     PERFORM @extschema@.rc_check_namespace(p_namespace);
+    PERFORM @extschema@.rc_relax_commit();
     RETURN QUERY
     SELECT * FROM @extschema@.rc_record_many_at(p_key, p_namespace, ARRAY[p_success],
                                     ARRAY[p_generation], NULL, ARRAY[p_duration]);
@@ -1268,6 +1291,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     PERFORM @extschema@.rc_check_namespace(p_namespace);
+    PERFORM @extschema@.rc_relax_commit();
     RETURN QUERY
     SELECT * FROM @extschema@.rc_record_many_at(p_key, p_namespace, p_successes, p_generations,
                                                 NULL, p_durations);
@@ -1639,11 +1663,16 @@ COMMENT ON TABLE @extschema@.rc_namespace_grants IS
 COMMENT ON FUNCTION @extschema@.rc_check_names(text, text) IS
     'Raises invalid_parameter_value for a NULL, empty or over-long key or namespace.';
 COMMENT ON FUNCTION @extschema@.rc_notify_transition(text, text, text, text, bigint, timestamptz) IS
-    'Announces a transition on the resilient_circuit channel as a small JSON object.';
+    'Announces a transition on the resilient_circuit channel as a small JSON object, and '
+    'makes its transaction commit durably again.';
+COMMENT ON FUNCTION @extschema@.rc_relax_commit() IS
+    'Lets the current transaction, if it has written nothing yet, commit without waiting for '
+    'its WAL flush: for recorded outcomes; a transition undoes it.';
 
 -- Nothing is executable by default; `pg-setup --app-role` grants the public functions.
 REVOKE EXECUTE ON FUNCTION
     @extschema@.rc_check_names(text, text),
+    @extschema@.rc_relax_commit(),
     @extschema@.rc_notify_transition(text, text, text, text, bigint, timestamptz),
     @extschema@.rc_try_acquire_at(text, text, timestamptz),
     @extschema@.rc_record_many_at(text, text, boolean[], bigint[], timestamptz, interval[]),

@@ -343,6 +343,45 @@ def test_explicit_time_variants_take_null_as_the_server_clock(conn: Conn) -> Non
     )
 
 
+# --------------------------------------------------------------------------- durability
+
+
+def _commit_setting_after(conn: Conn, *statements: str) -> str:
+    """synchronous_commit as the transaction running ``statements`` would commit with."""
+    with conn.transaction(force_rollback=True):
+        for statement in statements:
+            conn.execute(statement)
+        return str(_one(conn, "SELECT current_setting('synchronous_commit')")[0])
+
+
+def test_an_outcome_that_moves_no_state_commits_without_waiting_for_the_disk(
+    conn: Conn,
+) -> None:
+    """rc_record and rc_record_many turn synchronous_commit off for their own transaction."""
+    conn.execute("SELECT * FROM rc_configure('svc', 'default', 1, 2)")
+    assert _commit_setting_after(conn, "SELECT * FROM rc_record('svc', true)") == "off"
+    many = "SELECT * FROM rc_record_many('svc', 'default', ARRAY[false, true])"
+    assert _commit_setting_after(conn, many) == "off"
+    # Only that transaction: the session's own setting is untouched afterwards.
+    conn.execute("SELECT * FROM rc_record('svc', true)")
+    assert _one(conn, "SELECT current_setting('synchronous_commit')") == ("on",)
+
+
+def test_a_transition_and_the_callers_earlier_writes_commit_durably(conn: Conn) -> None:
+    """A trip restores the saved setting; so does a transaction that wrote before the call."""
+    conn.execute("SELECT * FROM rc_configure('svc', 'default', 1, 1)")
+    conn.execute("SET synchronous_commit = remote_write")
+    assert _commit_setting_after(conn, "SELECT * FROM rc_record('svc', false)") == "remote_write"
+    conn.execute("SELECT * FROM rc_reset('svc')")
+    conn.execute("CREATE TEMP TABLE mine (n int)")
+    earlier_write = "INSERT INTO mine VALUES (1)"
+    recorded = "SELECT * FROM rc_record('svc', true)"
+    assert _commit_setting_after(conn, earlier_write, recorded) == "remote_write"
+    trip = "SELECT * FROM rc_record_many('svc', 'default', ARRAY[true, false, true])"
+    assert _commit_setting_after(conn, trip) == "remote_write"
+    assert _commit_setting_after(conn, recorded) == "off"
+
+
 # ----------------------------------------------------------------------- notifications
 
 
