@@ -159,6 +159,13 @@ def _one(
         "seconds": seconds,
         "waits": waits["shares"],
         "wait_samples": waits["samples"],
+        # CPU per call: the client processes' own (all their threads) and the server's.
+        "client_cpu_us_per_call": (
+            1e6 * sum(o["client_cpu_s"] for o in outputs) / calls if calls else None
+        ),
+        "server_cpu_us_per_call": (
+            1e6 * waits["server_cpu_s"] / calls if calls and waits.get("server_cpu_s") else None
+        ),
         # Calls per second of the backends' own CPU: what one server core sustains.
         "server_cpu_s": waits.get("server_cpu_s"),
         "calls_per_server_cpu_s": (
@@ -222,6 +229,7 @@ def child(label: str, dsn: str, mode: str, sync: str, key: str, seconds: float) 
     lat_us: list[int] = []
     errors = 0
     clock = time.perf_counter_ns
+    cpu_start = time.process_time()
     start = clock()
     deadline = start + int(seconds * 1e9)
     now = start
@@ -234,10 +242,19 @@ def child(label: str, dsn: str, mode: str, sync: str, key: str, seconds: float) 
         now = clock()
         lat_us.append((now - before) // 1000)
     elapsed = (now - start) / 1e9
+    client_cpu_s = time.process_time() - cpu_start
     if watch is not None and watch.first():
         raise RuntimeError(watch.first())
     sys.stdout.write(
-        json.dumps({"calls": len(lat_us), "elapsed_s": elapsed, "lat_us": lat_us, "errors": errors})
+        json.dumps(
+            {
+                "calls": len(lat_us),
+                "elapsed_s": elapsed,
+                "lat_us": lat_us,
+                "errors": errors,
+                "client_cpu_s": client_cpu_s,
+            }
+        )
         + "\n"
     )
 
@@ -266,37 +283,39 @@ def sampler(dsn: str, seconds: float) -> None:
         sys.stdin.readline()
         # Every child has connected by now: "go" is sent once all are ready.
         pids = [row[0] for row in conn.execute(PIDS_QUERY)]
-        cpu_before = backend_cpu_s(pids)
+        cpu_before = backend_cpu_ns(pids)
+        cpu_last = dict(cpu_before)
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             for row in conn.execute(WAITS_QUERY, prepare=True):
                 counts[classify(*row)] += 1
+            # Read while the backends live: a child's ends when it disconnects.
+            cpu_last.update(backend_cpu_ns(pids))
             time.sleep(SAMPLE_EVERY_S)
-        cpu_after = backend_cpu_s(pids)
+        cpu_last.update(backend_cpu_ns(pids))
     total = sum(counts.values())
     shares = {kind: n / total for kind, n in counts.items()} if total else {}
-    server_cpu = None if cpu_before is None or cpu_after is None else cpu_after - cpu_before
+    used = sum(cpu_last[pid] - cpu_before[pid] for pid in cpu_before)
+    server_cpu = used / 1e9 if cpu_before else None
     sys.stdout.write(
         json.dumps({"samples": total, "shares": shares, "server_cpu_s": server_cpu}) + "\n"
     )
 
 
-def backend_cpu_s(pids: list[int]) -> float | None:
-    """CPU seconds (user + system) the given server processes have used, or None.
+def backend_cpu_ns(pids: list[int]) -> dict[int, int]:
+    """Nanoseconds on the CPU each server process has used, for those still readable.
 
     Read from /proc, so only for a server on this machine that this user may inspect;
     the calls a core sustains are the calls made per second of this CPU.
     """
-    ticks = os.sysconf("SC_CLK_TCK")
-    total = 0
-    try:
-        for pid in pids:
-            with open(f"/proc/{pid}/stat") as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime
-    except (OSError, IndexError, ValueError):
-        return None
-    return total / ticks
+    found = {}
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/schedstat") as stat:
+                found[pid] = int(stat.read().split()[0])
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
 
 
 def main() -> None:

@@ -522,7 +522,8 @@ def hot_scaling(out: dict[str, dict[str, Any]], labels: dict[str, str], base: st
     floor = out["hot_floor"]["results"]
     tag = mode_tag(base)
     head = ("Processes", "synchronous_commit", f"{base} calls/s", "one-row UPDATE calls/s")
-    head += ("ratio", f"{base}: limited by", "UPDATE: limited by")
+    head += ("ratio", "CPU per call: client + server", f"{base}: limited by")
+    head += ("UPDATE: limited by",)
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for sync in ("on", "off"):
         for count in (*hot_key.SCALE_COUNTS, hot_key.PROCESSES):
@@ -535,9 +536,17 @@ def hot_scaling(out: dict[str, dict[str, Any]], labels: dict[str, str], base: st
             ratio = a["calls_per_s"] / f["calls_per_s"] if f["calls_per_s"] else float("nan")
             lines.append(
                 f"| {count} | {sync} | {a['calls_per_s']:,.0f} | {f['calls_per_s']:,.0f} | "
-                f"{ratio:.2f} | {_limit(a)} | {_limit(f)} |"
+                f"{ratio:.2f} | {_cpu(a)} against {_cpu(f)} | {_limit(a)} | {_limit(f)} |"
             )
     return "\n".join(lines)
+
+
+def _cpu(result: dict[str, Any]) -> str:
+    client = result.get("client_cpu_us_per_call")
+    server = result.get("server_cpu_us_per_call")
+    if client is None:
+        return "?"
+    return f"{client:.0f} + " + ("?" if server is None else f"{server:.0f}") + " µs"
 
 
 def _limit(result: dict[str, Any]) -> str:
