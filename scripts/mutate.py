@@ -232,6 +232,32 @@ MUTANTS = (
         "_window := coalesce(p_window_size, _fden);",
         "_window := coalesce(p_window_size, _fnum);",
     ),
+    Mutant(
+        "sql_record_waits_for_the_disk",
+        SCHEMA,
+        "    PERFORM @extschema@.rc_check_namespace(p_namespace);\n"
+        "    PERFORM @extschema@.rc_relax_commit();\n"
+        "    RETURN QUERY\n"
+        "    SELECT * FROM @extschema@.rc_record_many_at(p_key, p_namespace, ARRAY[p_success],",
+        "    PERFORM @extschema@.rc_check_namespace(p_namespace);\n"
+        "    RETURN QUERY\n"
+        "    SELECT * FROM @extschema@.rc_record_many_at(p_key, p_namespace, ARRAY[p_success],",
+        must_kill=True,
+    ),
+    Mutant(
+        "sql_transition_commits_without_waiting_for_the_disk",
+        SCHEMA,
+        "    WHERE current_setting('rc.durable_commit', true) <> '';",
+        "    WHERE false;",
+        must_kill=True,
+    ),
+    Mutant(
+        "sql_relax_commit_after_the_callers_writes",
+        SCHEMA,
+        "    IF pg_current_xact_id_if_assigned() IS NULL\n",
+        "    IF true\n",
+        must_kill=True,
+    ),
 )
 
 
