@@ -509,7 +509,8 @@ def hot_waits(out: dict[str, dict[str, Any]], labels: dict[str, str]) -> str:
             sync = key.split(".")[2]
             run = f"{labels[w]} · {result.get('mode', '')} · sync {sync}"
             if key.startswith("scale."):
-                run += f" · {result['processes']} processes"
+                count = result["processes"]
+                run += f" · {count} process" + ("es" if count > 1 else "")
             lines.append(
                 f"| {run} | {result['calls_per_s']:,.0f} | " + " | ".join(shares) + f" | {top} |"
             )

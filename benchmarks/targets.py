@@ -445,11 +445,13 @@ def evaluate(out: dict[str, dict[str, Any]], labels: dict[str, str]) -> list[Tar
                 ""
                 if ratio >= 0.5
                 else (
-                    "a strict call is two round trips and a PL/pgSQL function per call, each "
-                    "client process running them one after another: the backends wait for "
-                    f"their clients {100 * waits.get('client (idle)', 0):.0f}% of the time "
-                    f"and for the row lock {100 * waits.get('row lock', 0):.0f}% (see the "
-                    "scaling table and docs/capacity.md)"
+                    "a strict call is two round trips and two PL/pgSQL functions, where the "
+                    f"UPDATE is one statement: CPU per call {_cpu(strict)} against "
+                    f"{_cpu(update)} (client + server), with clients and server on the same "
+                    "cores; the backends wait for their clients "
+                    f"{100 * waits.get('client (idle)', 0):.0f}% of the time and for the row "
+                    f"lock {100 * waits.get('row lock', 0):.0f}% (the scaling table; "
+                    "docs/capacity.md)"
                 ),
             )
         )
@@ -465,6 +467,14 @@ def evaluate(out: dict[str, dict[str, Any]], labels: dict[str, str]) -> list[Tar
             )
         )
     return targets
+
+
+def _cpu(result: dict[str, Any]) -> str:
+    client = result.get("client_cpu_us_per_call")
+    server = result.get("server_cpu_us_per_call")
+    if client is None or server is None:
+        return "n/a"
+    return f"{client:.0f} + {server:.0f} µs"
 
 
 def _sum(*values: float | None) -> float:
