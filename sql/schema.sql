@@ -781,6 +781,30 @@ BEGIN
         RAISE EXCEPTION 'rc: p_success must be true or false, got NULL'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    -- Nearly every outcome is a success while CLOSED, which cannot move the breaker: on a
+    -- count window with no slow calls counted it only shifts the window and the counters,
+    -- in one UPDATE, as rc_record_many_at's healthy-batch path would. Any other outcome
+    -- (or a row that does not qualify, or does not exist) takes the whole state machine.
+    IF p_success AND (p_duration IS NULL
+                      OR (p_duration >= interval '0' AND extract(year FROM p_duration) = 0
+                          AND extract(month FROM p_duration) = 0)) THEN
+        UPDATE @extschema@.rc_circuit_breakers AS b
+        SET execution_log = b.execution_log[cardinality(b.execution_log) - b.window_size + 2 :]
+                            || true,
+            slow_log = '{}',
+            failure_count = 0,
+            successes = b.successes + 1,
+            updated_at = coalesce(p_now, clock_timestamp())
+        WHERE b.resource_key = p_key AND b.namespace = p_namespace
+          AND b.state = 'CLOSED' AND b.window_duration IS NULL
+          AND b.slow_call_duration IS NULL
+          AND (p_generation IS NULL OR p_generation = b.generation)
+        RETURNING b.state, b.generation INTO state, generation;
+        IF FOUND THEN
+            RETURN NEXT;
+            RETURN;
+        END IF;
+    END IF;
     RETURN QUERY
     SELECT * FROM @extschema@.rc_record_many_at(p_key, p_namespace, ARRAY[p_success],
                                     ARRAY[p_generation], p_now, ARRAY[p_duration]);
@@ -1272,8 +1296,8 @@ BEGIN
     PERFORM @extschema@.rc_check_namespace(p_namespace);
     PERFORM @extschema@.rc_relax_commit();
     RETURN QUERY
-    SELECT * FROM @extschema@.rc_record_many_at(p_key, p_namespace, ARRAY[p_success],
-                                    ARRAY[p_generation], NULL, ARRAY[p_duration]);
+    SELECT * FROM @extschema@.rc_record_at(p_key, p_success, p_namespace, p_generation, NULL,
+                                           p_duration);
 END;
 $$;
 

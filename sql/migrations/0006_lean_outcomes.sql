@@ -1,7 +1,9 @@
--- Version 6: an outcome that moves no state commits without waiting for its WAL flush.
--- rc_record and rc_record_many relax synchronous_commit for their own transaction (when it
--- has written nothing before them); rc_notify_transition, which every transition calls,
--- restores the saved setting, so transitions stay durable.
+-- Version 6: a strict call's outcome costs less on the server.
+-- An outcome that moves no state commits without waiting for its WAL flush: rc_record and
+-- rc_record_many relax synchronous_commit for their own transaction (when it has written
+-- nothing before them), and rc_notify_transition, which every transition calls, restores the
+-- saved setting, so transitions stay durable. A single success while CLOSED on a count
+-- window is applied by rc_record_at in one UPDATE, and rc_record calls rc_record_at.
 
 -- An outcome that moves no state need not wait for its commit's WAL flush: losing the last
 -- fraction of a second of counted outcomes in a server crash is harmless, waiting for the disk
@@ -50,6 +52,53 @@ BEGIN
 END;
 $$;
 
+CREATE OR REPLACE FUNCTION @extschema@.rc_record_at(
+    p_key text,
+    p_success boolean,
+    p_namespace text,
+    p_generation bigint,
+    p_now timestamptz,
+    p_duration interval DEFAULT NULL
+)
+RETURNS TABLE (state text, generation bigint)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF p_success IS NULL THEN
+        RAISE EXCEPTION 'rc: p_success must be true or false, got NULL'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    -- Nearly every outcome is a success while CLOSED, which cannot move the breaker: on a
+    -- count window with no slow calls counted it only shifts the window and the counters,
+    -- in one UPDATE, as rc_record_many_at's healthy-batch path would. Any other outcome
+    -- (or a row that does not qualify, or does not exist) takes the whole state machine.
+    IF p_success AND (p_duration IS NULL
+                      OR (p_duration >= interval '0' AND extract(year FROM p_duration) = 0
+                          AND extract(month FROM p_duration) = 0)) THEN
+        UPDATE @extschema@.rc_circuit_breakers AS b
+        SET execution_log = b.execution_log[cardinality(b.execution_log) - b.window_size + 2 :]
+                            || true,
+            slow_log = '{}',
+            failure_count = 0,
+            successes = b.successes + 1,
+            updated_at = coalesce(p_now, clock_timestamp())
+        WHERE b.resource_key = p_key AND b.namespace = p_namespace
+          AND b.state = 'CLOSED' AND b.window_duration IS NULL
+          AND b.slow_call_duration IS NULL
+          AND (p_generation IS NULL OR p_generation = b.generation)
+        RETURNING b.state, b.generation INTO state, generation;
+        IF FOUND THEN
+            RETURN NEXT;
+            RETURN;
+        END IF;
+    END IF;
+    RETURN QUERY
+    SELECT * FROM @extschema@.rc_record_many_at(p_key, p_namespace, ARRAY[p_success],
+                                    ARRAY[p_generation], p_now, ARRAY[p_duration]);
+END;
+$$;
+
 CREATE OR REPLACE FUNCTION @extschema@.rc_record(
     p_key text,
     p_success boolean,
@@ -70,8 +119,8 @@ BEGIN
     PERFORM @extschema@.rc_check_namespace(p_namespace);
     PERFORM @extschema@.rc_relax_commit();
     RETURN QUERY
-    SELECT * FROM @extschema@.rc_record_many_at(p_key, p_namespace, ARRAY[p_success],
-                                    ARRAY[p_generation], NULL, ARRAY[p_duration]);
+    SELECT * FROM @extschema@.rc_record_at(p_key, p_success, p_namespace, p_generation, NULL,
+                                           p_duration);
 END;
 $$;
 
