@@ -238,10 +238,10 @@ MUTANTS = (
         "    PERFORM @extschema@.rc_check_namespace(p_namespace);\n"
         "    PERFORM @extschema@.rc_relax_commit();\n"
         "    RETURN QUERY\n"
-        "    SELECT * FROM @extschema@.rc_record_many_at(p_key, p_namespace, ARRAY[p_success],",
+        "    SELECT * FROM @extschema@.rc_record_at(",
         "    PERFORM @extschema@.rc_check_namespace(p_namespace);\n"
         "    RETURN QUERY\n"
-        "    SELECT * FROM @extschema@.rc_record_many_at(p_key, p_namespace, ARRAY[p_success],",
+        "    SELECT * FROM @extschema@.rc_record_at(",
         must_kill=True,
     ),
     Mutant(
