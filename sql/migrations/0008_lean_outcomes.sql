@@ -1,4 +1,4 @@
--- Version 7: a strict call's outcome costs less on the server.
+-- Version 8: a strict call's outcome costs less on the server.
 -- An outcome that moves no state commits without waiting for its WAL flush: rc_record and
 -- rc_record_many relax synchronous_commit for their own transaction (when it has written
 -- nothing before them), and rc_notify_transition, which every transition calls, restores the
