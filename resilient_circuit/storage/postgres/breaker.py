@@ -1,7 +1,9 @@
 """One breaker row as seen from this process: the round trips, and the verdicts it may skip.
 
 While OPEN a breaker remembers the remaining cooldown the server reported and
-rejects locally until then. With ``cached`` admission a CLOSED breaker admits from
+rejects locally until then. A verdict taken before the store's LISTEN connection is
+up is held for a second at most, until the listener, once listening, reads it again
+and extends it to the cooldown (or drops it, if the row changed meanwhile). With ``cached`` admission a CLOSED breaker admits from
 the last reply while the store's LISTEN connection is up; with ``batched``
 recording the outcomes of calls admitted while CLOSED are queued and flushed
 together.
@@ -93,6 +95,7 @@ class PgBreaker(Breaker):
         "_last",
         "_listen_requested",
         "_open_deadline",
+        "_open_unheard",
         "_open_until",
         "_queue",
         "_shed_logged_at",
@@ -129,6 +132,8 @@ class PgBreaker(Breaker):
         self._last: Reply | None = None
         self._open_deadline = 0  # monotonic ns; 0 = no cached OPEN verdict
         self._open_until = 0  # monotonic ns: the end of the cooldown the server reported
+        # Was the held OPEN verdict taken while no LISTEN connection could revoke it?
+        self._open_unheard = False
         self._trusted = False  # may the last reply admit without asking the server?
         # Bumped by every invalidation: a reply to a request sent before one is not trusted.
         self._epoch = 0
@@ -194,13 +199,40 @@ class PgBreaker(Breaker):
     def invalidate(self, *, keep_open: bool = False) -> None:
         """Forget cached verdicts: the next call asks the server.
 
-        ``keep_open`` keeps a held OPEN verdict: right when listening first starts,
-        every held one was taken unheard and so is already capped at a second.
+        ``keep_open`` keeps a held OPEN verdict: when listening (re)starts, every held
+        one was taken unheard (losing the connection dropped the others), so it is
+        capped at a second until ``reheard`` extends it.
         """
         self._epoch += 1
         if not keep_open:
             self._open_deadline = 0
         self._trusted = False
+
+    def held_unheard(self) -> tuple[int, int] | None:
+        """The epoch and generation of an OPEN verdict held unheard, to read it again."""
+        last = self._last
+        if not (self._open_deadline and self._open_unheard) or last is None:
+            return None
+        return self._epoch, last.generation
+
+    def reheard(self, remaining: int | None, epoch: int, now: int) -> None:
+        """The row, read again once LISTEN is up, is OPEN for ``remaining`` ns more (None: not).
+
+        LISTEN was established before that read, so from then on every change to the
+        row is announced: the verdict may be held for the whole cooldown, as if taken
+        while listening. A row that changed in between (a peer forced CLOSED, a reset)
+        drops it instead. ``epoch`` is when it was picked: anything that invalidated
+        the breaker since then wins.
+        """
+        if epoch != self._epoch:
+            return
+        if remaining is None:
+            self.invalidate()
+            return
+        self._open_until = self._open_deadline = now + remaining
+        self._open_unheard = False
+        if epoch != self._epoch:
+            self._open_deadline = 0  # invalidated while this was being written
 
     def announced(self, event: Transition) -> None:
         """A transition of this breaker was announced: drop what this process cached.
@@ -286,16 +318,21 @@ class PgBreaker(Breaker):
             # It is held for the whole cooldown only while NOTIFY can end it early (a
             # peer forcing CLOSED, a reset); unheard, for a second at most.
             hold = adm.retry_after
-            if not self._host.listening():
-                # Held verdicts need LISTEN too: opened the first time one is held.
+            unheard = not self._host.listening()
+            if unheard:
+                # Held verdicts need LISTEN too: opened the first time one is held. The
+                # listener reads the verdict again once listening, and extends it.
                 self._host.listen()
                 hold = min(hold, UNHEARD_OPEN_HOLD_NS)
             now = time.monotonic_ns()
             self._open_until = now + adm.retry_after
+            self._open_unheard = unheard
             self._open_deadline = now + hold
             last = self._last
-            if last is not None and last.generation > adm.generation:
-                self._open_deadline = 0  # a newer transition was heard meanwhile
+            if (last is not None and last.generation > adm.generation) or epoch != self._epoch:
+                # A newer transition was heard, or the cache invalidated (LISTEN lost),
+                # while this verdict was being written.
+                self._open_deadline = 0
         return adm
 
     def _recorded(self, row: tuple[Any, ...], epoch: int) -> Reply:

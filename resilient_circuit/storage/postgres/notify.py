@@ -168,7 +168,11 @@ class Listener:
     ``on_event(None)`` whenever the connection is (re)established, since what happened
     while it was down is unknown. Any role that can connect can notify the channel, so
     ``on_event`` must treat a transition as a hint to ask again, never as a fact.
-    ``healthy`` is True only while the connection is listening.
+    ``on_listening(conn)``, when given, runs next on that connection, before
+    ``healthy`` turns True: what was cached while not listening can be read again
+    there, since every later change is announced. ``on_lost()`` runs whenever a
+    listening connection is lost (or the thread stops): what it vouched for is no
+    longer vouched for. ``healthy`` is True only while the connection is listening.
 
     With ``check_route``, a connection that turns out to go through a connection
     pooler (which cannot deliver notifications in transaction pooling) is given up
@@ -183,6 +187,8 @@ class Listener:
         *,
         check_route: bool = True,
         on_refused: Callable[[], None] | None = None,
+        on_listening: Callable[[psycopg.Connection[Any]], None] | None = None,
+        on_lost: Callable[[], None] | None = None,
     ) -> None:
         self._dsn = dsn
         self._check_route = check_route
@@ -190,6 +196,8 @@ class Listener:
         self.refused = False
         self._kwargs = {k: v for k, v in connect_kwargs.items() if k != "options"}
         self._on_event = on_event
+        self._on_listening = on_listening
+        self._on_lost = on_lost
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -226,6 +234,8 @@ class Listener:
                         return
                     conn.execute(f"LISTEN {CHANNEL}")
                     self._on_event(None)
+                    if self._on_listening is not None:
+                        self._on_listening(conn)
                     self._listening.set()
                     backoff = 0.25
                     while not self._stop.is_set():
@@ -241,9 +251,19 @@ class Listener:
                 # also drops every cached verdict) is the safe way back.
                 logger.exception("transition listener failed; reconnecting in %.2f s", backoff)
             finally:
-                self._listening.clear()
+                self._lost()
             self._stop.wait(backoff)
             backoff = min(backoff * 2, 5.0)
+
+    def _lost(self) -> None:
+        if not self._listening.is_set():
+            return
+        self._listening.clear()
+        if self._on_lost is not None:
+            try:
+                self._on_lost()
+            except Exception:
+                logger.exception("transition listener: handling the lost connection failed")
 
     def _refuse(self) -> None:
         self.refused = True

@@ -91,6 +91,14 @@ _STATEMENTS = {
     ),
     "forget": "SELECT {s}.rc_forget(%(key)s, %(namespace)s)",
     "gc": "SELECT {s}.rc_gc(%(idle)s)",
+    # Several breakers at once, by position: the OPEN verdicts held while LISTEN was not
+    # up are read again, in one round trip, once it is.
+    "reread": (
+        "SELECT k.i, s.state, s.generation, s.cooldown_remaining"
+        " FROM unnest(%(keys)s::text[], %(namespaces)s::text[]) WITH ORDINALITY"
+        " AS k(key, namespace, i)"
+        " CROSS JOIN LATERAL {s}.rc_status(k.key, k.namespace) AS s"
+    ),
 }
 
 
@@ -110,6 +118,7 @@ class Statements:
     set_state: sql.Composed
     forget: sql.Composed
     gc: sql.Composed
+    reread: sql.Composed
 
     @classmethod
     def for_schema(cls, schema: str) -> Statements:
@@ -141,6 +150,7 @@ _FUNCTIONS = {
     "set_state": "rc_set_state",
     "forget": "rc_forget",
     "gc": "rc_gc",
+    "reread": "rc_status",
 }
 
 
@@ -196,6 +206,13 @@ def describe_stored(row: tuple[Any, ...]) -> str:
 
 def _seconds(value: timedelta) -> str:
     return f"{value.total_seconds():g}s"
+
+
+def open_remaining(row: tuple[Any, ...] | None, generation: int) -> int | None:
+    """A ``reread`` row's remaining cooldown (ns) if it is still OPEN in ``generation``."""
+    if row is None or row[0] != "OPEN" or row[1] != generation:
+        return None
+    return interval_ns(row[2]) or None
 
 
 def admission(row: tuple[Any, ...]) -> Admission:

@@ -212,7 +212,6 @@ class PostgresStorage(CircuitBreakerStorage):
         self.outage = Outage(self._where, self._outage_effect)
         self._lock = threading.Lock()
         self._listener: notify.Listener | None = None
-        self._listened = False  # has a LISTEN connection ever been up?
         self._warned_unlistened = False
         self._flusher = Flusher(self.flush_interval, self.flush, self._last_flush)
         self._errors_logged: dict[str, float] = {}
@@ -572,6 +571,8 @@ class PostgresStorage(CircuitBreakerStorage):
                     # A listen_dsn is the operator's word that it reaches PostgreSQL.
                     check_route=self._listen_dsn is None,
                     on_refused=self._listen_refused,
+                    on_listening=self._reread_held,
+                    on_lost=self._listen_lost,
                 )
                 self._listener.start()
 
@@ -619,11 +620,10 @@ class PostgresStorage(CircuitBreakerStorage):
 
     def _announced(self, event: Transition | None) -> None:
         if event is None:
-            # (Re)connected: what happened while not listening is unknown.
-            first = not self._listened
-            self._listened = True
+            # (Re)connected: what happened while not listening is unknown. The OPEN
+            # verdicts held meanwhile are capped at a second, and read again next.
             for each in self.breakers():
-                each.invalidate(keep_open=first)
+                each.invalidate(keep_open=True)
             return
         found = self._breakers.get((event.namespace, event.resource_key))
         if found is not None:
@@ -634,6 +634,43 @@ class PostgresStorage(CircuitBreakerStorage):
             except Exception:
                 # The listener thread serves every breaker: one faulty callback must not stop it.
                 logger.exception("transition subscriber %r failed", callback)
+
+    def _reread_held(self, conn: psycopg.Connection[Any]) -> None:
+        """LISTEN is up on ``conn``: read the OPEN verdicts held unheard again, at once.
+
+        From now on every change is announced; a change between a verdict and this
+        read (a peer forcing CLOSED) shows in the row. Then a still-OPEN verdict is held
+        for its whole cooldown: no round trip until it ends, in any mode.
+        """
+        held = [(b, mark) for b in self.breakers() if (mark := b.held_unheard()) is not None]
+        if not held:
+            return
+        params = {
+            "keys": [b.resource_key for b, _ in held],
+            "namespaces": [b.namespace for b, _ in held],
+        }
+        try:
+            rows = conn.execute(self.statements.reread, params).fetchall()
+        except psycopg.Error as exc:
+            if conn.broken:
+                raise  # the listener reconnects (and reads them again then)
+            # Left capped at a second: the next call after it asks, as without LISTEN.
+            logger.warning(
+                "breaker storage %s: could not read held OPEN verdicts again: %s",
+                self._where,
+                one_line(exc),
+            )
+            return
+        now = time.monotonic_ns()
+        found = {row[0]: row[1:] for row in rows}
+        for number, (each, (epoch, generation)) in enumerate(held, 1):
+            each.reheard(queries.open_remaining(found.get(number), generation), epoch, now)
+
+    def _listen_lost(self) -> None:
+        # Nothing can revoke a cached verdict any more: every call asks again, and OPEN
+        # verdicts are held for a second at most, until a LISTEN connection is back.
+        for each in self.breakers():
+            each.invalidate()
 
     def subscribe(self, callback: Callable[[Transition], None]) -> Callable[[], None]:
         """Call ``callback(transition)`` for each transition heard; returns the unsubscribe.

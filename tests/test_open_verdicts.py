@@ -1,0 +1,235 @@
+"""OPEN verdicts held locally on a real PostgreSQL: no round trip from the first one, in
+every mode, and still revoked at once by a peer's force CLOSED."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from resilient_circuit import CircuitProtectorPolicy, CircuitState, ProtectedCallError
+from resilient_circuit.storage import PostgresStorage
+from resilient_circuit.storage.postgres.breaker import UNHEARD_OPEN_HOLD_NS
+
+from ._helpers import wait_for
+
+NAMESPACE = "open"
+COOLDOWN = timedelta(hours=1)
+# Every way a policy can talk to the store: each gets a store (a process) of its own,
+# so that no other breaker has started its LISTEN connection beforehand.
+MODES: dict[str, dict[str, str]] = {
+    "strict": {},
+    "cached": {"admission": "cached"},
+    "batched": {"recording": "batched"},
+}
+
+
+class Failed(Exception):
+    pass
+
+
+@pytest.fixture
+def make_store(pg_dsn: str) -> Iterator[Callable[..., PostgresStorage]]:
+    made: list[PostgresStorage] = []
+
+    def make(**kwargs: Any) -> PostgresStorage:
+        store = PostgresStorage(kwargs.pop("dsn", pg_dsn), namespace=NAMESPACE, **kwargs)
+        made.append(store)
+        return store
+
+    yield make
+    for store in made:
+        store.close()
+
+
+def count_round_trips(monkeypatch: pytest.MonkeyPatch, store: PostgresStorage) -> list[Any]:
+    """Every statement a call sends through ``store`` from now on, sync or async."""
+    sent: list[Any] = []
+    real_fetch, real_afetch = store.fetch, store.afetch
+
+    def fetch(breaker: Any, statement: Any, params: Any, **kw: Any) -> Any:
+        sent.append(params)
+        return real_fetch(breaker, statement, params, **kw)
+
+    async def afetch(breaker: Any, statement: Any, params: Any, **kw: Any) -> Any:
+        sent.append(params)
+        return await real_afetch(breaker, statement, params, **kw)
+
+    monkeypatch.setattr(store, "fetch", fetch)
+    monkeypatch.setattr(store, "afetch", afetch)
+    return sent
+
+
+def policy_on(store: PostgresStorage, key: str = "svc", **modes: Any) -> CircuitProtectorPolicy:
+    return CircuitProtectorPolicy(resource_key=key, storage=store, cooldown=COOLDOWN, **modes)
+
+
+def sync_call(policy: CircuitProtectorPolicy) -> Callable[[bool], str | None]:
+    """``run(ok)``: the call's result, or None when the breaker rejected it."""
+
+    @policy
+    def call(ok: bool) -> str:
+        if not ok:
+            raise Failed
+        return "ok"
+
+    def run(ok: bool) -> str | None:
+        try:
+            return call(ok)
+        except ProtectedCallError:
+            return None
+
+    return run
+
+
+def async_call(policy: CircuitProtectorPolicy) -> Callable[[bool], str | None]:
+    """``sync_call`` through an ``async def`` function, each call on a fresh event loop."""
+
+    @policy
+    async def call(ok: bool) -> str:
+        await asyncio.sleep(0)
+        if not ok:
+            raise Failed
+        return "ok"
+
+    async def run(ok: bool) -> str | None:
+        try:
+            return await call(ok)
+        except ProtectedCallError:
+            return None
+
+    return lambda ok: asyncio.run(run(ok))
+
+
+APIS = {"sync": sync_call, "async": async_call}
+
+
+def trip(store: PostgresStorage, run: Callable[[bool], str | None]) -> None:
+    with pytest.raises(Failed):
+        run(False)
+    store.flush()  # a batched failure trips the breaker when it is sent
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_no_round_trip_while_open_from_the_first_verdict(
+    make_store: Callable[..., PostgresStorage], monkeypatch: pytest.MonkeyPatch, api: str
+) -> None:
+    """After the call that brings the OPEN verdict, rejections never ask the server again.
+
+    That first verdict arrives before the LISTEN connection that could revoke it is up;
+    once it is, the verdict is read again and held for the whole cooldown, beyond the
+    second a verdict nobody can revoke is held.
+    """
+    runs = {}
+    for mode, kwargs in MODES.items():
+        store = make_store()
+        runs[mode] = (store, APIS[api](policy_on(store, mode, **kwargs)))
+        trip(store, runs[mode][1])
+    sent = {mode: count_round_trips(monkeypatch, store) for mode, (store, _) in runs.items()}
+    for _, run in runs.values():
+        assert run(True) is None  # the first verdict: one round trip
+    assert {mode: len(s) for mode, s in sent.items()} == dict.fromkeys(MODES, 1)
+    for store, _ in runs.values():
+        assert store.wait_listening()
+    time.sleep(UNHEARD_OPEN_HOLD_NS / 1e9 + 0.1)
+    for _ in range(50):
+        for _, run in runs.values():
+            assert run(True) is None
+    assert {mode: len(s) for mode, s in sent.items()} == dict.fromkeys(MODES, 1)
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_a_peer_forcing_closed_before_listen_is_up_is_obeyed_once_it_is(
+    make_store: Callable[..., PostgresStorage],
+    pg_dsn: str,
+    monkeypatch: pytest.MonkeyPatch,
+    api: str,
+) -> None:
+    """A force CLOSED between the first OPEN verdict and LISTEN is not missed.
+
+    No notification can tell of it, since nothing listened yet: the verdict is read
+    again as soon as LISTEN is up, so the next call runs, without waiting for the
+    second an unheard verdict may be held.
+    """
+    store = make_store()
+    listen = store.listen
+    monkeypatch.setattr(store, "listen", lambda: None)  # LISTEN waits until told
+    events: list[tuple[CircuitState, CircuitState]] = []
+    policy = CircuitProtectorPolicy(
+        resource_key="svc",
+        storage=store,
+        cooldown=COOLDOWN,
+        on_status_change=lambda p, old, new: events.append((old, new)),
+    )
+    run = APIS[api](policy)
+    trip(store, run)
+    assert run(True) is None  # the first OPEN verdict, held while nothing listens
+    assert not store.listening()
+    with psycopg.connect(pg_dsn, autocommit=True) as peer:
+        peer.execute("SELECT * FROM rc_force('svc', 'CLOSED', %s)", (NAMESPACE,))
+    listen()
+    assert store.wait_listening()
+    assert run(True) == "ok"
+    assert events == [
+        (CircuitState.CLOSED, CircuitState.OPEN),
+        (CircuitState.OPEN, CircuitState.CLOSED),
+    ]
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_a_forged_notification_neither_opens_nor_closes(
+    make_store: Callable[..., PostgresStorage], pg_dsn: str, api: str
+) -> None:
+    """A payload claiming CLOSED only makes the holder ask; the server's OPEN stands."""
+    store = make_store()
+    run = APIS[api](policy_on(store))
+    store.listen()
+    assert store.wait_listening()
+    trip(store, run)
+    assert run(True) is None
+    breaker = store.breakers()[0]
+    forged = (
+        '{"namespace": "open", "key": "svc", "from": "OPEN", "to": "CLOSED",'
+        ' "generation": 99, "open_until": null}'
+    )
+    with psycopg.connect(pg_dsn, autocommit=True) as forger:
+        forger.execute("SELECT pg_notify('resilient_circuit', %s)", (forged,))
+    assert wait_for(lambda: not breaker._open_deadline)  # type: ignore[attr-defined]
+    assert run(True) is None
+    assert breaker.last_known is not None
+    assert breaker.last_known.state is CircuitState.OPEN
+
+
+def test_losing_the_listen_connection_drops_held_open_verdicts(
+    make_store: Callable[..., PostgresStorage],
+    pg_dsn: str,
+    pg_role: Callable[[], Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With LISTEN gone, nothing could revoke a held verdict: the next call asks again."""
+    listener = pg_role()
+    store = make_store(listen_dsn=listener.dsn(pg_dsn))
+    run = sync_call(policy_on(store))
+    store.listen()
+    assert store.wait_listening()
+    trip(store, run)
+    assert run(True) is None  # heard: held for the whole cooldown
+    sent = count_round_trips(monkeypatch, store)
+    assert run(True) is None
+    assert sent == []
+    role = sql.Identifier(str(listener))
+    with psycopg.connect(pg_dsn, autocommit=True) as admin:
+        # No way back for the LISTEN connection: only its loss can drop the verdict.
+        admin.execute(sql.SQL("ALTER ROLE {} NOLOGIN").format(role))
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s",
+            (str(listener),),
+        )
+    assert wait_for(lambda: run(True) is None and len(sent) > 0)
+    assert not store.listening()
