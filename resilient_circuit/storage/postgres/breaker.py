@@ -3,10 +3,10 @@
 While OPEN a breaker remembers the remaining cooldown the server reported and
 rejects locally until then. A verdict taken before the store's LISTEN connection is
 up is held for a second at most, until the listener, once listening, reads it again
-and extends it to the cooldown (or drops it, if the row changed meanwhile). With ``cached`` admission a CLOSED breaker admits from
-the last reply while the store's LISTEN connection is up; with ``batched``
-recording the outcomes of calls admitted while CLOSED are queued and flushed
-together.
+and extends it to the cooldown (or drops it, if the row changed meanwhile). With
+``cached`` admission a CLOSED breaker admits from the last reply while the store's
+LISTEN connection is up; with ``batched`` recording the outcomes of calls admitted
+while CLOSED are queued and flushed together.
 """
 
 from __future__ import annotations
