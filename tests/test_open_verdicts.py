@@ -233,3 +233,23 @@ def test_losing_the_listen_connection_drops_held_open_verdicts(
         )
     assert wait_for(lambda: run(True) is None and len(sent) > 0)
     assert not store.listening()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_the_announcement_of_the_verdicts_own_trip_keeps_it(
+    make_store: Callable[..., PostgresStorage], monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    """This process's own force OPEN, announced after the verdict, asks nothing new."""
+    store = make_store()
+    run = sync_call(policy_on(store, **MODES[mode]))
+    heard: list[Any] = []
+    store.subscribe(heard.append)  # runs once the breakers have handled the transition
+    assert store.wait_listening()
+    assert run(True) == "ok"
+    store.breakers()[0].force(CircuitState.OPEN)
+    sent = count_round_trips(monkeypatch, store)
+    assert run(True) is None
+    assert wait_for(lambda: any(t.new is CircuitState.OPEN for t in heard))
+    for _ in range(20):
+        assert run(True) is None
+    assert len(sent) == 1

@@ -95,6 +95,7 @@ class PgBreaker(Breaker):
         "_last",
         "_listen_requested",
         "_open_deadline",
+        "_open_generation",
         "_open_unheard",
         "_open_until",
         "_queue",
@@ -134,6 +135,7 @@ class PgBreaker(Breaker):
         self._open_until = 0  # monotonic ns: the end of the cooldown the server reported
         # Was the held OPEN verdict taken while no LISTEN connection could revoke it?
         self._open_unheard = False
+        self._open_generation = -1  # the generation of the held OPEN verdict
         self._trusted = False  # may the last reply admit without asking the server?
         # Bumped by every invalidation: a reply to a request sent before one is not trusted.
         self._epoch = 0
@@ -210,12 +212,11 @@ class PgBreaker(Breaker):
 
     def held_unheard(self) -> tuple[int, int] | None:
         """The epoch and generation of an OPEN verdict held unheard, to read it again."""
-        last = self._last
-        if not (self._open_deadline and self._open_unheard) or last is None:
+        if not (self._open_deadline and self._open_unheard):
             return None
-        return self._epoch, last.generation
+        return self._epoch, self._open_generation
 
-    def reheard(self, remaining: int | None, epoch: int, now: int) -> None:
+    def reheard(self, remaining: int | None, epoch: int, generation: int, now: int) -> None:
         """The row, read again once LISTEN is up, is OPEN for ``remaining`` ns more (None: not).
 
         LISTEN was established before that read, so from then on every change to the
@@ -230,6 +231,7 @@ class PgBreaker(Breaker):
             self.invalidate()
             return
         self._open_until = self._open_deadline = now + remaining
+        self._open_generation = generation
         self._open_unheard = False
         if epoch != self._epoch:
             self._open_deadline = 0  # invalidated while this was being written
@@ -245,6 +247,15 @@ class PgBreaker(Breaker):
             # Generation 0 is a breaker forgotten (or never used): if it was forgotten,
             # its row went with the configuration, so store ours again on next use.
             self._configured = False
+        else:
+            last = self._last
+            if last is not None and (last.state, last.generation) == (event.new, event.generation):
+                # The transition into the very state and generation a reply already
+                # told (most often this process's own trip or force, announced after
+                # its reply): nothing new to ask about. Ignoring it is safe even if
+                # forged, since any later transition has a newer generation (or 0, a
+                # forgotten row) and still drops what was cached.
+                return
         self.invalidate()
 
     @property
@@ -327,6 +338,7 @@ class PgBreaker(Breaker):
             now = time.monotonic_ns()
             self._open_until = now + adm.retry_after
             self._open_unheard = unheard
+            self._open_generation = adm.generation
             self._open_deadline = now + hold
             last = self._last
             if (last is not None and last.generation > adm.generation) or epoch != self._epoch:

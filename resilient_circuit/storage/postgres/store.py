@@ -664,7 +664,8 @@ class PostgresStorage(CircuitBreakerStorage):
         now = time.monotonic_ns()
         found = {row[0]: row[1:] for row in rows}
         for number, (each, (epoch, generation)) in enumerate(held, 1):
-            each.reheard(queries.open_remaining(found.get(number), generation), epoch, now)
+            remaining = queries.open_remaining(found.get(number), generation)
+            each.reheard(remaining, epoch, generation, now)
 
     def _listen_lost(self) -> None:
         # Nothing can revoke a cached verdict any more: every call asks again, and OPEN
