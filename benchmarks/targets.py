@@ -299,11 +299,11 @@ def evaluate(out: dict[str, dict[str, Any]], labels: dict[str, str]) -> list[Tar
                 _status(ok),
                 ""
                 if ok
-                else "a strict store is not listening when its first OPEN verdict comes: "
-                "it holds the verdict for 1 s only (it could not hear a peer close the "
-                "breaker) and opens its LISTEN connection, which forgets cached verdicts "
-                "as it comes up; so it asks again then and once more a second later, and "
-                "from then on not until open_until (see the second window)",
+                else "a store asked again while OPEN: a first verdict taken before the "
+                "LISTEN connection is up is held for 1 s at most, and extended to the "
+                "cooldown when LISTEN comes up and reads it again; a question in the "
+                "first window means that read did not happen within the second (LISTEN "
+                "refused, or slow to connect) or a notification dropped the verdict",
             )
         )
         slowest = max(measured.items(), key=lambda item: item[1].get("overhead_ns", 0))
