@@ -565,11 +565,6 @@ def app_connections(dsn: str) -> tuple[int, int]:
     return row[0], row[1]
 
 
-@pytest.mark.skip(
-    reason="known bug: with several event loops sharing one connection budget, closing the "
-    "store can hang (seen once in three runs); the budget and idle-close rules stand untested "
-    "until it is fixed"
-)
 def test_event_loops_share_one_budget_and_idle_connections_close(pg_dsn: str) -> None:
     """Three event loops at once hold at most max_connections; idle ones close; no LISTEN."""
     store = PostgresStorage(pg_dsn, max_connections=3, idle_timeout=0.5)

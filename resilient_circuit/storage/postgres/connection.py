@@ -25,7 +25,6 @@ import asyncio
 import logging
 import math
 import threading
-import weakref
 from collections.abc import AsyncIterator, Iterator
 from contextlib import (
     AbstractAsyncContextManager,
@@ -40,8 +39,9 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from resilient_circuit._dsn import Dsn
+from resilient_circuit.storage.postgres.loop_pool import Budget, LoopPool, budgeted_connection_class
 
-__all__ = ("Budget", "Pools", "describe", "reaches_server", "setup_session")
+__all__ = ("Pools", "describe", "reaches_server", "setup_session")
 
 logger = logging.getLogger("resilient_circuit.storage")
 
@@ -123,61 +123,6 @@ def reaches_server(conn: psycopg.Connection[Any]) -> bool:
     return row is not None and row[0] == conn.info.backend_pid
 
 
-class Budget:
-    """How many more connections the event loops' pools may open, together."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._free = threading.BoundedSemaphore(size)
-
-    def take_now(self) -> None:
-        """A share, or the error at once (the pool's client then waits for a connection
-        another task returns). Never a wait here: an async pool's worker swallows
-        cancellation while it runs a task, so a waiting task could keep ``asyncio.run``
-        from ever returning."""
-        if not self._free.acquire(blocking=False):
-            raise self._exhausted()
-
-    def _exhausted(self) -> psycopg.OperationalError:
-        return psycopg.OperationalError(
-            f"all {self.size} connections of the store's budget (max_connections) are in use"
-        )
-
-    def give_back(self) -> None:
-        self._free.release()
-
-
-def _async_connection_class(budget: Budget) -> type[psycopg.AsyncConnection[Any]]:
-    """An async connection class that holds a share of ``budget`` while it exists.
-
-    The share is given back on ``close()``, or when the pool drops a broken
-    connection without closing it (its socket lives until then anyway).
-    """
-
-    class AsyncBudgetedConnection(psycopg.AsyncConnection[Any]):
-        _share: weakref.finalize[[], None] | None = None
-
-        @classmethod
-        async def connect(cls, conninfo: str = "", **kwargs: Any) -> AsyncBudgetedConnection:
-            budget.take_now()
-            try:
-                conn = await super().connect(conninfo, **kwargs)
-            except BaseException:
-                budget.give_back()
-                raise
-            conn._share = weakref.finalize(conn, budget.give_back)  # type: ignore[arg-type]
-            return conn
-
-        async def close(self) -> None:
-            try:
-                await super().close()
-            finally:
-                if self._share is not None:
-                    self._share()
-
-    return AsyncBudgetedConnection
-
-
 _draining: set[asyncio.Future[None]] = set()
 
 
@@ -217,11 +162,11 @@ class Pools:
         # The event loops' pools share one budget: each loop's pool closes with its loop,
         # but loops come and go (asyncio.run per job), and live ones may overlap.
         self.budget = Budget(max_connections)
-        self._async_class = _async_connection_class(self.budget)
+        self._async_class = budgeted_connection_class(self.budget)
         self.through_pooler: bool | None = None  # unknown until a connection is made
         self._lock = threading.Lock()
         self._sync: ConnectionPool | None = None
-        self._async: dict[asyncio.AbstractEventLoop, AsyncConnectionPool] = {}
+        self._async: dict[asyncio.AbstractEventLoop, LoopPool] = {}
         # One suspended async generator per loop: asyncio closes it (and so the pool)
         # when the loop shuts down.
         self._closers: dict[asyncio.AbstractEventLoop, AsyncIterator[None]] = {}
@@ -310,8 +255,10 @@ class Pools:
         loop = asyncio.get_running_loop()
         pool = self._async.get(loop)
         if pool is None:
-            pool = AsyncConnectionPool(
+            self._discard_ended_loops()
+            pool = LoopPool(
                 self.dsn.conninfo,
+                budget=self.budget,
                 min_size=0,
                 max_size=self.max_connections,
                 max_idle=self.idle_timeout,
@@ -331,7 +278,7 @@ class Pools:
         return pool
 
     async def _close_with_loop(
-        self, loop: asyncio.AbstractEventLoop, pool: AsyncConnectionPool
+        self, loop: asyncio.AbstractEventLoop, pool: LoopPool
     ) -> AsyncIterator[None]:
         try:
             yield
@@ -339,6 +286,7 @@ class Pools:
             if self._async.get(loop) is pool:
                 del self._async[loop]
             self._closers.pop(loop, None)
+            self.budget.forget(pool)
             idle = list(pool._pool)
             try:
                 await pool.close()
@@ -360,10 +308,24 @@ class Pools:
             except RuntimeError:  # that event loop is closed
                 pass
 
+    def _discard_ended_loops(self) -> None:
+        """Close the pools of event loops that were closed without closing them.
+
+        ``asyncio.run`` closes a loop's pool as it ends the loop; a loop closed without
+        shutting down its async generators leaves its pool open, holding connections and
+        shares of the budget, on a loop where nothing can be awaited any more.
+        """
+        for loop, pool in list(self._async.items()):
+            if loop.is_closed() and self._async.pop(loop, None) is pool:
+                self._closers.pop(loop, None)
+                pool.discard()
+
     def close(self) -> None:
-        """Close the sync pool (async pools belong to their loops: see ``aclose``)."""
+        """Close the sync pool and the pools of closed event loops, without waiting on any
+        loop (the pools of running loops close with their loop, or with ``aclose``)."""
         with self._lock:
             pool, self._sync = self._sync, None
+        self._discard_ended_loops()
         if pool is not None:
             pool.close()
 
@@ -373,6 +335,7 @@ class Pools:
         pool = self._async.pop(loop, None)
         self._closers.pop(loop, None)
         if pool is not None:
+            self.budget.forget(pool)
             await pool.close()
 
     def abandon(self) -> None:

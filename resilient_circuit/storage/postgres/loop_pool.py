@@ -1,0 +1,228 @@
+"""The async pools of event loops: one shared connection budget, and an end with the loop.
+
+Every event loop of a process gets a pool of its own (an async pool belongs to the loop
+that opened it), and all of them draw from one ``Budget`` of connections. A loop's
+pool closes when ``asyncio.run`` ends the loop; a loop ended otherwise (``loop.close()``
+without shutting down its async generators) leaves a pool that nothing can await any
+more: ``discard`` closes its idle connections without that loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import weakref
+from heapq import heappop
+from time import monotonic
+from typing import Any
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+from psycopg_pool.pool_async import MaintenanceTask, StopWorker
+from psycopg_pool.sched_async import AsyncScheduler
+
+__all__ = ("Budget", "LoopPool", "budgeted_connection_class")
+
+logger = logging.getLogger("resilient_circuit.storage")
+
+# Tasks started from other threads' callbacks or by workers: kept referenced until done.
+_pending: set[asyncio.Future[Any]] = set()
+
+
+def _keep(task: asyncio.Future[Any]) -> None:
+    _pending.add(task)
+    task.add_done_callback(_pending.discard)
+
+
+class Budget:
+    """How many more connections the event loops' pools may open, together.
+
+    A pool refused a share waits for one: when a share comes back, every pool that was
+    refused is told to try again if it still has callers waiting (else they would wait
+    for a connection that only their own pool, which has none, could return).
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._free = threading.BoundedSemaphore(size)
+        self._lock = threading.Lock()
+        self._refused: dict[LoopPool, asyncio.AbstractEventLoop] = {}
+
+    def take_now(self) -> None:
+        """A share, or the error at once. Never a wait here: the pool's client waits
+        instead (bounded by its timeout), and ``give_back`` wakes its pool."""
+        if not self._free.acquire(blocking=False):
+            raise psycopg.OperationalError(
+                f"all {self.size} connections of the store's budget (max_connections) are in use"
+            )
+
+    def give_back(self) -> None:
+        self._free.release()
+        with self._lock:
+            refused, self._refused = self._refused, {}
+        for pool, loop in refused.items():
+            try:
+                loop.call_soon_threadsafe(pool.grow_if_waiting)
+            except RuntimeError:  # that event loop is closed: nobody waits there
+                pass
+
+    def refused(self, pool: LoopPool) -> None:
+        """``pool`` (in the running loop) could not grow: wake it on the next share."""
+        with self._lock:
+            self._refused[pool] = asyncio.get_running_loop()
+
+    def forget(self, pool: LoopPool) -> None:
+        with self._lock:
+            self._refused.pop(pool, None)
+
+
+def budgeted_connection_class(budget: Budget) -> type[psycopg.AsyncConnection[Any]]:
+    """An async connection class that holds a share of ``budget`` while it exists.
+
+    The share is given back on ``close()``, or when the pool drops a broken
+    connection without closing it (its socket lives until then anyway).
+    """
+
+    class AsyncBudgetedConnection(psycopg.AsyncConnection[Any]):
+        _share: weakref.finalize[[], None] | None = None
+
+        @classmethod
+        async def connect(cls, conninfo: str = "", **kwargs: Any) -> AsyncBudgetedConnection:
+            budget.take_now()
+            try:
+                conn = await super().connect(conninfo, **kwargs)
+            except BaseException:
+                budget.give_back()
+                raise
+            conn._share = weakref.finalize(conn, budget.give_back)  # type: ignore[arg-type]
+            return conn
+
+        async def close(self) -> None:
+            try:
+                await super().close()
+            finally:
+                self.give_share_back()
+
+        def give_share_back(self) -> None:
+            if self._share is not None:
+                self._share()
+
+    return AsyncBudgetedConnection
+
+
+async def _wait(event: asyncio.Event, timeout: float) -> None:
+    """Until ``event`` is set or ``timeout`` passes; a cancellation always gets through.
+
+    (``asyncio.wait_for`` before Python 3.12 loses a cancellation that arrives as the
+    awaited thing completes.)
+    """
+    waiter = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait((waiter,), timeout=timeout)
+    finally:
+        waiter.cancel()
+
+
+async def run_schedule(sched: AsyncScheduler) -> None:
+    """psycopg_pool's ``AsyncScheduler.run``, but ended by the first cancellation.
+
+    Its own loop can swallow the cancellation ``asyncio.run`` sends as it ends the loop
+    (waiting through ``wait_for``, and catching ``CancelledError`` around each action),
+    then waits on for ever. The actions (``MaintenanceTask.tick``) only queue a task for
+    a worker and never suspend.
+    """
+    queue = sched._queue
+    while True:
+        async with sched._lock:
+            now = monotonic()
+            task = queue[0] if queue else None
+            if task is not None and task.time <= now:
+                heappop(queue)
+            else:
+                delay = task.time - now if task is not None else sched.EMPTY_QUEUE_TIMEOUT
+                task = None
+            sched._event.clear()
+        if task is None:
+            await _wait(sched._event, delay)
+        elif task.action is None:
+            return
+        else:
+            try:
+                await task.action()
+            except Exception as ex:
+                logger.warning(
+                    "scheduled task %s failed: %s: %s", task.action, type(ex).__name__, ex
+                )
+
+
+class LoopPool(AsyncConnectionPool):
+    """The async pool of one event loop, whose workers end when the loop ends them.
+
+    ``asyncio.run`` ends a loop by cancelling every task on it (the pool's scheduler and
+    workers too) and waiting for all of them: a task that survives its cancellation
+    keeps ``asyncio.run`` from ever returning, and its thread, and the process at exit.
+    """
+
+    def _start_workers(self) -> None:
+        self._sched_runner = asyncio.create_task(
+            run_schedule(self._sched), name=f"{self.name}-scheduler"
+        )
+        for i in range(self.num_workers):
+            worker = asyncio.create_task(self.worker(self._tasks), name=f"{self.name}-worker-{i}")
+            self._workers.append(worker)
+
+    def __init__(self, *args: Any, budget: Budget, **kwargs: Any) -> None:
+        self.budget = budget
+        super().__init__(*args, reconnect_failed=budget.refused, **kwargs)
+
+    @classmethod
+    async def worker(cls, q: Any) -> None:
+        """psycopg_pool's worker loop, each task in a task of its own.
+
+        The pool's tasks catch ``CancelledError`` so that a failed task never kills a
+        worker: a cancellation that arrives while a worker is connecting is taken for a
+        failed attempt. When that cancellation is the one ``asyncio.run`` sends every
+        task as it ends the loop, the worker goes back to its queue and waits for ever,
+        and ``asyncio.run`` never returns. Awaited through a shield, the task runs apart:
+        the cancellation reaches the worker at its own ``await`` and ends it (the task,
+        cancelled in turn, finishes on its own). Nothing else cancels a task or a
+        worker while the pool is open, so a worker never outlives a cancellation.
+        """
+        while True:
+            task: MaintenanceTask = await q.get()
+            if isinstance(task, StopWorker):
+                return
+            job = asyncio.ensure_future(task.run())
+            _keep(job)
+            try:
+                await asyncio.shield(job)
+            except Exception as ex:
+                logger.warning("task run %s failed: %s: %s", task, type(ex).__name__, ex)
+
+    def grow_if_waiting(self) -> None:
+        """From the pool's loop: open a connection if callers still wait for one."""
+
+        async def grow() -> None:
+            async with self._lock:
+                if self._waiting and not self.closed:
+                    self._maybe_grow_pool()
+
+        _keep(asyncio.ensure_future(grow()))
+
+    def discard(self) -> None:
+        """Close the idle connections of a pool whose loop is closed, without that loop.
+
+        Nothing can run there any more: the connections are ended from this thread,
+        their shares of the budget given back, and the pool marked closed. Connections
+        a task of that loop had taken are ended when collected.
+        """
+        self._closed = True
+        self.budget.forget(self)
+        conns, self._pool = list(self._pool), type(self._pool)()
+        for conn in conns:
+            conn._closed = True
+            conn.pgconn.finish()
+            give_back = getattr(conn, "give_share_back", None)
+            if give_back is not None:
+                give_back()
