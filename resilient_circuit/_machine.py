@@ -298,6 +298,8 @@ class Config:
         if self.window_duration_ns is not None:
             found.append(("window_duration", seconds(self.window_duration_ns)))
             found.append(("minimum_calls", str(self.minimum_calls)))
+        elif self.minimum_calls != self.window_size:
+            found.append(("minimum_calls", str(self.minimum_calls)))
         if self.slow_call_duration_ns is not None:
             found.append(("slow_call_duration", seconds(self.slow_call_duration_ns)))
             found.append(("slow_call_limit", str(self.slow_call_limit)))

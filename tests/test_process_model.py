@@ -535,6 +535,7 @@ def test_a_stored_configuration_that_differs_is_one_warning_and_the_last_wins(
         [warning] = caplog.records
         text = warning.getMessage()
         assert "payments-api" in text
+        assert "differs from this process's in failure_limit, window_size, cooldown " in text
         assert "failure_limit=3/10, window_size=10" in text
         assert "cooldown=30s" in text
         assert "failure_limit=1/1, window_size=1" in text
@@ -546,6 +547,68 @@ def test_a_stored_configuration_that_differs_is_one_warning_and_the_last_wins(
     finally:
         store_a.close()
         store_c.close()
+
+
+def declare(dsn: str, breakers: dict[str, dict[str, Any]]) -> list[str]:
+    """Run a process that declares ``breakers`` and calls each once: its WARNINGs."""
+    done = subprocess.run(
+        [sys.executable, "-m", "tests._declare_run", json.dumps(breakers)],
+        cwd=ROOT,
+        env=app_env(dsn),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    warnings: list[str] = json.loads(done.stdout.strip().splitlines()[-1])
+    return warnings
+
+
+# Each breaker's configuration in a first process, and one option changed in the next.
+BASE: dict[str, Any] = {"failure_limit": "3/10", "window_size": 10, "cooldown": 30}
+CHANGES: dict[str, dict[str, Any]] = {
+    "success_limit": {"success_limit": "2/3"},
+    "half_open_timeout": {"half_open_timeout": 7},
+    "window_duration": {"window_duration": 60, "minimum_calls": 5},
+    "minimum_calls": {"minimum_calls": 4},
+    "slow_call_duration": {"slow_call_duration": 2},
+    "slow_call_limit": {"slow_call_duration": 2, "slow_call_limit": "1/2"},
+    "cooldown_factor": {"cooldown_factor": 2.0},
+    "max_cooldown": {"max_cooldown": 600},
+}
+# What each change makes differ from BASE as stored.
+DIFFERING = {
+    "success_limit": "success_limit",
+    "half_open_timeout": "half_open_timeout",
+    "window_duration": "window_duration, minimum_calls",
+    "minimum_calls": "minimum_calls",
+    "slow_call_duration": "slow_call_duration, slow_call_limit",
+    "slow_call_limit": "slow_call_duration, slow_call_limit",
+    "cooldown_factor": "cooldown_factor",
+    "max_cooldown": "max_cooldown",
+}
+
+
+def test_every_stored_option_that_differs_is_named_in_one_warning(pg_dsn: str) -> None:
+    """Process by process: a new option that differs is one WARNING naming it; the same, none."""
+    first = {f"svc-{name}": BASE for name in CHANGES}
+    changed = {f"svc-{name}": {**BASE, **change} for name, change in CHANGES.items()}
+    prefix = "the stored configuration differs from this process's in "
+    assert declare(pg_dsn, first) == []
+    assert declare(pg_dsn, first) == []  # the same again: nothing to say
+    warnings = declare(pg_dsn, changed)
+    assert len(warnings) == len(CHANGES), warnings
+    for name, message in zip(CHANGES, warnings, strict=True):
+        assert message.startswith(f"breaker 'svc-{name}' (namespace 'default'): "), message
+        assert prefix + DIFFERING[name] + " (stored: " in message, message
+    assert declare(pg_dsn, changed) == []  # the last declaration won and is stored
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        stored = dict(
+            conn.execute(
+                "SELECT resource_key, cooldown_factor FROM rc_circuit_breaker_status"
+            ).fetchall()
+        )
+    assert stored["svc-cooldown_factor"] == 2.0
 
 
 # ---------------------------------------------------------------------- connections
@@ -636,6 +699,38 @@ def test_event_loops_share_one_budget_and_idle_connections_close(pg_dsn: str) ->
         assert all_closed()
     finally:
         store.close()
+
+
+def test_a_process_running_many_event_loops_closes_its_connections_and_exits(
+    pg_dsn: str,
+) -> None:
+    """Loops ended mid-connect, overlapping loops in threads, loops closed by hand.
+
+    Every ended loop's connections are closed, ``close()`` discards the pools of loops
+    closed without ``asyncio.run``, no thread is left, and the process exits (run apart,
+    with a timeout: a hang fails this test instead of hanging the suite).
+    """
+    done = subprocess.run(
+        [sys.executable, "-m", "tests._loops_run"],
+        cwd=ROOT,
+        env=app_env(pg_dsn),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report == {
+        "cut_short": 0,
+        "overlapping": 0,
+        # Its pool outlives a loop closed by hand, until the next loop or close().
+        "closed_by_hand": report["closed_by_hand"],
+        "next_loop": 0,
+        "closed": 0,
+        "threads": [],
+        "non_daemon": [],
+    }, done.stderr
+    assert report["closed_by_hand"] >= 1
 
 
 @pytest.mark.parametrize(

@@ -187,13 +187,17 @@ class PgBreaker(Breaker):
         """
         self._configured = True
         self._heard(queries.reply(row), self._config_epoch)
-        if stored is None or tuple(stored) == queries.config_row(self.config):
+        differing = [] if stored is None else queries.differing_fields(stored, self.config)
+        if not differing:
             return
+        assert stored is not None
         logger.warning(
-            "breaker %r (namespace %r): the stored configuration (%s) differs from this "
-            "process's (%s); this process's replaces it (the last declaration wins)",
+            "breaker %r (namespace %r): the stored configuration differs from this "
+            "process's in %s (stored: %s; this process: %s); this process's replaces it "
+            "(the last declaration wins)",
             self.resource_key,
             self.namespace,
+            ", ".join(differing),
             queries.describe_stored(stored),
             self.config.describe(),
         )

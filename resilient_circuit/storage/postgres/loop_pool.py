@@ -45,21 +45,28 @@ class Budget:
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self._free = threading.BoundedSemaphore(size)
+        self._used = 0
         self._lock = threading.Lock()
         self._refused: dict[LoopPool, asyncio.AbstractEventLoop] = {}
+
+    def available(self) -> bool:
+        """Whether a share is free now (a hint: ``take_now`` decides)."""
+        return self._used < self.size
 
     def take_now(self) -> None:
         """A share, or the error at once. Never a wait here: the pool's client waits
         instead (bounded by its timeout), and ``give_back`` wakes its pool."""
-        if not self._free.acquire(blocking=False):
-            raise psycopg.OperationalError(
-                f"all {self.size} connections of the store's budget (max_connections) are in use"
-            )
+        with self._lock:
+            if self._used >= self.size:
+                raise psycopg.OperationalError(
+                    f"all {self.size} connections of the store's budget (max_connections)"
+                    " are in use"
+                )
+            self._used += 1
 
     def give_back(self) -> None:
-        self._free.release()
         with self._lock:
+            self._used -= 1
             refused, self._refused = self._refused, {}
         for pool, loop in refused.items():
             try:
@@ -68,9 +75,22 @@ class Budget:
                 pass
 
     def refused(self, pool: LoopPool) -> None:
-        """``pool`` (in the running loop) could not grow: wake it on the next share."""
+        """``pool`` (in the running loop) found no share free: wake it on the next one."""
+        loop = asyncio.get_running_loop()
         with self._lock:
-            self._refused[pool] = asyncio.get_running_loop()
+            self._refused[pool] = loop
+            freed_meanwhile = self._used < self.size
+        if freed_meanwhile:  # a share came back before this pool asked to be woken
+            self.forget(pool)
+            loop.call_soon(pool.grow_if_waiting)
+
+    async def failed_to_grow(self, pool: AsyncConnectionPool) -> None:
+        """``pool`` gave up opening a connection (``reconnect_failed``), most likely
+        refused a share by another loop's pool that took the last one: wake it on the
+        next share (only then: during an outage, that is not a busy loop)."""
+        if isinstance(pool, LoopPool):
+            with self._lock:
+                self._refused[pool] = asyncio.get_running_loop()
 
     def forget(self, pool: LoopPool) -> None:
         with self._lock:
@@ -174,7 +194,7 @@ class LoopPool(AsyncConnectionPool):
 
     def __init__(self, *args: Any, budget: Budget, **kwargs: Any) -> None:
         self.budget = budget
-        super().__init__(*args, reconnect_failed=budget.refused, **kwargs)
+        super().__init__(*args, reconnect_failed=budget.failed_to_grow, **kwargs)
 
     @classmethod
     async def worker(cls, q: Any) -> None:
@@ -199,6 +219,14 @@ class LoopPool(AsyncConnectionPool):
                 await asyncio.shield(job)
             except Exception as ex:
                 logger.warning("task run %s failed: %s: %s", task, type(ex).__name__, ex)
+
+    def _maybe_grow_pool(self) -> None:
+        # With the budget spent, an attempt would only fail (and log it): wait for a
+        # share to come back instead, within the waiting callers' own timeout.
+        if not self._growing and self._nconns < self._max_size and not self.budget.available():
+            self.budget.refused(self)
+            return
+        super()._maybe_grow_pool()
 
     def grow_if_waiting(self) -> None:
         """From the pool's loop: open a connection if callers still wait for one."""

@@ -9,11 +9,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
+from fractions import Fraction
 from typing import Any
 
 from psycopg import sql
 
-from resilient_circuit._machine import Admission, CircuitState, Config
+from resilient_circuit._machine import (
+    DEFAULT_TIME_MINIMUM_CALLS,
+    Admission,
+    CircuitState,
+    Config,
+)
 from resilient_circuit.storage.base import Snapshot
 
 __all__ = (
@@ -81,7 +87,9 @@ _STATEMENTS = {
     ),
     # What the row holds before this process configures it, to say so when it differs.
     "stored_config": (
-        "SELECT failure_limit, window_size, success_limit, cooldown, half_open_timeout"
+        "SELECT failure_limit, window_size, success_limit, cooldown, half_open_timeout,"
+        " window_duration, minimum_calls, slow_call_duration, slow_call_limit,"
+        " cooldown_factor, max_cooldown"
         " FROM {s}.rc_status(%(key)s, %(namespace)s)"
     ),
     # 0.4.5's set_state: a transition like any other, announced, within the role's grants.
@@ -182,26 +190,92 @@ def configure_params(key: str, namespace: str, cfg: Config) -> dict[str, Any]:
     }
 
 
+# Every option rc_configure stores, in the order the ``stored_config`` statement reads them.
+CONFIG_FIELDS = (
+    "failure_limit",
+    "window_size",
+    "success_limit",
+    "cooldown",
+    "half_open_timeout",
+    "window_duration",
+    "minimum_calls",
+    "slow_call_duration",
+    "slow_call_limit",
+    "cooldown_factor",
+    "max_cooldown",
+)
+
+
+def _fraction(value: Fraction | None) -> str | None:
+    return None if value is None else f"{value.numerator}/{value.denominator}"
+
+
 def config_row(cfg: Config) -> tuple[Any, ...]:
-    """A configuration as the ``stored_config`` statement reads one."""
-    f, s = cfg.failure_limit, cfg.success_limit
+    """A configuration as the ``stored_config`` statement reads one.
+
+    ``minimum_calls`` is the resolved one on both sides: the status view shows the
+    default a row without one uses, and ``Config`` resolves it the same way.
+    """
     return (
-        f"{f.numerator}/{f.denominator}",
+        _fraction(cfg.failure_limit),
         cfg.window_size,
-        None if s is None else f"{s.numerator}/{s.denominator}",
+        _fraction(cfg.success_limit),
         timedelta(microseconds=cfg.cooldown_ns // 1000),
         timedelta(microseconds=cfg.half_open_timeout_ns // 1000),
+        duration(cfg.window_duration_ns),
+        cfg.minimum_calls,
+        duration(cfg.slow_call_duration_ns),
+        _fraction(cfg.slow_call_limit),
+        float(cfg.cooldown_factor),
+        duration(cfg.max_cooldown_ns),
     )
+
+
+def differing_fields(stored: tuple[Any, ...], cfg: Config) -> list[str]:
+    """The names of the options whose stored value is not ``cfg``'s (none: the same)."""
+    declared = config_row(cfg)
+    names = [
+        name
+        for name, was, wanted in zip(CONFIG_FIELDS, tuple(stored), declared, strict=True)
+        if was != wanted
+    ]
+    if "minimum_calls" in names and _default_minimum(stored) and _default_minimum(declared):
+        names.remove("minimum_calls")  # neither side chose it: it follows the window
+    return names
+
+
+def _default_minimum(row: tuple[Any, ...]) -> bool:
+    """Whether a configuration's minimum_calls is its window's default, not a choice."""
+    values = dict(zip(CONFIG_FIELDS, row, strict=True))
+    if values["window_duration"] is None:
+        return bool(values["minimum_calls"] == values["window_size"])
+    return bool(values["minimum_calls"] == DEFAULT_TIME_MINIMUM_CALLS)
 
 
 def describe_stored(row: tuple[Any, ...]) -> str:
     """A ``stored_config`` row in the words of ``Config.describe``."""
-    failure_limit, window_size, success_limit, cooldown, half_open_timeout = row
-    return (
-        f"failure_limit={failure_limit}, window_size={window_size}, "
-        f"success_limit={success_limit if success_limit is not None else 'unset'}, "
-        f"cooldown={_seconds(cooldown)}, half_open_timeout={_seconds(half_open_timeout)}"
-    )
+    values = dict(zip(CONFIG_FIELDS, row, strict=True))
+    words = [
+        f"failure_limit={values['failure_limit']}",
+        f"window_size={values['window_size']}",
+        f"success_limit={values['success_limit'] or 'unset'}",
+        f"cooldown={_seconds(values['cooldown'])}",
+        f"half_open_timeout={_seconds(values['half_open_timeout'])}",
+    ]
+    # The options beyond 0.4.5's, when set, as Config.describe shows them.
+    if values["window_duration"] is not None:
+        words.append(f"window_duration={_seconds(values['window_duration'])}")
+        words.append(f"minimum_calls={values['minimum_calls']}")
+    elif values["minimum_calls"] != values["window_size"]:
+        words.append(f"minimum_calls={values['minimum_calls']}")
+    if values["slow_call_duration"] is not None:
+        words.append(f"slow_call_duration={_seconds(values['slow_call_duration'])}")
+        words.append(f"slow_call_limit={values['slow_call_limit']}")
+    if values["cooldown_factor"] != 1:
+        words.append(f"cooldown_factor={values['cooldown_factor']:g}")
+    if values["max_cooldown"] is not None:
+        words.append(f"max_cooldown={_seconds(values['max_cooldown'])}")
+    return ", ".join(words)
 
 
 def _seconds(value: timedelta) -> str:
