@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
@@ -30,3 +31,23 @@ def test_every_explicit_time_variant_is_listed() -> None:
     text = SQL_REFERENCE.read_text()
     assert variants
     assert {name for name in variants if f"`{name}(" not in text} == set()
+
+
+def _assigned(tree: ast.AST) -> set[str]:
+    names = {
+        n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)
+    }
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            names |= {alias.asname or alias.name.split(".")[0] for alias in node.names}
+    return names
+
+
+def test_readme_examples_that_use_a_store_build_it() -> None:
+    """A README Python example that calls ``storage.…`` says where ``storage`` comes from."""
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.DOTALL)
+    using = [block for block in blocks if re.search(r"\bstorage\.", block)]
+    assert using
+    for block in using:
+        tree = ast.parse(block)
+        assert "storage" in _assigned(tree), block

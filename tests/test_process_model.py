@@ -487,9 +487,30 @@ def test_a_policy_decorating_several_functions_is_one_breaker_named_after_the_fi
 # ------------------------------------------------------------- configuration conflicts
 
 
-def test_two_policies_of_one_process_declaring_different_configurations_fail() -> None:
+@pytest.mark.parametrize("kind", ["memory", "postgres"])
+def test_two_policies_of_one_process_declaring_different_configurations_fail(
+    kind: str, request: pytest.FixtureRequest
+) -> None:
     """Same storage and key, other limits: ValueError naming both configurations."""
-    storage = InMemoryStorage()
+    storage: InMemoryStorage | PostgresStorage = (
+        InMemoryStorage()
+        if kind == "memory"
+        else PostgresStorage(request.getfixturevalue("pg_dsn"))
+    )
+    try:
+        _declare_twice(storage)
+    finally:
+        if isinstance(storage, PostgresStorage):
+            storage.close()
+    if kind == "postgres":
+        with psycopg.connect(request.getfixturevalue("pg_dsn"), autocommit=True) as conn:
+            stored = conn.execute(
+                "SELECT failure_limit, cooldown FROM rc_circuit_breaker_status"
+            ).fetchall()
+        assert stored == [("3/10", timedelta(seconds=30))]
+
+
+def _declare_twice(storage: InMemoryStorage | PostgresStorage) -> None:
     first = CircuitProtectorPolicy(
         resource_key="payments-api",
         storage=storage,
@@ -502,6 +523,8 @@ def test_two_policies_of_one_process_declaring_different_configurations_fail() -
     assert "failure_limit=3/10" in message
     assert "cooldown=30s" in message
     assert "failure_limit=1/1" in message
+    first(lambda: None)()  # the refused declaration replaced nothing
+    assert first.snapshot().window_capacity == 10
     same = CircuitProtectorPolicy(
         resource_key="payments-api",
         storage=storage,
