@@ -39,7 +39,12 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from resilient_circuit._dsn import Dsn
-from resilient_circuit.storage.postgres.loop_pool import Budget, LoopPool, budgeted_connection_class
+from resilient_circuit.storage.postgres.loop_pool import (
+    POOL_NAME,
+    Budget,
+    LoopPool,
+    budgeted_connection_class,
+)
 
 __all__ = ("Pools", "describe", "reaches_server", "setup_session")
 
@@ -267,7 +272,7 @@ class Pools:
                 configure=self._aconfigure,
                 timeout=self.connect_timeout,
                 reconnect_timeout=0,
-                name="resilient_circuit_async",
+                name=POOL_NAME,
                 open=False,
             )
             self._async[loop] = pool

@@ -22,9 +22,28 @@ from psycopg_pool import AsyncConnectionPool
 from psycopg_pool.pool_async import MaintenanceTask, StopWorker
 from psycopg_pool.sched_async import AsyncScheduler
 
-__all__ = ("Budget", "LoopPool", "budgeted_connection_class")
+__all__ = ("POOL_NAME", "Budget", "LoopPool", "budgeted_connection_class")
 
 logger = logging.getLogger("resilient_circuit.storage")
+
+POOL_NAME = "resilient_circuit_async"
+
+
+class _CutShort(logging.Filter):
+    """Drops psycopg_pool's "error connecting" records of a loop pool's attempt that the
+    loop's end cancelled: nothing failed, and nothing is retried."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        return not (
+            isinstance(args, tuple)
+            and len(args) == 2
+            and args[0] == POOL_NAME
+            and isinstance(args[1], asyncio.CancelledError)
+        )
+
+
+logging.getLogger("psycopg.pool").addFilter(_CutShort())
 
 # Tasks started from other threads' callbacks or by workers: kept referenced until done.
 _pending: set[asyncio.Future[Any]] = set()
