@@ -651,8 +651,15 @@ def app_connections(dsn: str) -> tuple[int, int]:
     return row[0], row[1]
 
 
-def test_event_loops_share_one_budget_and_idle_connections_close(pg_dsn: str) -> None:
-    """Three event loops at once hold at most max_connections; idle ones close; no LISTEN."""
+def test_event_loops_share_one_budget_and_idle_connections_close(
+    pg_dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Three event loops at once hold at most max_connections; idle ones close; no LISTEN.
+
+    A loop that finds the budget spent waits for the next share another gives back: no
+    call of any loop is handled as an outage.
+    """
+    caplog.set_level(logging.WARNING, logger="resilient_circuit")
     store = PostgresStorage(pg_dsn, max_connections=3, idle_timeout=0.5)
     protector = CircuitProtectorPolicy(resource_key="budget", storage=store)
 
@@ -720,6 +727,7 @@ def test_event_loops_share_one_budget_and_idle_connections_close(pg_dsn: str) ->
             assert 2 <= max(pooled for pooled, _ in seen) <= 3, seen
             assert max(listen for _, listen in seen) == 0, seen
         assert all_closed()
+        assert [r.getMessage() for r in caplog.records if r.name.startswith("resilient")] == []
     finally:
         store.close()
 

@@ -51,7 +51,13 @@ _pending: set[asyncio.Future[Any]] = set()
 
 def _keep(task: asyncio.Future[Any]) -> None:
     _pending.add(task)
-    task.add_done_callback(_pending.discard)
+    task.add_done_callback(_done)
+
+
+def _done(task: asyncio.Future[Any]) -> None:
+    _pending.discard(task)
+    if not task.cancelled():
+        task.exception()  # retrieved: a worker logs it, unless the loop ended it first
 
 
 class Budget:
@@ -203,6 +209,10 @@ class LoopPool(AsyncConnectionPool):
     keeps ``asyncio.run`` from ever returning, and its thread, and the process at exit.
     """
 
+    def __init__(self, *args: Any, budget: Budget, **kwargs: Any) -> None:
+        self.budget = budget
+        super().__init__(*args, reconnect_failed=budget.failed_to_grow, **kwargs)
+
     def _start_workers(self) -> None:
         self._sched_runner = asyncio.create_task(
             run_schedule(self._sched), name=f"{self.name}-scheduler"
@@ -210,10 +220,6 @@ class LoopPool(AsyncConnectionPool):
         for i in range(self.num_workers):
             worker = asyncio.create_task(self.worker(self._tasks), name=f"{self.name}-worker-{i}")
             self._workers.append(worker)
-
-    def __init__(self, *args: Any, budget: Budget, **kwargs: Any) -> None:
-        self.budget = budget
-        super().__init__(*args, reconnect_failed=budget.failed_to_grow, **kwargs)
 
     @classmethod
     async def worker(cls, q: Any) -> None:
@@ -249,6 +255,8 @@ class LoopPool(AsyncConnectionPool):
 
     def grow_if_waiting(self) -> None:
         """From the pool's loop: open a connection if callers still wait for one."""
+        if self.closed:  # its loop may be ending: start nothing there
+            return
 
         async def grow() -> None:
             async with self._lock:
