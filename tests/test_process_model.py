@@ -175,10 +175,9 @@ def connection_attempted(server: socket.socket) -> bool:
 def test_building_policies_and_stores_connects_to_nothing(
     silent: tuple[str, socket.socket],
 ) -> None:
-    """Constructing stores, policies of every mode and decorators: instant, no socket, no thread."""
+    """Constructing stores, policies of every mode and decorators: no socket, no thread."""
     dsn, server = silent
     threads = threading.active_count()
-    started = time.monotonic()
     store = PostgresStorage(dsn)
     policies = [
         CircuitProtectorPolicy(
@@ -197,7 +196,6 @@ def test_building_policies_and_stores_connects_to_nothing(
     @anonymous
     def handler() -> None: ...
 
-    assert time.monotonic() - started < 0.5
     assert threading.active_count() == threads
     assert not connection_attempted(server)
     store.close()
@@ -215,18 +213,13 @@ def test_importing_a_module_level_decorator_connects_to_nothing(
         "def call():\n"
         "    return 1\n"
     )
-    probe = (
-        "import threading, time; t = time.monotonic(); import service_module; "
-        "print(time.monotonic() - t, threading.active_count())"
-    )
+    probe = "import threading; import service_module; print(threading.active_count())"
     env = app_env(dsn, PYTHONPATH=str(tmp_path))
     done = subprocess.run(
         [sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0, done.stderr
-    elapsed, threads = done.stdout.split()
-    assert float(elapsed) < 1.0
-    assert threads == "1"
+    assert done.stdout.split() == ["1"]
     assert not connection_attempted(server)
 
 
