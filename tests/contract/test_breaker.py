@@ -27,7 +27,9 @@ def test_trip_cooldown_probe_close_cycle(
     store: CircuitBreakerStorage, pause: Callable[[timedelta], None]
 ) -> None:
     """A full cycle fires each transition once; calls are rejected unrun until the cooldown ends."""
-    cooldown = timedelta(milliseconds=250)
+    # Long enough that a loaded machine cannot let the cooldown pass between the trip and
+    # the call meant to be rejected; on PostgreSQL the pause really sleeps it.
+    cooldown = timedelta(seconds=1)
     policy, events = make(store, failure_limit=Fraction(1, 2), window_size=4, cooldown=cooldown)
     call = flaky(policy)
     for ok in (True, False, True):
