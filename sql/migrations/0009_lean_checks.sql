@@ -4,7 +4,8 @@
 --     PostgreSQL prepares again for every UPDATE, to a trigger that runs only when a row is
 --     inserted or one of the columns the rules read is assigned: an outcome assigns none of
 --     them. The rows in place passed the constraints, so they pass the trigger's rules.
---   * rc_check_namespace tests the owner without starting the executor.
+--   * rc_check_namespace tests the owner without starting the executor, and rc_try_acquire and
+--     rc_record test it inline; rc_record relaxes its commit inline.
 
 ALTER TABLE @extschema@.rc_circuit_breakers
     DROP CONSTRAINT rc_circuit_breakers_state_check,
@@ -151,6 +152,59 @@ BEGIN
         quote_nullable(p_namespace)
         USING ERRCODE = 'insufficient_privilege',
               HINT = 'pg-setup grants an application role its namespaces.';
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@.rc_try_acquire(p_key text, p_namespace text DEFAULT 'default')
+RETURNS TABLE (permitted boolean, state text, generation bigint, retry_after interval)
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    -- The owner may use every namespace: tested inline (a simple expression), so that its
+    -- calls skip a function call; any other role goes through rc_check_namespace.
+    IF (char_length(p_namespace) BETWEEN 1 AND 255
+        AND pg_has_role(session_user, current_user, 'MEMBER')) IS NOT TRUE THEN
+        PERFORM @extschema@.rc_check_namespace(p_namespace);
+    END IF;
+    RETURN QUERY SELECT * FROM @extschema@.rc_try_acquire_at(p_key, p_namespace, NULL);
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@.rc_record(
+    p_key text,
+    p_success boolean,
+    p_namespace text DEFAULT 'default',
+    p_generation bigint DEFAULT NULL,
+    p_duration interval DEFAULT NULL
+)
+RETURNS TABLE (state text, generation bigint)
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF p_success IS NULL THEN
+        RAISE EXCEPTION 'rc: p_success must be true or false, got NULL'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    -- The two calls below, inline: every call of a function with a pinned search_path saves
+    -- and restores the setting, which costs more than these tests. The owner's test is a
+    -- simple expression; any other role goes through rc_check_namespace and its grants.
+    IF (char_length(p_namespace) BETWEEN 1 AND 255
+        AND pg_has_role(session_user, current_user, 'MEMBER')) IS NOT TRUE THEN
+        PERFORM @extschema@.rc_check_namespace(p_namespace);
+    END IF;
+    -- rc_relax_commit.
+    IF pg_current_xact_id_if_assigned() IS NULL
+       AND current_setting('synchronous_commit') <> 'off' THEN
+        PERFORM set_config('rc.durable_commit', current_setting('synchronous_commit'), true);
+        PERFORM set_config('synchronous_commit', 'off', true);
+    END IF;
+    RETURN QUERY
+    SELECT * FROM @extschema@.rc_record_at(p_key, p_success, p_namespace, p_generation, NULL,
+                                           p_duration);
 END;
 $$;
 
