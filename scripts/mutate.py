@@ -277,8 +277,15 @@ MUTANTS = (
     Mutant(
         "sql_relax_commit_after_the_callers_writes",
         SCHEMA,
-        "    IF pg_current_xact_id_if_assigned() IS NULL\n",
-        "    IF true\n",
+        "BEGIN\n    IF pg_current_xact_id_if_assigned() IS NULL\n",
+        "BEGIN\n    IF true\n",
+        must_kill=True,
+    ),
+    Mutant(
+        "sql_record_relaxes_after_the_callers_writes",
+        SCHEMA,
+        "    -- rc_relax_commit.\n    IF pg_current_xact_id_if_assigned() IS NULL\n",
+        "    -- rc_relax_commit.\n    IF true\n",
         must_kill=True,
     ),
 )

@@ -377,6 +377,8 @@ def test_a_transition_and_the_callers_earlier_writes_commit_durably(conn: Conn) 
     earlier_write = "INSERT INTO mine VALUES (1)"
     recorded = "SELECT * FROM rc_record('svc', true)"
     assert _commit_setting_after(conn, earlier_write, recorded) == "remote_write"
+    healthy = "SELECT * FROM rc_record_many('svc', 'default', ARRAY[true])"
+    assert _commit_setting_after(conn, earlier_write, healthy) == "remote_write"
     trip = "SELECT * FROM rc_record_many('svc', 'default', ARRAY[true, false, true])"
     assert _commit_setting_after(conn, trip) == "remote_write"
     assert _commit_setting_after(conn, recorded) == "off"
