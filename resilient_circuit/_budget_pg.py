@@ -22,7 +22,11 @@ except ImportError as exc:  # pragma: no cover - depends on the install
     ) from exc
 
 from resilient_circuit._dsn import Dsn, redact
-from resilient_circuit.retry_budget import BudgetUnavailable
+from resilient_circuit.retry_budget import (
+    BudgetUnavailable,
+    Settlement,
+    SettlingStore,
+)
 
 __all__ = ("PostgresBudgetStore",)
 
@@ -32,11 +36,7 @@ __all__ = ("PostgresBudgetStore",)
 _inherited: list[Any] = []
 
 
-#: The most first attempts one rc_budget_deposit or rc_budget_withdraw call accepts.
-MAX_FIRST_ATTEMPTS = 1_000_000_000
-
-
-class PostgresBudgetStore:
+class PostgresBudgetStore(SettlingStore):
     """Budgets in the ``rc_retry_budgets`` table of ``schema``, reached through ``dsn``."""
 
     def __init__(
@@ -77,29 +77,32 @@ class PostgresBudgetStore:
         # Never the DSN: it may hold a password.
         return f"PostgresBudgetStore(schema={self.schema!r})"
 
-    def settle(
-        self,
-        namespace: str,
-        name: str,
-        first_attempts: int,
-        ratio: float,
-        min_per_second: float,
-        withdraw: bool,
-    ) -> bool:
-        """See ``retry_budget.BudgetStore.settle``: one round trip."""
-        # The functions take at most MAX_FIRST_ATTEMPTS per call; a backlog larger than that
-        # (a long outage under heavy traffic) is worth that many tokens and no more.
-        first_attempts = min(first_attempts, MAX_FIRST_ATTEMPTS)
+    def _settle(self, step: Settlement) -> bool:
+        """One round trip."""
         with self._lock:
             try:
                 conn = self._connection()
-                if withdraw:
+                if step.withdraw:
                     row = conn.execute(
-                        self._withdraw, (name, namespace, min_per_second, first_attempts, ratio)
+                        self._withdraw,
+                        (
+                            step.name,
+                            step.namespace,
+                            step.min_per_second,
+                            step.first_attempts,
+                            step.ratio,
+                        ),
                     ).fetchone()
                     return bool(row and row[0])
                 conn.execute(
-                    self._deposit, (name, namespace, first_attempts, ratio, min_per_second)
+                    self._deposit,
+                    (
+                        step.name,
+                        step.namespace,
+                        step.first_attempts,
+                        step.ratio,
+                        step.min_per_second,
+                    ),
                 )
                 return False
             except psycopg.Error as exc:
