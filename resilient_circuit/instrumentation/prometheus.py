@@ -10,7 +10,10 @@
 - ``resilient_circuit_transitions_total{namespace,key,from,to}``
 - ``resilient_circuit_retries_total{function,outcome,reason}`` (outcome ``retry`` for a
   scheduled retry, ``gave_up`` with its reason)
-- ``resilient_circuit_storage_up{store}``
+- ``resilient_circuit_storage_outage_calls_total{namespace,key,mode,decision}`` (calls
+  the store could not answer for: ``proceeded`` or ``refused`` per ``on_storage_error``)
+- ``resilient_circuit_storage_up{store}`` (1 from the store's first answer, 0 during
+  an outage)
 
 ``FleetCollector`` exports every breaker of the shared store (the namespaces the
 database role may see) from the status view, with one query per scrape, so any one
@@ -30,20 +33,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from resilient_circuit._machine import CircuitState
-from resilient_circuit.instrumentation.hooks import (
-    CallFailed,
-    CallIgnored,
-    CallRejected,
-    CallSlow,
-    CallSucceeded,
-    Event,
-    RetryGaveUp,
-    RetryScheduled,
-    StateChanged,
-    StorageOutageEnded,
-    StorageOutageStarted,
-    add_hook,
-)
+from resilient_circuit.instrumentation._metrics import MetricsHook
+from resilient_circuit.instrumentation.hooks import add_hook
 
 __all__ = ("FleetCollector", "PrometheusMetrics", "install")
 
@@ -52,7 +43,7 @@ logger = logging.getLogger("resilient_circuit.instrumentation")
 _STATES = tuple(s.value for s in CircuitState)
 
 
-class PrometheusMetrics:
+class PrometheusMetrics(MetricsHook):
     """A hook keeping this process's call, state, retry and storage metrics."""
 
     def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
@@ -94,6 +85,13 @@ class PrometheusMetrics:
             ["function", "outcome", "reason"],
             registry=registry,
         )
+        self.outage_calls = Counter(
+            "resilient_circuit_storage_outage_calls",
+            "Calls the breaker store could not answer for, by on_storage_error mode and"
+            " decision (proceeded or refused).",
+            [*key, "mode", "decision"],
+            registry=registry,
+        )
         self.storage_up = Gauge(
             "resilient_circuit_storage_up",
             "1 while the breaker store answers, 0 during an outage.",
@@ -102,43 +100,32 @@ class PrometheusMetrics:
         )
         self._seen: dict[tuple[str, str], str] = {}
 
-    def __call__(self, event: Event) -> None:
-        kind = type(event)
-        if kind is CallSucceeded or kind is CallFailed:
-            e: Any = event
-            self.calls.labels(
-                e.namespace, e.key, "success" if kind is CallSucceeded else "failure"
-            ).inc()
-            self.duration.labels(e.namespace, e.key).observe(e.duration)
-            self._set_state(e.namespace, e.key, e.state.value)
-        elif isinstance(event, CallRejected):
-            self.calls.labels(event.namespace, event.key, "rejected").inc()
-            self._set_state(event.namespace, event.key, event.state.value)
-        elif isinstance(event, CallIgnored):
-            self.calls.labels(event.namespace, event.key, "ignored").inc()
-            self.duration.labels(event.namespace, event.key).observe(event.duration)
-        elif isinstance(event, CallSlow):
-            self.slow_calls.labels(event.namespace, event.key).inc()
-        elif isinstance(event, StateChanged):
-            self.transitions.labels(
-                event.namespace, event.key, event.old.value, event.new.value
-            ).inc()
-            self._set_state(event.namespace, event.key, event.new.value)
-        elif isinstance(event, RetryScheduled):
-            self.retries.labels(event.function, "retry", "").inc()
-        elif isinstance(event, RetryGaveUp):
-            self.retries.labels(event.function, "gave_up", event.reason).inc()
-        elif isinstance(event, StorageOutageStarted):
-            self.storage_up.labels(event.store).set(0)
-        elif isinstance(event, StorageOutageEnded):
-            self.storage_up.labels(event.store).set(1)
+    def count_call(self, namespace: str, key: str, outcome: str, duration: float | None) -> None:
+        self.calls.labels(namespace, key, outcome).inc()
+        if duration is not None:
+            self.duration.labels(namespace, key).observe(duration)
 
-    def _set_state(self, namespace: str, key: str, state: str) -> None:
+    def count_slow_call(self, namespace: str, key: str) -> None:
+        self.slow_calls.labels(namespace, key).inc()
+
+    def set_state(self, namespace: str, key: str, state: str) -> None:
         if self._seen.get((namespace, key)) == state:
             return
         self._seen[(namespace, key)] = state
         for name in _STATES:
             self.state.labels(namespace, key, name).set(1 if name == state else 0)
+
+    def count_transition(self, namespace: str, key: str, old: str, new: str) -> None:
+        self.transitions.labels(namespace, key, old, new).inc()
+
+    def count_retry(self, function: str, outcome: str, reason: str) -> None:
+        self.retries.labels(function, outcome, reason).inc()
+
+    def count_outage_call(self, namespace: str, key: str, mode: str, decision: str) -> None:
+        self.outage_calls.labels(namespace, key, mode, decision).inc()
+
+    def set_storage_up(self, store: str, up: int) -> None:
+        self.storage_up.labels(store).set(up)
 
 
 def install(registry: CollectorRegistry = REGISTRY) -> PrometheusMetrics:
