@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
+from contextlib import nullcontext
 from datetime import timedelta
 from typing import Any
 
@@ -27,6 +28,7 @@ from resilient_circuit.retry_budget import (
     Settlement,
     SettlingStore,
 )
+from resilient_circuit.storage.postgres.connection import local_timeouts, setup_session
 
 __all__ = ("PostgresBudgetStore",)
 
@@ -63,7 +65,8 @@ class PostgresBudgetStore(SettlingStore):
                 raise ValueError(f"`{name}` must be at least 1 ms, got {value}")
         self.schema = schema
         self._connect_timeout = max(1, round(connect_timeout.total_seconds()))
-        self._statement_timeout_ms = statement_timeout // timedelta(milliseconds=1)
+        self._timeout_ms = statement_timeout // timedelta(milliseconds=1)
+        self._direct = True
         qualified = sql.Identifier(schema)
         self._withdraw = sql.SQL("SELECT {}.rc_budget_withdraw(%s, %s, %s, %s, %s)").format(
             qualified
@@ -79,32 +82,28 @@ class PostgresBudgetStore(SettlingStore):
 
     def _settle(self, step: Settlement) -> bool:
         """One round trip."""
+        key = (step.name, step.namespace)
+        if step.withdraw:
+            statement = self._withdraw
+            params: tuple[object, ...] = (
+                *key,
+                step.min_per_second,
+                step.first_attempts,
+                step.ratio,
+            )
+        else:
+            statement = self._deposit
+            params = (*key, step.first_attempts, step.ratio, step.min_per_second)
         with self._lock:
             try:
                 conn = self._connection()
-                if step.withdraw:
-                    row = conn.execute(
-                        self._withdraw,
-                        (
-                            step.name,
-                            step.namespace,
-                            step.min_per_second,
-                            step.first_attempts,
-                            step.ratio,
-                        ),
-                    ).fetchone()
-                    return bool(row and row[0])
-                conn.execute(
-                    self._deposit,
-                    (
-                        step.name,
-                        step.namespace,
-                        step.first_attempts,
-                        step.ratio,
-                        step.min_per_second,
-                    ),
-                )
-                return False
+                # Direct, the timeouts are the session's; behind a pooler they are set
+                # for this round trip's own transaction (its results arrive at the end).
+                scope = nullcontext() if self._direct else local_timeouts(conn, self._timeout_ms)
+                with scope:
+                    cur = conn.execute(statement, params)
+                row = cur.fetchone()
+                return step.withdraw and bool(row and row[0])
             except psycopg.Error as exc:
                 self._discard()
                 raise BudgetUnavailable(redact(_one_line(exc), self._dsn.password or "")) from None
@@ -129,11 +128,11 @@ class PostgresBudgetStore(SettlingStore):
                 connect_timeout=self._connect_timeout,
                 prepare_threshold=None,
             )
-            # Set after connecting: PgBouncer refuses the `options` startup parameter.
-            conn.execute(
-                "SELECT pg_catalog.set_config('statement_timeout', %s, false)",
-                [str(self._statement_timeout_ms)],
-            )
+            # Set after connecting, PgBouncer refusing the `options` startup parameter,
+            # and as the breaker store does: session settings only on a connection that
+            # reaches PostgreSQL directly (behind a pooler they would stick to a server
+            # connection other clients use next), else per round trip (see _settle).
+            self._direct = setup_session(conn, self._timeout_ms)
             self._conn = conn
         return conn
 

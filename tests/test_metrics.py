@@ -221,7 +221,9 @@ def test_calls_during_an_outage_are_counted_by_mode_and_decision() -> None:
     try:
         for mode in ("open", "closed"):
             call = CircuitProtectorPolicy(
-                resource_key=mode, storage=store, on_storage_error=mode  # type: ignore[arg-type]
+                resource_key=mode,
+                storage=store,
+                on_storage_error=mode,  # type: ignore[arg-type]
             )(lambda: "done")
             try:
                 call()
