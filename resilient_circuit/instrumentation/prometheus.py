@@ -15,9 +15,10 @@
 - ``resilient_circuit_storage_up{store}`` (1 from the store's first answer, 0 during
   an outage)
 
-``FleetCollector`` exports every breaker of the shared store (the namespaces the
-database role may see) from the status view, with one query per scrape, so any one
-replica, or ``resilient-circuit-cli metrics``, can export the whole fleet.
+``FleetCollector`` exports every breaker and retry budget of the shared store (the
+namespaces the database role may see) from the status view and ``rc_budget_status()``,
+with one query per scrape, so any one replica, or ``resilient-circuit-cli metrics``,
+can export the whole fleet.
 """
 
 from __future__ import annotations
@@ -160,15 +161,22 @@ class FleetCollector(Collector):
         self._conn: Any = None
         self._lock = threading.Lock()
         self._failing = False
+        self._budgets = True  # does the schema have rc_budget_status (until proven not)?
 
     def __repr__(self) -> str:
         return f"FleetCollector({str(self._dsn)!r}, schema={self.schema!r})"
 
     def read(self) -> list[Any]:
-        """The breakers, one query; raises psycopg's error when the database fails."""
+        """The breakers; raises psycopg's error when the database fails."""
+        return self.read_all()[0]
+
+    def read_all(self) -> tuple[list[Any], list[Any]]:
+        """The breakers and the retry budgets, in one round trip (the budgets empty on an
+        install older than ``rc_budget_status``); raises psycopg's error when the
+        database fails."""
         import psycopg
 
-        from resilient_circuit.instrumentation.fleet import read_fleet
+        from resilient_circuit.instrumentation.fleet import read_fleet, read_fleet_and_budgets
 
         with self._lock:
             if self._conn is None or self._conn.closed:
@@ -179,7 +187,12 @@ class FleetCollector(Collector):
                     **self._dsn.connect_kwargs(),
                 )
             try:
-                return read_fleet(self._conn, self.schema)
+                if self._budgets:
+                    try:
+                        return read_fleet_and_budgets(self._conn, self.schema)
+                    except psycopg.errors.UndefinedFunction:
+                        self._budgets = False  # not upgraded yet: breakers alone from now on
+                return read_fleet(self._conn, self.schema), []
             except psycopg.Error:
                 self._conn.close()
                 self._conn = None
@@ -203,7 +216,7 @@ class FleetCollector(Collector):
             "resilient_circuit_fleet_up", "1 when the last scrape read the status view."
         )
         try:
-            rows = self.read()
+            rows, budgets = self.read_all()
         except Exception as exc:
             if not self._failing:
                 self._failing = True
@@ -215,6 +228,7 @@ class FleetCollector(Collector):
         up.add_metric([], 1)
         yield up
         yield from _fleet_metrics(rows)
+        yield from _budget_metrics(budgets)
         took = GaugeMetricFamily(
             "resilient_circuit_fleet_scrape_duration_seconds",
             "How long the status view's query took.",
@@ -314,3 +328,41 @@ def _fleet_metrics(rows: list[Any]) -> Iterator[Metric]:
         remaining,
         updated,
     )
+
+
+def _budget_metrics(budgets: list[Any]) -> Iterator[Metric]:
+    labels = ["namespace", "budget"]
+    balance = GaugeMetricFamily(
+        "resilient_circuit_fleet_budget_balance",
+        "Tokens a retry budget held when last settled (one pays for one retry).",
+        labels=labels,
+    )
+    floor = GaugeMetricFamily(
+        "resilient_circuit_fleet_budget_min_per_second",
+        "The retry budget's floor: tokens it refills by itself, per second.",
+        labels=labels,
+    )
+    first_attempts = CounterMetricFamily(
+        "resilient_circuit_fleet_budget_first_attempts",
+        "First attempts deposited into the retry budget over its life, from every process.",
+        labels=labels,
+    )
+    withdrawals = CounterMetricFamily(
+        "resilient_circuit_fleet_budget_withdrawals",
+        "Retries the budget allowed (granted) or refused over its life, from every process.",
+        labels=[*labels, "outcome"],
+    )
+    updated = GaugeMetricFamily(
+        "resilient_circuit_fleet_budget_updated_timestamp_seconds",
+        "When the retry budget was last settled (Unix time).",
+        labels=labels,
+    )
+    for budget in budgets:
+        at = [budget.namespace, budget.name]
+        balance.add_metric(at, budget.balance)
+        floor.add_metric(at, budget.min_per_second)
+        first_attempts.add_metric(at, budget.first_attempts)
+        withdrawals.add_metric([*at, "granted"], budget.retries)
+        withdrawals.add_metric([*at, "refused"], budget.refusals)
+        updated.add_metric(at, budget.updated_at.timestamp())
+    yield from (balance, floor, first_attempts, withdrawals, updated)
