@@ -1500,6 +1500,23 @@ BEGIN
 END;
 $$;
 
+-- Raises the error for an idle interval rc_gc and rc_budget_gc cannot use.
+CREATE OR REPLACE FUNCTION @extschema@.rc_check_idle(p_idle interval)
+RETURNS void
+LANGUAGE plpgsql
+IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF p_idle IS NULL OR extract(year FROM p_idle) <> 0 OR extract(month FROM p_idle) <> 0
+       OR p_idle < interval '0' OR p_idle > interval '3650 days' THEN
+        RAISE EXCEPTION 'rc: p_idle must be between 0 and 3650 days, in days, hours, minutes or '
+            'seconds (no months or years), got %', coalesce(p_idle::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END;
+$$;
+
 CREATE OR REPLACE FUNCTION @extschema@.rc_gc(p_idle interval)
 RETURNS bigint
 LANGUAGE plpgsql
@@ -1509,12 +1526,7 @@ AS $$
 DECLARE
     _deleted bigint;
 BEGIN
-    IF p_idle IS NULL OR extract(year FROM p_idle) <> 0 OR extract(month FROM p_idle) <> 0
-       OR p_idle < interval '0' OR p_idle > interval '3650 days' THEN
-        RAISE EXCEPTION 'rc: p_idle must be between 0 and 3650 days, in days, hours, minutes or '
-            'seconds (no months or years), got %', coalesce(p_idle::text, 'NULL')
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
+    PERFORM @extschema@.rc_check_idle(p_idle);
     -- Only CLOSED breakers: an OPEN or HALF_OPEN one still protects something. Rows are
     -- skipped rather than waited for when a call holds their lock: they are not idle.
     WITH doomed AS (
@@ -1550,17 +1562,13 @@ SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    IF p_name IS NULL OR char_length(p_name) NOT BETWEEN 1 AND 255 THEN
+    IF (char_length(p_name) BETWEEN 1 AND 255) IS NOT TRUE THEN
         RAISE EXCEPTION 'rc: p_name must be 1 to 255 characters long, got %',
             coalesce(char_length(p_name) || ' characters', 'NULL')
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    IF p_namespace IS NULL OR char_length(p_namespace) NOT BETWEEN 1 AND 255 THEN
-        RAISE EXCEPTION 'rc: p_namespace must be 1 to 255 characters long, got %',
-            coalesce(char_length(p_namespace) || ' characters', 'NULL')
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    PERFORM @extschema@.rc_check_namespace(p_namespace);
+    -- A NULL namespace is refused as an empty one (22023).
+    PERFORM @extschema@.rc_check_namespace(coalesce(p_namespace, ''));
     DELETE FROM @extschema@.rc_retry_budgets AS b
     WHERE b.name = p_name AND b.namespace = p_namespace;
     RETURN FOUND;
@@ -1576,12 +1584,7 @@ AS $$
 DECLARE
     _deleted bigint;
 BEGIN
-    IF p_idle IS NULL OR extract(year FROM p_idle) <> 0 OR extract(month FROM p_idle) <> 0
-       OR p_idle < interval '0' OR p_idle > interval '3650 days' THEN
-        RAISE EXCEPTION 'rc: p_idle must be between 0 and 3650 days, in days, hours, minutes or '
-            'seconds (no months or years), got %', coalesce(p_idle::text, 'NULL')
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
+    PERFORM @extschema@.rc_check_idle(p_idle);
     -- After ten idle minutes a bucket holds exactly what a new one starts with (its tokens
     -- decayed, the floor refilled): only its lifetime counters go. Rows a call holds locked
     -- are skipped rather than waited for: they are not idle.
@@ -1589,12 +1592,10 @@ BEGIN
         SELECT b.name, b.namespace
         FROM @extschema@.rc_retry_budgets AS b
         WHERE b.updated_at < clock_timestamp() - p_idle
-          AND ((SELECT @extschema@.rc_session_is_owner())
-               OR EXISTS (SELECT 1 FROM @extschema@.rc_namespace_grants AS g
-                          WHERE g.role_oid = (SELECT r.oid FROM pg_roles AS r
-                                              WHERE r.rolname = session_user)
-                            AND g.namespace IN (b.namespace, '*')))
-        FOR UPDATE SKIP LOCKED
+          -- The budgets of the caller's namespaces: those rc_budget_status lists.
+          AND (b.name, b.namespace) IN (SELECT s.name, s.namespace
+                                        FROM @extschema@.rc_budget_status() AS s)
+        FOR UPDATE OF b SKIP LOCKED
     )
     DELETE FROM @extschema@.rc_retry_budgets AS b
     USING doomed AS d
@@ -1637,6 +1638,9 @@ BEGIN
 END;
 $$;
 
+COMMENT ON FUNCTION @extschema@.rc_check_idle(interval) IS
+    'Raises invalid_parameter_value for an idle interval that is NULL, negative, over 3650 '
+    'days, or holds months or years.';
 COMMENT ON FUNCTION @extschema@.rc_budget_forget(text, text) IS
     'Deletes one retry budget (true if it existed); its next use starts a fresh bucket.';
 COMMENT ON FUNCTION @extschema@.rc_budget_gc(interval) IS
@@ -1647,6 +1651,7 @@ COMMENT ON FUNCTION @extschema@.rc_budget_status(text) IS
     'settled (at updated_at) and the lifetime counters.';
 
 REVOKE EXECUTE ON FUNCTION
+    @extschema@.rc_check_idle(interval),
     @extschema@.rc_budget_forget(text, text),
     @extschema@.rc_budget_gc(interval),
     @extschema@.rc_budget_status(text)
