@@ -166,11 +166,16 @@ class RetryWithBackoffPolicy(ProtectionPolicy):
     # can: everything else (the engine, the clock, hooks, the budget's withdrawal)
     # happens only once an attempt failed.
 
-    def _wrap_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
-        timed = self.max_duration is not None
-        clock = self._clock
+    def _options(
+        self,
+    ) -> tuple[bool, Callable[[], float], Callable[[], None] | None, Callable[[Any], Any] | None]:
+        """What a wrapper reads once, when it is made: whether calls are timed, the clock,
+        the budget's deposit and ``retry_if_result``."""
         deposit = None if self.budget is None else self.budget.deposit
-        check = self.retry_if_result
+        return self.max_duration is not None, self._clock, deposit, self.retry_if_result
+
+    def _wrap_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        timed, clock, deposit, check = self._options()
         drive = self._drive_sync
         if deposit is None and not timed and check is None:
 
@@ -205,10 +210,10 @@ class RetryWithBackoffPolicy(ProtectionPolicy):
     def _drive_sync(
         self, again: functools.partial[Any], started: float, error: Exception | None, result: Any
     ) -> Any:
-        engine, budget, check = self._engine, self.budget, self.retry_if_result
-        call = Call(started)
+        timed, clock, _, check = self._options()  # the clock is read only when timed
+        engine, budget, call = self._engine, self.budget, Call(started)
         while True:
-            step = engine.decide(call, error, result, self._now())
+            step = engine.decide(call, error, result, clock() if timed else 0.0)
             if type(step) is float and budget is not None and not budget.withdraw():
                 step = engine.refused_by_budget(call, error, result)
             self._announce(again.func, call, step, error, result)
@@ -226,10 +231,7 @@ class RetryWithBackoffPolicy(ProtectionPolicy):
                     return result
 
     def _wrap_async(self, func: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-        timed = self.max_duration is not None
-        clock = self._clock
-        deposit = None if self.budget is None else self.budget.deposit
-        check = self.retry_if_result
+        timed, clock, deposit, check = self._options()
         drive = self._drive_async
         if deposit is None and not timed and check is None:
 
@@ -267,10 +269,10 @@ class RetryWithBackoffPolicy(ProtectionPolicy):
         error: Exception | None,
         result: Any,
     ) -> Any:
-        engine, budget, check = self._engine, self.budget, self.retry_if_result
-        call = Call(started)
+        timed, clock, _, check = self._options()  # the clock is read only when timed
+        engine, budget, call = self._engine, self.budget, Call(started)
         while True:
-            step = engine.decide(call, error, result, self._now())
+            step = engine.decide(call, error, result, clock() if timed else 0.0)
             if type(step) is float and budget is not None and not await budget.withdraw_async():
                 step = engine.refused_by_budget(call, error, result)
             # A policy's on_retry/on_give_up may be ``async def`` for coroutine functions.
@@ -287,10 +289,6 @@ class RetryWithBackoffPolicy(ProtectionPolicy):
             else:
                 if check is None or not await _verdict(check(result)):
                     return result
-
-    def _now(self) -> float:
-        # Only max_duration needs the time: without it the clock is never read.
-        return 0.0 if self.max_duration is None else self._clock()
 
     def _announce(
         self,
