@@ -28,6 +28,7 @@ from resilient_circuit.exceptions import (
 )
 from resilient_circuit.failsafe import SafetyNet
 from resilient_circuit.instrumentation import (
+    CallDuringOutage,
     CallFailed,
     CallIgnored,
     CallRejected,
@@ -38,6 +39,7 @@ from resilient_circuit.instrumentation import (
     RetryGaveUp,
     RetryScheduled,
     StateChanged,
+    StorageAvailable,
     StorageOutageEnded,
     StorageOutageStarted,
     add_hook,
@@ -62,6 +64,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0+unknown"
 
 __all__ = (
+    "CallDuringOutage",
     "CallFailed",
     "CallIgnored",
     "CallRejected",
@@ -92,6 +95,7 @@ __all__ = (
     "StateChanged",
     "StatusChangeListener",
     "StorageAccessDenied",
+    "StorageAvailable",
     "StorageError",
     "StorageNotUsable",
     "StorageOutageEnded",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
+from contextlib import nullcontext
 from datetime import timedelta
 from typing import Any
 
@@ -22,7 +23,12 @@ except ImportError as exc:  # pragma: no cover - depends on the install
     ) from exc
 
 from resilient_circuit._dsn import Dsn, redact
-from resilient_circuit.retry_budget import BudgetUnavailable
+from resilient_circuit.retry_budget import (
+    BudgetUnavailable,
+    Settlement,
+    SettlingStore,
+)
+from resilient_circuit.storage.postgres.connection import local_timeouts, setup_session
 
 __all__ = ("PostgresBudgetStore",)
 
@@ -32,11 +38,7 @@ __all__ = ("PostgresBudgetStore",)
 _inherited: list[Any] = []
 
 
-#: The most first attempts one rc_budget_deposit or rc_budget_withdraw call accepts.
-MAX_FIRST_ATTEMPTS = 1_000_000_000
-
-
-class PostgresBudgetStore:
+class PostgresBudgetStore(SettlingStore):
     """Budgets in the ``rc_retry_budgets`` table of ``schema``, reached through ``dsn``."""
 
     def __init__(
@@ -63,7 +65,8 @@ class PostgresBudgetStore:
                 raise ValueError(f"`{name}` must be at least 1 ms, got {value}")
         self.schema = schema
         self._connect_timeout = max(1, round(connect_timeout.total_seconds()))
-        self._statement_timeout_ms = statement_timeout // timedelta(milliseconds=1)
+        self._timeout_ms = statement_timeout // timedelta(milliseconds=1)
+        self._direct = True
         qualified = sql.Identifier(schema)
         self._withdraw = sql.SQL("SELECT {}.rc_budget_withdraw(%s, %s, %s, %s, %s)").format(
             qualified
@@ -77,31 +80,30 @@ class PostgresBudgetStore:
         # Never the DSN: it may hold a password.
         return f"PostgresBudgetStore(schema={self.schema!r})"
 
-    def settle(
-        self,
-        namespace: str,
-        name: str,
-        first_attempts: int,
-        ratio: float,
-        min_per_second: float,
-        withdraw: bool,
-    ) -> bool:
-        """See ``retry_budget.BudgetStore.settle``: one round trip."""
-        # The functions take at most MAX_FIRST_ATTEMPTS per call; a backlog larger than that
-        # (a long outage under heavy traffic) is worth that many tokens and no more.
-        first_attempts = min(first_attempts, MAX_FIRST_ATTEMPTS)
+    def _settle(self, step: Settlement) -> bool:
+        """One round trip."""
+        key = (step.name, step.namespace)
+        if step.withdraw:
+            statement = self._withdraw
+            params: tuple[object, ...] = (
+                *key,
+                step.min_per_second,
+                step.first_attempts,
+                step.ratio,
+            )
+        else:
+            statement = self._deposit
+            params = (*key, step.first_attempts, step.ratio, step.min_per_second)
         with self._lock:
             try:
                 conn = self._connection()
-                if withdraw:
-                    row = conn.execute(
-                        self._withdraw, (name, namespace, min_per_second, first_attempts, ratio)
-                    ).fetchone()
-                    return bool(row and row[0])
-                conn.execute(
-                    self._deposit, (name, namespace, first_attempts, ratio, min_per_second)
-                )
-                return False
+                # Direct, the timeouts are the session's; behind a pooler they are set
+                # for this round trip's own transaction (its results arrive at the end).
+                scope = nullcontext() if self._direct else local_timeouts(conn, self._timeout_ms)
+                with scope:
+                    cur = conn.execute(statement, params)
+                row = cur.fetchone()
+                return step.withdraw and bool(row and row[0])
             except psycopg.Error as exc:
                 self._discard()
                 raise BudgetUnavailable(redact(_one_line(exc), self._dsn.password or "")) from None
@@ -126,11 +128,11 @@ class PostgresBudgetStore:
                 connect_timeout=self._connect_timeout,
                 prepare_threshold=None,
             )
-            # Set after connecting: PgBouncer refuses the `options` startup parameter.
-            conn.execute(
-                "SELECT pg_catalog.set_config('statement_timeout', %s, false)",
-                [str(self._statement_timeout_ms)],
-            )
+            # Set after connecting, PgBouncer refusing the `options` startup parameter,
+            # and as the breaker store does: session settings only on a connection that
+            # reaches PostgreSQL directly (behind a pooler they would stick to a server
+            # connection other clients use next), else per round trip (see _settle).
+            self._direct = setup_session(conn, self._timeout_ms)
             self._conn = conn
         return conn
 

@@ -158,6 +158,13 @@ class RetryEngine:
         longest = getattr(backoff, "max_delay", None)
         self._longest_wait = longest.total_seconds() if isinstance(longest, timedelta) else None
 
+    def decide(self, call: Call, exc: Exception | None, result: Any, now: float) -> float | GiveUp:
+        """The attempt ``call.attempts`` raised ``exc``, or (``exc`` None) returned a
+        ``result`` that ``retry_if_result`` refused."""
+        if exc is not None:
+            return self.after_error(call, exc, now)
+        return self.after_result(call, result, now)
+
     def after_error(self, call: Call, exc: Exception, now: float) -> float | GiveUp:
         """The attempt ``call.attempts`` raised ``exc`` at ``now``."""
         handles = self._handles

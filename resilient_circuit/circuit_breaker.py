@@ -544,15 +544,19 @@ class CircuitProtectorPolicy(OptionDrivers, ProtectionPolicy):
     def _degraded_admission(self) -> tuple[Breaker | None, int | None]:
         mode = self.on_storage_error
         if mode == "open":
+            _events.during_outage(self, True)
             return None, None
         if mode == "closed":
+            _events.during_outage(self, False)
             raise ProtectedCallError(
                 "breaker storage unavailable; failing closed",
                 resource_key=self.resource_key,
                 state=CircuitState.OPEN,
             )
         local = self._local_breaker()
-        return local, self._admitted(local, local.acquire())
+        admission = local.acquire()
+        _events.during_outage(self, admission.permitted)
+        return local, self._admitted(local, admission)
 
     def _admitted(self, breaker: Breaker, admission: Admission) -> int:
         if admission.generation != self._seen_generation and breaker is not self._local:

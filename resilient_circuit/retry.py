@@ -166,11 +166,16 @@ class RetryWithBackoffPolicy(ProtectionPolicy):
     # can: everything else (the engine, the clock, hooks, the budget's withdrawal)
     # happens only once an attempt failed.
 
-    def _wrap_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
-        timed = self.max_duration is not None
-        clock = self._clock
+    def _options(
+        self,
+    ) -> tuple[bool, Callable[[], float], Callable[[], None] | None, Callable[[Any], Any] | None]:
+        """What a wrapper reads once, when it is made: whether calls are timed, the clock,
+        the budget's deposit and ``retry_if_result``."""
         deposit = None if self.budget is None else self.budget.deposit
-        check = self.retry_if_result
+        return self.max_duration is not None, self._clock, deposit, self.retry_if_result
+
+    def _wrap_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        timed, clock, deposit, check = self._options()
         drive = self._drive_sync
         if deposit is None and not timed and check is None:
 
@@ -181,7 +186,7 @@ class RetryWithBackoffPolicy(ProtectionPolicy):
                     return func(*args, **kwargs)
                 except Exception as exc:
                     error: Exception = exc
-                return drive(func, args, kwargs, 0.0, error, None)
+                return drive(functools.partial(func, *args, **kwargs), 0.0, error, None)
 
             return plain
 
@@ -197,47 +202,28 @@ class RetryWithBackoffPolicy(ProtectionPolicy):
             else:
                 if check is None or not check(result):
                     return result
-                return drive(func, args, kwargs, started, None, result)
-            return drive(func, args, kwargs, started, error, None)
+                return drive(functools.partial(func, *args, **kwargs), started, None, result)
+            return drive(functools.partial(func, *args, **kwargs), started, error, None)
 
         return retrying
 
     def _drive_sync(
-        self,
-        func: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        started: float,
-        error: Exception | None,
-        result: Any,
+        self, again: functools.partial[Any], started: float, error: Exception | None, result: Any
     ) -> Any:
-        engine, clock, check = self._engine, self._clock, self.retry_if_result
-        budget, on_retry, on_give_up = self.budget, self.on_retry, self.on_give_up
-        hooks = self.hooks
-        timed = self.max_duration is not None
-        call = Call(started)
+        timed, clock, _, check = self._options()  # the clock is read only when timed
+        engine, budget, call = self._engine, self.budget, Call(started)
         while True:
-            now = clock() if timed else 0.0
-            if error is not None:
-                step = engine.after_error(call, error, now)
-            else:
-                step = engine.after_result(call, result, now)
+            step = engine.decide(call, error, result, clock() if timed else 0.0)
             if type(step) is float and budget is not None and not budget.withdraw():
                 step = engine.refused_by_budget(call, error, result)
+            self._announce(again.func, call, step, error, result)
             if isinstance(step, GiveUp):
-                if step.event is not None:
-                    _events.gave_up(hooks, func, step.event.attempts, step.event.reason, error)
-                    if on_give_up is not None:
-                        on_give_up(step.event)
                 return _raise(step)
-            _events.retried(hooks, func, call.attempts - 1, step, error)
-            if on_retry is not None:
-                on_retry(RetryEvent(call.attempts - 1, step, error, result))
             if step > 0 and not _testing.is_testing():
                 (self._sleep or sleep)(step)
             error = None
             try:
-                result = func(*args, **kwargs)
+                result = again()
             except Exception as exc:
                 error, result = exc, None
             else:
@@ -245,10 +231,7 @@ class RetryWithBackoffPolicy(ProtectionPolicy):
                     return result
 
     def _wrap_async(self, func: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-        timed = self.max_duration is not None
-        clock = self._clock
-        deposit = None if self.budget is None else self.budget.deposit
-        check = self.retry_if_result
+        timed, clock, deposit, check = self._options()
         drive = self._drive_async
         if deposit is None and not timed and check is None:
 
@@ -258,7 +241,7 @@ class RetryWithBackoffPolicy(ProtectionPolicy):
                     return await func(*args, **kwargs)
                 except Exception as exc:
                     error: Exception = exc
-                return await drive(func, args, kwargs, 0.0, error, None)
+                return await drive(functools.partial(func, *args, **kwargs), 0.0, error, None)
 
             return plain
 
@@ -274,52 +257,59 @@ class RetryWithBackoffPolicy(ProtectionPolicy):
             else:
                 if check is None or not await _verdict(check(result)):
                     return result
-                return await drive(func, args, kwargs, started, None, result)
-            return await drive(func, args, kwargs, started, error, None)
+                return await drive(functools.partial(func, *args, **kwargs), started, None, result)
+            return await drive(functools.partial(func, *args, **kwargs), started, error, None)
 
         return retrying
 
     async def _drive_async(
         self,
-        func: Callable[..., Awaitable[Any]],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
+        again: functools.partial[Awaitable[Any]],
         started: float,
         error: Exception | None,
         result: Any,
     ) -> Any:
-        engine, clock, check = self._engine, self._clock, self.retry_if_result
-        budget, on_retry, on_give_up = self.budget, self.on_retry, self.on_give_up
-        hooks = self.hooks
-        timed = self.max_duration is not None
-        call = Call(started)
+        timed, clock, _, check = self._options()  # the clock is read only when timed
+        engine, budget, call = self._engine, self.budget, Call(started)
         while True:
-            now = clock() if timed else 0.0
-            if error is not None:
-                step = engine.after_error(call, error, now)
-            else:
-                step = engine.after_result(call, result, now)
+            step = engine.decide(call, error, result, clock() if timed else 0.0)
             if type(step) is float and budget is not None and not await budget.withdraw_async():
                 step = engine.refused_by_budget(call, error, result)
+            # A policy's on_retry/on_give_up may be ``async def`` for coroutine functions.
+            await _maybe_await(self._announce(again.func, call, step, error, result))
             if isinstance(step, GiveUp):
-                if step.event is not None:
-                    _events.gave_up(hooks, func, step.event.attempts, step.event.reason, error)
-                    if on_give_up is not None:
-                        await _maybe_await(on_give_up(step.event))
                 return _raise(step)
-            _events.retried(hooks, func, call.attempts - 1, step, error)
-            if on_retry is not None:
-                await _maybe_await(on_retry(RetryEvent(call.attempts - 1, step, error, result)))
             if step > 0 and not _testing.is_testing():
                 await (self._async_sleep or async_sleep)(step)
             error = None
             try:
-                result = await func(*args, **kwargs)
+                result = await again()
             except Exception as exc:
                 error, result = exc, None
             else:
                 if check is None or not await _verdict(check(result)):
                     return result
+
+    def _announce(
+        self,
+        func: Callable[..., Any],
+        call: Call,
+        step: float | GiveUp,
+        error: Exception | None,
+        result: Any,
+    ) -> object:
+        """Report ``step`` to the hooks, then to on_retry/on_give_up; returns what that
+        callback returned (an awaitable, for an ``async def`` one)."""
+        if isinstance(step, GiveUp):
+            event = step.event
+            if event is None:  # should_handle declined the error: nobody is told
+                return None
+            _events.gave_up(self.hooks, func, event.attempts, event.reason, error)
+            return None if self.on_give_up is None else self.on_give_up(event)
+        _events.retried(self.hooks, func, call.attempts - 1, step, error)
+        if self.on_retry is None:
+            return None
+        return self.on_retry(RetryEvent(call.attempts - 1, step, error, result))
 
 
 async def _verdict(value: object) -> bool:

@@ -28,6 +28,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import timedelta
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any, Protocol
@@ -80,6 +81,46 @@ class BudgetStore(Protocol):
         ...
 
 
+#: The most first attempts one settle step accepts (the bound of the SQL functions too).
+MAX_FIRST_ATTEMPTS = 1_000_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """One ``settle`` step, as a store carries it out."""
+
+    namespace: str
+    name: str
+    first_attempts: int
+    ratio: float
+    min_per_second: float
+    withdraw: bool
+
+
+class SettlingStore:
+    """The ``BudgetStore.settle`` both stores share: it bounds the backlog, then hands
+    the step to ``_settle``."""
+
+    def settle(
+        self,
+        namespace: str,
+        name: str,
+        first_attempts: int,
+        ratio: float,
+        min_per_second: float,
+        withdraw: bool,
+    ) -> bool:
+        """See ``BudgetStore.settle``."""
+        # A backlog larger than one step takes (a long outage under heavy traffic) is
+        # worth MAX_FIRST_ATTEMPTS deposits and no more, in memory as in PostgreSQL.
+        first_attempts = min(first_attempts, MAX_FIRST_ATTEMPTS)
+        step = Settlement(namespace, name, first_attempts, ratio, min_per_second, withdraw)
+        return self._settle(step)
+
+    def _settle(self, step: Settlement) -> bool:
+        raise NotImplementedError
+
+
 class _Bucket:
     __slots__ = ("balance", "updated")
 
@@ -106,7 +147,7 @@ class _Bucket:
         return permitted
 
 
-class InMemoryBudgetStore:
+class InMemoryBudgetStore(SettlingStore):
     """Budgets in this process's memory: the twin of the PostgreSQL table.
 
     ``clock`` (monotonic seconds) is injectable for tests.
@@ -119,23 +160,17 @@ class InMemoryBudgetStore:
         self._lock = threading.Lock()
         self._buckets: dict[tuple[str, str], _Bucket] = {}
 
-    def settle(
-        self,
-        namespace: str,
-        name: str,
-        first_attempts: int,
-        ratio: float,
-        min_per_second: float,
-        withdraw: bool,
-    ) -> bool:
-        """See ``BudgetStore.settle``."""
+    def _settle(self, step: Settlement) -> bool:
+        key = (step.namespace, step.name)
         with self._lock:
             now = self._clock()
-            bucket = self._buckets.get((namespace, name))
+            bucket = self._buckets.get(key)
             if bucket is None:
                 # One second of floor to start with, as in PostgreSQL.
-                bucket = self._buckets[(namespace, name)] = _Bucket(min_per_second, now)
-            return bucket.settle(now, first_attempts, ratio, min_per_second, withdraw)
+                bucket = self._buckets[key] = _Bucket(step.min_per_second, now)
+            return bucket.settle(
+                now, step.first_attempts, step.ratio, step.min_per_second, step.withdraw
+            )
 
     def balance(self, name: str, namespace: str | None = None) -> float | None:
         """The bucket's balance as last settled (None if never used); for tests and logs."""

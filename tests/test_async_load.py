@@ -20,6 +20,14 @@ from ._fleet_traffic import LOOP_STALL, blocking_pool_uses, loop_lag
 KEY = "hot"
 NAMESPACE = "load"
 TASKS = 500
+CONNECTIONS = 5
+#: How long a round trip may wait for one of the CONNECTIONS (the pool's timeout, the
+#: store's connect_timeout). The TASKS calls queue 2 x TASKS round trips on them, and on
+#: a loaded machine the last in line waits seconds: the default (2 s) would turn that
+#: queue into PoolTimeouts, which fail calls open and lose their records. A wait this
+#: long is never reached by a queue that moves; a deadlock still ends the test, bounded
+#: by it (see ``run_all``).
+POOL_WAIT = 60.0
 
 
 class Failed(Exception):
@@ -28,8 +36,10 @@ class Failed(Exception):
 
 @pytest.fixture
 async def store(pg_dsn: str) -> AsyncIterator[PostgresStorage]:
-    """A store whose pools hold at most 5 connections."""
-    made = PostgresStorage(pg_dsn, namespace=NAMESPACE, max_connections=5)
+    """A store whose pools hold at most CONNECTIONS connections, waited for POOL_WAIT."""
+    made = PostgresStorage(
+        pg_dsn, namespace=NAMESPACE, max_connections=CONNECTIONS, connect_timeout=POOL_WAIT
+    )
     yield made
     await made.aclose()
     made.close()
@@ -47,14 +57,20 @@ def counters(dsn: str) -> dict[str, Any]:
         return dict(zip([c.name for c in cur.description or ()], found, strict=True))
 
 
-async def run_all(call: Callable[[int], Awaitable[Any]]) -> tuple[list[Any], int]:
+async def run_all(
+    store: PostgresStorage, call: Callable[[int], Awaitable[Any]]
+) -> tuple[list[Any], int]:
     """Start TASKS calls together; return their results and how many were in flight at once.
 
     Calls start 50 per loop iteration (all of them within a few milliseconds, long
     before the pool has served the first few), so that the ticker measures the
     policy, not one 500-step burst of the test's own making. A deadlock would show
-    as the gather timing out.
+    as the gather timing out: each call makes two round trips, each waiting at most
+    the pool's timeout for a connection and the statement timeout for its answer
+    (or failing open), so a gather that outlasts that, and a margin for the calls'
+    own sleeps and a loaded machine, is stuck rather than slow.
     """
+    stuck_after = 2 * (store.connect_timeout + store.statement_timeout) + 30
     in_flight = peak = 0
 
     async def tracked(n: int) -> Any:
@@ -70,7 +86,8 @@ async def run_all(call: Callable[[int], Awaitable[Any]]) -> tuple[list[Any], int
     for first in range(0, TASKS, 50):
         tasks.extend(asyncio.create_task(tracked(n)) for n in range(first, first + 50))
         await asyncio.sleep(0)
-    results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), timeout=60)
+    gathered = asyncio.gather(*tasks, return_exceptions=True)
+    results = await asyncio.wait_for(gathered, timeout=stuck_after)
     return results, peak
 
 
@@ -96,7 +113,7 @@ async def test_five_hundred_tasks_through_five_connections_lose_nothing(
 
     blocking = blocking_pool_uses(store)
     async with loop_lag() as worst:
-        results, peak = await run_all(call)
+        results, peak = await run_all(store, call)
     assert blocking == []
     assert peak >= TASKS - 100
     assert sorted(ran) == list(range(TASKS))
@@ -138,7 +155,7 @@ async def test_a_trip_under_load_keeps_every_admitted_outcome(
 
     blocking = blocking_pool_uses(store)
     async with loop_lag() as worst:
-        results, peak = await run_all(call)
+        results, peak = await run_all(store, call)
     assert blocking == []
     assert peak >= TASKS - 100
     failed = [r for r in results if isinstance(r, Failed)]

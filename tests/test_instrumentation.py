@@ -16,6 +16,7 @@ import pytest
 
 import resilient_circuit
 from resilient_circuit import (
+    CallDuringOutage,
     CallFailed,
     CallIgnored,
     CallRejected,
@@ -236,6 +237,62 @@ def test_storage_outages_are_reported_to_global_hooks() -> None:
     outage.succeeded()
     assert isinstance(events[-1], StorageOutageEnded)
     assert events[-1].store == "db"
+
+
+@pytest.mark.parametrize(
+    ("mode", "permitted"), [("open", True), ("closed", False), ("local", True)]
+)
+def test_calls_during_a_storage_outage_are_reported(mode: str, permitted: bool) -> None:
+    """Each call whose admission the store could not answer is one CallDuringOutage,
+    naming the policy's on_storage_error and whether the call went ahead."""
+    pytest.importorskip("psycopg")
+    from resilient_circuit.storage import PostgresStorage
+
+    events: list[Any] = []
+    add_hook(events.append)
+    store = PostgresStorage("postgresql://app@127.0.0.1:1/db?connect_timeout=2", namespace="ns")
+    try:
+        policy = CircuitProtectorPolicy(
+            resource_key="svc",
+            storage=store,
+            on_storage_error=mode,  # type: ignore[arg-type]
+        )
+        call = _fn(policy)
+        for _ in range(2):
+            if permitted:
+                assert call(True) == "fine"
+            else:
+                with pytest.raises(ProtectedCallError):
+                    call(True)
+    finally:
+        store.close()
+    during = [e for e in events if isinstance(e, CallDuringOutage)]
+    assert during == [CallDuringOutage("ns", "svc", mode, permitted)] * 2  # type: ignore[arg-type]
+
+
+async def test_async_calls_during_a_storage_outage_are_reported() -> None:
+    """The coroutine driver reports a degraded admission the same way."""
+    pytest.importorskip("psycopg")
+    from resilient_circuit.storage import PostgresStorage
+
+    events: list[Any] = []
+    store = PostgresStorage("postgresql://app@127.0.0.1:1/db?connect_timeout=2", namespace="ns")
+    try:
+        policy = CircuitProtectorPolicy(
+            resource_key="svc", storage=store, hooks=[events.append], on_storage_error="closed"
+        )
+
+        @policy
+        async def call() -> str:
+            return "fine"
+
+        with pytest.raises(ProtectedCallError):
+            await call()
+    finally:
+        store.close()
+    assert [e for e in events if isinstance(e, CallDuringOutage)] == [
+        CallDuringOutage("ns", "svc", "closed", False)
+    ]
 
 
 def test_hook_arguments_are_checked() -> None:

@@ -186,6 +186,58 @@ def test_opentelemetry_metrics_after_calls_of_two_processes(pg_dsn: str) -> None
     assert points[("resilient_circuit_state", _key(**at, state="CLOSED"))].value == 0
 
 
+def test_storage_up_is_1_from_the_first_answer_then_follows_outages(pg_dsn: str) -> None:
+    """``resilient_circuit_storage_up`` has its sample (1) from a store's first answered
+    call, not only from its first outage; calls in an outage are counted by mode."""
+    from resilient_circuit.storage.postgres.outage import Outage
+
+    registry = CollectorRegistry()
+    prometheus.install(registry)
+    store = PostgresStorage(pg_dsn, namespace="shop")
+    try:
+        _scripted_first_process(store, "up")(True)
+    finally:
+        store.close()
+    up = {
+        labels: value
+        for (name, labels), value in _scrape(registry).items()
+        if name == "resilient_circuit_storage_up"
+    }
+    assert list(up.values()) == [1]
+
+    outage = Outage("db")
+    outage.failed(OSError("gone"))
+    assert _scrape(registry)[("resilient_circuit_storage_up", _key(store="db"))] == 0
+    outage.succeeded()
+    assert _scrape(registry)[("resilient_circuit_storage_up", _key(store="db"))] == 1
+
+
+def test_calls_during_an_outage_are_counted_by_mode_and_decision() -> None:
+    """An unreachable store: a fail-open call proceeds, a fail-closed one is refused,
+    and both are counted in ``resilient_circuit_storage_outage_calls_total``."""
+    registry = CollectorRegistry()
+    prometheus.install(registry)
+    store = PostgresStorage("postgresql://app@127.0.0.1:1/db?connect_timeout=2", namespace="shop")
+    try:
+        for mode in ("open", "closed"):
+            call = CircuitProtectorPolicy(
+                resource_key=mode,
+                storage=store,
+                on_storage_error=mode,  # type: ignore[arg-type]
+            )(lambda: "done")
+            try:
+                call()
+            except ProtectedCallError:
+                pass
+    finally:
+        store.close()
+    found = _scrape(registry)
+    name = "resilient_circuit_storage_outage_calls_total"
+    at = {"namespace": "shop"}
+    assert found[(name, _key(**at, key="open", mode="open", decision="proceeded"))] == 1
+    assert found[(name, _key(**at, key="closed", mode="closed", decision="refused"))] == 1
+
+
 def test_the_fleet_collector_shows_an_app_role_only_its_namespaces(
     pg_dsn: str, pg_role: Callable[[], PgRole]
 ) -> None:

@@ -28,6 +28,7 @@ from resilient_circuit.storage import PostgresStorage
 
 from ._fleet_net import FaultyProxy, StoppableServer, faulty_proxy
 from ._fleet_traffic import LOOP_STALL, OwnError, Traffic, blocking_pool_uses, loop_lag
+from ._helpers import wait_for
 
 KEY = "payments"
 NAMESPACE = "outage"
@@ -122,15 +123,6 @@ def count_attempts(monkeypatch: pytest.MonkeyPatch, store: PostgresStorage) -> l
     monkeypatch.setattr(store, "pool", pool)
     monkeypatch.setattr(store, "apool", apool)
     return attempts
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
 
 
 def calls_seen(traffic: Traffic, since: float = 0.0, count: int = 20) -> None:

@@ -15,12 +15,14 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from typing import Any
 
 import psycopg
 import pytest
 
 from resilient_circuit import CircuitProtectorPolicy, CircuitState, ProtectedCallError
+from resilient_circuit.retry_budget import BudgetUnavailable, PostgresBudgetStore
 from resilient_circuit.storage import PostgresStorage
 from tests._helpers import wait_for
 from tests._pgbouncer import PgBouncer
@@ -98,6 +100,13 @@ def policy(store: PostgresStorage, key: str, **kwargs: Any) -> CircuitProtectorP
     )
 
 
+def statement_timeouts_seen(dsn: str) -> set[str]:
+    """The statement_timeout of five statements of a new client of PgBouncer: each may
+    run on a server connection an earlier client used."""
+    with psycopg.connect(dsn, autocommit=True, connect_timeout=5) as conn:
+        return {str(conn.execute("SHOW statement_timeout").fetchone()[0]) for _ in range(5)}  # type: ignore[index]
+
+
 def test_pgbouncer_refuses_startup_options(bounced_dsn: str) -> None:
     """The fixture is a strict PgBouncer: a session setting sent at startup is refused."""
     with pytest.raises(psycopg.OperationalError, match="unsupported startup parameter"):
@@ -168,11 +177,7 @@ def test_session_timeouts_do_not_leak_through_pgbouncer(
     """Behind PgBouncer the store sets no session setting on shared server connections."""
     store = make_store(bounced_dsn, statement_timeout=0.123)
     policy(store, "leak").reset()
-    with psycopg.connect(bounced_dsn, autocommit=True, connect_timeout=5) as conn:
-        for _ in range(5):
-            row = conn.execute("SHOW statement_timeout").fetchone()
-            assert row is not None
-            assert row[0] != "123ms"
+    assert statement_timeouts_seen(bounced_dsn) == {"0"}  # never the store's 123 ms
 
 
 def test_cached_mode_without_listen_dsn_falls_back_to_strict_with_one_warning(
@@ -358,3 +363,46 @@ async def test_timeouts_bound_each_async_round_trip_through_pgbouncer(
         locker.rollback()
     assert store.outage.down_since is not None or store.outage.up_since > started
     await store.aclose()
+
+
+def test_budget_timeouts_do_not_leak_through_pgbouncer(bounced_dsn: str) -> None:
+    """Behind PgBouncer a retry budget sets no session setting on shared server connections."""
+    store = PostgresBudgetStore(bounced_dsn, statement_timeout=timedelta(milliseconds=123))
+    try:
+        for _ in range(3):
+            store.settle("bouncer", "leak", 1, 0.2, 1.0, True)
+    finally:
+        store.close()
+    assert statement_timeouts_seen(bounced_dsn) == {"0"}  # never the store's 123 ms
+
+
+def test_budget_timeouts_bound_each_round_trip_through_pgbouncer(
+    bounced_dsn: str, pg_dsn: str
+) -> None:
+    """A budget row another session holds locked: behind PgBouncer the withdrawal fails
+    on its own timeout (the budget then falls back to memory) instead of waiting."""
+    store = PostgresBudgetStore(bounced_dsn, statement_timeout=timedelta(milliseconds=300))
+    locked, done = threading.Event(), threading.Event()
+
+    def hold_the_row() -> None:
+        with psycopg.connect(pg_dsn) as locker:
+            locker.execute(
+                "SELECT * FROM rc_retry_budgets WHERE name = 'locked' AND namespace = 'bouncer'"
+                " FOR UPDATE"
+            )
+            locked.set()
+            done.wait(60)  # a withdrawal that never times out would wait for this
+            locker.rollback()
+
+    holder = threading.Thread(target=hold_the_row)
+    try:
+        store.settle("bouncer", "locked", 0, 0.2, 1.0, False)  # the row exists
+        holder.start()
+        assert locked.wait(30)
+        with pytest.raises(BudgetUnavailable, match="timeout"):
+            store.settle("bouncer", "locked", 0, 0.2, 1.0, True)
+    finally:
+        done.set()
+        if holder.is_alive():
+            holder.join(60)
+        store.close()

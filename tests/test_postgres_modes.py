@@ -5,7 +5,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from datetime import timedelta
 from fractions import Fraction
@@ -20,6 +19,8 @@ from resilient_circuit import CircuitProtectorPolicy, CircuitState, ProtectedCal
 from resilient_circuit.cli import main as cli
 from resilient_circuit.storage import PostgresStorage
 
+from ._helpers import count_round_trips, wait_for
+
 
 @pytest.fixture
 def stores(pg_dsn: str) -> Iterator[list[PostgresStorage]]:
@@ -30,18 +31,6 @@ def stores(pg_dsn: str) -> Iterator[list[PostgresStorage]]:
         store.close()
 
 
-def round_trips(monkeypatch: pytest.MonkeyPatch, store: PostgresStorage) -> list[Any]:
-    sent: list[Any] = []
-    real_fetch = store.fetch
-
-    def fetch(breaker: Any, statement: Any, params: Any, **kw: Any) -> Any:
-        sent.append(params)
-        return real_fetch(breaker, statement, params, **kw)
-
-    monkeypatch.setattr(store, "fetch", fetch)
-    return sent
-
-
 def counters(dsn: str, key: str, namespace: str = "modes") -> tuple[int, int]:
     with psycopg.connect(dsn) as conn:
         row = conn.execute(
@@ -50,15 +39,6 @@ def counters(dsn: str, key: str, namespace: str = "modes") -> tuple[int, int]:
             (key, namespace),
         ).fetchone()
     return (row[0], row[1]) if row else (0, 0)
-
-
-def wait_for(predicate: Any, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.005)
-    return predicate()
 
 
 def listening_sessions(dsn: str) -> int:
@@ -89,7 +69,7 @@ def test_cached_admission_makes_one_round_trip_per_call(
         return "ok"
 
     call()
-    sent = round_trips(monkeypatch, stores[0])
+    sent = count_round_trips(monkeypatch, stores[0])
     for _ in range(20):
         assert call() == "ok"
     assert len(sent) == 20
@@ -142,7 +122,7 @@ def test_cached_admission_asks_the_server_while_not_listening(
         def call() -> None:
             pass
 
-        sent = round_trips(monkeypatch, store)
+        sent = count_round_trips(monkeypatch, store)
         call()
         call()
         assert len(sent) == 4
@@ -170,7 +150,7 @@ def test_batched_recording_flushes_everything_in_few_transactions(
             raise ConnectionError("x")
 
     call(True)
-    sent = round_trips(monkeypatch, stores[0])
+    sent = count_round_trips(monkeypatch, stores[0])
     for i in range(3000):
         try:
             call(i % 10 != 0)

@@ -317,38 +317,53 @@ def _parse_dsn(dsn: str) -> Dsn:
 
 
 def _run_one(dsn: str | None, schema: str | None, function: str, *args: Any) -> Any:
+    return _run_each(dsn, schema, [(function, args)])[0]
+
+
+def _run_each(
+    dsn: str | None, schema: str | None, calls: list[tuple[str, tuple[Any, ...]]]
+) -> list[Any]:
+    """What each ``(function, args)`` returned, called in order on one connection."""
     from psycopg import sql
 
     from resilient_circuit.cli.operate import session
 
+    results = []
     with session(dsn, schema) as (conn, schema_name):
-        statement = sql.SQL("SELECT {}({})").format(
-            sql.Identifier(schema_name, function),
-            sql.SQL(", ").join(sql.Placeholder() for _ in args),
-        )
-        row = conn.execute(statement, args).fetchone()
-    return row[0] if row else None
+        for function, args in calls:
+            statement = sql.SQL("SELECT {}({})").format(
+                sql.Identifier(schema_name, function),
+                sql.SQL(", ").join(sql.Placeholder() for _ in args),
+            )
+            row = conn.execute(statement, args).fetchone()
+            results.append(row[0] if row else None)
+    return results
 
 
 @main.command("forget")
 @click.argument("key")
 @click.option("--namespace", metavar="NAME", help="Default: RC_NAMESPACE, else default.")
+@click.option("--budget", is_flag=True, help="KEY names a retry budget, not a breaker.")
 @click.option("--dsn", metavar="DSN", help="Default: RC_DB_DSN or RC_DB_* (also from .env).")
 @click.option("--schema", metavar="NAME", help="Default: RC_DB_SCHEMA, else public.")
-def forget(key: str, namespace: str | None, dsn: str | None, schema: str | None) -> None:
-    """Delete one breaker; its next use starts a fresh one.
+def forget(
+    key: str, namespace: str | None, budget: bool, dsn: str | None, schema: str | None
+) -> None:
+    """Delete one breaker (or, with --budget, one retry budget); its next use starts afresh.
 
     \b
-    Example:
+    Examples:
       resilient-circuit-cli forget payments-v1 --namespace shop
+      resilient-circuit-cli forget payments-retries --budget --namespace shop
     """
     from resilient_circuit.cli.operate import checked_names
 
     key, ns = checked_names(key, namespace)
-    if _run_one(dsn, schema, "rc_forget", key, ns):
-        click.echo(f"Forgot {printable(ns)}/{printable(key)}.")
+    named = f"{printable(ns)}/{printable(key)}"
+    if _run_one(dsn, schema, "rc_budget_forget" if budget else "rc_forget", key, ns):
+        click.echo(f"Forgot retry budget {named}." if budget else f"Forgot {named}.")
     else:
-        raise click.ClickException(f"no breaker {printable(ns)}/{printable(key)}")
+        raise click.ClickException(f"no {'retry budget' if budget else 'breaker'} {named}")
 
 
 @main.command("gc")
@@ -361,14 +376,17 @@ def forget(key: str, namespace: str | None, dsn: str | None, schema: str | None)
 @click.option("--dsn", metavar="DSN", help="Default: RC_DB_DSN or RC_DB_* (also from .env).")
 @click.option("--schema", metavar="NAME", help="Default: RC_DB_SCHEMA, else public.")
 def gc(idle: str, dsn: str | None, schema: str | None) -> None:
-    """Delete the CLOSED breakers unchanged for --idle (in the namespaces you may use).
+    """Delete the CLOSED breakers unchanged and the retry budgets unused for --idle
+    (in the namespaces you may use).
 
     \b
     Example:
       resilient-circuit-cli gc --idle '30 days'
     """
-    deleted = _run_one(dsn, schema, "rc_gc", idle)
-    click.echo(f"Deleted {deleted} CLOSED breaker(s) unchanged for {idle}.")
+    # The budgets first: rc_gc collects them too, and would leave none to count.
+    budgets, breakers = _run_each(dsn, schema, [("rc_budget_gc", (idle,)), ("rc_gc", (idle,))])
+    click.echo(f"Deleted {breakers} CLOSED breaker(s) unchanged for {idle}.")
+    click.echo(f"Deleted {budgets} retry budget(s) unused for {idle}.")
 
 
 def _require_schema(dsn: str) -> None:

@@ -10,6 +10,7 @@ imported only when used: ``resilient_circuit.instrumentation.prometheus``
 from __future__ import annotations
 
 from resilient_circuit.instrumentation.hooks import (
+    CallDuringOutage,
     CallFailed,
     CallIgnored,
     CallRejected,
@@ -20,6 +21,7 @@ from resilient_circuit.instrumentation.hooks import (
     RetryGaveUp,
     RetryScheduled,
     StateChanged,
+    StorageAvailable,
     StorageOutageEnded,
     StorageOutageStarted,
     TransitionSource,
@@ -30,6 +32,7 @@ from resilient_circuit.instrumentation.hooks import (
 )
 
 __all__ = (
+    "CallDuringOutage",
     "CallFailed",
     "CallIgnored",
     "CallRejected",
@@ -40,6 +43,7 @@ __all__ = (
     "RetryGaveUp",
     "RetryScheduled",
     "StateChanged",
+    "StorageAvailable",
     "StorageOutageEnded",
     "StorageOutageStarted",
     "TransitionSource",

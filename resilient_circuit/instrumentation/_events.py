@@ -7,9 +7,11 @@ from typing import TYPE_CHECKING, Any
 
 from resilient_circuit._machine import CircuitState
 from resilient_circuit.instrumentation.hooks import (
+    CallDuringOutage,
     RetryGaveUp,
     RetryScheduled,
     StateChanged,
+    StorageAvailable,
     StorageOutageEnded,
     StorageOutageStarted,
     TransitionSource,
@@ -23,12 +25,14 @@ if TYPE_CHECKING:
     from resilient_circuit.storage.base import Breaker
 
 __all__ = (
+    "during_outage",
     "gave_up",
     "observing",
     "outage_ended",
     "outage_started",
     "registry",
     "retried",
+    "storage_available",
     "switch",
     "transition",
 )
@@ -63,6 +67,14 @@ def transition(
         )
 
 
+def during_outage(policy: CircuitProtectorPolicy, permitted: bool) -> None:
+    if policy.hooks or registry.hooks:
+        event = CallDuringOutage(
+            policy.namespace, policy.resource_key, policy.on_storage_error, permitted
+        )
+        emit(event, policy.hooks)
+
+
 def function_name(func: Any) -> str:
     """``module.qualname`` of a protected function, the label retries are counted under."""
     module = getattr(func, "__module__", None) or "?"
@@ -92,3 +104,8 @@ def outage_started(store: str, error: str) -> None:
 def outage_ended(store: str, downtime: float) -> None:
     if registry.hooks:
         emit(StorageOutageEnded(store, downtime))
+
+
+def storage_available(store: str) -> None:
+    if registry.hooks:
+        emit(StorageAvailable(store))

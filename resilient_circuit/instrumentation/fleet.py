@@ -1,8 +1,9 @@
-"""Every breaker the session may see, read from the status view in one query.
+"""Every breaker (and retry budget) the session may see, read in one round trip.
 
 The CLI's ``status`` and the Prometheus fleet collector both read the shared state
 through here: one ``SELECT`` on ``rc_circuit_breaker_status``, which shows an
-application role only its granted namespaces. Needs psycopg.
+application role only its granted namespaces; the collector adds ``rc_budget_status()``
+to the same query. Needs psycopg.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ from typing import Any
 from psycopg import sql
 from psycopg.rows import dict_row
 
-__all__ = ("BreakerRow", "glob_to_like", "read_fleet")
+__all__ = ("BreakerRow", "BudgetRow", "glob_to_like", "read_fleet", "read_fleet_and_budgets")
 
 STATUS_VIEW = "rc_circuit_breaker_status"
+BUDGET_STATUS = "rc_budget_status"
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +72,20 @@ class BreakerRow:
         for name, value in self.extra.items():
             out.setdefault(name, _jsonable(value))
         return out
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetRow:
+    """One retry budget as ``rc_budget_status()`` shows it."""
+
+    namespace: str
+    name: str
+    balance: float  # tokens left at updated_at
+    min_per_second: float
+    first_attempts: int  # lifetime
+    retries: int  # withdrawals granted, lifetime
+    refusals: int  # withdrawals refused, lifetime
+    updated_at: datetime
 
 
 def _jsonable(value: Any) -> Any:
@@ -174,3 +190,33 @@ def _row(r: dict[str, Any]) -> BreakerRow:
         window_slow=int(r.get("window_slow") or 0),
         extra={k: v for k, v in r.items() if k not in _KNOWN},
     )
+
+
+def read_fleet_and_budgets(conn: Any, schema: str) -> tuple[list[BreakerRow], list[BudgetRow]]:
+    """Every breaker and every retry budget the session may see, in one round trip.
+
+    Both ``SELECT``s travel as one simple-protocol query (no parameters, never
+    prepared); an install older than ``rc_budget_status`` raises psycopg's
+    ``UndefinedFunction``.
+    """
+    statement = sql.SQL(
+        "SELECT * FROM {} ORDER BY namespace, resource_key; SELECT * FROM {}()"
+    ).format(sql.Identifier(schema, STATUS_VIEW), sql.Identifier(schema, BUDGET_STATUS))
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(statement, prepare=False)
+        breakers = cur.fetchall()
+        cur.nextset()
+        budgets = cur.fetchall()
+    return [_row(r) for r in breakers], [
+        BudgetRow(
+            namespace=r["namespace"],
+            name=r["name"],
+            balance=float(r["balance"]),
+            min_per_second=float(r["min_per_second"]),
+            first_attempts=int(r["first_attempts"]),
+            retries=int(r["retries"]),
+            refusals=int(r["refusals"]),
+            updated_at=r["updated_at"],
+        )
+        for r in budgets
+    ]

@@ -20,6 +20,7 @@ from typing import Literal, Protocol, Union
 from resilient_circuit._machine import CircuitState
 
 __all__ = (
+    "CallDuringOutage",
     "CallFailed",
     "CallIgnored",
     "CallRejected",
@@ -30,6 +31,7 @@ __all__ = (
     "RetryGaveUp",
     "RetryScheduled",
     "StateChanged",
+    "StorageAvailable",
     "StorageOutageEnded",
     "StorageOutageStarted",
     "add_hook",
@@ -97,6 +99,19 @@ class CallSlow:
     threshold: float
 
 
+@dataclass(frozen=True, slots=True)
+class CallDuringOutage:
+    """The breaker store could not answer a call's admission, so the policy's
+    ``on_storage_error`` (``mode``: open, closed or local) decided: ``permitted`` says
+    whether the call went ahead (always when open, never when closed, as the
+    in-process breaker said when local). Its outcome is not recorded in the store."""
+
+    namespace: str
+    key: str
+    mode: str
+    permitted: bool
+
+
 #: Where a policy learned of a transition: the reply to a protected call (its own
 #: transition or a peer's, seen on this call), its own ``status =``/``reset()``
 #: ("admin"), or a read of the breaker (``status``, ``snapshot()``).
@@ -140,6 +155,14 @@ class RetryGaveUp:
 
 
 @dataclass(frozen=True, slots=True)
+class StorageAvailable:
+    """The breaker store ``store`` answered for the first time (it is up until a
+    ``StorageOutageStarted``)."""
+
+    store: str
+
+
+@dataclass(frozen=True, slots=True)
 class StorageOutageStarted:
     """The breaker store ``store`` (its address, never a password) stopped answering."""
 
@@ -161,9 +184,11 @@ Event = Union[  # noqa: UP007 - a runtime alias, also read by Python 3.10
     CallRejected,
     CallIgnored,
     CallSlow,
+    CallDuringOutage,
     StateChanged,
     RetryScheduled,
     RetryGaveUp,
+    StorageAvailable,
     StorageOutageStarted,
     StorageOutageEnded,
 ]

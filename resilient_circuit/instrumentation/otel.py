@@ -6,41 +6,29 @@ its exporters and its meter provider are the application's. ``install()`` adds a
 adapter (names without the ``_total`` suffix the Prometheus exporter adds):
 ``resilient_circuit_calls``, ``resilient_circuit_slow_calls``,
 ``resilient_circuit_call_duration_seconds``, ``resilient_circuit_state``,
-``resilient_circuit_transitions``, ``resilient_circuit_retries`` and
-``resilient_circuit_storage_up``, with the same attributes.
+``resilient_circuit_transitions``, ``resilient_circuit_retries``,
+``resilient_circuit_storage_outage_calls`` and ``resilient_circuit_storage_up``, with
+the same attributes.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Iterable
-from typing import Any
 
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
 
 from resilient_circuit._machine import CircuitState
-from resilient_circuit.instrumentation.hooks import (
-    CallFailed,
-    CallIgnored,
-    CallRejected,
-    CallSlow,
-    CallSucceeded,
-    Event,
-    RetryGaveUp,
-    RetryScheduled,
-    StateChanged,
-    StorageOutageEnded,
-    StorageOutageStarted,
-    add_hook,
-)
+from resilient_circuit.instrumentation._metrics import MetricsHook
+from resilient_circuit.instrumentation.hooks import add_hook
 
 __all__ = ("OpenTelemetryMetrics", "install")
 
 _STATES = tuple(s.value for s in CircuitState)
 
 
-class OpenTelemetryMetrics:
+class OpenTelemetryMetrics(MetricsHook):
     """A hook recording call, state, retry and storage metrics on an OpenTelemetry meter."""
 
     def __init__(self, meter_provider: MeterProvider | None = None) -> None:
@@ -70,6 +58,12 @@ class OpenTelemetryMetrics:
             unit="{retry}",
             description="Retries scheduled (outcome=retry) and retry policies giving up.",
         )
+        self.outage_calls = meter.create_counter(
+            "resilient_circuit_storage_outage_calls",
+            unit="{call}",
+            description="Calls the breaker store could not answer for, by on_storage_error"
+            " mode and decision (proceeded or refused).",
+        )
         self._lock = threading.Lock()
         self._states: dict[tuple[str, str], str] = {}
         self._stores: dict[str, int] = {}
@@ -84,50 +78,32 @@ class OpenTelemetryMetrics:
             description="1 while the breaker store answers, 0 during an outage.",
         )
 
-    def __call__(self, event: Event) -> None:
-        kind = type(event)
-        if kind is CallSucceeded or kind is CallFailed:
-            e: Any = event
-            where = {"namespace": e.namespace, "key": e.key}
-            outcome = "success" if kind is CallSucceeded else "failure"
-            self.calls.add(1, {**where, "outcome": outcome})
-            self.duration.record(e.duration, where)
-            self._set_state(e.namespace, e.key, e.state.value)
-        elif isinstance(event, CallRejected):
-            self.calls.add(
-                1, {"namespace": event.namespace, "key": event.key, "outcome": "rejected"}
-            )
-            self._set_state(event.namespace, event.key, event.state.value)
-        elif isinstance(event, CallIgnored):
-            where = {"namespace": event.namespace, "key": event.key}
-            self.calls.add(1, {**where, "outcome": "ignored"})
-            self.duration.record(event.duration, where)
-        elif isinstance(event, CallSlow):
-            self.slow_calls.add(1, {"namespace": event.namespace, "key": event.key})
-        elif isinstance(event, StateChanged):
-            self.transitions.add(
-                1,
-                {
-                    "namespace": event.namespace,
-                    "key": event.key,
-                    "from": event.old.value,
-                    "to": event.new.value,
-                },
-            )
-            self._set_state(event.namespace, event.key, event.new.value)
-        elif isinstance(event, RetryScheduled):
-            self.retries.add(1, {"function": event.function, "outcome": "retry", "reason": ""})
-        elif isinstance(event, RetryGaveUp):
-            self.retries.add(
-                1, {"function": event.function, "outcome": "gave_up", "reason": event.reason}
-            )
-        elif isinstance(event, StorageOutageStarted | StorageOutageEnded):
-            with self._lock:
-                self._stores[event.store] = 0 if isinstance(event, StorageOutageStarted) else 1
+    def count_call(self, namespace: str, key: str, outcome: str, duration: float | None) -> None:
+        where = {"namespace": namespace, "key": key}
+        self.calls.add(1, {**where, "outcome": outcome})
+        if duration is not None:
+            self.duration.record(duration, where)
 
-    def _set_state(self, namespace: str, key: str, state: str) -> None:
+    def count_slow_call(self, namespace: str, key: str) -> None:
+        self.slow_calls.add(1, {"namespace": namespace, "key": key})
+
+    def set_state(self, namespace: str, key: str, state: str) -> None:
         with self._lock:
             self._states[(namespace, key)] = state
+
+    def count_transition(self, namespace: str, key: str, old: str, new: str) -> None:
+        self.transitions.add(1, {"namespace": namespace, "key": key, "from": old, "to": new})
+
+    def count_retry(self, function: str, outcome: str, reason: str) -> None:
+        self.retries.add(1, {"function": function, "outcome": outcome, "reason": reason})
+
+    def count_outage_call(self, namespace: str, key: str, mode: str, decision: str) -> None:
+        where = {"namespace": namespace, "key": key}
+        self.outage_calls.add(1, {**where, "mode": mode, "decision": decision})
+
+    def set_storage_up(self, store: str, up: int) -> None:
+        with self._lock:
+            self._stores[store] = up
 
     def _observe_states(self, options: CallbackOptions) -> Iterable[Observation]:
         with self._lock:

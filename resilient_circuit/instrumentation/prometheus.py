@@ -10,11 +10,15 @@
 - ``resilient_circuit_transitions_total{namespace,key,from,to}``
 - ``resilient_circuit_retries_total{function,outcome,reason}`` (outcome ``retry`` for a
   scheduled retry, ``gave_up`` with its reason)
-- ``resilient_circuit_storage_up{store}``
+- ``resilient_circuit_storage_outage_calls_total{namespace,key,mode,decision}`` (calls
+  the store could not answer for: ``proceeded`` or ``refused`` per ``on_storage_error``)
+- ``resilient_circuit_storage_up{store}`` (1 from the store's first answer, 0 during
+  an outage)
 
-``FleetCollector`` exports every breaker of the shared store (the namespaces the
-database role may see) from the status view, with one query per scrape, so any one
-replica, or ``resilient-circuit-cli metrics``, can export the whole fleet.
+``FleetCollector`` exports every breaker and retry budget of the shared store (the
+namespaces the database role may see) from the status view and ``rc_budget_status()``,
+with one query per scrape, so any one replica, or ``resilient-circuit-cli metrics``,
+can export the whole fleet.
 """
 
 from __future__ import annotations
@@ -30,20 +34,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from resilient_circuit._machine import CircuitState
-from resilient_circuit.instrumentation.hooks import (
-    CallFailed,
-    CallIgnored,
-    CallRejected,
-    CallSlow,
-    CallSucceeded,
-    Event,
-    RetryGaveUp,
-    RetryScheduled,
-    StateChanged,
-    StorageOutageEnded,
-    StorageOutageStarted,
-    add_hook,
-)
+from resilient_circuit.instrumentation._metrics import MetricsHook
+from resilient_circuit.instrumentation.hooks import add_hook
 
 __all__ = ("FleetCollector", "PrometheusMetrics", "install")
 
@@ -52,7 +44,7 @@ logger = logging.getLogger("resilient_circuit.instrumentation")
 _STATES = tuple(s.value for s in CircuitState)
 
 
-class PrometheusMetrics:
+class PrometheusMetrics(MetricsHook):
     """A hook keeping this process's call, state, retry and storage metrics."""
 
     def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
@@ -94,6 +86,13 @@ class PrometheusMetrics:
             ["function", "outcome", "reason"],
             registry=registry,
         )
+        self.outage_calls = Counter(
+            "resilient_circuit_storage_outage_calls",
+            "Calls the breaker store could not answer for, by on_storage_error mode and"
+            " decision (proceeded or refused).",
+            [*key, "mode", "decision"],
+            registry=registry,
+        )
         self.storage_up = Gauge(
             "resilient_circuit_storage_up",
             "1 while the breaker store answers, 0 during an outage.",
@@ -102,43 +101,32 @@ class PrometheusMetrics:
         )
         self._seen: dict[tuple[str, str], str] = {}
 
-    def __call__(self, event: Event) -> None:
-        kind = type(event)
-        if kind is CallSucceeded or kind is CallFailed:
-            e: Any = event
-            self.calls.labels(
-                e.namespace, e.key, "success" if kind is CallSucceeded else "failure"
-            ).inc()
-            self.duration.labels(e.namespace, e.key).observe(e.duration)
-            self._set_state(e.namespace, e.key, e.state.value)
-        elif isinstance(event, CallRejected):
-            self.calls.labels(event.namespace, event.key, "rejected").inc()
-            self._set_state(event.namespace, event.key, event.state.value)
-        elif isinstance(event, CallIgnored):
-            self.calls.labels(event.namespace, event.key, "ignored").inc()
-            self.duration.labels(event.namespace, event.key).observe(event.duration)
-        elif isinstance(event, CallSlow):
-            self.slow_calls.labels(event.namespace, event.key).inc()
-        elif isinstance(event, StateChanged):
-            self.transitions.labels(
-                event.namespace, event.key, event.old.value, event.new.value
-            ).inc()
-            self._set_state(event.namespace, event.key, event.new.value)
-        elif isinstance(event, RetryScheduled):
-            self.retries.labels(event.function, "retry", "").inc()
-        elif isinstance(event, RetryGaveUp):
-            self.retries.labels(event.function, "gave_up", event.reason).inc()
-        elif isinstance(event, StorageOutageStarted):
-            self.storage_up.labels(event.store).set(0)
-        elif isinstance(event, StorageOutageEnded):
-            self.storage_up.labels(event.store).set(1)
+    def count_call(self, namespace: str, key: str, outcome: str, duration: float | None) -> None:
+        self.calls.labels(namespace, key, outcome).inc()
+        if duration is not None:
+            self.duration.labels(namespace, key).observe(duration)
 
-    def _set_state(self, namespace: str, key: str, state: str) -> None:
+    def count_slow_call(self, namespace: str, key: str) -> None:
+        self.slow_calls.labels(namespace, key).inc()
+
+    def set_state(self, namespace: str, key: str, state: str) -> None:
         if self._seen.get((namespace, key)) == state:
             return
         self._seen[(namespace, key)] = state
         for name in _STATES:
             self.state.labels(namespace, key, name).set(1 if name == state else 0)
+
+    def count_transition(self, namespace: str, key: str, old: str, new: str) -> None:
+        self.transitions.labels(namespace, key, old, new).inc()
+
+    def count_retry(self, function: str, outcome: str, reason: str) -> None:
+        self.retries.labels(function, outcome, reason).inc()
+
+    def count_outage_call(self, namespace: str, key: str, mode: str, decision: str) -> None:
+        self.outage_calls.labels(namespace, key, mode, decision).inc()
+
+    def set_storage_up(self, store: str, up: int) -> None:
+        self.storage_up.labels(store).set(up)
 
 
 def install(registry: CollectorRegistry = REGISTRY) -> PrometheusMetrics:
@@ -173,15 +161,22 @@ class FleetCollector(Collector):
         self._conn: Any = None
         self._lock = threading.Lock()
         self._failing = False
+        self._budgets = True  # does the schema have rc_budget_status (until proven not)?
 
     def __repr__(self) -> str:
         return f"FleetCollector({str(self._dsn)!r}, schema={self.schema!r})"
 
     def read(self) -> list[Any]:
-        """The breakers, one query; raises psycopg's error when the database fails."""
+        """The breakers; raises psycopg's error when the database fails."""
+        return self.read_all()[0]
+
+    def read_all(self) -> tuple[list[Any], list[Any]]:
+        """The breakers and the retry budgets, in one round trip (the budgets empty on an
+        install older than ``rc_budget_status``); raises psycopg's error when the
+        database fails."""
         import psycopg
 
-        from resilient_circuit.instrumentation.fleet import read_fleet
+        from resilient_circuit.instrumentation.fleet import read_fleet, read_fleet_and_budgets
 
         with self._lock:
             if self._conn is None or self._conn.closed:
@@ -192,7 +187,12 @@ class FleetCollector(Collector):
                     **self._dsn.connect_kwargs(),
                 )
             try:
-                return read_fleet(self._conn, self.schema)
+                if self._budgets:
+                    try:
+                        return read_fleet_and_budgets(self._conn, self.schema)
+                    except psycopg.errors.UndefinedFunction:
+                        self._budgets = False  # not upgraded yet: breakers alone from now on
+                return read_fleet(self._conn, self.schema), []
             except psycopg.Error:
                 self._conn.close()
                 self._conn = None
@@ -216,7 +216,7 @@ class FleetCollector(Collector):
             "resilient_circuit_fleet_up", "1 when the last scrape read the status view."
         )
         try:
-            rows = self.read()
+            rows, budgets = self.read_all()
         except Exception as exc:
             if not self._failing:
                 self._failing = True
@@ -228,6 +228,7 @@ class FleetCollector(Collector):
         up.add_metric([], 1)
         yield up
         yield from _fleet_metrics(rows)
+        yield from _budget_metrics(budgets)
         took = GaugeMetricFamily(
             "resilient_circuit_fleet_scrape_duration_seconds",
             "How long the status view's query took.",
@@ -327,3 +328,41 @@ def _fleet_metrics(rows: list[Any]) -> Iterator[Metric]:
         remaining,
         updated,
     )
+
+
+def _budget_metrics(budgets: list[Any]) -> Iterator[Metric]:
+    labels = ["namespace", "budget"]
+    balance = GaugeMetricFamily(
+        "resilient_circuit_fleet_budget_balance",
+        "Tokens a retry budget held when last settled (one pays for one retry).",
+        labels=labels,
+    )
+    floor = GaugeMetricFamily(
+        "resilient_circuit_fleet_budget_min_per_second",
+        "The retry budget's floor: tokens it refills by itself, per second.",
+        labels=labels,
+    )
+    first_attempts = CounterMetricFamily(
+        "resilient_circuit_fleet_budget_first_attempts",
+        "First attempts deposited into the retry budget over its life, from every process.",
+        labels=labels,
+    )
+    withdrawals = CounterMetricFamily(
+        "resilient_circuit_fleet_budget_withdrawals",
+        "Retries the budget allowed (granted) or refused over its life, from every process.",
+        labels=[*labels, "outcome"],
+    )
+    updated = GaugeMetricFamily(
+        "resilient_circuit_fleet_budget_updated_timestamp_seconds",
+        "When the retry budget was last settled (Unix time).",
+        labels=labels,
+    )
+    for budget in budgets:
+        at = [budget.namespace, budget.name]
+        balance.add_metric(at, budget.balance)
+        floor.add_metric(at, budget.min_per_second)
+        first_attempts.add_metric(at, budget.first_attempts)
+        withdrawals.add_metric([*at, "granted"], budget.retries)
+        withdrawals.add_metric([*at, "refused"], budget.refusals)
+        updated.add_metric(at, budget.updated_at.timestamp())
+    yield from (balance, floor, first_attempts, withdrawals, updated)

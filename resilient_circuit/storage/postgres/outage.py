@@ -77,11 +77,13 @@ class Outage:
         "_effect",
         "_failed_at",
         "_lock",
+        "answered",
         "down_since",
         "max_backoff",
         "min_backoff",
         "retry_at",
         "up_since",
+        "watching",
     )
 
     def __init__(
@@ -101,6 +103,10 @@ class Outage:
         self.up_since = float("-inf")  # when the last outage ended
         self.retry_at = 0.0
         self._failed_at = 0.0  # when the last failure that moved the backoff was seen
+        self.answered = False  # has the database ever answered (hooks were told so)?
+        # What a round trip checks before calling succeeded(): one attribute, true
+        # while down or before the first answer, the only times an answer is news.
+        self.watching = True
 
     def skip(self, probe_for: float = 0.0) -> bool:
         """True while the database is known down and this call should not try it.
@@ -137,6 +143,7 @@ class Outage:
             if started < self.up_since:
                 return  # it began before the database last answered: old news
             self.down_since = self._failed_at = now
+            self.watching = True
             self._backoff = self.min_backoff
             self.retry_at = now + self._backoff
         logger.warning(
@@ -153,22 +160,31 @@ class Outage:
         Only a ``conclusive`` one (a write, for a store that records) ends an outage;
         another lets the next statement try at once instead of waiting its turn.
         """
-        if self.down_since is None:
+        if not self.watching:
             return
         now = time.monotonic()
         if started is None:
             started = now
         with self._lock:
             down_since = self.down_since
-            if down_since is None or started < down_since:
+            if down_since is None:
+                # The first answer ever (or one racing it): up from now on, until a failure.
+                first, self.answered, self.watching = not self.answered, True, False
+            elif started < down_since:
                 return  # it began before the outage was known: old news
-            if not conclusive:
+            elif not conclusive:
                 if started >= self._failed_at:
                     self.retry_at = 0.0
                 return
-            self.down_since = None
-            self.up_since = now
-            self.retry_at = 0.0
+            else:
+                self.down_since = None
+                self.answered, self.watching = True, False
+                self.up_since = now
+                self.retry_at = 0.0
+        if down_since is None:
+            if first:
+                _events.storage_available(self._describe)
+            return
         logger.info(
             "breaker storage %s available again after %.1fs", self._describe, now - down_since
         )

@@ -374,7 +374,7 @@ class PostgresStorage(CircuitBreakerStorage):
 
     def _finish(self, row: Any, started: float, wrote: bool, missing_ok: bool) -> Any:
         """After a round trip that got its answer: maybe end an outage, check the row."""
-        if self.outage.down_since is not None:
+        if self.outage.watching:  # down, or never answered before
             self.outage.succeeded(started, wrote or not self._breakers)
         if row is None and not missing_ok:
             raise StorageError("breaker function returned no row")
