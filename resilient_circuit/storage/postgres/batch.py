@@ -151,21 +151,27 @@ def split(
     return successes, generations, durations if any(d is not None for d in durations) else None
 
 
-def encode(batch: list[Outcome]) -> tuple[str, str] | None:
-    """The batch as rc_record_many's ``successes`` and ``generations`` array literals.
 
-    Built run by run with string repetition: psycopg adapts a Python list element by
-    element in Python (about a microsecond per outcome, as much as the call that made
-    it), whereas a run of identical outcomes, which a healthy breaker's batch is, costs
-    one multiplication here. None when an outcome carries a duration (slow calls are
-    measured): those go as lists (``split``).
+def runs(batch: list[Outcome]) -> tuple[str, str, str] | None:
+    """The batch as rc_record_runs's ``counts``, ``successes`` and ``generations`` literals.
+
+    One element per run of identical outcomes: a healthy breaker's batch is a single run
+    whatever its length, which the server applies in one UPDATE. Literals rather than
+    lists, since psycopg adapts a list element by element in Python (about a
+    microsecond per element). None when an outcome carries a duration (slow calls are
+    measured): those go to rc_record_many as lists (``split``).
     """
+    counts: list[int] = []
     successes: list[str] = []
     generations: list[str] = []
     for (success, generation, duration), run in groupby(batch):
         if duration is not None:
             return None
-        n = len(list(run))
-        successes.append("t," * n if success else "f," * n)
-        generations.append(("NULL," if generation is None else f"{generation},") * n)
-    return "{" + "".join(successes)[:-1] + "}", "{" + "".join(generations)[:-1] + "}"
+        counts.append(len(list(run)))
+        successes.append("t" if success else "f")
+        generations.append("NULL" if generation is None else str(generation))
+    return (
+        "{" + ",".join(map(str, counts)) + "}",
+        "{" + ",".join(successes) + "}",
+        "{" + ",".join(generations) + "}",
+    )

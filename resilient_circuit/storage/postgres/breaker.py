@@ -24,7 +24,7 @@ from resilient_circuit.storage.postgres.batch import (
     MAX_BATCH,
     Outcome,
     OutcomeQueue,
-    encode,
+    runs,
     split,
 )
 from resilient_circuit.storage.postgres.notify import Transition
@@ -532,13 +532,9 @@ class PgBreaker(Breaker):
                 if not batch:
                     break
                 epoch = self._epoch
+                statement, params = self._batch_statement(batch)
                 try:
-                    row = self._host.fetch(
-                        self,
-                        self._host.statements.record_many,
-                        self._batch_params(batch),
-                        force=final,
-                    )
+                    row = self._host.fetch(self, statement, params, force=final)
                 except StorageError as exc:
                     failure = self._unsent(queue, batch, exc)
                     break
@@ -562,10 +558,9 @@ class PgBreaker(Breaker):
                 if not batch:
                     break
                 epoch = self._epoch
+                statement, params = self._batch_statement(batch)
                 try:
-                    row = await self._host.afetch(
-                        self, self._host.statements.record_many, self._batch_params(batch)
-                    )
+                    row = await self._host.afetch(self, statement, params)
                 except StorageError as exc:
                     self._unsent(queue, batch, exc)
                     break
@@ -602,18 +597,21 @@ class PgBreaker(Breaker):
                 queue.limit,
             )
 
-    def _batch_params(self, batch: list[Outcome]) -> dict[str, Any]:
-        literals = encode(batch)
+    def _batch_statement(self, batch: list[Outcome]) -> tuple[Any, dict[str, Any]]:
+        """rc_record_runs with the batch as runs; rc_record_many when durations are kept."""
+        statements = self._host.statements
+        literals = runs(batch)
         if literals is not None:
-            return {
+            counts, successes, generations = literals
+            return statements.record_runs, {
                 "key": self.resource_key,
                 "namespace": self.namespace,
-                "successes": literals[0],
-                "generations": literals[1],
-                "durations": None,
+                "counts": counts,
+                "successes": successes,
+                "generations": generations,
             }
         successes, generations, durations = split(batch)
-        return {
+        return statements.record_many, {
             "key": self.resource_key,
             "namespace": self.namespace,
             "successes": successes,
