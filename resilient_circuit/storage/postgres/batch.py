@@ -151,7 +151,6 @@ def split(
     return successes, generations, durations if any(d is not None for d in durations) else None
 
 
-
 def runs(batch: list[Outcome]) -> tuple[str, str, str] | None:
     """The batch as rc_record_runs's ``counts``, ``successes`` and ``generations`` literals.
 

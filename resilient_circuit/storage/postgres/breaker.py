@@ -111,8 +111,8 @@ class PgBreaker(Breaker):
         "_open_unheard",
         "_open_until",
         "_queue",
-        "_succeeded",
         "_shed_logged_at",
+        "_succeeded",
         "_trusted",
         "config",
         "namespace",
@@ -335,26 +335,25 @@ class PgBreaker(Breaker):
         ``_queued`` would queue them.
         """
         last = self._last
-        closed = last is not None and last.state is CircuitState.CLOSED
-        if closed and self._queue is not None:
-            generation = last.generation  # type: ignore[union-attr]
+        if last is None or last.state is not CircuitState.CLOSED:
+            self._succeeded = self._failed = _UNQUEUED
+            self._fast = None
+            return
+        generation = last.generation
+        if self._queue is not None:
             if self._succeeded[1] != generation:
                 self._succeeded = (True, generation, None)
                 self._failed = (False, generation, None)
             if not self._flusher_started:
                 self._flusher_started = True
                 self._host.start_flusher()
-        else:
-            self._succeeded = self._failed = _UNQUEUED
-        flag = self._host.listening_flag() if closed and self._cached else None
+        flag = self._host.listening_flag() if self._cached else None
         if flag is None or not self._trusted or self._open_deadline:
             self._fast = None
             return
         admission = self._admit_closed
-        if admission.generation != last.generation:  # type: ignore[union-attr]
-            admission = self._admit_closed = Admission(
-                True, CircuitState.CLOSED, last.generation, None  # type: ignore[union-attr]
-            )
+        if admission.generation != generation:
+            admission = self._admit_closed = Admission(True, CircuitState.CLOSED, generation, None)
         self._fast = (admission, flag)
 
     def _local_verdict(self) -> Admission | None:
@@ -602,13 +601,12 @@ class PgBreaker(Breaker):
         statements = self._host.statements
         literals = runs(batch)
         if literals is not None:
-            counts, successes, generations = literals
             return statements.record_runs, {
                 "key": self.resource_key,
                 "namespace": self.namespace,
-                "counts": counts,
-                "successes": successes,
-                "generations": generations,
+                "counts": literals[0],
+                "successes": literals[1],
+                "generations": literals[2],
             }
         successes, generations, durations = split(batch)
         return statements.record_many, {
