@@ -158,6 +158,8 @@ def _one(
         "queued_at_start": sum(o.get("queued_at_start", 0) for o in outputs),
         "queued_at_end": sum(o.get("queued_at_end", 0) for o in outputs),
         "dropped": sum(o.get("dropped", 0) for o in outputs),
+        # Other work on the machine competes for the same cores (1-minute average).
+        "load_average": os.getloadavg()[0],
         "median_ns": samples[len(samples) // 2] * 1000 if samples else float("nan"),
         "p99_ns": _p99(samples) * 1000,
         "calls": calls,

@@ -739,14 +739,15 @@ def _batched_hot_key(r: Any) -> Target:
         per_call = float(client) + float(server)
         measured += f"; CPU per call: client {client:.2f} µs, server {server:.2f} µs"
         if applied < _MILLION:
+            used = calls * per_call / 1e6
+            load = best.get("load_average")
             reasons.append(
-                f"CPU-bound: {cores} cores at {per_call:.2f} µs of CPU per call (the clients' "
-                f"{client:.2f} µs, their measuring loop and flusher threads included, and the "
-                f"server's {server:.2f} µs) sustain at most {cores / per_call * 1e6:,.0f} "
-                f"calls/s with the machine to themselves; 1M/s needs ≤ {cores:.0f} µs per call "
-                "in all. The clients' share is the Python call path (decorator, admission from "
-                "the cached verdict, appending the outcome); other users of the machine take "
-                "the rest"
+                f"{per_call:.2f} µs of CPU per call (the clients' {client:.2f} µs, their "
+                f"measuring loop and flusher threads included, and the server's "
+                f"{server:.2f} µs): {cores} cores sustain at most "
+                f"{cores / per_call * 1e6:,.0f} calls/s, 1M/s needs ≤ {cores:.0f} µs per call "
+                f"in all; this run's processes got {used:.2f} of the {cores} cores"
+                + ("" if load is None else f" (load average {load:.1f}: others had the rest)")
             )
     met = applied >= _MILLION and steady
     return Target(name, measured, bound, _status(met), "" if met else "; ".join(reasons))
