@@ -280,6 +280,32 @@ def test_batched_outcomes_with_durations_are_recorded_one_by_one(
     assert row == ("CLOSED", [False, False, True, False])
 
 
+@pytest.mark.parametrize("recording", ["immediate", "batched"])
+def test_an_outcome_of_generation_minus_one_is_recorded_like_any_stale_one(
+    stores: list[PostgresStorage], pg_dsn: str, recording: str
+) -> None:
+    """No generation a caller passes is mistaken for the call path's 'nothing to queue'."""
+    policy = CircuitProtectorPolicy(
+        resource_key=f"stale-{recording}",
+        storage=stores[0],
+        recording=recording,  # type: ignore[arg-type]
+        failure_limit=Fraction(1, 1),
+        cooldown=timedelta(minutes=1),
+    )
+
+    @policy
+    def fail() -> None:
+        raise ConnectionError("x")
+
+    with pytest.raises(ConnectionError):
+        fail()
+    stores[0].flush()
+    reply = policy._breaker.record(False, -1)  # type: ignore[union-attr]
+    assert (reply.state, reply.generation) == (CircuitState.OPEN, 1)
+    assert policy._breaker.queued == 0  # type: ignore[union-attr]
+    assert counters(pg_dsn, f"stale-{recording}") == (0, 2)
+
+
 def test_batched_trip_is_seen_after_the_flush(stores: list[PostgresStorage]) -> None:
     """Queued failures trip the breaker when flushed; the next call is then rejected."""
     policy = CircuitProtectorPolicy(

@@ -15,7 +15,7 @@ import asyncio
 import logging
 import threading
 import time
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, cast
 
 from resilient_circuit._machine import Admission, CircuitState, Config
 from resilient_circuit.storage.base import Breaker, Snapshot, StorageError
@@ -45,9 +45,10 @@ _MIN_BATCH = 100
 # At most one log line per breaker this often about outcomes shed (and one at close).
 _SHED_LOG_INTERVAL = 10.0
 
-# The outcome tuple a breaker appends while it queues nothing: generations start at 0,
-# so no call's generation equals this one's and every call takes the general path.
-_UNQUEUED: Outcome = (True, -1, None)
+# What a breaker's prepared outcomes are while it queues nothing: their generation is an
+# object no caller's generation (an int, or None) equals, so every call takes the general
+# path.
+_UNQUEUED = cast(Outcome, (True, object(), None))
 
 
 class BreakerHost(Protocol):
