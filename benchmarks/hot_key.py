@@ -109,7 +109,7 @@ def _one(
     argv = [python, str(HERE / "hot_key.py"), "--child", "--label", label, "--dsn", dsn]
     argv += ["--mode", mode, "--sync", sync, "--key", key, "--seconds", str(seconds)]
     sampler_argv = [python, str(HERE / "hot_key.py"), "--sample", "--label", label]
-    sampler_argv += ["--dsn", dsn, "--seconds", str(seconds)]
+    sampler_argv += ["--dsn", dsn, "--seconds", str(seconds), "--key", key]
     children = [
         subprocess.Popen(
             command,
@@ -148,9 +148,18 @@ def _one(
                 child.wait()
     samples = sorted(s for o in outputs for s in o["lat_us"])
     calls = sum(o["calls"] for o in outputs)
+    applied = waits.get("applied")
     return {
         "kind": "throughput",
         "calls_per_s": sum(o["calls"] / o["elapsed_s"] for o in outputs),
+        # Outcomes the key's row counted while the calls ran (batched recording applies
+        # them later than it makes them), and what the processes still held at the end.
+        "applied_per_s": None if applied is None else applied / waits["window_s"],
+        "queued_at_start": sum(o.get("queued_at_start", 0) for o in outputs),
+        "queued_at_end": sum(o.get("queued_at_end", 0) for o in outputs),
+        "dropped": sum(o.get("dropped", 0) for o in outputs),
+        # Other work on the machine competes for the same cores (1-minute average).
+        "load_average": os.getloadavg()[0],
         "median_ns": samples[len(samples) // 2] * 1000 if samples else float("nan"),
         "p99_ns": _p99(samples) * 1000,
         "calls": calls,
@@ -196,6 +205,7 @@ def child(label: str, dsn: str, mode: str, sync: str, key: str, seconds: float) 
     if sync == "off":
         dsn = pg_conninfo(dsn, options="-c synchronous_commit=off")
     watch = None
+    storage: Any = None
     if label == "floor":
         import psycopg
 
@@ -225,6 +235,7 @@ def child(label: str, dsn: str, mode: str, sync: str, key: str, seconds: float) 
     sys.stdout.write("ready\n")
     sys.stdout.flush()
     sys.stdin.readline()
+    queued_at_start = _queued(storage)
 
     lat_us: list[int] = []
     errors = 0
@@ -243,6 +254,7 @@ def child(label: str, dsn: str, mode: str, sync: str, key: str, seconds: float) 
         lat_us.append((now - before) // 1000)
     elapsed = (now - start) / 1e9
     client_cpu_s = time.process_time() - cpu_start
+    queued_at_end = _queued(storage)
     if watch is not None and watch.first():
         raise RuntimeError(watch.first())
     sys.stdout.write(
@@ -253,10 +265,20 @@ def child(label: str, dsn: str, mode: str, sync: str, key: str, seconds: float) 
                 "lat_us": lat_us,
                 "errors": errors,
                 "client_cpu_s": client_cpu_s,
+                "queued_at_start": queued_at_start,
+                "queued_at_end": queued_at_end,
+                "dropped": getattr(storage, "dropped_outcomes", 0),
             }
         )
         + "\n"
     )
+
+
+def _queued(storage: Any) -> int:
+    """Batched outcomes this process has made and not yet sent (0 for other modes)."""
+    if storage is None or not hasattr(storage, "breakers"):
+        return 0
+    return sum(getattr(b, "queued", 0) for b in storage.breakers())
 
 
 def classify(state: str | None, wait_type: str | None, wait_event: str | None) -> str:
@@ -271,8 +293,22 @@ def classify(state: str | None, wait_type: str | None, wait_event: str | None) -
     return "other"
 
 
-def sampler(dsn: str, seconds: float) -> None:
-    """Poll pg_stat_activity while the children run; print each kind's share."""
+def _outcomes(conn: Any, key: str) -> int | None:
+    """Outcomes the key's row has counted in its lifetime (None: no such row or table)."""
+    try:
+        row = conn.execute(
+            "SELECT successes + failures FROM rc_circuit_breakers"
+            " WHERE resource_key = %s AND namespace = 'bench'",
+            (key,),
+        ).fetchone()
+    except Exception:  # the floor's database need not have the table
+        return None
+    return None if row is None else int(row[0])
+
+
+def sampler(dsn: str, seconds: float, key: str) -> None:
+    """Poll pg_stat_activity while the children run; print each kind's share, and the
+    outcomes the key's row counted meanwhile."""
     import psycopg
 
     counts = dict.fromkeys(WAIT_KINDS, 0)
@@ -285,7 +321,8 @@ def sampler(dsn: str, seconds: float) -> None:
         pids = [row[0] for row in conn.execute(PIDS_QUERY)]
         cpu_before = backend_cpu_ns(pids)
         cpu_last = dict(cpu_before)
-        deadline = time.monotonic() + seconds
+        outcomes_before, window_start = _outcomes(conn, key), time.monotonic()
+        deadline = window_start + seconds
         while time.monotonic() < deadline:
             for row in conn.execute(WAITS_QUERY, prepare=True):
                 counts[classify(*row)] += 1
@@ -293,12 +330,27 @@ def sampler(dsn: str, seconds: float) -> None:
             cpu_last.update(backend_cpu_ns(pids))
             time.sleep(SAMPLE_EVERY_S)
         cpu_last.update(backend_cpu_ns(pids))
+        outcomes_after, window_s = _outcomes(conn, key), time.monotonic() - window_start
+    applied = (
+        None
+        if outcomes_before is None or outcomes_after is None
+        else outcomes_after - outcomes_before
+    )
     total = sum(counts.values())
     shares = {kind: n / total for kind, n in counts.items()} if total else {}
     used = sum(cpu_last[pid] - cpu_before[pid] for pid in cpu_before)
     server_cpu = used / 1e9 if cpu_before else None
     sys.stdout.write(
-        json.dumps({"samples": total, "shares": shares, "server_cpu_s": server_cpu}) + "\n"
+        json.dumps(
+            {
+                "samples": total,
+                "shares": shares,
+                "server_cpu_s": server_cpu,
+                "applied": applied,
+                "window_s": window_s,
+            }
+        )
+        + "\n"
     )
 
 
@@ -337,7 +389,7 @@ def main() -> None:
         child(args.label, args.dsn, args.mode[0], args.sync, args.key, args.seconds)
         return
     if args.sample:
-        sampler(args.dsn, args.seconds)
+        sampler(args.dsn, args.seconds, args.key)
         return
     if args.mode:
         modes = args.mode

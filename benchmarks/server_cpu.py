@@ -35,6 +35,9 @@ NS = "bench"
 ACQUIRE = "SELECT permitted, state, generation, retry_after FROM rc_try_acquire(%s, %s)"
 RECORD = "SELECT state, generation FROM rc_record(%s, true, %s, NULL)"
 RECORD_MANY = "SELECT state, generation FROM rc_record_many(%s, %s, %s::boolean[], NULL)"
+RECORD_RUNS = (
+    "SELECT state, generation FROM rc_record_runs(%s, %s, %s::integer[], %s::boolean[], NULL)"
+)
 SELECT1 = "SELECT 1"
 UPDATE = "UPDATE bench_floor SET n = n + 1 WHERE id = 1"
 
@@ -53,6 +56,15 @@ SCENARIOS: dict[str, tuple[list[tuple[str, tuple[Any, ...]]], int]] = {
     f"batched: rc_record_many of {BATCH} (per outcome)": (
         [(RECORD_MANY, (KEY, NS, [True] * BATCH))],
         BATCH,
+    ),
+    # What batched recording sends: a healthy flush is one run, whatever its length.
+    f"batched: rc_record_runs, one run of {BATCH} (per outcome)": (
+        [(RECORD_RUNS, (KEY, NS, [BATCH], [True]))],
+        BATCH,
+    ),
+    f"batched: rc_record_runs, one run of {10 * BATCH} (per outcome)": (
+        [(RECORD_RUNS, (KEY, NS, [10 * BATCH], [True]))],
+        10 * BATCH,
     ),
 }
 

@@ -865,6 +865,81 @@ BEGIN
 END;
 $$;
 
+CREATE OR REPLACE FUNCTION @extschema@.rc_record_runs_at(
+    p_key text,
+    p_namespace text,
+    p_counts integer[],
+    p_successes boolean[],
+    p_generations bigint[],
+    p_now timestamptz
+)
+RETURNS TABLE (state text, generation bigint)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    _runs integer := coalesce(cardinality(p_counts), 0);
+    _total bigint;
+    _generation bigint;
+BEGIN
+    IF p_counts IS NULL OR array_ndims(p_counts) > 1
+       OR EXISTS (SELECT 1 FROM unnest(p_counts) AS c(n) WHERE c.n IS NULL OR c.n < 1)
+       OR p_successes IS NULL OR array_ndims(p_successes) > 1
+       OR cardinality(p_successes) <> _runs OR array_position(p_successes, NULL) IS NOT NULL
+       OR (p_generations IS NOT NULL
+           AND (array_ndims(p_generations) > 1 OR cardinality(p_generations) <> _runs)) THEN
+        RAISE EXCEPTION 'rc: p_counts must hold one count >= 1 per run, p_successes one '
+            'true/false per run and p_generations NULL or one generation (or NULL) per run, '
+            'got %, % and %', coalesce(p_counts::text, 'NULL'),
+            coalesce(p_successes::text, 'NULL'), coalesce(p_generations::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    -- A healthy breaker's batch is one run of successes of its current generation, which
+    -- cannot move it: on a count window with no slow calls counted it only shifts the
+    -- window and the counters, in one UPDATE whatever the run's length, as
+    -- rc_record_many_at's healthy-batch path would. Anything else (or a row that does not
+    -- qualify, or does not exist) takes rc_record_many_at with the runs spelled out.
+    _generation := p_generations[array_lower(p_generations, 1)];
+    IF _runs > 0 AND array_position(p_successes, false) IS NULL
+       AND (p_generations IS NULL
+            OR (array_position(p_generations, NULL) IS NULL
+                AND _generation = ALL (p_generations))) THEN
+        SELECT sum(c.n) INTO _total FROM unnest(p_counts) AS c(n);
+        UPDATE @extschema@.rc_circuit_breakers AS b
+        SET execution_log = b.execution_log[cardinality(b.execution_log)
+                                            - (b.window_size - least(_total, b.window_size)) + 1 :]
+                            || array_fill(true, ARRAY[least(_total, b.window_size)::integer]),
+            slow_log = '{}',
+            failure_count = 0,
+            successes = b.successes + _total,
+            updated_at = coalesce(p_now, clock_timestamp())
+        WHERE b.resource_key = p_key AND b.namespace = p_namespace
+          AND b.state = 'CLOSED' AND b.window_duration IS NULL
+          AND b.slow_call_duration IS NULL
+          AND (_generation IS NULL OR _generation = b.generation)
+        RETURNING b.state, b.generation INTO state, generation;
+        IF FOUND THEN
+            RETURN NEXT;
+            RETURN;
+        END IF;
+    END IF;
+    RETURN QUERY
+    SELECT * FROM @extschema@.rc_record_many_at(
+        p_key, p_namespace,
+        ARRAY(SELECT r.ok
+              FROM unnest(p_counts, p_successes) WITH ORDINALITY AS r(n, ok, i),
+                   generate_series(1, r.n) AS s(k)
+              ORDER BY r.i, s.k),
+        CASE WHEN p_generations IS NOT NULL THEN
+            ARRAY(SELECT r.gen
+                  FROM unnest(p_counts, p_generations) WITH ORDINALITY AS r(n, gen, i),
+                       generate_series(1, r.n) AS s(k)
+                  ORDER BY r.i, s.k)
+        END,
+        p_now);
+END;
+$$;
+
 CREATE OR REPLACE FUNCTION @extschema@.rc_force_at(
     p_key text,
     p_state text,
@@ -1392,6 +1467,27 @@ BEGIN
 END;
 $$;
 
+CREATE OR REPLACE FUNCTION @extschema@.rc_record_runs(
+    p_key text,
+    p_namespace text,
+    p_counts integer[],
+    p_successes boolean[],
+    p_generations bigint[] DEFAULT NULL
+)
+RETURNS TABLE (state text, generation bigint)
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM @extschema@.rc_check_namespace(p_namespace);
+    PERFORM @extschema@.rc_relax_commit();
+    RETURN QUERY
+    SELECT * FROM @extschema@.rc_record_runs_at(p_key, p_namespace, p_counts, p_successes,
+                                                p_generations, NULL);
+END;
+$$;
+
 CREATE OR REPLACE FUNCTION @extschema@.rc_force(
     p_key text,
     p_state text,
@@ -1824,6 +1920,11 @@ COMMENT ON FUNCTION @extschema@.rc_record(text, boolean, text, bigint, interval)
 COMMENT ON FUNCTION @extschema@.rc_record_many(text, text, boolean[], bigint[], interval[]) IS
     'Records several outcomes in order, exactly as that many rc_record calls would, under one '
     'row lock.';
+COMMENT ON FUNCTION @extschema@.rc_record_runs(text, text, integer[], boolean[], bigint[]) IS
+    'Records outcomes given as runs, in order: p_counts[i] outcomes of success '
+    'p_successes[i] from generation p_generations[i] (NULL: any), exactly as rc_record_many '
+    'would record them spelled out. A run of successes of the current generation costs the '
+    'same whatever its length.';
 COMMENT ON FUNCTION @extschema@.rc_configure(text, text, bigint, bigint, bigint, bigint, bigint, interval, interval,
     interval, bigint, interval, bigint, bigint, double precision, interval) IS
     'Stores a breaker''s configuration. Limits are fractions in (0, 1]; the window defaults to '
@@ -1853,6 +1954,8 @@ COMMENT ON FUNCTION @extschema@.rc_record_at(text, boolean, text, bigint, timest
     'rc_record at an explicit time (NULL: the server clock once the row is locked).';
 COMMENT ON FUNCTION @extschema@.rc_record_many_at(text, text, boolean[], bigint[], timestamptz, interval[]) IS
     'rc_record_many at an explicit time (NULL: the server clock once the row is locked).';
+COMMENT ON FUNCTION @extschema@.rc_record_runs_at(text, text, integer[], boolean[], bigint[], timestamptz) IS
+    'rc_record_runs at an explicit time (NULL: the server clock once the row is locked).';
 COMMENT ON FUNCTION @extschema@.rc_force_at(text, text, text, timestamptz, boolean) IS
     'rc_force at an explicit time (NULL: the server clock once the row is locked).';
 COMMENT ON FUNCTION @extschema@.rc_reset_at(text, text, timestamptz) IS
@@ -1894,6 +1997,7 @@ REVOKE EXECUTE ON FUNCTION
     @extschema@.rc_notify_transition(text, text, text, text, bigint, timestamptz),
     @extschema@.rc_try_acquire_at(text, text, timestamptz),
     @extschema@.rc_record_many_at(text, text, boolean[], bigint[], timestamptz, interval[]),
+    @extschema@.rc_record_runs_at(text, text, integer[], boolean[], bigint[], timestamptz),
     @extschema@.rc_record_at(text, boolean, text, bigint, timestamptz, interval),
     @extschema@.rc_force_at(text, text, text, timestamptz, boolean),
     @extschema@.rc_reset_at(text, text, timestamptz),
@@ -1903,6 +2007,7 @@ REVOKE EXECUTE ON FUNCTION
     @extschema@.rc_try_acquire(text, text),
     @extschema@.rc_record(text, boolean, text, bigint, interval),
     @extschema@.rc_record_many(text, text, boolean[], bigint[], interval[]),
+    @extschema@.rc_record_runs(text, text, integer[], boolean[], bigint[]),
     @extschema@.rc_force(text, text, text, boolean),
     @extschema@.rc_reset(text, text),
     @extschema@.rc_set_state(text, text, integer, timestamptz, boolean[], text),

@@ -162,6 +162,130 @@ def test_batched_recording_flushes_everything_in_few_transactions(
     assert list(policy.execution_log).count(False) == 300
 
 
+def test_cached_admission_stops_trusting_its_verdict_when_listen_drops(
+    pg_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Calls admitted from the cached verdict ask the server again once LISTEN is down."""
+    store = PostgresStorage(pg_dsn, namespace="modes", flush_interval=3600)
+    try:
+        policy = CircuitProtectorPolicy(
+            resource_key="dropped-listen", storage=store, admission="cached", recording="batched"
+        )
+
+        @policy
+        def call() -> None:
+            pass
+
+        call()
+        assert store.wait_listening()
+        call()  # the verdict heard before LISTEN came up is not trusted: one question
+        sent = round_trips(monkeypatch, store)
+        for _ in range(100):
+            call()
+        assert sent == []
+        store._listener.stop()  # type: ignore[union-attr]
+        call()
+        assert len(sent) == 1
+    finally:
+        store.close()
+
+
+def test_a_healthy_batch_travels_as_one_run(
+    stores: list[PostgresStorage], pg_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Successes of one generation go as a single run; a failure splits the runs in order."""
+    policy = CircuitProtectorPolicy(
+        resource_key="runs",
+        storage=stores[0],
+        admission="cached",
+        recording="batched",
+        failure_limit=Fraction(1, 2),
+        window_size=10,
+    )
+    assert stores[0].wait_listening()
+
+    @policy
+    def call(ok: bool) -> None:
+        if not ok:
+            raise ConnectionError("x")
+
+    call(True)
+    stores[0].flush()
+    generation = policy._breaker.last_known.generation  # type: ignore[attr-defined]
+    sent = round_trips(monkeypatch, stores[0])
+    for _ in range(5000):
+        call(True)
+    stores[0].flush()
+    assert [(p["counts"], p["successes"]) for p in sent] == [("{5000}", "{t}")]
+    assert sent[0]["generations"] == f"{{{generation}}}"
+    sent.clear()
+    for ok in (True, True, False, True):
+        try:
+            call(ok)
+        except ConnectionError:
+            pass
+    stores[0].flush()
+    assert [(p["counts"], p["successes"]) for p in sent] == [("{2,1,1}", "{t,f,t}")]
+    assert counters(pg_dsn, "runs") == (1 + 5000 + 3, 1)
+    assert list(policy.execution_log) == [True] * 7 + [True, False, True]
+
+
+def test_batched_outcomes_with_durations_are_recorded_one_by_one(
+    stores: list[PostgresStorage], pg_dsn: str
+) -> None:
+    """With slow calls counted, each queued outcome keeps its duration (rc_record_many)."""
+    policy = CircuitProtectorPolicy(
+        resource_key="timed",
+        storage=stores[0],
+        recording="batched",
+        failure_limit=Fraction(1, 1),
+        window_size=10,
+        slow_call_duration=timedelta(milliseconds=20),
+        slow_call_limit=Fraction(1, 1),
+    )
+
+    @policy
+    def call(pause: float) -> None:
+        time.sleep(pause)
+
+    call(0)
+    for pause in (0, 0.03, 0):
+        call(pause)
+    stores[0].flush()
+    assert counters(pg_dsn, "timed") == (4, 0)
+    with psycopg.connect(pg_dsn) as conn:
+        row = conn.execute(
+            "SELECT state, slow_log FROM rc_circuit_breakers WHERE resource_key = 'timed'"
+        ).fetchone()
+    assert row == ("CLOSED", [False, False, True, False])
+
+
+@pytest.mark.parametrize("recording", ["immediate", "batched"])
+def test_an_outcome_of_generation_minus_one_is_recorded_like_any_stale_one(
+    stores: list[PostgresStorage], pg_dsn: str, recording: str
+) -> None:
+    """No generation a caller passes is mistaken for the call path's 'nothing to queue'."""
+    policy = CircuitProtectorPolicy(
+        resource_key=f"stale-{recording}",
+        storage=stores[0],
+        recording=recording,  # type: ignore[arg-type]
+        failure_limit=Fraction(1, 1),
+        cooldown=timedelta(minutes=1),
+    )
+
+    @policy
+    def fail() -> None:
+        raise ConnectionError("x")
+
+    with pytest.raises(ConnectionError):
+        fail()
+    stores[0].flush()
+    reply = policy._breaker.record(False, -1)  # type: ignore[union-attr]
+    assert (reply.state, reply.generation) == (CircuitState.OPEN, 1)
+    assert policy._breaker.queued == 0  # type: ignore[union-attr]
+    assert counters(pg_dsn, f"stale-{recording}") == (0, 2)
+
+
 def test_batched_trip_is_seen_after_the_flush(stores: list[PostgresStorage]) -> None:
     """Queued failures trip the breaker when flushed; the next call is then rejected."""
     policy = CircuitProtectorPolicy(

@@ -181,3 +181,120 @@ def test_a_batch_costs_the_same_whatever_the_window(conn: Conn) -> None:
         assert _row(conn, key)[:2] == ("CLOSED", 0)
     # Before, the cost grew with the window: about 20 times slower at 10000 than at 2.
     assert timings[10_000] < 3 * timings[2] + 0.2, timings
+
+
+# Runs of outcomes: a count, success or failure, and a generation relative to the current
+# one; long runs of current-generation successes (a healthy batch) are the likeliest.
+run_batches = st.lists(
+    st.one_of(
+        st.tuples(st.integers(1, 30), st.just(True), st.just(0)),
+        st.tuples(st.integers(1, 5), st.booleans(), st.sampled_from([None, 0, 1, -1])),
+    ),
+    min_size=1,
+    max_size=6,
+)
+
+
+def _full_row(conn: Conn, key: str) -> tuple[Any, ...]:
+    """Every column but the key itself and when the row was made."""
+    row = conn.execute(
+        "SELECT to_jsonb(b) - 'resource_key' - 'created_at' FROM rc_circuit_breakers AS b"
+        " WHERE resource_key = %s AND namespace = %s",
+        (key, NAMESPACE),
+    ).fetchone()
+    assert row is not None
+    return tuple(sorted(row[0].items()))
+
+
+@settings(
+    max_examples=200,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(cfg=configs, prefix=prefix_steps, batch=run_batches, gap_ms=st.integers(0, 60))
+def test_runs_record_what_their_outcomes_spelled_out_record(
+    conn: Conn,
+    cfg: Config,
+    prefix: list[tuple[str, Any]],
+    batch: list[tuple[int, bool, int | None]],
+    gap_ms: int,
+) -> None:
+    """rc_record_runs_at leaves the row rc_record_many_at leaves with the runs spelled out,
+    lifetime counters and timestamps included, and the row the Python machine reaches."""
+    keys = [uuid.uuid4().hex, uuid.uuid4().hex]
+    machine, now = m.INITIAL, 0
+    for key in keys:
+        _configure(conn, key, cfg)
+    for step, arg in prefix:
+        now += 5 * MS
+        for key in keys:
+            if step == "record":
+                conn.execute(
+                    "SELECT * FROM rc_record_at(%s, %s, %s, NULL, %s)",
+                    (key, arg, NAMESPACE, _at(now)),
+                )
+            elif step == "acquire":
+                conn.execute(
+                    "SELECT * FROM rc_try_acquire_at(%s, %s, %s)", (key, NAMESPACE, _at(now))
+                )
+            else:
+                conn.execute(
+                    "SELECT * FROM rc_force_at(%s, %s, %s, %s)",
+                    (key, arg.value, NAMESPACE, _at(now)),
+                )
+        if step == "record":
+            machine = m.record(machine, cfg, now, arg, None)
+        elif step == "acquire":
+            machine = m.try_acquire(machine, cfg, now)[1]
+        else:
+            machine = m.force(machine, cfg, now, arg)
+
+    now += gap_ms * MS
+    current = machine.generation
+    counts = [n for n, _, _ in batch]
+    outcomes = [ok for _, ok, _ in batch]
+    generations = [None if rel is None else current + rel for _, _, rel in batch]
+    by_runs = conn.execute(
+        "SELECT * FROM rc_record_runs_at(%s, %s, %s::integer[], %s::boolean[], %s::bigint[], %s)",
+        (keys[0], NAMESPACE, counts, outcomes, generations, _at(now)),
+    ).fetchone()
+    spelled = [
+        (ok, gen)
+        for n, ok, gen in zip(counts, outcomes, generations, strict=True)
+        for _ in range(n)
+    ]
+    one_by_one = conn.execute(
+        "SELECT * FROM rc_record_many_at(%s, %s, %s::boolean[], %s::bigint[], %s)",
+        (keys[1], NAMESPACE, [ok for ok, _ in spelled], [g for _, g in spelled], _at(now)),
+    ).fetchone()
+    for ok, generation in spelled:
+        machine = m.record(machine, cfg, now, ok, generation)
+    assert by_runs == one_by_one == (machine.state.value, machine.generation)
+    assert _row(conn, keys[0]) == _expected(machine)
+    assert _full_row(conn, keys[0]) == _full_row(conn, keys[1])
+
+
+@pytest.mark.parametrize(
+    ("counts", "successes", "generations"),
+    [
+        (None, "{t}", None),
+        ("{}", "{t}", None),
+        ("{0}", "{t}", None),
+        ("{-1}", "{t}", None),
+        ("{NULL}", "{t}", None),
+        ("{2}", "{NULL}", None),
+        ("{2}", "{t,f}", None),
+        ("{2,1}", "{t,f}", "{1}"),
+        ("{{1}}", "{{t}}", None),
+    ],
+)
+def test_runs_that_do_not_line_up_are_refused(
+    conn: Conn, counts: str | None, successes: str, generations: str | None
+) -> None:
+    """Counts must be >= 1, one success and one generation (if any) per run."""
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="p_counts"):
+        conn.execute(
+            "SELECT * FROM rc_record_runs('bad-runs', %s, %s::integer[], %s::boolean[],"
+            " %s::bigint[])",
+            (NAMESPACE, counts, successes, generations),
+        )

@@ -736,6 +736,7 @@ def test_function_attributes(conn: Conn) -> None:
         "rc_gc",
         "rc_record",
         "rc_record_many",
+        "rc_record_runs",
         "rc_release",
         "rc_reset",
         "rc_session_is_owner",

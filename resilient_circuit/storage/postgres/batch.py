@@ -13,6 +13,7 @@ import threading
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable
+from itertools import groupby
 
 logger = logging.getLogger("resilient_circuit.storage")
 
@@ -32,36 +33,42 @@ Outcome = tuple[bool, "int | None", "int | None"]
 
 class OutcomeQueue:
     """One breaker's unflushed outcomes. ``deque`` appends and pops are atomic, so the
-    call path takes no lock; only shedding (rare) does."""
+    call path takes no lock; only shedding (rare) does.
 
-    __slots__ = ("_items", "_shed_lock", "dropped", "limit", "reported")
+    The breaker's call path appends to ``items`` itself (one frame less per call), the
+    same preallocated outcome tuple for every success of a generation, then calls
+    ``shed()`` when ``len(items) > limit``, exactly as ``put`` does.
+    """
+
+    __slots__ = ("_shed_lock", "dropped", "items", "limit", "reported")
 
     def __init__(self, limit: int = MAX_QUEUED) -> None:
-        self._items: deque[Outcome] = deque()
+        self.items: deque[Outcome] = deque()
         self.limit = limit
         self.dropped = 0  # outcomes shed so far
         self.reported = 0  # of which a log line has told
         self._shed_lock = threading.Lock()
 
     def put(self, success: bool, generation: int | None, duration: int | None = None) -> None:
-        items = self._items
+        items = self.items
         items.append((success, generation, duration))
         if len(items) > self.limit:
-            self._shed()
+            self.shed()
 
     def take(self, most: int) -> list[Outcome]:
         """The oldest ``most`` outcomes at most, removed from the queue."""
-        items = self._items
+        items = self.items
         return [items.popleft() for _ in range(min(most, len(items)))]
 
     def give_back(self, batch: list[Outcome]) -> None:
         """Requeue a batch that could not be flushed, ahead of newer outcomes."""
-        self._items.extendleft(reversed(batch))
-        self._shed()
+        self.items.extendleft(reversed(batch))
+        self.shed()
 
-    def _shed(self) -> None:
+    def shed(self) -> None:
+        """Drop the oldest outcomes beyond ``limit``, counting them."""
         with self._shed_lock:
-            items = self._items
+            items = self.items
             excess = len(items) - self.limit
             for _ in range(max(excess, 0)):
                 try:
@@ -77,7 +84,7 @@ class OutcomeQueue:
         return new
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self.items)
 
 
 class Flusher:
@@ -142,3 +149,28 @@ def split(
         generations.append(generation)
         durations.append(duration)
     return successes, generations, durations if any(d is not None for d in durations) else None
+
+
+def runs(batch: list[Outcome]) -> tuple[str, str, str] | None:
+    """The batch as rc_record_runs's ``counts``, ``successes`` and ``generations`` literals.
+
+    One element per run of identical outcomes: a healthy breaker's batch is a single run
+    whatever its length, which the server applies in one UPDATE. Literals rather than
+    lists, since psycopg adapts a list element by element in Python (about a
+    microsecond per element). None when an outcome carries a duration (slow calls are
+    measured): those go to rc_record_many as lists (``split``).
+    """
+    counts: list[int] = []
+    successes: list[str] = []
+    generations: list[str] = []
+    for (success, generation, duration), run in groupby(batch):
+        if duration is not None:
+            return None
+        counts.append(len(list(run)))
+        successes.append("t" if success else "f")
+        generations.append("NULL" if generation is None else str(generation))
+    return (
+        "{" + ",".join(map(str, counts)) + "}",
+        "{" + ",".join(successes) + "}",
+        "{" + ",".join(generations) + "}",
+    )

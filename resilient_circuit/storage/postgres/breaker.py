@@ -15,12 +15,18 @@ import asyncio
 import logging
 import threading
 import time
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, cast
 
 from resilient_circuit._machine import Admission, CircuitState, Config
 from resilient_circuit.storage.base import Breaker, Snapshot, StorageError
 from resilient_circuit.storage.postgres import queries
-from resilient_circuit.storage.postgres.batch import MAX_BATCH, Outcome, OutcomeQueue, split
+from resilient_circuit.storage.postgres.batch import (
+    MAX_BATCH,
+    Outcome,
+    OutcomeQueue,
+    runs,
+    split,
+)
 from resilient_circuit.storage.postgres.notify import Transition
 from resilient_circuit.storage.postgres.queries import Reply, Statements
 
@@ -39,7 +45,10 @@ _MIN_BATCH = 100
 # At most one log line per breaker this often about outcomes shed (and one at close).
 _SHED_LOG_INTERVAL = 10.0
 
-logger = logging.getLogger("resilient_circuit.storage")
+# What a breaker's prepared outcomes are while it queues nothing: their generation is an
+# object no caller's generation (an int, or None) equals, so every call takes the general
+# path.
+_UNQUEUED = cast(Outcome, (True, object(), None))
 
 
 class BreakerHost(Protocol):
@@ -75,6 +84,8 @@ class BreakerHost(Protocol):
 
     def listening(self) -> bool: ...
 
+    def listening_flag(self) -> threading.Event | None: ...
+
     def start_flusher(self) -> None: ...
 
 
@@ -88,6 +99,8 @@ class PgBreaker(Breaker):
         "_config_epoch",
         "_configured",
         "_epoch",
+        "_failed",
+        "_fast",
         "_flusher_started",
         "_flushing",
         "_host",
@@ -100,6 +113,7 @@ class PgBreaker(Breaker):
         "_open_until",
         "_queue",
         "_shed_logged_at",
+        "_succeeded",
         "_trusted",
         "config",
         "namespace",
@@ -122,6 +136,13 @@ class PgBreaker(Breaker):
         self._admit_closed = Admission(True, CircuitState.CLOSED, -1, None)
         self._cached = False
         self._queue: OutcomeQueue | None = None
+        # The call path's shortcuts, kept by _rearm() from the state below, each read
+        # with one attribute load so that another thread replacing it is never half
+        # seen: the cached CLOSED verdict with the LISTEN connection's flag that must be
+        # up to use it, and the outcomes to queue for a success and for a failure of
+        # the current CLOSED generation (each names its generation).
+        self._fast: tuple[Admission, threading.Event] | None = None
+        self._succeeded = self._failed = _UNQUEUED
         self.start_afresh()
 
     def start_afresh(self) -> None:
@@ -130,6 +151,8 @@ class PgBreaker(Breaker):
         A child must not replay its parent's queued outcomes (the parent sends them)
         nor trust verdicts its parent's LISTEN connection vouched for.
         """
+        self._fast = None
+        self._succeeded = self._failed = _UNQUEUED
         self._last: Reply | None = None
         self._open_deadline = 0  # monotonic ns; 0 = no cached OPEN verdict
         self._open_until = 0  # monotonic ns: the end of the cooldown the server reported
@@ -160,6 +183,7 @@ class PgBreaker(Breaker):
         self._cached = admission == "cached"
         if recording == "batched" and self._queue is None:
             self._queue = OutcomeQueue(self._host.max_queued)
+        self._rearm()
 
     def reconfigure(self, config: Config) -> None:
         """Adopt ``config``; it is stored in the row on the next contact."""
@@ -213,6 +237,7 @@ class PgBreaker(Breaker):
         if not keep_open:
             self._open_deadline = 0
         self._trusted = False
+        self._fast = None
 
     def held_unheard(self) -> tuple[int, int] | None:
         """The epoch and generation of an OPEN verdict held unheard, to read it again."""
@@ -237,6 +262,7 @@ class PgBreaker(Breaker):
         self._open_until = self._open_deadline = now + remaining
         self._open_generation = generation
         self._open_unheard = False
+        self._fast = None  # a held OPEN verdict comes before any cached CLOSED one
         if epoch != self._epoch:
             self._open_deadline = 0  # invalidated while this was being written
 
@@ -299,7 +325,37 @@ class PgBreaker(Breaker):
             self._last = reply
             self._configured = False
         self._trusted = epoch == self._epoch
+        self._rearm()
         return reply
+
+    def _rearm(self) -> None:
+        """Set the call path's shortcuts from the newest reply (see ``__init__``).
+
+        The cached verdict is the one ``_local_verdict`` would give, minus the LISTEN
+        check, which each call still makes on the flag; outcomes are queued exactly when
+        ``_queued`` would queue them.
+        """
+        last = self._last
+        if last is None or last.state is not CircuitState.CLOSED:
+            self._succeeded = self._failed = _UNQUEUED
+            self._fast = None
+            return
+        generation = last.generation
+        if self._queue is not None:
+            if self._succeeded[1] != generation:
+                self._succeeded = (True, generation, None)
+                self._failed = (False, generation, None)
+            if not self._flusher_started:
+                self._flusher_started = True
+                self._host.start_flusher()
+        flag = self._host.listening_flag() if self._cached else None
+        if flag is None or not self._trusted or self._open_deadline:
+            self._fast = None
+            return
+        admission = self._admit_closed
+        if admission.generation != generation:
+            admission = self._admit_closed = Admission(True, CircuitState.CLOSED, generation, None)
+        self._fast = (admission, flag)
 
     def _local_verdict(self) -> Admission | None:
         deadline = self._open_deadline
@@ -349,6 +405,7 @@ class PgBreaker(Breaker):
                 # A newer transition was heard, or the cache invalidated (LISTEN lost),
                 # while this verdict was being written.
                 self._open_deadline = 0
+            self._rearm()
         return adm
 
     def _recorded(self, row: tuple[Any, ...], epoch: int) -> Reply:
@@ -395,18 +452,35 @@ class PgBreaker(Breaker):
     # -- the call path ------------------------------------------------------------------
 
     def acquire(self) -> Admission:
+        fast = self._fast
+        if fast is not None and fast[1].is_set():
+            return fast[0]
         host, epoch = self._host, self._epoch
         return self._local_verdict() or self._admitted(
             host.fetch(self, host.statements.acquire, self._key_params), epoch
         )
 
     async def aacquire(self) -> Admission:
+        fast = self._fast
+        if fast is not None and fast[1].is_set():
+            return fast[0]
         host, epoch = self._host, self._epoch
         return self._local_verdict() or self._admitted(
             await host.afetch(self, host.statements.acquire, self._key_params), epoch
         )
 
     def record(self, success: bool, generation: int | None, duration: int | None = None) -> Reply:
+        # The queued path of _queued inlined: an outcome of the current CLOSED phase
+        # is appended as the tuple prepared for it, with no allocation.
+        outcome = self._succeeded if success else self._failed
+        last = self._last
+        if outcome[1] == generation and duration is None and last is not None:
+            queue = self._queue
+            items = queue.items  # type: ignore[union-attr]
+            items.append(outcome)
+            if len(items) > queue.limit:  # type: ignore[union-attr]
+                queue.shed()  # type: ignore[union-attr]
+            return last
         host, epoch = self._host, self._epoch
         return self._queued(success, generation, duration) or self._recorded(
             host.fetch(
@@ -458,13 +532,9 @@ class PgBreaker(Breaker):
                 if not batch:
                     break
                 epoch = self._epoch
+                statement, params = self._batch_statement(batch)
                 try:
-                    row = self._host.fetch(
-                        self,
-                        self._host.statements.record_many,
-                        self._batch_params(batch),
-                        force=final,
-                    )
+                    row = self._host.fetch(self, statement, params, force=final)
                 except StorageError as exc:
                     failure = self._unsent(queue, batch, exc)
                     break
@@ -488,10 +558,9 @@ class PgBreaker(Breaker):
                 if not batch:
                     break
                 epoch = self._epoch
+                statement, params = self._batch_statement(batch)
                 try:
-                    row = await self._host.afetch(
-                        self, self._host.statements.record_many, self._batch_params(batch)
-                    )
+                    row = await self._host.afetch(self, statement, params)
                 except StorageError as exc:
                     self._unsent(queue, batch, exc)
                     break
@@ -528,9 +597,20 @@ class PgBreaker(Breaker):
                 queue.limit,
             )
 
-    def _batch_params(self, batch: list[Outcome]) -> dict[str, Any]:
+    def _batch_statement(self, batch: list[Outcome]) -> tuple[Any, dict[str, Any]]:
+        """rc_record_runs with the batch as runs; rc_record_many when durations are kept."""
+        statements = self._host.statements
+        literals = runs(batch)
+        if literals is not None:
+            return statements.record_runs, {
+                "key": self.resource_key,
+                "namespace": self.namespace,
+                "counts": literals[0],
+                "successes": literals[1],
+                "generations": literals[2],
+            }
         successes, generations, durations = split(batch)
-        return {
+        return statements.record_many, {
             "key": self.resource_key,
             "namespace": self.namespace,
             "successes": successes,
@@ -541,6 +621,7 @@ class PgBreaker(Breaker):
     def _flushed(self, row: tuple[Any, ...], epoch: int) -> None:
         if self._recorded(row, epoch).state is not CircuitState.CLOSED:
             self._trusted = False
+            self._fast = None
 
     # -- admin ----------------------------------------------------------------------------
 

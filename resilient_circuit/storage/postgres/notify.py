@@ -207,6 +207,11 @@ class Listener:
     def healthy(self) -> bool:
         return self._listening.is_set()
 
+    @property
+    def flag(self) -> threading.Event:
+        """Set exactly while ``healthy``: for callers that test it on every call."""
+        return self._listening
+
     def start(self) -> None:
         with self._lock:
             if self._thread is None:

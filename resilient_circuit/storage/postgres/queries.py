@@ -64,6 +64,11 @@ _STATEMENTS = {
         "SELECT state, generation FROM {s}.rc_record_many(%(key)s, %(namespace)s,"
         " %(successes)s::boolean[], %(generations)s::bigint[], %(durations)s::interval[])"
     ),
+    # The arrays come as literals (see batch.runs): psycopg adapts lists element by element.
+    "record_runs": (
+        "SELECT state, generation FROM {s}.rc_record_runs(%(key)s, %(namespace)s,"
+        " %(counts)s::integer[], %(successes)s::boolean[], %(generations)s::bigint[])"
+    ),
     "release": (
         "SELECT state, generation FROM {s}.rc_release(%(key)s, %(namespace)s, %(generation)s)"
     ),
@@ -117,6 +122,7 @@ class Statements:
     acquire: sql.Composed
     record: sql.Composed
     record_many: sql.Composed
+    record_runs: sql.Composed
     release: sql.Composed
     configure: sql.Composed
     force: sql.Composed
@@ -150,6 +156,7 @@ _FUNCTIONS = {
     "acquire": "rc_try_acquire",
     "record": "rc_record",
     "record_many": "rc_record_many",
+    "record_runs": "rc_record_runs",
     "configure": "rc_configure",
     "force": "rc_force",
     "reset": "rc_reset",

@@ -15,7 +15,14 @@ import psycopg
 __all__ = ("ADMIN_FUNCTIONS", "CALL_FUNCTIONS", "Functions", "inspect_functions")
 
 #: What every protected call may run: without these no breaker works.
-CALL_FUNCTIONS = ("rc_try_acquire", "rc_record", "rc_record_many", "rc_configure", "rc_status")
+CALL_FUNCTIONS = (
+    "rc_try_acquire",
+    "rc_record",
+    "rc_record_many",
+    "rc_record_runs",
+    "rc_configure",
+    "rc_status",
+)
 #: What operators and the admin API run (``force``, ``reset``, ``set_state``).
 ADMIN_FUNCTIONS = ("rc_force", "rc_reset", "rc_set_state")
 

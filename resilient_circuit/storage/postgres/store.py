@@ -607,6 +607,15 @@ class PostgresStorage(CircuitBreakerStorage):
         listener = self._listener
         return listener is not None and listener.healthy
 
+    def listening_flag(self) -> threading.Event | None:
+        """The event set while the current LISTEN connection listens (None: no listener).
+
+        A breaker's cached verdict holds only while it is set; reading it per call
+        costs one method call, where ``listening()`` costs three.
+        """
+        listener = self._listener
+        return None if listener is None else listener.flag
+
     def wait_listening(self, timeout: float = 5.0) -> bool:
         """Block until the LISTEN connection is up (for start-up and tests).
 
