@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from fractions import Fraction
@@ -179,7 +180,7 @@ def test_cached_admission_stops_trusting_its_verdict_when_listen_drops(
         call()
         assert store.wait_listening()
         call()  # the verdict heard before LISTEN came up is not trusted: one question
-        sent = round_trips(monkeypatch, store)
+        sent = count_round_trips(monkeypatch, store)
         for _ in range(100):
             call()
         assert sent == []
@@ -212,7 +213,7 @@ def test_a_healthy_batch_travels_as_one_run(
     call(True)
     stores[0].flush()
     generation = policy._breaker.last_known.generation  # type: ignore[attr-defined]
-    sent = round_trips(monkeypatch, stores[0])
+    sent = count_round_trips(monkeypatch, stores[0])
     for _ in range(5000):
         call(True)
     stores[0].flush()

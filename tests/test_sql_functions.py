@@ -729,6 +729,9 @@ def test_function_attributes(conn: Conn) -> None:
     definers = {name for name, definer, _, _ in rows if definer}
     assert definers == {
         "rc_budget_deposit",
+        "rc_budget_forget",
+        "rc_budget_gc",
+        "rc_budget_status",
         "rc_budget_withdraw",
         "rc_configure",
         "rc_force",
