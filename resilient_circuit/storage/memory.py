@@ -69,12 +69,22 @@ class MemoryBreaker(Breaker):
         "_failures",
         "_fast_successes",
         "_forgotten",
+        "_give",
+        "_live",
+        "_live_bits",
+        "_live_failures",
+        "_live_len",
+        "_live_moved",
+        "_live_size",
+        "_live_streak",
+        "_live_trip",
         "_lock",
         "_placed",
         "_rejecting",
         "_state",
         "_steady",
         "_successes",
+        "_take",
         "_timed",
         "config",
         "namespace",
@@ -96,13 +106,26 @@ class MemoryBreaker(Breaker):
         self._successes = _Counter()
         self._failures = _Counter()
         self._lock = lock
+        # Bound once: a call of each costs half of what ``with lock`` does.
+        self._take = lock.acquire
+        self._give = lock.release
         self._clock = clock
         self._admit_closed = Admission(True, CLOSED, 0, None)
-        # A state the machine returned unchanged for a success of its own generation:
-        # a full window of successes, which every success of a healthy breaker meets.
-        # States are immutable, so the machine's answer holds for as long as the state
-        # object is current (configure swaps in a fresh one).
+        # The current state while a success changes nothing in it: CLOSED with a full
+        # count window of successes and no failure streak, which every success of a
+        # healthy breaker meets. Read without the lock: every change of the window or
+        # of the state clears it first, so whenever it is set it is the current state.
         self._steady: State | None = None
+        # A CLOSED count window of a plain configuration (see Config.plain) is kept in
+        # the slots below, which the machine's CLOSED step updates in place under the
+        # lock, instead of in a new State per outcome: _live is its generation (None
+        # when the state is anything else) and _state's window is then the one it had
+        # when it became current, until _settled() writes the slots back into a State
+        # (when _live_moved says they changed).
+        self._live: int | None = None
+        self._live_bits = self._live_len = self._live_failures = self._live_streak = 0
+        self._live_size = self._live_trip = 0
+        self._live_moved = False
         # The state last rejected, until when, and the reply's state and generation
         # (one tuple, so that it is read and replaced at once).
         self._rejecting: tuple[State | None, int, CircuitState, int] = (None, 0, CLOSED, 0)
@@ -124,7 +147,7 @@ class MemoryBreaker(Breaker):
     @property
     def state(self) -> State:
         """The state as the machine defines it (counted successes placed)."""
-        if self._timed is None:
+        if self._timed is None and self._live is None:
             return self._state
         with self._lock:
             return self._settled()
@@ -137,6 +160,7 @@ class MemoryBreaker(Breaker):
 
     @property
     def last_known(self) -> State:
+        # Its state and generation are current; its window may not be (see _live).
         return self._state
 
     def acquire(self) -> Admission:
@@ -168,6 +192,9 @@ class MemoryBreaker(Breaker):
         return admission
 
     def record(self, success: bool, generation: int | None, duration: int | None = None) -> State:
+        """Apply one outcome. The reply's state and generation are current; its window
+        is not always (a live count window or a time window's counted successes are
+        placed in a State when the state is read: ``state``, ``snapshot``)."""
         st = self._state
         if success:
             if st is self._steady:
@@ -184,22 +211,42 @@ class MemoryBreaker(Breaker):
             self._successes.add()
         else:
             self._failures.add()
-        if st.state is CLOSED and self.config.plain:
-            # A CLOSED outcome is decided on the state as read, outside the lock, and
-            # swapped in under it if nobody changed the breaker meanwhile. The machine
-            # reads the clock only to trip (a result still CLOSED did not use it), so
-            # none is read here; a trip is recomputed under the lock with the time.
-            nxt = _machine.record(st, self.config, 0, success, generation)
-            if nxt is st:
-                if success and generation == st.generation:
-                    self._steady = st
-                return st
-            if nxt.state is CLOSED:
-                with self._lock:
-                    if self._state is st:
-                        self._state = nxt
-                        return nxt
-                    return self._apply(success, generation, duration)
+        if generation == self._live and generation is not None:
+            self._take()
+            try:
+                if generation == self._live:
+                    # _machine.record's CLOSED step of a plain configuration, on the
+                    # live window: the same integers, without a State built per call.
+                    size = self._live_size
+                    bits = self._live_bits << 1
+                    length = self._live_len
+                    failures = self._live_failures
+                    if success:
+                        streak = 0
+                    else:
+                        bits |= 1
+                        failures += 1
+                        streak = self._live_streak + 1
+                    if length < size:
+                        length += 1
+                    elif bits >> size:
+                        failures -= 1
+                        bits ^= 1 << size
+                    if success or length < size or failures < self._live_trip:
+                        self._steady = None
+                        self._live_bits = bits
+                        self._live_len = length
+                        self._live_failures = failures
+                        self._live_streak = streak
+                        self._live_moved = True
+                        if success and bits == 0 and length == size:
+                            self._steady = self._state
+                        return self._state
+                # A trip (or a state changed meanwhile): the machine decides, with the
+                # time, on the state as the window left it.
+                return self._apply(success, generation, duration)
+            finally:
+                self._give()
         with self._lock:
             return self._apply(success, generation, duration)
 
@@ -211,8 +258,23 @@ class MemoryBreaker(Breaker):
 
     def _commit(self, st: State) -> State:
         """Make ``st`` current (lock held, counted successes placed), keeping the unlocked
-        success path of a CLOSED time window in step with it."""
+        success path of a CLOSED time window, and the live count window, in step with it."""
+        self._steady = None
         self._state = st
+        self._live_moved = False
+        cfg = self.config
+        if st.state is CLOSED and cfg.plain and not st.buckets:
+            self._live_bits = bits = st.window_bits
+            self._live_len = length = st.window_len
+            self._live_failures = st.window_failures
+            self._live_streak = st.failure_count
+            self._live_size = cfg.window_size
+            self._live_trip = cfg.closed_trip
+            self._live = st.generation
+            if bits == 0 and length == cfg.window_size and st.failure_count == 0:
+                self._steady = st
+        else:
+            self._live = None
         timed = self._timed
         if timed is not None and (timed[1] != st.generation or not st.buckets):
             # Unpublish first, then read: every success counted before the read is in
@@ -241,8 +303,37 @@ class MemoryBreaker(Breaker):
                 self._fast_successes += 1
 
     def _settled(self) -> State:
-        """The current state with the successes counted outside the lock placed (lock held)."""
+        """The current state with the successes counted outside the lock placed, and the
+        live count window written back (lock held)."""
         st = self._state
+        if self._live_moved:
+            # As _machine.record builds a plain CLOSED state: nothing past the window.
+            steady = self._steady is not None
+            self._steady = None
+            st = self._state = _new(
+                State,
+                (
+                    CLOSED,
+                    st.generation,
+                    self._live_bits,
+                    self._live_len,
+                    self._live_failures,
+                    self._live_streak,
+                    None,
+                    (),
+                    0,
+                    0,
+                    False,
+                    0,
+                    None,
+                    0,
+                    (),
+                ),
+            )
+            self._live_moved = False
+            if steady:
+                self._steady = st
+            return st
         timed = self._timed
         if timed is None:
             return st
@@ -457,7 +548,7 @@ class InMemoryStorage(CircuitBreakerStorage):
             if found is None:
                 return False
             self._released[key] = found
-            if found._state is found._forgotten:
+            if found._settled() is found._forgotten:
                 return False  # deleted before and untouched since
         found._forgotten = found.reset()
         return True
