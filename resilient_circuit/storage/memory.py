@@ -37,25 +37,29 @@ __all__ = ("InMemoryStorage",)
 _new = tuple.__new__  # builds a NamedTuple without its Python-level __new__
 
 # See MemoryBreaker._timed.
-_Timed = tuple[State, int, int, Callable[[], int], "_Counter", list[int]]
+_Timed = tuple[State, int, int, "itertools.count[int]", "_Counter", list[int]]
+# What _live holds while the state is not a live count window: equal to no generation
+# (None included), so that one comparison tells whether an outcome may take the fast path.
+_NOT_LIVE = object()
 
 
 class _Counter:
     """A lifetime counter that threads may bump without a lock.
 
-    ``itertools.count.__next__`` is atomic under the GIL; its value is read back
-    from its repr (``count(N)``), which only snapshots and admin reads do.
+    ``next(ticks)`` is atomic under the GIL (and cheaper than calling ``add``, a
+    method-wrapper); the value is read back from its repr (``count(N)``), which only
+    snapshots and admin reads do.
     """
 
-    __slots__ = ("_count", "add")
+    __slots__ = ("add", "ticks")
 
     def __init__(self) -> None:
-        self._count = itertools.count()
-        self.add = self._count.__next__
+        self.ticks = itertools.count()
+        self.add = self.ticks.__next__
 
     @property
     def value(self) -> int:
-        return int(repr(self._count)[6:-1])
+        return int(repr(self.ticks)[6:-1])
 
 
 class MemoryBreaker(Breaker):
@@ -69,7 +73,6 @@ class MemoryBreaker(Breaker):
         "_failures",
         "_fast_successes",
         "_forgotten",
-        "_give",
         "_live",
         "_live_bits",
         "_live_failures",
@@ -84,7 +87,6 @@ class MemoryBreaker(Breaker):
         "_state",
         "_steady",
         "_successes",
-        "_take",
         "_timed",
         "config",
         "namespace",
@@ -106,9 +108,6 @@ class MemoryBreaker(Breaker):
         self._successes = _Counter()
         self._failures = _Counter()
         self._lock = lock
-        # Bound once: a call of each costs half of what ``with lock`` does.
-        self._take = lock.acquire
-        self._give = lock.release
         self._clock = clock
         self._admit_closed = Admission(True, CLOSED, 0, None)
         # The current state while a success changes nothing in it: CLOSED with a full
@@ -122,7 +121,7 @@ class MemoryBreaker(Breaker):
         # when the state is anything else) and _state's window is then the one it had
         # when it became current, until _settled() writes the slots back into a State
         # (when _live_moved says they changed).
-        self._live: int | None = None
+        self._live: int | object = _NOT_LIVE
         self._live_bits = self._live_len = self._live_failures = self._live_streak = 0
         self._live_size = self._live_trip = 0
         self._live_moved = False
@@ -147,7 +146,7 @@ class MemoryBreaker(Breaker):
     @property
     def state(self) -> State:
         """The state as the machine defines it (counted successes placed)."""
-        if self._timed is None and self._live is None:
+        if self._timed is None and self._live is _NOT_LIVE:
             return self._state
         with self._lock:
             return self._settled()
@@ -204,15 +203,16 @@ class MemoryBreaker(Breaker):
             if timed is not None and generation == timed[1] and self._clock() < timed[2]:
                 # Counted as of the state that published it: one a locked change made
                 # since then is still of this generation, and so later, not different.
-                ticket = timed[3]()
+                ticket = next(timed[3])
                 if self._timed is not timed:
                     self._late(timed, ticket)
                 return timed[0]
-            self._successes.add()
+            next(self._successes.ticks)
         else:
-            self._failures.add()
-        if generation == self._live and generation is not None:
-            self._take()
+            next(self._failures.ticks)
+        if generation == self._live:
+            # lock.acquire() and release() cost half of what ``with lock`` does.
+            self._lock.acquire()
             try:
                 if generation == self._live:
                     # _machine.record's CLOSED step of a plain configuration, on the
@@ -246,7 +246,7 @@ class MemoryBreaker(Breaker):
                 # time, on the state as the window left it.
                 return self._apply(success, generation, duration)
             finally:
-                self._give()
+                self._lock.release()
         with self._lock:
             return self._apply(success, generation, duration)
 
@@ -274,7 +274,7 @@ class MemoryBreaker(Breaker):
             if bits == 0 and length == cfg.window_size and st.failure_count == 0:
                 self._steady = st
         else:
-            self._live = None
+            self._live = _NOT_LIVE
         timed = self._timed
         if timed is not None and (timed[1] != st.generation or not st.buckets):
             # Unpublish first, then read: every success counted before the read is in
@@ -290,7 +290,7 @@ class MemoryBreaker(Breaker):
             if timed is None:
                 counter = _Counter()
                 self._placed = 0
-                timed = (st, st.generation, 0, counter.add, counter, [])
+                timed = (st, st.generation, 0, counter.ticks, counter, [])
             self._timed = (st, st.generation, _machine.bucket_end(st, self.config), *timed[3:])
         return st
 
