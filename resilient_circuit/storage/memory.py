@@ -117,10 +117,11 @@ class MemoryBreaker(Breaker):
         self._steady: State | None = None
         # A CLOSED count window of a plain configuration (see Config.plain) is kept in
         # the slots below, which the machine's CLOSED step updates in place under the
-        # lock, instead of in a new State per outcome: _live is its generation (None
-        # when the state is anything else) and _state's window is then the one it had
-        # when it became current, until _settled() writes the slots back into a State
-        # (when _live_moved says they changed).
+        # lock, instead of in a new State per outcome: _live is its generation
+        # (_NOT_LIVE when the state is anything else) and _state's window is then the
+        # one it had when it became current, until _settled() writes the slots back
+        # into a State (when _live_moved says they changed). The step is the machine's
+        # own, on the same integers; a trip is left to the machine.
         self._live: int | object = _NOT_LIVE
         self._live_bits = self._live_len = self._live_failures = self._live_streak = 0
         self._live_size = self._live_trip = 0
