@@ -511,9 +511,10 @@ def _why_memory(r: Results, path: str, ratio: float, factor: float, peer: str) -
             f"success, of which the lock taken twice is {fmt_ns(lock)}; with the "
             f"exception's passage through the decorator ({fmt_ns(exc)}) that is {share:.0%} "
             f"of this breaker's counted failure ({fmt_ns(total)} in the breakdown){allowed}. "
-            "What is left is the interpreter's floor for a locked update of the window and "
-            "a decorator frame that catches and re-raises: met only by dropping the lock or "
-            "the window"
+            f"The rest is the driver's own except path (checking the reply, the exception "
+            f"table's look-ups). Both sides pay the exception's passage; {peer}'s failure "
+            "is then one counter increment with no lock, where this one is two calls that "
+            "each take the lock and shift the window"
         )
     if path == "rejection":
         build = _sum(r.part("rejection", "building"), r.part("rejection", "raising"))
