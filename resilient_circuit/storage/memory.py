@@ -38,7 +38,7 @@ _new = tuple.__new__  # builds a NamedTuple without its Python-level __new__
 
 # See MemoryBreaker._timed.
 _Timed = tuple[State, int, int, "itertools.count[int]", "_Counter", list[int]]
-# What _live holds while the state is not a live count window: equal to no generation
+# What _window_generation holds while the state is not a live count window: equal to no generation
 # (None included), so that one comparison tells whether an outcome may take the fast path.
 _NOT_LIVE = object()
 
@@ -73,14 +73,6 @@ class MemoryBreaker(Breaker):
         "_failures",
         "_fast_successes",
         "_forgotten",
-        "_live",
-        "_live_bits",
-        "_live_failures",
-        "_live_len",
-        "_live_moved",
-        "_live_size",
-        "_live_streak",
-        "_live_trip",
         "_lock",
         "_placed",
         "_rejecting",
@@ -88,6 +80,14 @@ class MemoryBreaker(Breaker):
         "_steady",
         "_successes",
         "_timed",
+        "_window_bits",
+        "_window_failures",
+        "_window_generation",
+        "_window_len",
+        "_window_moved",
+        "_window_size",
+        "_window_streak",
+        "_window_trip",
         "config",
         "namespace",
         "resource_key",
@@ -117,15 +117,15 @@ class MemoryBreaker(Breaker):
         self._steady: State | None = None
         # A CLOSED count window of a plain configuration (see Config.plain) is kept in
         # the slots below, which the machine's CLOSED step updates in place under the
-        # lock, instead of in a new State per outcome: _live is its generation
+        # lock, instead of in a new State per outcome: _window_generation is its generation
         # (_NOT_LIVE when the state is anything else) and _state's window is then the
         # one it had when it became current, until _settled() writes the slots back
-        # into a State (when _live_moved says they changed). The step is the machine's
+        # into a State (when _window_moved says they changed). The step is the machine's
         # own, on the same integers; a trip is left to the machine.
-        self._live: int | object = _NOT_LIVE
-        self._live_bits = self._live_len = self._live_failures = self._live_streak = 0
-        self._live_size = self._live_trip = 0
-        self._live_moved = False
+        self._window_generation: int | object = _NOT_LIVE
+        self._window_bits = self._window_len = self._window_failures = self._window_streak = 0
+        self._window_size = self._window_trip = 0
+        self._window_moved = False
         # The state last rejected, until when, and the reply's state and generation
         # (one tuple, so that it is read and replaced at once).
         self._rejecting: tuple[State | None, int, CircuitState, int] = (None, 0, CLOSED, 0)
@@ -147,7 +147,7 @@ class MemoryBreaker(Breaker):
     @property
     def state(self) -> State:
         """The state as the machine defines it (counted successes placed)."""
-        if self._timed is None and self._live is _NOT_LIVE:
+        if self._timed is None and self._window_generation is _NOT_LIVE:
             return self._state
         with self._lock:
             return self._settled()
@@ -160,7 +160,7 @@ class MemoryBreaker(Breaker):
 
     @property
     def last_known(self) -> State:
-        # Its state and generation are current; its window may not be (see _live).
+        # Its state and generation are current; its window may not be (see _window_generation).
         return self._state
 
     def acquire(self) -> Admission:
@@ -214,36 +214,34 @@ class MemoryBreaker(Breaker):
             next(self._successes.ticks)
         else:
             next(self._failures.ticks)
-        if generation == self._live:
+        if generation == self._window_generation:
             # lock.acquire() and release() cost half of what ``with lock`` does.
             self._lock.acquire()
             try:
-                if generation == self._live:
+                if generation == self._window_generation:
                     # _machine.record's CLOSED step of a plain configuration, on the
                     # live window: the same integers, without a State built per call.
-                    size = self._live_size
-                    bits = self._live_bits << 1
-                    length = self._live_len
-                    failures = self._live_failures
-                    if success:
-                        streak = 0
-                    else:
+                    bits = self._window_bits << 1
+                    length = self._window_len
+                    failures = self._window_failures
+                    if not success:
                         bits |= 1
                         failures += 1
-                        streak = self._live_streak + 1
-                    if length < size:
+                    if length < self._window_size:
                         length += 1
-                    elif bits >> size:
+                    elif bits >> length:
+                        # The window is full (length == size): the bit just past its end
+                        # is the outcome falling out of it.
                         failures -= 1
-                        bits ^= 1 << size
-                    if success or length < size or failures < self._live_trip:
+                        bits ^= 1 << length
+                    if success or length < self._window_size or failures < self._window_trip:
                         self._steady = None
-                        self._live_bits = bits
-                        self._live_len = length
-                        self._live_failures = failures
-                        self._live_streak = streak
-                        self._live_moved = True
-                        if success and bits == 0 and length == size:
+                        self._window_bits = bits
+                        self._window_len = length
+                        self._window_failures = failures
+                        self._window_streak = 0 if success else self._window_streak + 1
+                        self._window_moved = True
+                        if success and bits == 0 and length == self._window_size:
                             self._steady = self._state
                         return self._state
                 # A trip (or a state changed meanwhile): the machine decides, with the
@@ -265,20 +263,20 @@ class MemoryBreaker(Breaker):
         success path of a CLOSED time window, and the live count window, in step with it."""
         self._steady = None
         self._state = st
-        self._live_moved = False
+        self._window_moved = False
         cfg = self.config
-        if st.state is CLOSED and cfg.plain and not st.buckets:
-            self._live_bits = bits = st.window_bits
-            self._live_len = length = st.window_len
-            self._live_failures = st.window_failures
-            self._live_streak = st.failure_count
-            self._live_size = cfg.window_size
-            self._live_trip = cfg.closed_trip
-            self._live = st.generation
+        if st.state is CLOSED and cfg.plain and not st.buckets and st.window_len <= cfg.window_size:
+            self._window_bits = bits = st.window_bits
+            self._window_len = length = st.window_len
+            self._window_failures = st.window_failures
+            self._window_streak = st.failure_count
+            self._window_size = cfg.window_size
+            self._window_trip = cfg.closed_trip
+            self._window_generation = st.generation
             if bits == 0 and length == cfg.window_size and st.failure_count == 0:
                 self._steady = st
         else:
-            self._live = _NOT_LIVE
+            self._window_generation = _NOT_LIVE
         timed = self._timed
         if timed is not None and (timed[1] != st.generation or not st.buckets):
             # Unpublish first, then read: every success counted before the read is in
@@ -310,7 +308,7 @@ class MemoryBreaker(Breaker):
         """The current state with the successes counted outside the lock placed, and the
         live count window written back (lock held)."""
         st = self._state
-        if self._live_moved:
+        if self._window_moved:
             # As _machine.record builds a plain CLOSED state: nothing past the window.
             steady = self._steady is not None
             self._steady = None
@@ -319,10 +317,10 @@ class MemoryBreaker(Breaker):
                 (
                     CLOSED,
                     st.generation,
-                    self._live_bits,
-                    self._live_len,
-                    self._live_failures,
-                    self._live_streak,
+                    self._window_bits,
+                    self._window_len,
+                    self._window_failures,
+                    self._window_streak,
                     None,
                     (),
                     0,
@@ -334,7 +332,7 @@ class MemoryBreaker(Breaker):
                     (),
                 ),
             )
-            self._live_moved = False
+            self._window_moved = False
             if steady:
                 self._steady = st
             return st
