@@ -269,3 +269,87 @@ def test_memory_store_time_window_matches_the_machine(duration_ms: int, seq: lis
             # Read now and then only: reading places the successes counted meanwhile.
             assert breaker.state == state
     assert breaker.state == state
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.integers(1, 6),
+    st.integers(1, 6),
+    st.lists(
+        st.tuples(
+            st.sampled_from(["ok", "fail", "stale", "none", "acquire", "read", "force", "reset"]),
+            st.integers(0, 3),
+        ),
+        max_size=80,
+    ),
+)
+def test_memory_store_count_window_matches_the_machine(den: int, num: int, seq: list) -> None:
+    """The memory store's CLOSED count window, updated in place, leaves exactly the state
+    the pure machine computes outcome by outcome, whatever reads come in between."""
+    from resilient_circuit.storage import InMemoryStorage
+
+    cfg = Config.build(
+        failure_limit=Fraction(min(num, den), den), cooldown=timedelta(milliseconds=2)
+    )
+    assert cfg.plain
+    clock = [0]
+    storage = InMemoryStorage(namespace="p", clock=lambda: clock[0])
+    breaker = storage.breaker("k", "p", cfg)
+    state = m.INITIAL
+    successes = failures = 0
+    for kind, step in seq:
+        clock[0] += step * 1_000_000
+        if kind == "acquire":
+            _, state = m.try_acquire(state, cfg, clock[0])
+            breaker.acquire()
+        elif kind == "read":
+            assert breaker.state == state
+            assert breaker.snapshot().window == state.window
+            assert storage.get_state("k", "p")["execution_log"] == list(state.window)
+        elif kind == "force":
+            state = m.force(state, cfg, clock[0], CircuitState.CLOSED)
+            breaker.force(CircuitState.CLOSED)
+        elif kind == "reset":
+            state = m.reset(state)
+            breaker.reset()
+            successes = failures = 0
+        else:
+            ok = kind == "ok" or (kind != "fail" and step % 2 == 0)
+            generation = {"stale": state.generation - 1, "none": None}.get(kind, state.generation)
+            state = m.record(state, cfg, clock[0], ok, generation)
+            reply = breaker.record(ok, generation)
+            assert (reply.state, reply.generation) == (state.state, state.generation)
+            successes += ok
+            failures += not ok
+    assert breaker.state == state
+    assert (breaker.successes, breaker.failures) == (successes, failures)
+
+
+def test_memory_store_count_window_loses_no_outcome_across_threads() -> None:
+    """Outcomes recorded by several threads at once all land in the window."""
+    import threading
+
+    from resilient_circuit.storage import InMemoryStorage
+
+    threads, per_thread = 4, 2000
+    cfg = Config.build(failure_limit=Fraction(1, 1), window_size=m.MAX_WINDOW)
+    breaker = InMemoryStorage(namespace="p").breaker("k", "p", cfg)
+    start = threading.Barrier(threads)
+
+    def work(seed: int) -> None:
+        start.wait()
+        for i in range(per_thread):
+            breaker.record((i + seed) % 3 != 0, 0)
+
+    workers = [threading.Thread(target=work, args=(seed,)) for seed in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    failed = sum((i + seed) % 3 == 0 for seed in range(threads) for i in range(per_thread))
+    state = breaker.state
+    assert state.state is CircuitState.CLOSED
+    assert state.window_len == threads * per_thread
+    assert state.window_failures == failed == state.window_bits.bit_count()
+    assert breaker.failures == failed
+    assert breaker.successes == threads * per_thread - failed

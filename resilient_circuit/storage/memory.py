@@ -37,25 +37,29 @@ __all__ = ("InMemoryStorage",)
 _new = tuple.__new__  # builds a NamedTuple without its Python-level __new__
 
 # See MemoryBreaker._timed.
-_Timed = tuple[State, int, int, Callable[[], int], "_Counter", list[int]]
+_Timed = tuple[State, int, int, "itertools.count[int]", "_Counter", list[int]]
+# What _window_generation holds while the state is not a live count window: equal to no generation
+# (None included), so that one comparison tells whether an outcome may take the fast path.
+_NOT_LIVE = object()
 
 
 class _Counter:
     """A lifetime counter that threads may bump without a lock.
 
-    ``itertools.count.__next__`` is atomic under the GIL; its value is read back
-    from its repr (``count(N)``), which only snapshots and admin reads do.
+    ``next(ticks)`` is atomic under the GIL (and cheaper than calling ``add``, a
+    method-wrapper); the value is read back from its repr (``count(N)``), which only
+    snapshots and admin reads do.
     """
 
-    __slots__ = ("_count", "add")
+    __slots__ = ("add", "ticks")
 
     def __init__(self) -> None:
-        self._count = itertools.count()
-        self.add = self._count.__next__
+        self.ticks = itertools.count()
+        self.add = self.ticks.__next__
 
     @property
     def value(self) -> int:
-        return int(repr(self._count)[6:-1])
+        return int(repr(self.ticks)[6:-1])
 
 
 class MemoryBreaker(Breaker):
@@ -76,6 +80,14 @@ class MemoryBreaker(Breaker):
         "_steady",
         "_successes",
         "_timed",
+        "_window_bits",
+        "_window_failures",
+        "_window_generation",
+        "_window_len",
+        "_window_moved",
+        "_window_size",
+        "_window_streak",
+        "_window_trip",
         "config",
         "namespace",
         "resource_key",
@@ -98,11 +110,22 @@ class MemoryBreaker(Breaker):
         self._lock = lock
         self._clock = clock
         self._admit_closed = Admission(True, CLOSED, 0, None)
-        # A state the machine returned unchanged for a success of its own generation:
-        # a full window of successes, which every success of a healthy breaker meets.
-        # States are immutable, so the machine's answer holds for as long as the state
-        # object is current (configure swaps in a fresh one).
+        # The current state while a success changes nothing in it: CLOSED with a full
+        # count window of successes and no failure streak, which every success of a
+        # healthy breaker meets. Read without the lock: every change of the window or
+        # of the state clears it first, so whenever it is set it is the current state.
         self._steady: State | None = None
+        # A CLOSED count window of a plain configuration (see Config.plain) is kept in
+        # the slots below, which the machine's CLOSED step updates in place under the
+        # lock, instead of in a new State per outcome: _window_generation is its generation
+        # (_NOT_LIVE when the state is anything else) and _state's window is then the
+        # one it had when it became current, until _settled() writes the slots back
+        # into a State (when _window_moved says they changed). The step is the machine's
+        # own, on the same integers; a trip is left to the machine.
+        self._window_generation: int | object = _NOT_LIVE
+        self._window_bits = self._window_len = self._window_failures = self._window_streak = 0
+        self._window_size = self._window_trip = 0
+        self._window_moved = False
         # The state last rejected, until when, and the reply's state and generation
         # (one tuple, so that it is read and replaced at once).
         self._rejecting: tuple[State | None, int, CircuitState, int] = (None, 0, CLOSED, 0)
@@ -124,7 +147,7 @@ class MemoryBreaker(Breaker):
     @property
     def state(self) -> State:
         """The state as the machine defines it (counted successes placed)."""
-        if self._timed is None:
+        if self._timed is None and self._window_generation is _NOT_LIVE:
             return self._state
         with self._lock:
             return self._settled()
@@ -137,6 +160,7 @@ class MemoryBreaker(Breaker):
 
     @property
     def last_known(self) -> State:
+        # Its state and generation are current; its window may not be (see _window_generation).
         return self._state
 
     def acquire(self) -> Admission:
@@ -168,38 +192,63 @@ class MemoryBreaker(Breaker):
         return admission
 
     def record(self, success: bool, generation: int | None, duration: int | None = None) -> State:
+        """Apply one outcome. The reply's state and generation are current; its window
+        is not always (a live count window or a time window's counted successes are
+        placed in a State when the state is read: ``state``, ``snapshot``)."""
         st = self._state
         if success:
             if st is self._steady:
                 self._successes.add()
                 return st
             timed = self._timed
-            if timed is not None and generation == timed[1] and self._clock() < timed[2]:
+            # The clock read through a local: calling a slot's value as a method is not
+            # specialised by the interpreter, calling a local is.
+            clock = self._clock
+            if timed is not None and generation == timed[1] and clock() < timed[2]:
                 # Counted as of the state that published it: one a locked change made
                 # since then is still of this generation, and so later, not different.
-                ticket = timed[3]()
+                ticket = next(timed[3])
                 if self._timed is not timed:
                     self._late(timed, ticket)
                 return timed[0]
-            self._successes.add()
+            next(self._successes.ticks)
         else:
-            self._failures.add()
-        if st.state is CLOSED and self.config.plain:
-            # A CLOSED outcome is decided on the state as read, outside the lock, and
-            # swapped in under it if nobody changed the breaker meanwhile. The machine
-            # reads the clock only to trip (a result still CLOSED did not use it), so
-            # none is read here; a trip is recomputed under the lock with the time.
-            nxt = _machine.record(st, self.config, 0, success, generation)
-            if nxt is st:
-                if success and generation == st.generation:
-                    self._steady = st
-                return st
-            if nxt.state is CLOSED:
-                with self._lock:
-                    if self._state is st:
-                        self._state = nxt
-                        return nxt
-                    return self._apply(success, generation, duration)
+            next(self._failures.ticks)
+        if generation == self._window_generation:
+            # lock.acquire() and release() cost half of what ``with lock`` does.
+            self._lock.acquire()
+            try:
+                if generation == self._window_generation:
+                    # _machine.record's CLOSED step of a plain configuration, on the
+                    # live window: the same integers, without a State built per call.
+                    bits = self._window_bits << 1
+                    length = self._window_len
+                    failures = self._window_failures
+                    if not success:
+                        bits |= 1
+                        failures += 1
+                    if length < self._window_size:
+                        length += 1
+                    elif bits >> length:
+                        # The window is full (length == size): the bit just past its end
+                        # is the outcome falling out of it.
+                        failures -= 1
+                        bits ^= 1 << length
+                    if success or length < self._window_size or failures < self._window_trip:
+                        self._steady = None
+                        self._window_bits = bits
+                        self._window_len = length
+                        self._window_failures = failures
+                        self._window_streak = 0 if success else self._window_streak + 1
+                        self._window_moved = True
+                        if success and bits == 0 and length == self._window_size:
+                            self._steady = self._state
+                        return self._state
+                # A trip (or a state changed meanwhile): the machine decides, with the
+                # time, on the state as the window left it.
+                return self._apply(success, generation, duration)
+            finally:
+                self._lock.release()
         with self._lock:
             return self._apply(success, generation, duration)
 
@@ -211,8 +260,23 @@ class MemoryBreaker(Breaker):
 
     def _commit(self, st: State) -> State:
         """Make ``st`` current (lock held, counted successes placed), keeping the unlocked
-        success path of a CLOSED time window in step with it."""
+        success path of a CLOSED time window, and the live count window, in step with it."""
+        self._steady = None
         self._state = st
+        self._window_moved = False
+        cfg = self.config
+        if st.state is CLOSED and cfg.plain and not st.buckets and st.window_len <= cfg.window_size:
+            self._window_bits = bits = st.window_bits
+            self._window_len = length = st.window_len
+            self._window_failures = st.window_failures
+            self._window_streak = st.failure_count
+            self._window_size = cfg.window_size
+            self._window_trip = cfg.closed_trip
+            self._window_generation = st.generation
+            if bits == 0 and length == cfg.window_size and st.failure_count == 0:
+                self._steady = st
+        else:
+            self._window_generation = _NOT_LIVE
         timed = self._timed
         if timed is not None and (timed[1] != st.generation or not st.buckets):
             # Unpublish first, then read: every success counted before the read is in
@@ -228,7 +292,7 @@ class MemoryBreaker(Breaker):
             if timed is None:
                 counter = _Counter()
                 self._placed = 0
-                timed = (st, st.generation, 0, counter.add, counter, [])
+                timed = (st, st.generation, 0, counter.ticks, counter, [])
             self._timed = (st, st.generation, _machine.bucket_end(st, self.config), *timed[3:])
         return st
 
@@ -241,8 +305,37 @@ class MemoryBreaker(Breaker):
                 self._fast_successes += 1
 
     def _settled(self) -> State:
-        """The current state with the successes counted outside the lock placed (lock held)."""
+        """The current state with the successes counted outside the lock placed, and the
+        live count window written back (lock held)."""
         st = self._state
+        if self._window_moved:
+            # As _machine.record builds a plain CLOSED state: nothing past the window.
+            steady = self._steady is not None
+            self._steady = None
+            st = self._state = _new(
+                State,
+                (
+                    CLOSED,
+                    st.generation,
+                    self._window_bits,
+                    self._window_len,
+                    self._window_failures,
+                    self._window_streak,
+                    None,
+                    (),
+                    0,
+                    0,
+                    False,
+                    0,
+                    None,
+                    0,
+                    (),
+                ),
+            )
+            self._window_moved = False
+            if steady:
+                self._steady = st
+            return st
         timed = self._timed
         if timed is None:
             return st
@@ -457,7 +550,7 @@ class InMemoryStorage(CircuitBreakerStorage):
             if found is None:
                 return False
             self._released[key] = found
-            if found._state is found._forgotten:
+            if found._settled() is found._forgotten:
                 return False  # deleted before and untouched since
         found._forgotten = found.reset()
         return True
