@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import statistics
 import threading
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from fractions import Fraction
@@ -111,8 +112,25 @@ def measure() -> dict[str, Any]:
     rejected = ProtectedCallError.rejected
     state = CircuitState.OPEN
 
+    # The baseline: the very exception a rejection raises (same constructor, same
+    # fields), built and raised from a function's frame, as the decorator does from
+    # its own. What the decorator adds is its signature (*args, **kwargs), the clock
+    # read, the remaining time computed, and deciding to reject.
     def build_and_raise() -> None:
         raise rejected("open", state, 1)
+
+    # The floor of any rejection: the decorator's signature raising the same
+    # exception; then with the one clock read and subtraction that retry_after needs.
+    clock = time.monotonic_ns
+    until = clock() + 3600 * 10**9
+
+    def floor_frame(*args: Any, **kwargs: Any) -> None:
+        raise rejected("open", state, 1)
+
+    def floor_clock(*args: Any, **kwargs: Any) -> None:
+        now = clock()
+        if now < until:
+            raise rejected("open", state, until - now)
 
     fns: dict[str, Callable[[], Any]] = {
         "noop": noop,
@@ -136,6 +154,8 @@ def measure() -> dict[str, Any]:
         "build_rejection": partial(rejected, "open", state, 1),
         "nop3": partial(_nop3, "open", state, 1),
         "raise_rejection": build_and_raise,
+        "floor_frame": floor_frame,
+        "floor_clock": floor_clock,
     }
     rows = interleaved(fns)
     med = {name: statistics.median(values) for name, values in rows.items()}
@@ -198,7 +218,22 @@ def measure() -> dict[str, Any]:
         ],
     }
     totals = {"success": total_success, "failure": total_failure, "rejection": total_rejection}
+
+    def per_exception(name: str) -> float:
+        """``name``'s cost over the bare build and raise of the exception, per round."""
+        return statistics.median(
+            (x - n) / (e - n)
+            for x, e, n in zip(rows[name], rows["raise_rejection"], rows["noop"], strict=True)
+        )
+
     out: dict[str, Any] = {"kind": "breakdown", "paths": {}, "medians": med}
+    out["rejection_vs_exception"] = {
+        "ratio": per_exception("rejection"),
+        "exception_ns": diff("raise_rejection", "noop"),
+        "rejection_ns": total_rejection,
+        "floor_frame": per_exception("floor_frame"),
+        "floor_clock": per_exception("floor_clock"),
+    }
     for path, parts in paths.items():
         counted = sum(ns for name, ns in parts if not name.startswith("  ·"))
         out["paths"][path] = {

@@ -126,6 +126,8 @@ def evaluate(out: dict[str, dict[str, Any]], labels: dict[str, str]) -> list[Tar
                 )
             )
 
+    add(_rejection_target(r))
+
     for outcome in ("success", "failure"):
         found = r.get("ours", f"window.ratio.{outcome}")
         value = None if found is None else float(found["ratio"])
@@ -480,6 +482,29 @@ def _cpu(result: dict[str, Any]) -> str:
     if client is None or server is None:
         return "n/a"
     return f"{client:.0f} + {server:.0f} µs"
+
+
+def _rejection_target(r: Results) -> Target:
+    """A rejection against building and raising the same ProtectedCallError alone."""
+    name = "In memory, rejection while OPEN: ≤ 1.2x building and raising the exception alone"
+    found = r.get("breakdown", "breakdown")
+    rv = None if found is None else found.get("rejection_vs_exception")
+    if rv is None:
+        return Target(name, "n/a", "≤ 1.2x", "n/a")
+    ratio = float(rv["ratio"])
+    measured = (
+        f"{ratio:.2f}x ({fmt_ns(rv['rejection_ns'])} vs {fmt_ns(rv['exception_ns'])}, same rounds)"
+    )
+    why = ""
+    if ratio > 1.2:
+        why = (
+            f"the floor of any rejection, in the same rounds: a function with the decorator's "
+            f"signature (*args, **kwargs) raising the same exception is "
+            f"{rv['floor_frame']:.2f}x; with the one clock read and subtraction that "
+            f"retry_after needs, {rv['floor_clock']:.2f}x. The rest is deciding to reject: "
+            f"the breaker's standing verdict read and compared, without calling acquire"
+        )
+    return Target(name, measured, "≤ 1.2x", _status(ratio <= 1.2), why)
 
 
 def _sum(*values: float | None) -> float:

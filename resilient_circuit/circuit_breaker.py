@@ -43,6 +43,7 @@ from resilient_circuit.storage.base import (
     Snapshot,
     StorageError,
     StorageErrorMode,
+    Verdict,
     check_name,
 )
 
@@ -63,6 +64,18 @@ logger = logging.getLogger(__name__)
 
 # At most one log line per policy this often for outcomes the store failed to record.
 _RECORD_ERROR_LOG_INTERVAL = 10.0
+
+
+class _Unpublished:
+    """In place of a breaker handle whose standing rejections the decorator must not use."""
+
+    __slots__ = ()
+    rejecting: Verdict | None = None
+
+
+_UNPUBLISHED = _Unpublished()
+# What the fast drivers read as the admission when the store could not answer.
+_OUTAGE = Admission(True, CircuitState.CLOSED, -2, None)
 
 
 class StatusChangeListener(Protocol):
@@ -558,6 +571,48 @@ class CircuitProtectorPolicy(OptionDrivers, ProtectionPolicy):
         _events.during_outage(self, admission.permitted)
         return local, self._admitted(local, admission)
 
+    def _call_degraded(
+        self,
+        func: Callable[..., Any],
+        args: Any,
+        kwargs: Any,
+        check: Callable[[Exception], Any] | None,
+    ) -> Any:
+        """A call of the fast driver while the store cannot answer (``on_storage_error``)."""
+        used, generation = self._degraded_admission()
+        try:
+            result = func(*args, **kwargs)
+        except Exception as exc:
+            self._settle(used, generation, self._fast_verdict(exc, check))
+            raise
+        self._settle(used, generation, True)
+        return result
+
+    async def _acall_degraded(
+        self,
+        func: Callable[..., Awaitable[Any]],
+        args: Any,
+        kwargs: Any,
+        check: Callable[[Exception], Any] | None,
+    ) -> Any:
+        used, generation = self._degraded_admission()
+        try:
+            result = await func(*args, **kwargs)
+        except Exception as exc:
+            await self._asettle(used, generation, self._fast_verdict(exc, check))
+            raise
+        await self._asettle(used, generation, True)
+        return result
+
+    def _fast_verdict(self, exc: Exception, check: Callable[[Exception], Any] | None) -> bool:
+        """Did the call succeed, by the fast driver's predicate (None: every error fails)?"""
+        if check is None:
+            return False
+        try:
+            return not check(exc)
+        except Exception:
+            return not self._predicate_failed()
+
     def _admitted(self, breaker: Breaker, admission: Admission) -> int:
         if admission.generation != self._seen_generation and breaker is not self._local:
             self._advance(admission.state, admission.generation)
@@ -689,21 +744,33 @@ class CircuitProtectorPolicy(OptionDrivers, ProtectionPolicy):
         should_handle = self.should_handle
         check = None if should_handle is handle_all else should_handle
         rejected = ProtectedCallError.rejected
+        # A handle that reports calls to hooks must see every rejection.
+        verdicts = breaker if via is None else _UNPUBLISHED
 
         @functools.wraps(func)
         def protected(*args: Any, **kwargs: Any) -> Any:
             if switch:
                 return divert(*args, **kwargs)  # type: ignore[misc]
+            held = verdicts.rejecting
+            if held is not None:
+                # The store's standing rejection: a clock read and a comparison. A
+                # generation this policy has not seen yet goes through acquire, which
+                # tells on_status_change.
+                # (Indexed, not unpacked: every local costs each call a little.)
+                now = held[1]()
+                if now < held[0] and held[3] == policy._seen_generation:
+                    raise rejected(policy.resource_key, held[2], held[4] - now)
             try:
                 admission = breaker.acquire()
             except StorageError:
-                used, generation = policy._degraded_admission()
-            else:
-                used, generation = breaker, admission.generation
-                if generation != policy._seen_generation:
-                    policy._advance(admission.state, generation)
-                if not admission.permitted:
-                    raise rejected(policy.resource_key, admission.state, admission.retry_after)
+                admission = _OUTAGE  # its generation is never seen: the branch below
+            generation = admission.generation
+            if generation != policy._seen_generation:
+                if admission is _OUTAGE:
+                    return policy._call_degraded(func, args, kwargs, check)
+                policy._advance(admission.state, generation)
+            if not admission.permitted:
+                raise rejected(policy.resource_key, admission.state, admission.retry_after)
             try:
                 result = func(*args, **kwargs)
             except Exception:
@@ -716,9 +783,6 @@ class CircuitProtectorPolicy(OptionDrivers, ProtectionPolicy):
                         success = not check(cast(Exception, sys.exc_info()[1]))
                     except Exception:
                         success = not policy._predicate_failed()
-                if used is not breaker:
-                    policy._settle(used, generation, success)
-                    raise
                 try:
                     reply = breaker.record(success, generation)
                 except StorageError:
@@ -729,9 +793,6 @@ class CircuitProtectorPolicy(OptionDrivers, ProtectionPolicy):
                     if reply.generation != policy._seen_generation:
                         policy._advance(reply.state, reply.generation)
                 raise
-            if used is not breaker:
-                policy._settle(used, generation, True)
-                return result
             try:
                 reply = breaker.record(True, generation)
             except StorageError:
@@ -756,21 +817,33 @@ class CircuitProtectorPolicy(OptionDrivers, ProtectionPolicy):
         should_handle = self.should_handle
         check = None if should_handle is handle_all else should_handle
         rejected = ProtectedCallError.rejected
+        # A handle that reports calls to hooks must see every rejection.
+        verdicts = breaker if via is None else _UNPUBLISHED
 
         @functools.wraps(func)
         async def protected(*args: Any, **kwargs: Any) -> Any:
             if switch:
                 return await divert(*args, **kwargs)  # type: ignore[misc]
+            held = verdicts.rejecting
+            if held is not None:
+                # The store's standing rejection: a clock read and a comparison. A
+                # generation this policy has not seen yet goes through acquire, which
+                # tells on_status_change.
+                # (Indexed, not unpacked: every local costs each call a little.)
+                now = held[1]()
+                if now < held[0] and held[3] == policy._seen_generation:
+                    raise rejected(policy.resource_key, held[2], held[4] - now)
             try:
                 admission = await breaker.aacquire()
             except StorageError:
-                used, generation = policy._degraded_admission()
-            else:
-                used, generation = breaker, admission.generation
-                if generation != policy._seen_generation:
-                    policy._advance(admission.state, generation)
-                if not admission.permitted:
-                    raise rejected(policy.resource_key, admission.state, admission.retry_after)
+                admission = _OUTAGE  # its generation is never seen: the branch below
+            generation = admission.generation
+            if generation != policy._seen_generation:
+                if admission is _OUTAGE:
+                    return await policy._acall_degraded(func, args, kwargs, check)
+                policy._advance(admission.state, generation)
+            if not admission.permitted:
+                raise rejected(policy.resource_key, admission.state, admission.retry_after)
             try:
                 result = await func(*args, **kwargs)
             except Exception:
@@ -781,9 +854,6 @@ class CircuitProtectorPolicy(OptionDrivers, ProtectionPolicy):
                         success = not check(cast(Exception, sys.exc_info()[1]))
                     except Exception:
                         success = not policy._predicate_failed()
-                if used is not breaker:
-                    await policy._asettle(used, generation, success)
-                    raise
                 # Awaited here rather than through _asettle: one coroutine less per call.
                 try:
                     reply = await breaker.arecord(success, generation)
@@ -795,9 +865,6 @@ class CircuitProtectorPolicy(OptionDrivers, ProtectionPolicy):
                     if reply.generation != policy._seen_generation:
                         policy._advance(reply.state, reply.generation)
                 raise
-            if used is not breaker:
-                await policy._asettle(used, generation, True)
-                return result
             try:
                 reply = await breaker.arecord(True, generation)
             except StorageError:

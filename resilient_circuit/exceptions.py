@@ -30,9 +30,13 @@ class ProtectedCallError(ProtectionException):
     PostgreSQL mode.
     """
 
-    resource_key: str | None = None
-    state: CircuitState | None = None
-    retry_after_ns: int | None = None
+    # Slots: a rejection is built per rejected call, and slots spare it an instance
+    # dictionary (BaseException's own stays available for other attributes).
+    __slots__ = ("resource_key", "retry_after_ns", "state")
+
+    resource_key: str | None
+    state: CircuitState | None
+    retry_after_ns: int | None
 
     def __init__(
         self,
@@ -53,7 +57,7 @@ class ProtectedCallError(ProtectionException):
     ) -> ProtectedCallError:
         """The breaker's own rejection. Rejecting is a hot path, so this skips
         ``__init__``; the message and the timedelta are built only when read."""
-        exc = cls.__new__(cls)
+        exc = _new_exception(cls)
         exc.resource_key = resource_key
         exc.state = state
         exc.retry_after_ns = retry_after_ns
@@ -87,6 +91,10 @@ class ProtectedCallError(ProtectionException):
         if self.retry_after_ns is not None:
             text += f" (retry after {self.retry_after_ns / 1e9:.3f}s)"
         return text
+
+
+# BaseException's own __new__, looked up once rather than through the class per call.
+_new_exception = BaseException.__new__
 
 
 def _rebuild(

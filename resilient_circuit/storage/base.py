@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Literal, Protocol
@@ -17,12 +17,19 @@ __all__ = (
     "Snapshot",
     "StorageError",
     "StorageErrorMode",
+    "Verdict",
 )
 
 MAX_KEY_LENGTH = 255
 
 #: What a policy does with a call while its store cannot answer.
 StorageErrorMode = Literal["open", "closed", "local"]
+
+
+#: A rejection a breaker holds: (until, clock, state, generation, retry_until, token).
+#: Every call before ``until`` on ``clock`` (monotonic ns) is rejected in ``state`` and
+#: ``generation``, with ``retry_until - now`` to wait; ``token`` is the store's own.
+Verdict = tuple[int, Callable[[], int], CircuitState, int, int, object]
 
 
 class StorageError(Exception):
@@ -63,6 +70,12 @@ class Breaker(abc.ABC):
     """
 
     __slots__ = ()
+
+    #: The rejection this breaker holds, while it holds one: a store that publishes its
+    #: verdicts lets the decorator reject with a clock read and a comparison, without
+    #: calling ``acquire``. It is withdrawn (None) before anything else can change it,
+    #: so that a call that reads it is one made before that change.
+    rejecting: Verdict | None = None
 
     @property
     @abc.abstractmethod

@@ -27,6 +27,7 @@ from resilient_circuit.storage.base import (
     Breaker,
     CircuitBreakerStorage,
     Snapshot,
+    Verdict,
     check_admin_state,
     check_key_and_namespace,
     check_name,
@@ -75,7 +76,6 @@ class MemoryBreaker(Breaker):
         "_forgotten",
         "_lock",
         "_placed",
-        "_rejecting",
         "_state",
         "_steady",
         "_successes",
@@ -90,6 +90,7 @@ class MemoryBreaker(Breaker):
         "_window_trip",
         "config",
         "namespace",
+        "rejecting",
         "resource_key",
     )
 
@@ -126,9 +127,9 @@ class MemoryBreaker(Breaker):
         self._window_bits = self._window_len = self._window_failures = self._window_streak = 0
         self._window_size = self._window_trip = 0
         self._window_moved = False
-        # The state last rejected, until when, and the reply's state and generation
-        # (one tuple, so that it is read and replaced at once).
-        self._rejecting: tuple[State | None, int, CircuitState, int] = (None, 0, CLOSED, 0)
+        # The machine's rejection of the current state, while it holds (see
+        # Breaker.rejecting): published by acquire, withdrawn by _commit.
+        self.rejecting: Verdict | None = None
         # The epoch seconds an admin ``set_state`` gave its OPEN state, which
         # ``get_state`` reports as given for as long as that state is current.
         self._admin_open_until: tuple[State, float] | None = None
@@ -173,18 +174,29 @@ class MemoryBreaker(Breaker):
                 admission = self._admit_closed = Admission(True, CLOSED, st.generation, None)
             return admission
         now = self._clock()
-        rejecting, until, phase, generation = self._rejecting
-        if rejecting is st and now < until:
-            # The machine rejected this very state until `until`: a verdict that holds
-            # for every call before then, as its retry_after says (an OPEN breaker
-            # cooling down; trials all out). Any change of state is a new object.
-            return _new(Admission, (False, phase, generation, until - now))
+        held = self.rejecting
+        if held is not None and held[5] is st and now < held[0]:
+            # The machine rejected this very state until then: a verdict that holds for
+            # every call before it, as its retry_after says (an OPEN breaker cooling
+            # down; trials all out). Any change of state is a new object.
+            return _new(Admission, (False, held[2], held[3], held[4] - now))
         # Decide optimistically on the state as read; lock only to change it.
         admission, nxt = _machine.try_acquire(st, self.config, now)
         if nxt is st:
             if not admission.permitted and admission.retry_after:
                 until = now + admission.retry_after
-                self._rejecting = (st, until, admission.state, admission.generation)
+                self.rejecting = (
+                    until,
+                    self._clock,
+                    admission.state,
+                    admission.generation,
+                    until,
+                    st,
+                )
+                if self._state is not st:
+                    # Changed meanwhile: _commit may have withdrawn verdicts before
+                    # this one was published.
+                    self.rejecting = None
             return admission
         with self._lock:
             admission, nxt = _machine.try_acquire(self._settled(), self.config, self._clock())
@@ -263,6 +275,7 @@ class MemoryBreaker(Breaker):
         success path of a CLOSED time window, and the live count window, in step with it."""
         self._steady = None
         self._state = st
+        self.rejecting = None  # after the swap: see acquire, which publishes it
         self._window_moved = False
         cfg = self.config
         if st.state is CLOSED and cfg.plain and not st.buckets and st.window_len <= cfg.window_size:
