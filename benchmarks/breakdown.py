@@ -207,7 +207,8 @@ def measure() -> dict[str, Any]:
         "rejection": [
             ("decorator frame: protected(*args, **kwargs)", frame),
             (
-                "admission: MemoryBreaker.acquire() while OPEN (a remembered verdict)",
+                "admission: MemoryBreaker.acquire() while OPEN (the general drivers'; "
+                "the decorator reads the same standing verdict, Breaker.rejecting)",
                 diff("acquire_open", "noop"),
             ),
             ("building ProtectedCallError (ProtectedCallError.rejected)", build),

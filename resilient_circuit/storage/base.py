@@ -73,8 +73,8 @@ class Breaker(abc.ABC):
 
     #: The rejection this breaker holds, while it holds one: a store that publishes its
     #: verdicts lets the decorator reject with a clock read and a comparison, without
-    #: calling ``acquire``. It is withdrawn (None) before anything else can change it,
-    #: so that a call that reads it is one made before that change.
+    #: calling ``acquire``. The breaker withdraws it (None) as its state changes; a
+    #: call that reads it while a change is under way is one made before that change.
     rejecting: Verdict | None = None
 
     @property
