@@ -75,6 +75,7 @@ class Dsn:
                 f"`{name}` is not a valid connection string: {redact(reason, *_secrets_in(dsn))}"
             ) from None
         _check_ports(params.get("port"), name)
+        _check_sslmode(params.get("sslmode"), name)
         password = params.pop("password", None)
         self.password: str | None = None if password is None else str(password)
         self.conninfo: str = make_conninfo("", **params)
@@ -112,6 +113,21 @@ def _check_ports(port: object, name: str) -> None:
                 f"`{name}` is not a valid connection string: port must be a number from 1 to "
                 f"65535, got {shown!r}"
             )
+
+
+SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+
+
+def _check_sslmode(sslmode: object, name: str) -> None:
+    # libpq too refuses an unknown sslmode only when it connects, and a readiness probe
+    # would then report a server that cannot be reached.
+    if sslmode is None or sslmode == "" or sslmode in SSLMODES:
+        return
+    shown = str(sslmode) if len(str(sslmode)) <= 20 else str(sslmode)[:20] + "..."
+    raise ValueError(
+        f"`{name}` is not a valid connection string: sslmode must be one of "
+        f"{', '.join(SSLMODES)}, got {shown!r}"
+    )
 
 
 class _PasswordScrubber(logging.Filter):

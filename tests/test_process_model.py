@@ -725,6 +725,51 @@ def test_event_loops_share_one_budget_and_idle_connections_close(
         store.close()
 
 
+def test_a_loop_refused_a_share_of_the_budget_logs_no_pool_warning(
+    pg_dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Another loop holding the rest of the budget is contention, not a connection error.
+
+    A loop's pool that got the last share and still has callers waiting tries one more
+    connection, which the budget refuses. psycopg_pool would log that attempt as "error
+    connecting" and "reconnection attempt failed" WARNINGs, on stderr even where logging
+    is not set up, while every call runs normally on the connection the pool has.
+    """
+    caplog.set_level(logging.WARNING)
+    store = PostgresStorage(pg_dsn, max_connections=2)
+    protector = CircuitProtectorPolicy(resource_key="shares", storage=store)
+
+    @protector
+    async def call() -> str:
+        await asyncio.sleep(0.01)
+        return "ran"
+
+    holding = threading.Event()
+    release = threading.Event()
+
+    def loop_keeping_its_idle_connection() -> None:
+        async def main() -> None:
+            await call()  # its pool keeps one share of the budget, idle
+            holding.set()
+            await asyncio.to_thread(release.wait, 60)
+
+        asyncio.run(main())
+
+    async def calls_at_once() -> list[str]:
+        return await asyncio.gather(*(call() for _ in range(4)))
+
+    holder = threading.Thread(target=loop_keeping_its_idle_connection)
+    holder.start()
+    try:
+        assert holding.wait(30)
+        assert asyncio.run(calls_at_once()) == ["ran"] * 4
+    finally:
+        release.set()
+        holder.join(30)
+        store.close()
+    assert [(r.name, r.getMessage()) for r in caplog.records] == []
+
+
 def test_a_process_running_many_event_loops_closes_its_connections_and_exits(
     pg_dsn: str,
 ) -> None:

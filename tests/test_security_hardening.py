@@ -606,3 +606,18 @@ def test_a_dsn_with_a_bad_port_is_refused_at_construction(dsn: str) -> None:
     with pytest.raises(ValueError, match="port") as refused:
         PostgresStorage(dsn)
     assert "pw-XYZ" not in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "postgresql://u:pw-XYZ@h/db?sslmode=bogus",
+        "host=h sslmode=Require password=pw-XYZ",
+    ],
+)
+def test_a_dsn_with_an_unknown_sslmode_is_refused_at_construction(dsn: str) -> None:
+    """libpq would refuse it only when connecting, which a readiness probe then reports
+    as an unreachable server; it is a mistake in the connection string."""
+    with pytest.raises(ValueError, match="sslmode") as refused:
+        PostgresStorage(dsn)
+    assert "pw-XYZ" not in str(refused.value)

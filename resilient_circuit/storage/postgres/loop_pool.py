@@ -13,6 +13,7 @@ import asyncio
 import logging
 import threading
 import weakref
+from contextvars import ContextVar
 from heapq import heappop
 from time import monotonic
 from typing import Any
@@ -22,28 +23,46 @@ from psycopg_pool import AsyncConnectionPool
 from psycopg_pool.pool_async import MaintenanceTask, StopWorker
 from psycopg_pool.sched_async import AsyncScheduler
 
-__all__ = ("POOL_NAME", "Budget", "LoopPool", "budgeted_connection_class")
+__all__ = ("POOL_NAME", "Budget", "BudgetSpent", "LoopPool", "budgeted_connection_class")
 
 logger = logging.getLogger("resilient_circuit.storage")
 
 POOL_NAME = "resilient_circuit_async"
 
 
-class _CutShort(logging.Filter):
-    """Drops psycopg_pool's "error connecting" records of a loop pool's attempt that the
-    loop's end cancelled: nothing failed, and nothing is retried."""
+class BudgetSpent(psycopg.OperationalError):
+    """Every share of the budget is taken: another loop's pool holds it."""
+
+
+# Set while psycopg_pool reports an attempt that the budget refused, so that the
+# "reconnection attempt failed" record of that same attempt goes too (same task).
+_refused_attempt: ContextVar[bool] = ContextVar("_refused_attempt", default=False)
+
+
+class _NotAConnectionError(logging.Filter):
+    """Drops psycopg_pool's WARNINGs about a loop pool's attempt that failed for no
+    connection reason: one the loop's end cancelled (nothing failed, nothing is
+    retried), or one the budget refused (contention between loops, which the pool
+    waits out; if it waits too long the call is handled, and logged, as an outage)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         args = record.args
-        return not (
-            isinstance(args, tuple)
-            and len(args) == 2
-            and args[0] == POOL_NAME
-            and isinstance(args[1], asyncio.CancelledError)
-        )
+        if not (isinstance(args, tuple) and len(args) == 2 and args[0] == POOL_NAME):
+            return True
+        if isinstance(args[1], asyncio.CancelledError):
+            return False
+        if isinstance(args[1], BudgetSpent):
+            _refused_attempt.set(True)
+            return False
+        if isinstance(args[1], BaseException):
+            _refused_attempt.set(False)
+            return True
+        refused = _refused_attempt.get()  # the attempt's "reconnection attempt failed"
+        _refused_attempt.set(False)
+        return not refused
 
 
-logging.getLogger("psycopg.pool").addFilter(_CutShort())
+logging.getLogger("psycopg.pool").addFilter(_NotAConnectionError())
 
 # Tasks started from other threads' callbacks or by workers: kept referenced until done.
 _pending: set[asyncio.Future[Any]] = set()
@@ -83,7 +102,7 @@ class Budget:
         instead (bounded by its timeout), and ``give_back`` wakes its pool."""
         with self._lock:
             if self._used >= self.size:
-                raise psycopg.OperationalError(
+                raise BudgetSpent(
                     f"all {self.size} connections of the store's budget (max_connections)"
                     " are in use"
                 )
