@@ -15,7 +15,8 @@ from psycopg import sql
 
 from resilient_circuit import CircuitProtectorPolicy, CircuitState, ProtectedCallError
 from resilient_circuit.storage import PostgresStorage
-from resilient_circuit.storage.postgres.breaker import UNHEARD_OPEN_HOLD_NS
+from resilient_circuit.instrumentation.hooks import CallRejected, Event
+from resilient_circuit.storage.postgres.breaker import UNHEARD_OPEN_HOLD_NS, PgBreaker
 
 from ._helpers import wait_for
 
@@ -253,3 +254,183 @@ def test_the_announcement_of_the_verdicts_own_trip_keeps_it(
     for _ in range(20):
         assert run(True) is None
     assert len(sent) == 1
+
+
+# -- the standing rejection the decorator reads (Breaker.rejecting) ----------------------
+
+
+def count_acquires(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every acquire any PostgreSQL breaker answers from now on, sync or async."""
+    called: list[str] = []
+    real_acquire, real_aacquire = PgBreaker.acquire, PgBreaker.aacquire
+
+    def acquire(self: PgBreaker) -> Any:
+        called.append("acquire")
+        return real_acquire(self)
+
+    async def aacquire(self: PgBreaker) -> Any:
+        called.append("aacquire")
+        return await real_aacquire(self)
+
+    monkeypatch.setattr(PgBreaker, "acquire", acquire)
+    monkeypatch.setattr(PgBreaker, "aacquire", aacquire)
+    return called
+
+
+def held_open(store: PostgresStorage, run: Callable[[bool], str | None]) -> PgBreaker:
+    """Trip the breaker and take the OPEN verdict, heard (LISTEN up): the one published."""
+    store.listen()
+    assert store.wait_listening()
+    trip(store, run)
+    assert run(True) is None
+    breaker = store.breakers()[0]
+    assert breaker.rejecting is not None
+    return breaker
+
+
+@pytest.mark.parametrize("api", APIS)
+@pytest.mark.parametrize("mode", MODES)
+def test_rejections_while_open_do_not_call_acquire(
+    make_store: Callable[..., PostgresStorage],
+    monkeypatch: pytest.MonkeyPatch,
+    api: str,
+    mode: str,
+) -> None:
+    store = make_store()
+    run = APIS[api](policy_on(store, **MODES[mode]))
+    breaker = held_open(store, run)
+    called = count_acquires(monkeypatch)
+    sent = count_round_trips(monkeypatch, store)
+    for _ in range(20):
+        assert run(True) is None
+    assert (called, sent) == ([], [])
+    held = breaker.rejecting
+    assert held is not None
+    last = breaker.last_known
+    assert last is not None
+    # What acquire would answer: the newest reply's OPEN generation, the cooldown left.
+    assert (held[2], held[3]) == (CircuitState.OPEN, last.generation)
+    admission = breaker.acquire()
+    assert (admission.state, admission.generation) == (held[2], held[3])
+    assert admission.retry_after is not None
+    assert 0 < held[4] - time.monotonic_ns() <= admission.retry_after
+
+
+def test_a_verdict_held_unheard_is_published_for_a_second_at_most(
+    make_store: Callable[..., PostgresStorage], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = make_store()
+    listen = store.listen
+    monkeypatch.setattr(store, "listen", lambda: None)  # LISTEN waits until told
+    run = sync_call(policy_on(store))
+    trip(store, run)
+    assert run(True) is None
+    breaker = store.breakers()[0]
+    held = breaker.rejecting
+    assert held is not None
+    assert held[0] - time.monotonic_ns() <= UNHEARD_OPEN_HOLD_NS
+    listen()
+    assert store.wait_listening()
+    # Read again once LISTEN is up: published for the whole cooldown.
+    assert wait_for(lambda: (h := breaker.rejecting) is not None and h[0] > held[0])
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "invalidate",
+        "force_closed",
+        "reset",
+        "set_state",
+        "forget",
+        "start_afresh",
+        "listen_lost",
+        "close",
+        "notification",
+    ],
+)
+def test_every_invalidation_withdraws_the_standing_rejection(
+    make_store: Callable[..., PostgresStorage], pg_dsn: str, path: str
+) -> None:
+    store = make_store()
+    run = sync_call(policy_on(store))
+    breaker = held_open(store, run)
+    if path == "invalidate":
+        breaker.invalidate()
+    elif path == "force_closed":
+        breaker.force(CircuitState.CLOSED)
+    elif path == "reset":
+        breaker.reset()
+    elif path == "set_state":
+        store.set_state("svc", "CLOSED", 0, 0.0)
+    elif path == "forget":
+        store.forget("svc")
+    elif path == "start_afresh":
+        store._start_afresh()  # what a forked child runs
+    elif path == "listen_lost":
+        store._listen_lost()
+    elif path == "close":
+        store.close()
+    else:
+        # Any announcement of another transition makes the holder ask again.
+        payload = (
+            '{"namespace": "open", "key": "svc", "from": "OPEN", "to": "CLOSED",'
+            ' "generation": 99, "open_until": null}'
+        )
+        with psycopg.connect(pg_dsn, autocommit=True) as peer:
+            peer.execute("SELECT pg_notify('resilient_circuit', %s)", (payload,))
+        assert wait_for(lambda: breaker.rejecting is None)
+    assert breaker.rejecting is None
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_a_peer_forcing_closed_is_obeyed_through_the_standing_rejection(
+    make_store: Callable[..., PostgresStorage], pg_dsn: str, api: str
+) -> None:
+    store = make_store()
+    run = APIS[api](policy_on(store))
+    breaker = held_open(store, run)
+    with psycopg.connect(pg_dsn, autocommit=True) as peer:
+        peer.execute("SELECT * FROM rc_force('svc', 'CLOSED', %s)", (NAMESPACE,))
+    assert wait_for(lambda: breaker.rejecting is None)
+    assert run(True) == "ok"
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_a_policy_new_to_the_open_generation_hears_it(
+    make_store: Callable[..., PostgresStorage], monkeypatch: pytest.MonkeyPatch, api: str
+) -> None:
+    """The verdict another policy's calls left is not used by a policy that has not seen
+    its generation: acquire tells it (on_status_change)."""
+    store = make_store()
+    heard: list[tuple[CircuitState, CircuitState]] = []
+    second = CircuitProtectorPolicy(
+        resource_key="svc",
+        storage=store,
+        cooldown=COOLDOWN,
+        on_status_change=lambda p, old, new: heard.append((old, new)),
+    )
+    run = APIS[api](second)
+    breaker = held_open(store, APIS[api](policy_on(store)))
+    called = count_acquires(monkeypatch)
+    assert run(True) is None
+    assert heard == [(CircuitState.CLOSED, CircuitState.OPEN)]
+    assert len(called) == 1
+    assert run(True) is None
+    assert len(called) == 1
+    assert breaker.rejecting is not None
+
+
+def test_hooked_policies_see_every_rejection(
+    make_store: Callable[..., PostgresStorage],
+) -> None:
+    store = make_store()
+    seen: list[Event] = []
+    policy = CircuitProtectorPolicy(
+        resource_key="svc", storage=store, cooldown=COOLDOWN, hooks=[seen.append]
+    )
+    held_open(store, sync_call(policy))
+    run = sync_call(policy)
+    for _ in range(3):
+        assert run(True) is None
+    assert sum(isinstance(event, CallRejected) for event in seen) == 4

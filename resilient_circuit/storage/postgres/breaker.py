@@ -18,7 +18,7 @@ import time
 from typing import Any, Literal, Protocol, cast
 
 from resilient_circuit._machine import Admission, CircuitState, Config
-from resilient_circuit.storage.base import Breaker, Snapshot, StorageError
+from resilient_circuit.storage.base import Breaker, Snapshot, StorageError, Verdict
 from resilient_circuit.storage.postgres import queries
 from resilient_circuit.storage.postgres.batch import (
     MAX_BATCH,
@@ -117,6 +117,7 @@ class PgBreaker(Breaker):
         "_trusted",
         "config",
         "namespace",
+        "rejecting",
         "resource_key",
     )
 
@@ -151,6 +152,9 @@ class PgBreaker(Breaker):
         A child must not replay its parent's queued outcomes (the parent sends them)
         nor trust verdicts its parent's LISTEN connection vouched for.
         """
+        # The held OPEN verdict as the decorator reads it (see Breaker.rejecting):
+        # published with _open_deadline, withdrawn wherever that is dropped.
+        self.rejecting: Verdict | None = None
         self._fast = None
         self._succeeded = self._failed = _UNQUEUED
         self._last: Reply | None = None
@@ -233,8 +237,11 @@ class PgBreaker(Breaker):
         one was taken unheard (losing the connection dropped the others), so it is
         capped at a second until ``reheard`` extends it.
         """
+        # The epoch first: a verdict being published meanwhile sees it and withdraws
+        # itself (see _publish_open), or is published before the line below drops it.
         self._epoch += 1
         if not keep_open:
+            self.rejecting = None
             self._open_deadline = 0
         self._trusted = False
         self._fast = None
@@ -265,6 +272,9 @@ class PgBreaker(Breaker):
         self._fast = None  # a held OPEN verdict comes before any cached CLOSED one
         if epoch != self._epoch:
             self._open_deadline = 0  # invalidated while this was being written
+            self.rejecting = None
+            return
+        self._publish_open(epoch)
 
     def announced(self, event: Transition) -> None:
         """A transition of this breaker was announced: drop what this process cached.
@@ -325,8 +335,41 @@ class PgBreaker(Breaker):
             self._last = reply
             self._configured = False
         self._trusted = epoch == self._epoch
+        held = self.rejecting
+        if held is not None and (self._last is None or held[3] != self._last.generation):
+            # acquire would now answer another generation: let it.
+            self.rejecting = None
         self._rearm()
         return reply
+
+    def _publish_open(self, epoch: int) -> None:
+        """Publish the held OPEN verdict as ``rejecting``: what ``_local_verdict`` answers.
+
+        Only while the newest reply is of the verdict's generation (``_local_verdict``
+        names the newest's). Withdrawn again at once if an invalidation or a newer
+        reply came meanwhile: those withdraw after changing what this reads.
+        """
+        last = self._last
+        generation = self._open_generation
+        if last is None or last.generation != generation:
+            self.rejecting = None
+            return
+        self.rejecting = (
+            self._open_deadline,
+            time.monotonic_ns,
+            CircuitState.OPEN,
+            generation,
+            self._open_until,
+            self,
+        )
+        last = self._last
+        if (
+            epoch != self._epoch
+            or not self._open_deadline
+            or last is None
+            or last.generation != generation
+        ):
+            self.rejecting = None
 
     def _rearm(self) -> None:
         """Set the call path's shortcuts from the newest reply (see ``__init__``).
@@ -405,6 +448,8 @@ class PgBreaker(Breaker):
                 # A newer transition was heard, or the cache invalidated (LISTEN lost),
                 # while this verdict was being written.
                 self._open_deadline = 0
+            else:
+                self._publish_open(epoch)
             self._rearm()
         return adm
 
