@@ -14,8 +14,8 @@ import pytest
 from psycopg import sql
 
 from resilient_circuit import CircuitProtectorPolicy, CircuitState, ProtectedCallError
-from resilient_circuit.storage import PostgresStorage
 from resilient_circuit.instrumentation.hooks import CallRejected, Event
+from resilient_circuit.storage import PostgresStorage
 from resilient_circuit.storage.postgres.breaker import UNHEARD_OPEN_HOLD_NS, PgBreaker
 
 from ._helpers import wait_for
