@@ -3,7 +3,9 @@
 While OPEN a breaker remembers the remaining cooldown the server reported and
 rejects locally until then. A verdict taken before the store's LISTEN connection is
 up is held for a second at most, until the listener, once listening, reads it again
-and extends it to the cooldown (or drops it, if the row changed meanwhile). With
+and extends it to the cooldown (or drops it, if the row changed meanwhile). The verdict
+held is published as ``rejecting``, which the decorator reads instead of calling
+``acquire``; whatever drops or replaces it withdraws that first. With
 ``cached`` admission a CLOSED breaker admits from the last reply while the store's
 LISTEN connection is up; with ``batched`` recording the outcomes of calls admitted
 while CLOSED are queued and flushed together.
@@ -360,7 +362,7 @@ class PgBreaker(Breaker):
             CircuitState.OPEN,
             generation,
             self._open_until,
-            self,
+            None,
         )
         last = self._last
         if (
@@ -408,6 +410,7 @@ class PgBreaker(Breaker):
                 last = self._last
                 generation = last.generation if last is not None else 0
                 return Admission(False, CircuitState.OPEN, generation, self._open_until - now)
+            # (A published verdict past its deadline rejects nothing: left in place.)
             self._open_deadline = 0
         if self._cached and self._trusted and self._host.listening():
             last = self._last
