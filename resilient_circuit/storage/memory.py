@@ -115,7 +115,11 @@ class MemoryBreaker(Breaker):
         self._failures = 0
         self._lock = lock
         self._clock = clock
-        self._admit_closed = Admission(True, CLOSED, 0, None)
+        # (a CLOSED state, the reply that admits under it), one tuple replaced at once.
+        self._admit_closed: tuple[State | None, Admission] = (
+            None,
+            Admission(True, CLOSED, 0, None),
+        )
         # The current state while a success changes nothing in it: CLOSED with a full
         # count window of successes and no failure streak, which every success of a
         # healthy breaker meets. Read without the lock: every change of the window or
@@ -171,12 +175,18 @@ class MemoryBreaker(Breaker):
 
     def acquire(self) -> Admission:
         st = self._state
+        admitted = self._admit_closed
+        if admitted[0] is st:
+            # The CLOSED state this reply was made for is still current: one identity
+            # test (a field of a NamedTuple is an attribute lookup, not a slot's).
+            return admitted[1]
         if st.state is CLOSED:
             # CLOSED admits without changing anything: no lock, and the same reply
             # object for every call of a generation.
-            admission = self._admit_closed
+            admission = admitted[1]
             if admission.generation != st.generation:
-                admission = self._admit_closed = Admission(True, CLOSED, st.generation, None)
+                admission = Admission(True, CLOSED, st.generation, None)
+            self._admit_closed = (st, admission)
             return admission
         now = self._clock()
         held = self.rejecting
