@@ -222,8 +222,8 @@ class MemoryBreaker(Breaker):
         """Apply one outcome. The reply's state and generation are current; its window
         is not always (a live count window or a time window's counted successes are
         placed in a State when the state is read: ``state``, ``snapshot``)."""
-        st = self._state
         if success:
+            st = self._state
             if st is self._steady:
                 self._successes.add()
                 return st
@@ -238,56 +238,62 @@ class MemoryBreaker(Breaker):
                 if self._timed is not timed:
                     self._late(timed, ticket)
                 return timed[0]
-        if generation == self._window_generation:
-            # lock.acquire() and release() cost half of what ``with lock`` does.
-            self._lock.acquire()
-            try:
-                if generation == self._window_generation:
-                    # _machine.record's CLOSED step of a plain configuration, on the
-                    # live window: the same integers, without a State built per call.
-                    # Once full (length == size) the bit shifted to _window_top is the
-                    # outcome falling out of the window.
-                    bits = self._window_bits << 1
-                    length = self._window_len
-                    if success:
-                        self._locked_successes += 1
-                        if length < self._window_size:
-                            self._window_len = length = length + 1
-                        elif bits & self._window_top:
-                            bits ^= self._window_top
-                            self._window_failures -= 1
-                        self._window_bits = bits
-                        self._window_streak = 0
-                        self._window_moved = True
-                        # A success never makes a steady state unsteady: _steady is left
-                        # as it is (None, or this very state) unless this one steadies it.
-                        if not bits and length == self._window_size:
-                            self._steady = self._state
-                        return self._state
-                    self._failures += 1
-                    failures = self._window_failures + 1
-                    if length < self._window_size:
-                        length += 1
-                    elif bits & self._window_top:
-                        bits ^= self._window_top
-                        failures -= 1
-                    if failures < self._window_trip or length < self._window_size:
-                        self._steady = None
-                        self._window_bits = bits | 1
-                        self._window_len = length
-                        self._window_failures = failures
+        # lock.acquire() and release() cost half of what ``with lock`` does.
+        self._lock.acquire()
+        try:
+            if generation == self._window_generation:
+                # _machine.record's CLOSED step of a plain configuration, on the
+                # live window: the same integers, without a State built per call.
+                # The bits shifted by an addition, and the bit shifted past a full
+                # window (to _window_top, the outcome falling out) tested by a
+                # comparison and cleared by a subtraction: the interpreter
+                # specialises these for small ints, not <<, & and ^.
+                bits = self._window_bits
+                bits += bits
+                length = self._window_len
+                if success:
+                    self._locked_successes += 1
+                    if bits >= self._window_top:
+                        bits -= self._window_top
+                        self._window_failures -= 1
+                    elif length < self._window_size:
+                        self._window_len = length = length + 1
+                    self._window_bits = bits
+                    self._window_streak = 0
+                    self._window_moved = True
+                    # A success never makes a steady state unsteady: _steady is left
+                    # as it is (None, or this very state) unless this one steadies it.
+                    if not bits and length == self._window_size:
+                        self._steady = self._state
+                    return self._state
+                self._failures += 1
+                if bits >= self._window_top:
+                    # A failure in, a failure out: the count stays, and so does the
+                    # verdict on it. _steady is None already (the window held a failure).
+                    if self._window_failures < self._window_trip:
+                        self._window_bits = bits - self._window_top + 1
                         self._window_streak += 1
                         self._window_moved = True
                         return self._state
-                    # A trip: the machine decides, with the time, on the state as the
-                    # window left it.
                     return self._apply(success, generation, duration, False)
-                # The state changed meanwhile: the machine decides.
-                return self._apply(success, generation, duration)
-            finally:
-                self._lock.release()
-        with self._lock:
+                failures = self._window_failures + 1
+                if length < self._window_size:
+                    length += 1
+                if failures < self._window_trip or length < self._window_size:
+                    self._steady = None
+                    self._window_bits = bits + 1
+                    self._window_len = length
+                    self._window_failures = failures
+                    self._window_streak += 1
+                    self._window_moved = True
+                    return self._state
+                # A trip: the machine decides, with the time, on the state as the
+                # window left it.
+                return self._apply(success, generation, duration, False)
+            # Not a live count window (any more): the machine decides.
             return self._apply(success, generation, duration)
+        finally:
+            self._lock.release()
 
     def _apply(
         self, success: bool, generation: int | None, duration: int | None, count: bool = True
