@@ -29,7 +29,6 @@ from resilient_circuit._machine import (
     Admission,
     CircuitState,
     Config,
-    State,
     parse_state,
     to_ns,
 )
@@ -41,6 +40,7 @@ from resilient_circuit.storage import CircuitBreakerStorage, InMemoryStorage, cr
 from resilient_circuit.storage.base import (
     MAX_KEY_LENGTH,
     Breaker,
+    Observed,
     Snapshot,
     StorageError,
     StorageErrorMode,
@@ -358,7 +358,7 @@ class CircuitProtectorPolicy(OptionDrivers, ProtectionPolicy):
         self._seen_state = CircuitState.CLOSED
         self._seen_generation = -1
         # The last reply of the fast drivers' store already seen (see _see).
-        self._seen_reply: State | None = None
+        self._seen_reply: Observed | None = None
         self._local: Breaker | None = None
         self._record_error_logged = float("-inf")
         self.admission = admission
@@ -538,7 +538,7 @@ class CircuitProtectorPolicy(OptionDrivers, ProtectionPolicy):
             self.on_status_change(old, state)
             _events.transition(self, old, state, generation, source)
 
-    def _see(self, reply: State) -> None:
+    def _see(self, reply: Observed) -> None:
         """A fast driver's reply from the store: a transition if its generation is new.
 
         Remembered once seen: a store that replies with the same object while nothing
