@@ -532,14 +532,15 @@ def _why_memory(r: Results, path: str, ratio: float, factor: float, peer: str) -
         return (
             f"{peer} keeps a counter; this breaker keeps a window of outcomes under a lock, "
             f"updated in place (no State built per outcome). The failure and the success "
-            f"that shifts it out of the window cost {fmt_ns(outcome)} more than a steady "
-            f"success, of which the lock taken twice is {fmt_ns(lock)}; with the "
+            f"after it (in the 1:1 stream each outcome replaces one of its own kind in the "
+            f"window of 10) cost {fmt_ns(outcome)} more than a steady success, of which "
+            f"the lock taken twice is {fmt_ns(lock)}; with the "
             f"exception's passage through the decorator ({fmt_ns(exc)}) that is {share:.0%} "
             f"of this breaker's counted failure ({fmt_ns(total)} in the breakdown){allowed}. "
-            f"The rest is the driver's own except path (checking the reply, the exception "
-            f"table's look-ups). Both sides pay the exception's passage; {peer}'s failure "
-            "is then one counter increment with no lock, where this one is two calls that "
-            "each take the lock and shift the window"
+            f"The rest is the driver's own except path (the exception table's look-ups, "
+            f"the NamedTuple fields of the admission). Both sides pay the exception's "
+            f"passage; {peer}'s failure is then one counter increment with no lock, where "
+            "this one is two calls that each take the lock and shift the window"
         )
     if path == "rejection":
         build = _sum(r.part("rejection", "building"), r.part("rejection", "raising"))

@@ -40,6 +40,7 @@ from resilient_circuit.storage import CircuitBreakerStorage, InMemoryStorage, cr
 from resilient_circuit.storage.base import (
     MAX_KEY_LENGTH,
     Breaker,
+    Observed,
     Snapshot,
     StorageError,
     StorageErrorMode,
@@ -356,6 +357,8 @@ class CircuitProtectorPolicy(OptionDrivers, ProtectionPolicy):
         self._seen_lock = threading.Lock()
         self._seen_state = CircuitState.CLOSED
         self._seen_generation = -1
+        # The last reply of the fast drivers' store already seen (see _see).
+        self._seen_reply: Observed | None = None
         self._local: Breaker | None = None
         self._record_error_logged = float("-inf")
         self.admission = admission
@@ -384,6 +387,7 @@ class CircuitProtectorPolicy(OptionDrivers, ProtectionPolicy):
         self.resource_key = resource_key
         self._breaker = breaker
         initial = breaker.last_known
+        self._seen_reply = None
         if initial is not None:
             self._seen_state, self._seen_generation = initial.state, initial.generation
         return breaker
@@ -533,6 +537,17 @@ class CircuitProtectorPolicy(OptionDrivers, ProtectionPolicy):
         if old is not state:
             self.on_status_change(old, state)
             _events.transition(self, old, state, generation, source)
+
+    def _see(self, reply: Observed) -> None:
+        """A fast driver's reply from the store: a transition if its generation is new.
+
+        Remembered once seen: a store that replies with the same object while nothing
+        changes (the in-memory one) then costs the drivers one identity test per call,
+        not a NamedTuple field lookup. Skipping a reply already seen is safe since what
+        this policy has seen only moves forward."""
+        if reply.generation != self._seen_generation:
+            self._advance(reply.state, reply.generation)
+        self._seen_reply = reply
 
     def on_status_change(self, current: CircuitState, new: CircuitState) -> None:
         """Called once for each transition this policy makes or observes."""
@@ -790,8 +805,8 @@ class CircuitProtectorPolicy(OptionDrivers, ProtectionPolicy):
                 except Exception:
                     policy._record_failed()  # never instead of the caller's own error
                 else:
-                    if reply.generation != policy._seen_generation:
-                        policy._advance(reply.state, reply.generation)
+                    if reply is not policy._seen_reply:
+                        policy._see(reply)
                 raise
             try:
                 reply = breaker.record(True, generation)
@@ -800,8 +815,8 @@ class CircuitProtectorPolicy(OptionDrivers, ProtectionPolicy):
             except Exception:
                 policy._record_failed()
                 return result
-            if reply.generation != policy._seen_generation:
-                policy._advance(reply.state, reply.generation)
+            if reply is not policy._seen_reply:
+                policy._see(reply)
             return result
 
         return protected
@@ -862,8 +877,8 @@ class CircuitProtectorPolicy(OptionDrivers, ProtectionPolicy):
                 except Exception:
                     policy._record_failed()  # never instead of the caller's own error
                 else:
-                    if reply.generation != policy._seen_generation:
-                        policy._advance(reply.state, reply.generation)
+                    if reply is not policy._seen_reply:
+                        policy._see(reply)
                 raise
             try:
                 reply = await breaker.arecord(True, generation)
@@ -872,8 +887,8 @@ class CircuitProtectorPolicy(OptionDrivers, ProtectionPolicy):
             except Exception:
                 policy._record_failed()
                 return result
-            if reply.generation != policy._seen_generation:
-                policy._advance(reply.state, reply.generation)
+            if reply is not policy._seen_reply:
+                policy._see(reply)
             return result
 
         return protected

@@ -353,3 +353,37 @@ def test_memory_store_count_window_loses_no_outcome_across_threads() -> None:
     assert state.window_failures == failed == state.window_bits.bit_count()
     assert breaker.failures == failed
     assert breaker.successes == threads * per_thread - failed
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.integers(2, 6),
+    st.lists(st.booleans(), min_size=1, max_size=30),
+    st.integers(1, 6),
+    st.lists(st.booleans(), max_size=12),
+)
+def test_memory_store_count_window_matches_the_machine_across_a_new_limit(
+    den: int, before: list, num: int, after: list
+) -> None:
+    """A window left over the limit by a reconfiguration (a lower limit, same size):
+    whichever outcome falls out of it, the store's live window trips where the machine
+    does."""
+    from resilient_circuit.storage import InMemoryStorage
+
+    loose = Config.build(failure_limit=Fraction(den - 1, den), cooldown=timedelta(seconds=1))
+    tight = Config.build(failure_limit=Fraction(min(num, den), den), cooldown=timedelta(seconds=1))
+    breaker = InMemoryStorage(namespace="p", clock=lambda: 0).breaker("k", "p", loose)
+    state = m.INITIAL
+    for ok in before:
+        generation = state.generation
+        state = m.record(state, loose, 0, ok, generation)
+        breaker.record(ok, generation)
+    state = m.reconfigure(state, tight, loose)
+    breaker.configure(tight)
+    assert breaker.state == state
+    for ok in after:
+        generation = state.generation
+        state = m.record(state, tight, 0, ok, generation)
+        reply = breaker.record(ok, generation)
+        assert (reply.state, reply.generation) == (state.state, state.generation)
+    assert breaker.state == state

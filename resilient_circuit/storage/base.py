@@ -37,7 +37,10 @@ class StorageError(Exception):
 
 
 class Observed(Protocol):
-    """The state and generation a store reported after an operation."""
+    """The state and generation a store reported after an operation.
+
+    Never changed once returned: a store may return the same object again while its
+    state and generation stay as they were (a policy then skips reading them)."""
 
     @property
     def state(self) -> CircuitState: ...

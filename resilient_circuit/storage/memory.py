@@ -75,6 +75,7 @@ class MemoryBreaker(Breaker):
         "_fast_successes",
         "_forgotten",
         "_lock",
+        "_locked_successes",
         "_placed",
         "_state",
         "_steady",
@@ -87,6 +88,7 @@ class MemoryBreaker(Breaker):
         "_window_moved",
         "_window_size",
         "_window_streak",
+        "_window_top",
         "_window_trip",
         "config",
         "namespace",
@@ -106,11 +108,18 @@ class MemoryBreaker(Breaker):
         self.namespace = namespace
         self.config = config
         self._state = _machine.INITIAL
+        # Lifetime counters: the successes that change nothing are counted without the
+        # lock (_successes); every other outcome is counted under it, as a plain int.
         self._successes = _Counter()
-        self._failures = _Counter()
+        self._locked_successes = 0
+        self._failures = 0
         self._lock = lock
         self._clock = clock
-        self._admit_closed = Admission(True, CLOSED, 0, None)
+        # (a CLOSED state, the reply that admits under it), one tuple replaced at once.
+        self._admit_closed: tuple[State | None, Admission] = (
+            None,
+            Admission(True, CLOSED, 0, None),
+        )
         # The current state while a success changes nothing in it: CLOSED with a full
         # count window of successes and no failure streak, which every success of a
         # healthy breaker meets. Read without the lock: every change of the window or
@@ -125,7 +134,7 @@ class MemoryBreaker(Breaker):
         # own, on the same integers; a trip is left to the machine.
         self._window_generation: int | object = _NOT_LIVE
         self._window_bits = self._window_len = self._window_failures = self._window_streak = 0
-        self._window_size = self._window_trip = 0
+        self._window_size = self._window_trip = self._window_top = 0
         self._window_moved = False
         # The machine's rejection of the current state, while it holds (see
         # Breaker.rejecting): published by acquire, withdrawn by _commit.
@@ -166,12 +175,18 @@ class MemoryBreaker(Breaker):
 
     def acquire(self) -> Admission:
         st = self._state
+        admitted = self._admit_closed
+        if admitted[0] is st:
+            # The CLOSED state this reply was made for is still current: one identity
+            # test (a field of a NamedTuple is an attribute lookup, not a slot's).
+            return admitted[1]
         if st.state is CLOSED:
             # CLOSED admits without changing anything: no lock, and the same reply
             # object for every call of a generation.
-            admission = self._admit_closed
+            admission = admitted[1]
             if admission.generation != st.generation:
-                admission = self._admit_closed = Admission(True, CLOSED, st.generation, None)
+                admission = Admission(True, CLOSED, st.generation, None)
+            self._admit_closed = (st, admission)
             return admission
         now = self._clock()
         held = self.rejecting
@@ -207,8 +222,8 @@ class MemoryBreaker(Breaker):
         """Apply one outcome. The reply's state and generation are current; its window
         is not always (a live count window or a time window's counted successes are
         placed in a State when the state is read: ``state``, ``snapshot``)."""
-        st = self._state
         if success:
+            st = self._state
             if st is self._steady:
                 self._successes.add()
                 return st
@@ -223,48 +238,72 @@ class MemoryBreaker(Breaker):
                 if self._timed is not timed:
                     self._late(timed, ticket)
                 return timed[0]
-            next(self._successes.ticks)
-        else:
-            next(self._failures.ticks)
-        if generation == self._window_generation:
-            # lock.acquire() and release() cost half of what ``with lock`` does.
-            self._lock.acquire()
-            try:
-                if generation == self._window_generation:
-                    # _machine.record's CLOSED step of a plain configuration, on the
-                    # live window: the same integers, without a State built per call.
-                    bits = self._window_bits << 1
-                    length = self._window_len
-                    failures = self._window_failures
-                    if not success:
-                        bits |= 1
-                        failures += 1
-                    if length < self._window_size:
-                        length += 1
-                    elif bits >> length:
-                        # The window is full (length == size): the bit just past its end
-                        # is the outcome falling out of it.
-                        failures -= 1
-                        bits ^= 1 << length
-                    if success or length < self._window_size or failures < self._window_trip:
-                        self._steady = None
-                        self._window_bits = bits
-                        self._window_len = length
-                        self._window_failures = failures
-                        self._window_streak = 0 if success else self._window_streak + 1
+        # lock.acquire() and release() cost half of what ``with lock`` does.
+        self._lock.acquire()
+        try:
+            if generation == self._window_generation:
+                # _machine.record's CLOSED step of a plain configuration, on the
+                # live window: the same integers, without a State built per call.
+                # The bits shifted by an addition, and the bit shifted past a full
+                # window (to _window_top, the outcome falling out) tested by a
+                # comparison and cleared by a subtraction: the interpreter
+                # specialises these for small ints, not <<, & and ^.
+                bits = self._window_bits
+                bits += bits
+                length = self._window_len
+                if success:
+                    self._locked_successes += 1
+                    if bits >= self._window_top:
+                        bits -= self._window_top
+                        self._window_failures -= 1
+                    elif length < self._window_size:
+                        self._window_len = length = length + 1
+                    self._window_bits = bits
+                    self._window_streak = 0
+                    self._window_moved = True
+                    # A success never makes a steady state unsteady: _steady is left
+                    # as it is (None, or this very state) unless this one steadies it.
+                    if not bits and length == self._window_size:
+                        self._steady = self._state
+                    return self._state
+                self._failures += 1
+                if bits >= self._window_top:
+                    # A failure in, a failure out: the count stays, and so does the
+                    # verdict on it. _steady is None already (the window held a failure).
+                    if self._window_failures < self._window_trip:
+                        self._window_bits = bits - self._window_top + 1
+                        self._window_streak += 1
                         self._window_moved = True
-                        if success and bits == 0 and length == self._window_size:
-                            self._steady = self._state
                         return self._state
-                # A trip (or a state changed meanwhile): the machine decides, with the
-                # time, on the state as the window left it.
-                return self._apply(success, generation, duration)
-            finally:
-                self._lock.release()
-        with self._lock:
+                    return self._apply(success, generation, duration, False)
+                failures = self._window_failures + 1
+                if length < self._window_size:
+                    length += 1
+                if failures < self._window_trip or length < self._window_size:
+                    self._steady = None
+                    self._window_bits = bits + 1
+                    self._window_len = length
+                    self._window_failures = failures
+                    self._window_streak += 1
+                    self._window_moved = True
+                    return self._state
+                # A trip: the machine decides, with the time, on the state as the
+                # window left it.
+                return self._apply(success, generation, duration, False)
+            # Not a live count window (any more): the machine decides.
             return self._apply(success, generation, duration)
+        finally:
+            self._lock.release()
 
-    def _apply(self, success: bool, generation: int | None, duration: int | None) -> State:
+    def _apply(
+        self, success: bool, generation: int | None, duration: int | None, count: bool = True
+    ) -> State:
+        """The machine's step (lock held); ``count``: not yet in the lifetime counters."""
+        if count:
+            if success:
+                self._locked_successes += 1
+            else:
+                self._failures += 1
         st = _machine.record(
             self._settled(), self.config, self._clock(), success, generation, duration
         )
@@ -284,6 +323,7 @@ class MemoryBreaker(Breaker):
             self._window_failures = st.window_failures
             self._window_streak = st.failure_count
             self._window_size = cfg.window_size
+            self._window_top = 1 << cfg.window_size
             self._window_trip = cfg.closed_trip
             self._window_generation = st.generation
             if bits == 0 and length == cfg.window_size and st.failure_count == 0:
@@ -369,11 +409,11 @@ class MemoryBreaker(Breaker):
     def successes(self) -> int:
         timed = self._timed
         live = 0 if timed is None else timed[4].value
-        return self._successes.value + self._fast_successes + live
+        return self._successes.value + self._locked_successes + self._fast_successes + live
 
     @property
     def failures(self) -> int:
-        return self._failures.value
+        return self._failures
 
     def force(self, state: CircuitState, *, hold: bool = False) -> State:
         with self._lock:
@@ -384,7 +424,7 @@ class MemoryBreaker(Breaker):
         with self._lock:
             st = self._commit(_machine.reset(self._settled()))
             self._successes = _Counter()
-            self._failures = _Counter()
+            self._locked_successes = self._failures = 0
             self._fast_successes = 0
         return st
 
