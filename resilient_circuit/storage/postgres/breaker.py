@@ -336,6 +336,14 @@ class PgBreaker(Breaker):
             # looks the same; the next reply puts the newer generation back.)
             self._last = reply
             self._configured = False
+        else:
+            # Older than what is known: a late reply, or a row deleted without a word
+            # (rc_gc) and made anew by a peer, whose generations started over past 0.
+            # Which one cannot be told, so the generation known is kept but not
+            # trusted: admitting from it could let calls through a row that is OPEN,
+            # and outcomes of its generation would count for nothing.
+            self._trusted = False
+            return reply
         self._trusted = epoch == self._epoch
         held = self.rejecting
         if held is not None and (self._last is None or held[3] != self._last.generation):
