@@ -230,6 +230,9 @@ class OptionDrivers:
             if verdict or fallback is None:
                 raise
             return fallback(exc)
+        except BaseException:
+            self._release(used, generation)  # interrupted: no outcome, but no permit kept
+            raise
         duration = self._took(started)
         failed = self.failure_if is not None and self._result_failed(result)
         self._settle(used, generation, not failed, duration)
@@ -259,6 +262,11 @@ class OptionDrivers:
             if verdict or fallback is None:
                 raise
             return await _maybe_await(fallback(exc))
+        except BaseException:
+            # Cancelled (asyncio.timeout, asyncio.run ending): no outcome to count, but
+            # the half-open permit goes back now, not after half_open_timeout.
+            await self._arelease(used, generation)
+            raise
         duration = self._took(started)
         failed = self.failure_if is not None and await self._aresult_failed(result)
         await self._asettle(used, generation, not failed, duration)

@@ -600,6 +600,9 @@ class CircuitProtectorPolicy(OptionDrivers, ProtectionPolicy):
         except Exception as exc:
             self._settle(used, generation, self._fast_verdict(exc, check))
             raise
+        except BaseException:
+            self._release(used, generation)  # interrupted: no outcome, but no permit kept
+            raise
         self._settle(used, generation, True)
         return result
 
@@ -615,6 +618,9 @@ class CircuitProtectorPolicy(OptionDrivers, ProtectionPolicy):
             result = await func(*args, **kwargs)
         except Exception as exc:
             await self._asettle(used, generation, self._fast_verdict(exc, check))
+            raise
+        except BaseException:
+            await self._arelease(used, generation)
             raise
         await self._asettle(used, generation, True)
         return result
@@ -808,6 +814,11 @@ class CircuitProtectorPolicy(OptionDrivers, ProtectionPolicy):
                     if reply is not policy._seen_reply:
                         policy._see(reply)
                 raise
+            except BaseException:
+                # Interrupted (KeyboardInterrupt, SystemExit): no outcome to count, but a
+                # half-open permit goes back now, not after half_open_timeout.
+                policy._release(breaker, generation)
+                raise
             try:
                 reply = breaker.record(True, generation)
             except StorageError:
@@ -879,6 +890,11 @@ class CircuitProtectorPolicy(OptionDrivers, ProtectionPolicy):
                 else:
                     if reply is not policy._seen_reply:
                         policy._see(reply)
+                raise
+            except BaseException:
+                # Cancelled (asyncio.timeout, asyncio.run ending): no outcome to count,
+                # but a half-open permit goes back now, not after half_open_timeout.
+                await policy._arelease(breaker, generation)
                 raise
             try:
                 reply = await breaker.arecord(True, generation)
