@@ -117,6 +117,7 @@ class PgBreaker(Breaker):
         "_shed_logged_at",
         "_succeeded",
         "_trusted",
+        "_warned_config",
         "config",
         "namespace",
         "rejecting",
@@ -146,6 +147,8 @@ class PgBreaker(Breaker):
         # the current CLOSED generation (each names its generation).
         self._fast: tuple[Admission, threading.Event] | None = None
         self._succeeded = self._failed = _UNQUEUED
+        # The (stored, declared) configurations last warned about.
+        self._warned_config: tuple[str, str] | None = None
         self.start_afresh()
 
     def start_afresh(self) -> None:
@@ -221,6 +224,12 @@ class PgBreaker(Breaker):
         if not differing:
             return
         assert stored is not None
+        told = (queries.describe_stored(stored), self.config.describe())
+        if told == self._warned_config:
+            # Said already: a notification forged to look like a forgotten row (any role
+            # can send one) makes this process store its configuration again, not say so.
+            return
+        self._warned_config = told
         logger.warning(
             "breaker %r (namespace %r): the stored configuration differs from this "
             "process's in %s (stored: %s; this process: %s); this process's replaces it "
@@ -228,8 +237,7 @@ class PgBreaker(Breaker):
             self.resource_key,
             self.namespace,
             ", ".join(differing),
-            queries.describe_stored(stored),
-            self.config.describe(),
+            *told,
         )
 
     def invalidate(self, *, keep_open: bool = False) -> None:
