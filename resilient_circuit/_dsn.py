@@ -22,11 +22,13 @@ __all__ = ("MASK", "Dsn", "redact")
 MASK = "********"
 
 # The password of a URI (scheme://user:password@host) and of key=value strings
-# (password=secret, password = 'it''s'), found even when libpq cannot parse the rest.
+# (password=secret, password = 'it''s'), found even when libpq cannot parse the rest;
+# sslpassword (the passphrase of the client certificate's key) alike.
 _URI_PASSWORD = re.compile(r"(?P<head>://[^:/?#@\s]*:)(?P<secret>[^@/?#]*)(?=@)")
-_QUERY_PASSWORD = re.compile(r"(?P<head>[?&]password=)(?P<secret>[^&#\s]*)", re.IGNORECASE)
+_QUERY_PASSWORD = re.compile(r"(?P<head>[?&](?:ssl)?password=)(?P<secret>[^&#\s]*)", re.IGNORECASE)
 _KEYWORD_PASSWORD = re.compile(
-    r"(?P<head>(?<![?&])\bpassword\s*=\s*)(?P<secret>'(?:\\.|[^'\\])*'|[^\s']+)", re.IGNORECASE
+    r"(?P<head>(?<![?&])\b(?:ssl)?password\s*=\s*)(?P<secret>'(?:\\.|[^'\\])*'|[^\s']+)",
+    re.IGNORECASE,
 )
 _PATTERNS = (_URI_PASSWORD, _QUERY_PASSWORD, _KEYWORD_PASSWORD)
 

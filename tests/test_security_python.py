@@ -365,6 +365,13 @@ def test_a_malformed_dsn_is_refused_at_construction_without_its_password(dsn: st
         ),
         ("postgresql://test:test@h/test", "postgresql://test:********@h/test"),
         ("host=h password = 'it\\'s' user=it", "host=h password = ******** user=it"),
+        # The passphrase of the client certificate's key is a secret too.
+        ("host=h sslpassword=keysecret user=u", "host=h sslpassword=******** user=u"),
+        ("postgresql://u@h/d?sslpassword=keysecret", "postgresql://u@h/d?sslpassword=********"),
+        (
+            "postgresql://u:pw@h/d?sslpassword=keysecret",
+            "postgresql://u:********@h/d?sslpassword=********",
+        ),
     ],
 )
 def test_the_shown_dsn_masks_the_password_and_nothing_else(dsn: str, shown: str) -> None:
