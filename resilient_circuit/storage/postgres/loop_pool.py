@@ -90,7 +90,10 @@ class Budget:
     def __init__(self, size: int) -> None:
         self.size = size
         self._used = 0
-        self._lock = threading.Lock()
+        # Re-entrant: a connection dropped without close() gives its share back from the
+        # cyclic collector, which any allocation may start, in whatever thread, also one
+        # that holds this lock already (an exception raised by take_now, a new dict).
+        self._lock = threading.RLock()
         self._refused: dict[LoopPool, asyncio.AbstractEventLoop] = {}
 
     def available(self) -> bool:
