@@ -56,6 +56,7 @@ class FaultyProxy:
         self._peers: dict[socket.socket, socket.socket | None] = {}
         self._lock = threading.Lock()
         self._drop = False
+        self._freeze = False
         self._stop = False
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -75,6 +76,13 @@ class FaultyProxy:
         """Cut every connection open now (new ones follow the current mode)."""
         with self._lock:
             self._drop = True
+        self._wake_w.send(b"x")
+
+    def freeze(self) -> None:
+        """Stop passing bytes on every connection open now, closing none (a network that
+        silently lost them: no reset, no FIN). New ones follow the current mode."""
+        with self._lock:
+            self._freeze = True
         self._wake_w.send(b"x")
 
     def close(self) -> None:
@@ -154,6 +162,13 @@ class FaultyProxy:
                 if self._stop:
                     return
                 drop, self._drop = self._drop, False
+                freeze, self._freeze = self._freeze, False
+            if freeze:
+                for sock in list(self._peers):
+                    try:
+                        self._selector.unregister(sock)
+                    except (KeyError, ValueError):
+                        pass
             if drop:
                 for sock in list(self._peers):
                     if sock in self._peers:

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -177,7 +180,13 @@ class Listener:
     With ``check_route``, a connection that turns out to go through a connection
     pooler (which cannot deliver notifications in transaction pooling) is given up
     for good: ``refused`` becomes True and ``on_refused()`` runs once.
+    A connection the network lost without a word (no reset, no FIN) would look healthy
+    until TCP gives up, hours later: every ``heartbeat_interval`` seconds a round trip
+    must come back within ``heartbeat_timeout``, or the connection is cut (and lost).
     """
+
+    heartbeat_interval = 5.0
+    heartbeat_timeout = 5.0
 
     def __init__(
         self,
@@ -243,11 +252,15 @@ class Listener:
                         self._on_listening(conn)
                     self._listening.set()
                     backoff = 0.25
+                    beat = time.monotonic() + self.heartbeat_interval
                     while not self._stop.is_set():
                         for note in conn.notifies(timeout=0.5):
                             event = Transition.parse(note.payload)
                             if event is not None:
                                 self._on_event(event)
+                        if time.monotonic() >= beat:
+                            self._heartbeat(conn)
+                            beat = time.monotonic() + self.heartbeat_interval
             except psycopg.Error as exc:
                 logger.debug("transition listener disconnected: %s", exc)
             except Exception:
@@ -259,6 +272,25 @@ class Listener:
                 self._lost()
             self._stop.wait(backoff)
             backoff = min(backoff * 2, 5.0)
+
+    def _heartbeat(self, conn: psycopg.Connection[Any]) -> None:
+        """One round trip, or the connection cut once ``heartbeat_timeout`` has passed.
+
+        Cutting (shutting its socket down) ends the wait at once, with an error that
+        reconnects. Notifications that arrive meanwhile are kept for ``notifies``.
+        """
+        # A socket of its own on the same connection: the watchdog never touches a file
+        # descriptor the connection may have closed (and the system handed out again).
+        sock = socket.socket(fileno=os.dup(conn.pgconn.socket))
+        watchdog = threading.Timer(self.heartbeat_timeout, _cut, (sock,))
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            conn.execute("SELECT 1", prepare=False)
+        finally:
+            watchdog.cancel()
+            watchdog.join()
+            sock.close()
 
     def _lost(self) -> None:
         if not self._listening.is_set():
@@ -274,3 +306,11 @@ class Listener:
         self.refused = True
         if self._on_refused is not None:
             self._on_refused()
+
+
+def _cut(sock: socket.socket) -> None:
+    """Shut a connection's socket down, so that a read waiting on it ends now."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
