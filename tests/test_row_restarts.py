@@ -25,14 +25,19 @@ def store(pg_dsn: str) -> Iterator[PostgresStorage]:
     made.close()
 
 
+@pytest.mark.parametrize("recording", ["immediate", "batched"])
 def test_cached_admission_follows_a_row_collected_and_tripped_by_a_peer(
-    store: PostgresStorage, pg_dsn: str
+    store: PostgresStorage, pg_dsn: str, recording: str
 ) -> None:
     """``rc_gc`` deletes an idle CLOSED row without a notification; a peer makes it anew
     and trips it (generation 1). This process knew generation 4: the server's OPEN wins,
     on every call, not only on the first one after the trip was announced."""
     policy = CircuitProtectorPolicy(
-        resource_key="svc", storage=store, admission="cached", cooldown=timedelta(hours=1)
+        resource_key="svc",
+        storage=store,
+        admission="cached",
+        recording=recording,
+        cooldown=timedelta(hours=1),
     )
 
     @policy

@@ -351,6 +351,7 @@ class PgBreaker(Breaker):
             # trusted: admitting from it could let calls through a row that is OPEN,
             # and outcomes of its generation would count for nothing.
             self._trusted = False
+            self._rearm()
             return reply
         self._trusted = epoch == self._epoch
         held = self.rejecting
