@@ -894,6 +894,13 @@ BEGIN
             coalesce(p_successes::text, 'NULL'), coalesce(p_generations::text, 'NULL')
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    -- A run costs the same whatever its length: without a bound, a few thousand calls could
+    -- carry the lifetime counters past bigint, and every later outcome would then fail.
+    SELECT sum(c.n) INTO _total FROM unnest(p_counts) AS c(n);
+    IF _total > 1000000000 THEN
+        RAISE EXCEPTION 'rc: p_counts must add up to at most 1000000000 outcomes, got %', _total
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     -- A healthy breaker's batch is one run of successes of its current generation, which
     -- cannot move it: on a count window with no slow calls counted it only shifts the
     -- window and the counters, in one UPDATE whatever the run's length, as
@@ -904,7 +911,6 @@ BEGIN
        AND (p_generations IS NULL
             OR (array_position(p_generations, NULL) IS NULL
                 AND _generation = ALL (p_generations))) THEN
-        SELECT sum(c.n) INTO _total FROM unnest(p_counts) AS c(n);
         UPDATE @extschema@.rc_circuit_breakers AS b
         SET execution_log = b.execution_log[cardinality(b.execution_log)
                                             - (b.window_size - least(_total, b.window_size)) + 1 :]

@@ -298,3 +298,22 @@ def test_runs_that_do_not_line_up_are_refused(
             " %s::bigint[])",
             (NAMESPACE, counts, successes, generations),
         )
+
+
+def test_runs_adding_up_to_more_than_a_billion_outcomes_are_refused(conn: Conn) -> None:
+    """A run costs the same whatever its length: without a bound, a few thousand calls of
+    crafted runs would carry the lifetime counters past bigint, and every later outcome of
+    the breaker would fail. The row is left as it was."""
+    conn.execute("SELECT * FROM rc_configure('many-runs', %s)", (NAMESPACE,))
+    before = _full_row(conn, "many-runs")
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="p_counts"):
+        conn.execute(
+            "SELECT * FROM rc_record_runs('many-runs', %s, %s::integer[], %s::boolean[])",
+            (NAMESPACE, [2**31 - 1, 2**31 - 1], [True, True]),
+        )
+    assert _full_row(conn, "many-runs") == before
+    row = conn.execute(
+        "SELECT * FROM rc_record_runs('many-runs', %s, %s::integer[], %s::boolean[])",
+        (NAMESPACE, [600_000_000, 400_000_000], [True, True]),
+    ).fetchone()
+    assert row == ("CLOSED", 0)  # a billion, the most one call may record
