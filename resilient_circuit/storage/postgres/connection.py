@@ -36,7 +36,7 @@ from contextlib import (
 from typing import Any
 
 import psycopg
-from psycopg_pool import AsyncConnectionPool, ConnectionPool
+from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 
 from resilient_circuit._dsn import Dsn
 from resilient_circuit.storage.postgres.loop_pool import (
@@ -281,6 +281,16 @@ class Pools:
             self._closers[loop] = closer
             await closer.__anext__()
         return pool
+
+    def starved(self, pool: AsyncConnectionPool, exc: Exception) -> bool:
+        """Whether ``exc`` is ``pool`` timing out while other loops' pools held every share
+        of the budget and it held none: those loops reach the database, so it is up."""
+        return (
+            isinstance(exc, PoolTimeout)
+            and not self.budget.available()
+            and isinstance(pool, LoopPool)
+            and pool.get_stats().get("pool_size", 0) == 0
+        )
 
     async def _close_with_loop(
         self, loop: asyncio.AbstractEventLoop, pool: LoopPool

@@ -289,6 +289,28 @@ class PostgresStorage(CircuitBreakerStorage):
         self.outage.failed(exc, started)
         return StorageError(f"breaker storage unavailable: {one_line(exc)}")
 
+    def _starved(self) -> StorageError:
+        """This event loop waited ``connect_timeout`` while other loops held every
+        connection of the budget: the database answers them, so it is not an outage (which
+        would send every breaker of the store past the database for a while); this call
+        alone is handled per its breaker's on_storage_error."""
+        now = time.monotonic()
+        if now - self._errors_logged.get("starved", float("-inf")) >= _ERROR_LOG_INTERVAL:
+            self._errors_logged["starved"] = now
+            logger.warning(
+                "breaker storage %s: an event loop waited %.2f s while other event loops held"
+                " all %d connections of their budget (max_connections); its calls meanwhile"
+                " are handled per on_storage_error: raise max_connections, or run fewer event"
+                " loops at once",
+                self._where,
+                self.connect_timeout,
+                self.max_connections,
+            )
+        return StorageError(
+            f"breaker storage busy: other event loops held all {self.max_connections}"
+            " connections of the budget (max_connections)"
+        )
+
     def _access_denied(self, exc: Exception) -> str:
         role = self._role(exc)
         return (
@@ -487,6 +509,7 @@ class PostgresStorage(CircuitBreakerStorage):
         wrote, started = self._begin(statement, force)
         wrote = wrote or (breaker is not None and not breaker.is_configured)
         used: psycopg.AsyncConnection[Any] | None = None
+        pool: AsyncConnectionPool | None = None
         try:
             pool = await self.apool()
             async with pool.connection(timeout=self.connect_timeout) as conn:
@@ -510,6 +533,8 @@ class PostgresStorage(CircuitBreakerStorage):
             if used is not None and used.broken and isinstance(self._pools, Pools):
                 # As in fetch; this also gives its share of the event loops' budget back.
                 await used.close()
+            if isinstance(pools, Pools) and pool is not None and pools.starved(pool, exc):
+                raise self._starved() from exc
             failure = self._failed(exc, started)
             if failure is exc:
                 raise
