@@ -194,6 +194,10 @@ class OptionDrivers:
             breaker.release(generation)
         except StorageError:
             pass  # an unreturned permit expires after half_open_timeout
+        except Exception:
+            # Never instead of the exception the caller is getting (its own, ignored or
+            # an interruption): the permit expires after half_open_timeout anyway.
+            logger.exception("returning the half-open permit of %r failed", self.resource_key)
 
     async def _arelease(self, breaker: Breaker | None, generation: int | None) -> None:
         if breaker is None:
@@ -202,6 +206,8 @@ class OptionDrivers:
             await breaker.arelease(generation)
         except StorageError:
             pass
+        except Exception:
+            logger.exception("returning the half-open permit of %r failed", self.resource_key)
 
     def _clock_start(self) -> int:
         return time.monotonic_ns() if self._config.slow_call_duration_ns is not None else 0

@@ -69,3 +69,22 @@ def test_an_interrupted_sync_trial_gives_its_permit_back(policy: CircuitProtecto
     with pytest.raises(KeyboardInterrupt):
         interrupted()
     assert quick() == "ok"
+
+
+def test_a_failing_permit_return_never_replaces_the_interruption(
+    policy: CircuitProtectorPolicy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever returning the permit raises, the caller gets its KeyboardInterrupt."""
+    breaker = policy._bound()  # type: ignore[attr-defined]
+
+    def broken_release(self: object, generation: int | None) -> None:
+        raise RuntimeError("release failed")
+
+    monkeypatch.setattr(type(breaker), "release", broken_release)
+
+    @policy
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        interrupted()
