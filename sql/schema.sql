@@ -1181,12 +1181,28 @@ DECLARE
     _size integer;
     _len integer;
     _fresh boolean;
+    _unnegatable text;
 BEGIN
     IF (char_length(p_key) BETWEEN 1 AND 255
         AND char_length(p_namespace) BETWEEN 1 AND 255) IS NOT TRUE THEN
         PERFORM @extschema@.rc_check_names(p_key, p_namespace);
     END IF;
     PERFORM @extschema@.rc_check_namespace(p_namespace);
+
+    -- A fraction's sign moves to its numerator: the one bigint whose negation overflows is
+    -- refused first, by name.
+    _unnegatable := CASE -9223372036854775808
+        WHEN p_failure_limit_num THEN 'p_failure_limit_num'
+        WHEN p_failure_limit_den THEN 'p_failure_limit_den'
+        WHEN p_success_limit_num THEN 'p_success_limit_num'
+        WHEN p_success_limit_den THEN 'p_success_limit_den'
+        WHEN p_slow_call_limit_num THEN 'p_slow_call_limit_num'
+        WHEN p_slow_call_limit_den THEN 'p_slow_call_limit_den' END;
+    IF _unnegatable IS NOT NULL THEN
+        RAISE EXCEPTION 'rc: % must be part of a fraction in (0, 1], got -9223372036854775808',
+            _unnegatable
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
 
     -- Limits are fractions in (0, 1], stored reduced: 5/10 is 1/2, a window of 2.
     IF _fden < 0 THEN

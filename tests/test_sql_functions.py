@@ -54,7 +54,35 @@ def _one(conn: Conn, query: str, params: Any = None) -> tuple[Any, ...]:
 
 # (id, call, fragment the message must contain). Each call targets the breaker "svc",
 # which the test sets up first, so the row it must leave unchanged exists.
+# The one bigint whose negation overflows, where a fraction's sign moves to its numerator.
+INT8_MIN = "-9223372036854775808"
+
 BAD_CALLS = [
+    *(
+        (
+            f"{name}_int8_min",
+            f"rc_configure('svc', p_{name} => {INT8_MIN}, p_{pair} => {other}{extra})",
+            f"p_{name}",
+        )
+        for name, pair, other, extra in (
+            ("failure_limit_num", "failure_limit_den", "-1", ""),
+            ("failure_limit_den", "failure_limit_num", "1", ""),
+            ("success_limit_num", "success_limit_den", INT8_MIN, ""),
+            ("success_limit_den", "success_limit_num", "1", ""),
+            (
+                "slow_call_limit_num",
+                "slow_call_limit_den",
+                INT8_MIN,
+                ", p_slow_call_duration => '1 second'",
+            ),
+            (
+                "slow_call_limit_den",
+                "slow_call_limit_num",
+                "1",
+                ", p_slow_call_duration => '1 second'",
+            ),
+        )
+    ),
     ("failure_limit_above_one", "rc_configure('svc', 'default', 3, 2)", "p_failure_limit_num"),
     ("failure_limit_zero", "rc_configure('svc', 'default', 0, 1)", "p_failure_limit_num"),
     ("failure_limit_negative", "rc_configure('svc', 'default', -1, 2)", "p_failure_limit_num"),
