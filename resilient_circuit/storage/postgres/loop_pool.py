@@ -43,7 +43,8 @@ class _NotAConnectionError(logging.Filter):
     """Drops psycopg_pool's WARNINGs about a loop pool's attempt that failed for no
     connection reason: one the loop's end cancelled (nothing failed, nothing is
     retried), or one the budget refused (contention between loops, which the pool
-    waits out; if it waits too long the call is handled, and logged, as an outage)."""
+    waits out; if it waits too long the call alone is handled per on_storage_error, with
+    a WARNING naming max_connections: see ``Pools.starved``)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         args = record.args
