@@ -163,6 +163,37 @@ def test_batched_recording_flushes_everything_in_few_transactions(
     assert list(policy.execution_log).count(False) == 300
 
 
+@pytest.mark.parametrize("max_queued", [1000, 100_000])
+def test_one_thread_calling_as_fast_as_it_can_sheds_nothing_on_a_healthy_database(
+    pg_dsn: str, max_queued: int
+) -> None:
+    """The queue is drained (or the caller flushes) faster than one thread fills it."""
+    store = PostgresStorage(pg_dsn, namespace="modes", max_queued=max_queued)
+    key = f"flat-out-{max_queued}"
+    try:
+        policy = CircuitProtectorPolicy(
+            resource_key=key, storage=store, admission="cached", recording="batched"
+        )
+
+        @policy
+        def call() -> None:
+            pass
+
+        call()
+        assert store.wait_listening()
+        made = 1
+        until = time.monotonic() + 2
+        while time.monotonic() < until:
+            for _ in range(1000):
+                call()
+            made += 1000
+        store.flush()
+        assert store.breakers()[0].dropped == 0
+        assert counters(pg_dsn, key) == (made, 0)
+    finally:
+        store.close()
+
+
 def test_cached_admission_stops_trusting_its_verdict_when_listen_drops(
     pg_dsn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -13,7 +13,7 @@ import threading
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable
-from itertools import groupby
+from itertools import groupby, repeat, starmap
 
 logger = logging.getLogger("resilient_circuit.storage")
 
@@ -56,9 +56,22 @@ class OutcomeQueue:
             self.shed()
 
     def take(self, most: int) -> list[Outcome]:
-        """The oldest ``most`` outcomes at most, removed from the queue."""
+        """The oldest ``most`` outcomes at most, removed from the queue; all of them when
+        they are one outcome repeated (a healthy breaker's successes), which the server
+        applies in one UPDATE however many they are.
+
+        Counted and popped in C (``count`` compares the one shared tuple by identity), so
+        the flusher keeps up with a thread queueing an outcome a microsecond while they
+        share the GIL. Appends only ever land on the right, and the shed lock keeps
+        ``shed`` from popping on the left meanwhile, so the outcomes counted are the ones
+        popped.
+        """
         items = self.items
-        return [items.popleft() for _ in range(min(most, len(items)))]
+        with self._shed_lock:
+            queued = len(items)
+            if queued > most and items.count(items[0]) != queued:
+                queued = most
+            return list(starmap(items.popleft, repeat((), queued)))
 
     def give_back(self, batch: list[Outcome]) -> None:
         """Requeue a batch that could not be flushed, ahead of newer outcomes."""
@@ -163,6 +176,15 @@ def runs(batch: list[Outcome]) -> tuple[str, str, str] | None:
     counts: list[int] = []
     successes: list[str] = []
     generations: list[str] = []
+    if batch and batch.count(batch[0]) == len(batch):  # one run: counted in C
+        success, generation, duration = batch[0]
+        if duration is not None:
+            return None
+        return (
+            f"{{{len(batch)}}}",
+            "{t}" if success else "{f}",
+            "{NULL}" if generation is None else f"{{{generation}}}",
+        )
     for (success, generation, duration), run in groupby(batch):
         if duration is not None:
             return None

@@ -108,6 +108,7 @@ class PgBreaker(Breaker):
         "_host",
         "_key_params",
         "_last",
+        "_last_flush_failed",
         "_listen_requested",
         "_open_deadline",
         "_open_generation",
@@ -178,6 +179,7 @@ class PgBreaker(Breaker):
             self._queue = OutcomeQueue(self._host.max_queued)
         # Held while a batch is on its way, so flush() returns only once it has landed.
         self._flushing = threading.Lock()
+        self._last_flush_failed = False
         self._batch_size = MAX_BATCH
         self._shed_logged_at = float("-inf")
 
@@ -544,7 +546,7 @@ class PgBreaker(Breaker):
             items = queue.items  # type: ignore[union-attr]
             items.append(outcome)
             if len(items) > queue.limit:  # type: ignore[union-attr]
-                queue.shed()  # type: ignore[union-attr]
+                self._overflowed(queue)  # type: ignore[arg-type]
             return last
         host, epoch = self._host, self._epoch
         return self._queued(success, generation, duration) or self._recorded(
@@ -580,6 +582,16 @@ class PgBreaker(Breaker):
 
     # -- batches ------------------------------------------------------------------------
 
+    def _overflowed(self, queue: OutcomeQueue) -> None:
+        """More than the limit waiting while the database answers: this caller flushes
+        (back-pressure, about one round trip per ``limit`` calls) rather than shedding
+        what a healthy database would take. Once a flush has failed (an outage: the store
+        then backs off, so a flush fails at once), the oldest outcomes are shed, counted
+        and logged instead."""
+        if not self._last_flush_failed:
+            self.flush()
+        queue.shed()
+
     def flush(self, *, final: bool = False) -> StorageError | None:
         """Send the queued outcomes with ``rc_record_many``, in statements of bounded size.
 
@@ -604,6 +616,7 @@ class PgBreaker(Breaker):
                     failure = self._unsent(queue, batch, exc)
                     break
                 self._flushed(row, epoch)
+            self._last_flush_failed = failure is not None
         self._report_shed(queue, final)
         return failure
 
