@@ -189,7 +189,8 @@ def test_a_huge_batch_at_the_largest_window_lands_within_the_statement_timeout(
 def test_outcomes_shed_in_a_long_outage_are_logged_and_counted(
     pg_dsn: str, stores: Callable[..., PostgresStorage], caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Past max_queued, the oldest outcomes go, with a WARNING and a counter."""
+    """Past max_queued once a flush has failed, the oldest outcomes go, with a WARNING and
+    a counter (while the database answers, the caller past max_queued flushes instead)."""
     caplog.set_level(logging.WARNING, logger="resilient_circuit")
     with faulty_proxy(pg_dsn) as proxy:
         store = stores(proxy.dsn(), flush_interval=3600, max_queued=1000)
@@ -202,12 +203,19 @@ def test_outcomes_shed_in_a_long_outage_are_logged_and_counted(
         def call() -> None:
             pass
 
-        for _ in range(1500):
+        for _ in range(500):
             call()
+        breaker = store.breakers()[0]
+        generation = breaker.last_known.generation
         proxy.set_mode("refuse")
         proxy.drop()
-        store.flush()  # fails: everything is kept, then trimmed to 1000
+        store.flush()  # fails: everything is kept
         assert store.outage.down_since is not None
+        assert store.dropped_outcomes == 0
+        # Calls admitted before the outage and ending in it: trimmed to 1000 as they come.
+        for _ in range(1000):
+            breaker.record(True, generation)
+        store.flush()  # fails again, and tells of what was shed
         assert store.dropped_outcomes == 500
         assert any(
             "500" in r.getMessage() and "shed" in r.getMessage()
