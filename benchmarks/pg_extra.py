@@ -10,6 +10,8 @@
   an in-memory breaker; ``pg.exit_flush``: a child process makes calls and exits
   without flushing, and the row's counters must hold every outcome.
 - ``pg.profile``: where a strict/immediate call's time goes, statement by statement.
+- ``pg.open_rejection``: a rejected call while OPEN in every mode against an in-memory
+  one, in the same rounds, and how many rejections reach ``acquire`` (none should).
 
 The peer and the exit child are this file run as a script:
 
@@ -38,6 +40,7 @@ from _harness import (
     breaker_of,
     interleaved,
     latencies,
+    mode_tag,
     noop,
     percentile,
     pg_conninfo,
@@ -54,6 +57,7 @@ BATCH_SECONDS = 2.0  # per side: batched PostgreSQL calls, and in-memory calls
 BATCH_SLICE_S = 0.1
 EXIT_CALLS = 50_000
 PROFILE_ROUNDS = 200
+REJECTION_PROBE = 10_000  # rejections watched for calls to acquire
 
 
 def scenarios(
@@ -61,6 +65,7 @@ def scenarios(
     report: Report,
     dsn: str,
     counter: RoundTripCounter,
+    modes: dict[str, dict[str, Any]],
     redis: str | None = None,
     peer_paths: tuple[str, ...] = (),
 ) -> None:
@@ -74,8 +79,8 @@ def scenarios(
         report.ok("pg.exit_flush", exit_flush(dsn))
     with report.scenario("pg.profile"):
         report.ok("pg.profile", profile(api, dsn, redis, peer_paths))
-    with report.scenario("pg.open_acquire"):
-        report.ok("pg.open_acquire", open_acquire(api, dsn))
+    with report.scenario("pg.open_rejection"):
+        report.ok("pg.open_rejection", open_rejection(api, dsn, modes))
 
 
 # --------------------------------------------------------------------------- staleness
@@ -470,41 +475,84 @@ def profile(
     return result
 
 
-def open_acquire(api: Any, dsn: str) -> dict[str, Any]:
-    """Admission of a call while OPEN, from the store's cached verdict, against memory's.
+def open_rejection(api: Any, dsn: str, modes: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """A user's rejected call while OPEN, in every mode, against an in-memory one.
 
-    The handle a policy drives (``breaker_of(policy)``) is timed on its own, both stores
-    in the same rounds: what a PostgreSQL rejection costs beyond an in-memory one.
+    The decorated calls are timed, all in the same rounds, after a first rejection has
+    fetched the verdict: what a PostgreSQL rejection costs beyond an in-memory one, on
+    one machine at one moment (the per-mode scenarios run in their own rounds, at
+    other moments, than the in-memory one). Then, untimed, the calls that reach
+    ``acquire`` in REJECTION_PROBE rejections: the decorator rejects from the store's
+    published verdict (``Breaker.rejecting``) without calling it.
     """
     from resilient_circuit.storage import PostgresStorage
 
-    storage = PostgresStorage(dsn, namespace=NAMESPACE)
-    pg_policy = api.policy(f"bench-open-acquire-{os.getpid()}", storage, Fraction(1, 10))
-    memory_policy = api.policy("bench-open-acquire", api.InMemoryStorage(), Fraction(1, 10))
+    stores: list[Any] = []
     try:
-        handles = {"pg": breaker_of(pg_policy), "memory": breaker_of(memory_policy)}
-        for policy in (pg_policy, memory_policy):
-            policy.status = api.State.OPEN
-            try:
-                policy(noop)()  # fetches the verdict
-            except api.Rejected:
-                pass
-        rows = interleaved(
-            {
-                "noop": noop,
-                "pg": handles["pg"].acquire,
-                "memory": handles["memory"].acquire,
-            }
+        calls: dict[str, Any] = {"noop": noop}
+        handles: dict[str, Any] = {}
+        for mode, kwargs in modes.items():
+            storage = PostgresStorage(dsn, namespace=NAMESPACE)
+            stores.append(storage)
+            key = f"bench-open-{mode_tag(mode)}-{os.getpid()}"
+            policy = api.policy(key, storage, Fraction(1, 10), **kwargs)
+            if kwargs.get("admission") == "cached" and not storage.wait_listening(5):
+                raise RuntimeError("the LISTEN connection did not come up within 5 s")
+            calls[mode] = opened(api, policy)
+            handles[mode] = breaker_of(policy)
+        calls["memory"] = opened(
+            api, api.policy("bench-open-memory", api.InMemoryStorage(), Fraction(1, 10))
         )
+        rows = interleaved(calls)
+        acquired = {mode: acquire_calls(calls[mode], handles[mode]) for mode in modes}
     finally:
-        storage.close()
+        for storage in stores:
+            storage.close()
+    over = {
+        name: statistics.median(c - b for c, b in zip(rows[name], rows["noop"], strict=True))
+        for name in calls
+        if name != "noop"
+    }
     return {
         "kind": "pair",
-        "pg_ns": statistics.median(p - b for p, b in zip(rows["pg"], rows["noop"], strict=True)),
-        "memory_ns": statistics.median(
-            m - b for m, b in zip(rows["memory"], rows["noop"], strict=True)
-        ),
+        "memory_ns": over.pop("memory"),
+        "pg_ns": over,
+        "acquire_calls": acquired,
+        "probed": REJECTION_PROBE,
     }
+
+
+def opened(api: Any, policy: Any) -> Any:
+    """``policy``'s protected noop, forced OPEN and rejected once (which fetches the verdict)."""
+    protected = policy(noop)
+    policy.status = api.State.OPEN
+    try:
+        protected()
+    except api.Rejected:
+        return protected
+    raise RuntimeError("the breaker did not reject a call while OPEN")
+
+
+def acquire_calls(protected: Any, handle: Any) -> int:
+    """How many of REJECTION_PROBE rejections of ``protected`` call ``handle.acquire``."""
+    code = type(handle).acquire.__code__
+    seen = 0
+
+    def watch(frame: Any, event: str, _arg: Any) -> None:
+        nonlocal seen
+        if event == "call" and frame.f_code is code:
+            seen += 1
+
+    sys.setprofile(watch)
+    try:
+        for _ in repeat(None, REJECTION_PROBE):
+            try:
+                protected()
+            except Exception:
+                pass
+    finally:
+        sys.setprofile(None)
+    return seen
 
 
 def main() -> None:

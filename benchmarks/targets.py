@@ -321,7 +321,7 @@ def evaluate(out: dict[str, dict[str, Any]], labels: dict[str, str]) -> list[Tar
                 f"{fmt_ns(float(slowest[1]['median_ns']))})",
                 "≤ 1 µs",
                 _status(per <= 1000),
-                "" if per <= 1000 else _why_open(r, per, memory or 0),
+                "" if per <= 1000 else _why_open(r, per, memory or 0, slowest[0]),
             )
         )
     else:
@@ -569,7 +569,7 @@ def _why_pg(r: Results) -> str:
     )
 
 
-def _why_open(r: Results, per: float, memory: float) -> str:
+def _why_open(r: Results, per: float, memory: float, mode: str) -> str:
     exception = _sum(r.part("rejection", "building"), r.part("rejection", "raising"))
     peer = r.head_to_head("circuitbreaker", "rejection")[2]
     text = (
@@ -578,13 +578,33 @@ def _why_open(r: Results, per: float, memory: float) -> str:
     )
     if peer is not None:
         text += f" (circuitbreaker's own: {fmt_ns(peer['ns'])})"
-    admission = r.get("ours_pg", "pg.open_acquire")
-    if admission is not None and per > memory:
+    same = r.get("ours_pg", "pg.open_rejection")
+    if same is not None and mode in same["pg_ns"]:
+        pg, mem = float(same["pg_ns"][mode]), float(same["memory_ns"])
         text += (
-            f"; the PostgreSQL store adds {fmt_ns(per - memory)}, in its admission from the "
-            f"cached OPEN verdict: PgBreaker.acquire() costs {fmt_ns(admission['pg_ns'])} "
-            f"against MemoryBreaker's {fmt_ns(admission['memory_ns'])}"
+            f"; in the same rounds a {mode} rejection costs {fmt_ns(pg)} against an "
+            f"in-memory one's {fmt_ns(mem)} ({pg / mem:.2f}x)"
         )
+        acquired = same["acquire_calls"]
+        if not any(acquired.values()):
+            text += (
+                f", and none of {same['probed']:,} rejections in any mode called "
+                "PgBreaker.acquire(): the decorator rejects from the store's published "
+                "verdict (Breaker.rejecting), as it does in memory"
+            )
+        else:
+            text += (
+                f"; of {same['probed']:,} rejections, those that called PgBreaker.acquire() "
+                + (
+                    "(a verdict fetched again): "
+                    + ", ".join(f"{m}: {n}" for m, n in acquired.items())
+                )
+            )
+        if per > memory:
+            text += (
+                f". The {fmt_ns(per)} ({mode}'s own rounds) and the in-memory "
+                f"{fmt_ns(memory)} were timed in different processes at different moments"
+            )
     return text
 
 

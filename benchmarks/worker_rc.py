@@ -356,7 +356,7 @@ def postgres_scenarios(
         if label == "ours":
             import pg_extra
 
-            pg_extra.scenarios(api, report, dsn, counter, redis, tuple(peer_paths or ()))
+            pg_extra.scenarios(api, report, dsn, counter, modes, redis, tuple(peer_paths or ()))
 
 
 def main() -> None:
