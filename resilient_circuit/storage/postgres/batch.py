@@ -27,6 +27,9 @@ MAX_QUEUED = 100_000
 # anyway halves the size for that breaker's next attempt.
 MAX_BATCH = 10_000
 
+# Outcomes rc_record_runs takes in one call at most (it refuses more, SQLSTATE 22023).
+MAX_RUN_TOTAL = 1_000_000_000
+
 # (success, generation, duration in nanoseconds when slow calls are measured)
 Outcome = tuple[bool, "int | None", "int | None"]
 
@@ -69,7 +72,7 @@ class OutcomeQueue:
         items = self.items
         with self._shed_lock:
             queued = len(items)
-            if queued > most and items.count(items[0]) != queued:
+            if queued > most and (queued > MAX_RUN_TOTAL or items.count(items[0]) != queued):
                 queued = most
             return list(starmap(items.popleft, repeat((), queued)))
 

@@ -589,7 +589,10 @@ class PgBreaker(Breaker):
         then backs off, so a flush fails at once), the oldest outcomes are shed, counted
         and logged instead."""
         if not self._last_flush_failed:
-            self.flush()
+            try:
+                self.flush()
+            except Exception:  # pragma: no cover - a bug, not an outage: not the call's
+                logger.exception("flushing batched outcomes failed")
         queue.shed()
 
     def flush(self, *, final: bool = False) -> StorageError | None:
