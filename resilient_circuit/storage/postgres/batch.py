@@ -17,8 +17,9 @@ from itertools import groupby, repeat, starmap
 
 logger = logging.getLogger("resilient_circuit.storage")
 
-# Beyond this many unflushed outcomes per breaker (a long outage, or calls faster than
-# the database applies them), the oldest go: logged and counted, never silently.
+# Beyond this many unflushed outcomes per breaker, a synchronous call flushes them itself
+# while the database answers; once a flush has failed (a long outage), or from a
+# coroutine, the oldest go instead: logged and counted, never silently.
 MAX_QUEUED = 100_000
 
 # Outcomes per rc_record_many statement at most, whatever is queued: the function costs
@@ -39,8 +40,8 @@ class OutcomeQueue:
     call path takes no lock; only shedding (rare) does.
 
     The breaker's call path appends to ``items`` itself (one frame less per call), the
-    same preallocated outcome tuple for every success of a generation, then calls
-    ``shed()`` when ``len(items) > limit``, exactly as ``put`` does.
+    same preallocated outcome tuple for every success of a generation; past ``limit`` it
+    flushes before calling ``shed()``, where ``put`` (the coroutines' path) sheds at once.
     """
 
     __slots__ = ("_shed_lock", "dropped", "items", "limit", "reported")
