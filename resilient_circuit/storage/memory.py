@@ -85,6 +85,7 @@ class MemoryBreaker(Breaker):
         "_window_failures",
         "_window_generation",
         "_window_len",
+        "_window_mask",
         "_window_moved",
         "_window_size",
         "_window_streak",
@@ -134,7 +135,7 @@ class MemoryBreaker(Breaker):
         # own, on the same integers; a trip is left to the machine.
         self._window_generation: int | object = _NOT_LIVE
         self._window_bits = self._window_len = self._window_failures = self._window_streak = 0
-        self._window_size = self._window_trip = self._window_top = 0
+        self._window_size = self._window_trip = self._window_top = self._window_mask = 0
         self._window_moved = False
         # The machine's rejection of the current state, while it holds (see
         # Breaker.rejecting): published by acquire, withdrawn by _commit.
@@ -271,7 +272,9 @@ class MemoryBreaker(Breaker):
                     # A failure in, a failure out: the count stays, and so does the
                     # verdict on it. _steady is None already (the window held a failure).
                     if self._window_failures < self._window_trip:
-                        self._window_bits = bits - self._window_top + 1
+                        # One subtraction clears the bit shifted out and sets the new
+                        # one: a 1000-bit window allocates one int fewer.
+                        self._window_bits = bits - self._window_mask
                         self._window_streak += 1
                         self._window_moved = True
                         return self._state
@@ -324,6 +327,7 @@ class MemoryBreaker(Breaker):
             self._window_streak = st.failure_count
             self._window_size = cfg.window_size
             self._window_top = 1 << cfg.window_size
+            self._window_mask = self._window_top - 1
             self._window_trip = cfg.closed_trip
             self._window_generation = st.generation
             if bits == 0 and length == cfg.window_size and st.failure_count == 0:
