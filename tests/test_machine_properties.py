@@ -280,16 +280,26 @@ def test_memory_store_time_window_matches_the_machine(duration_ms: int, seq: lis
             st.sampled_from(["ok", "fail", "stale", "none", "acquire", "read", "force", "reset"]),
             st.integers(0, 3),
         ),
-        max_size=80,
+        max_size=160,
     ),
+    # None: the limit's own denominator; 32 and 40 outcomes: windows wider than the
+    # interpreter's single-digit ints (30 bits), which outcomes shift out of within
+    # a sequence.
+    st.sampled_from([None, 32, 40]),
+    # Outcomes before the sequence, so that a wide window is full when it starts.
+    st.integers(0, 45).flatmap(lambda n: st.lists(st.booleans(), min_size=n, max_size=n)),
 )
-def test_memory_store_count_window_matches_the_machine(den: int, num: int, seq: list) -> None:
+def test_memory_store_count_window_matches_the_machine(
+    den: int, num: int, seq: list, size: int | None, fill: list[bool]
+) -> None:
     """The memory store's CLOSED count window, updated in place, leaves exactly the state
     the pure machine computes outcome by outcome, whatever reads come in between."""
     from resilient_circuit.storage import InMemoryStorage
 
     cfg = Config.build(
-        failure_limit=Fraction(min(num, den), den), cooldown=timedelta(milliseconds=2)
+        failure_limit=Fraction(min(num, den), den),
+        window_size=size,
+        cooldown=timedelta(milliseconds=2),
     )
     assert cfg.plain
     clock = [0]
@@ -297,6 +307,7 @@ def test_memory_store_count_window_matches_the_machine(den: int, num: int, seq: 
     breaker = storage.breaker("k", "p", cfg)
     state = m.INITIAL
     successes = failures = 0
+    seq = [("ok" if ok else "fail", 0) for ok in fill] + seq
     for kind, step in seq:
         clock[0] += step * 1_000_000
         if kind == "acquire":
