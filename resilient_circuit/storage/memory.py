@@ -42,6 +42,12 @@ _Timed = tuple[State, int, int, "itertools.count[int]", "_Counter", list[int]]
 # What _window_generation holds while the state is not a live count window: equal to no generation
 # (None included), so that one comparison tells whether an outcome may take the fast path.
 _NOT_LIVE = object()
+# A count window wider than this many outcomes is kept in a ring of bytes, not shifted as an
+# int: the interpreter's ints of one digit (30 bits) are cheap; past that every shift and
+# subtraction allocates a new int as long as the window (see _WideWindowBreaker).
+_NARROW_WINDOW = 29
+_TO_OUTCOMES = bytes.maketrans(b"01", b"\x00\x01")
+_TO_DIGITS = bytes.maketrans(b"\x00\x01", b"01")
 
 
 class _Counter:
@@ -81,12 +87,15 @@ class MemoryBreaker(Breaker):
         "_steady",
         "_successes",
         "_timed",
+        "_wide_generation",
         "_window_bits",
         "_window_failures",
         "_window_generation",
         "_window_len",
         "_window_mask",
         "_window_moved",
+        "_window_pos",
+        "_window_ring",
         "_window_size",
         "_window_streak",
         "_window_top",
@@ -137,6 +146,12 @@ class MemoryBreaker(Breaker):
         self._window_bits = self._window_len = self._window_failures = self._window_streak = 0
         self._window_size = self._window_trip = self._window_top = self._window_mask = 0
         self._window_moved = False
+        # A window wider than _NARROW_WINDOW is live under _wide_generation instead (and
+        # _window_generation is _NOT_LIVE): its outcomes in _window_ring, oldest at
+        # _window_pos, in place of _window_bits.
+        self._wide_generation: int | object = _NOT_LIVE
+        self._window_ring = bytearray()
+        self._window_pos = 0
         # The machine's rejection of the current state, while it holds (see
         # Breaker.rejecting): published by acquire, withdrawn by _commit.
         self.rejecting: Verdict | None = None
@@ -158,7 +173,11 @@ class MemoryBreaker(Breaker):
     @property
     def state(self) -> State:
         """The state as the machine defines it (counted successes placed)."""
-        if self._timed is None and self._window_generation is _NOT_LIVE:
+        if (
+            self._timed is None
+            and self._window_generation is _NOT_LIVE
+            and self._wide_generation is _NOT_LIVE
+        ):
             return self._state
         with self._lock:
             return self._settled()
@@ -329,11 +348,22 @@ class MemoryBreaker(Breaker):
             self._window_top = 1 << cfg.window_size
             self._window_mask = self._window_top - 1
             self._window_trip = cfg.closed_trip
-            self._window_generation = st.generation
+            if cfg.window_size > _NARROW_WINDOW:
+                # Oldest first, then rotated by _window_pos as outcomes come in.
+                digits = format(bits, f"0{cfg.window_size}b").encode()
+                self._window_ring = bytearray(digits.translate(_TO_OUTCOMES))
+                self._window_pos = 0
+                self._window_generation = _NOT_LIVE
+                self._wide_generation = st.generation
+                self.__class__ = _WideWindowBreaker
+            else:
+                self._window_generation = st.generation
+                self._wide_generation = _NOT_LIVE
+                self.__class__ = MemoryBreaker
             if bits == 0 and length == cfg.window_size and st.failure_count == 0:
                 self._steady = st
         else:
-            self._window_generation = _NOT_LIVE
+            self._window_generation = self._wide_generation = _NOT_LIVE
         timed = self._timed
         if timed is not None and (timed[1] != st.generation or not st.buckets):
             # Unpublish first, then read: every success counted before the read is in
@@ -369,12 +399,16 @@ class MemoryBreaker(Breaker):
             # As _machine.record builds a plain CLOSED state: nothing past the window.
             steady = self._steady is not None
             self._steady = None
+            bits = self._window_bits
+            if self._wide_generation is not _NOT_LIVE:
+                pos, ring = self._window_pos, self._window_ring
+                bits = int((ring[pos:] + ring[:pos]).translate(_TO_DIGITS), 2)
             st = self._state = _new(
                 State,
                 (
                     CLOSED,
                     st.generation,
-                    self._window_bits,
+                    bits,
                     self._window_len,
                     self._window_failures,
                     self._window_streak,
@@ -679,3 +713,66 @@ class InMemoryStorage(CircuitBreakerStorage):
             found._admin_open_until = (
                 (found._state, admin.open_until) if target is OPEN and admin.open_until else None
             )
+
+
+class _WideWindowBreaker(MemoryBreaker):
+    """A MemoryBreaker whose live count window is wider than _NARROW_WINDOW outcomes.
+
+    _commit makes a breaker one (by its class, so that neither record pays a test per
+    call) while such a window is live. Its step is MemoryBreaker.record's on the ring:
+    the outcome falling out read, the new one written, one byte each, whatever the
+    width. Either class's record is right for any state: MemoryBreaker.record leaves a
+    wide window to the machine, this one anything but a live wide window to it.
+    """
+
+    __slots__ = ()
+
+    def record(self, success: bool, generation: int | None, duration: int | None = None) -> State:
+        if success:
+            st = self._state
+            if st is self._steady:
+                self._successes.add()
+                return st
+        if generation != self._wide_generation:
+            return MemoryBreaker.record(self, success, generation, duration)
+        self._lock.acquire()
+        try:
+            if generation == self._wide_generation:
+                ring = self._window_ring
+                pos = self._window_pos
+                out = ring[pos]
+                length = self._window_len
+                size = self._window_size
+                if success:
+                    self._locked_successes += 1
+                    ring[pos] = 0
+                    if out:
+                        self._window_failures -= 1
+                    elif length < size:
+                        self._window_len = length = length + 1
+                    pos += 1
+                    self._window_pos = 0 if pos == size else pos
+                    self._window_streak = 0
+                    self._window_moved = True
+                    if not self._window_failures and length == size:
+                        self._steady = self._state
+                    return self._state
+                self._failures += 1
+                failures = self._window_failures + 1 - out
+                if length < size:
+                    length += 1
+                if failures < self._window_trip or length < size:
+                    self._steady = None
+                    ring[pos] = 1
+                    pos += 1
+                    self._window_pos = 0 if pos == size else pos
+                    self._window_len = length
+                    self._window_failures = failures
+                    self._window_streak += 1
+                    self._window_moved = True
+                    return self._state
+                # A trip: the machine decides on the window as it was.
+                return self._apply(success, generation, duration, False)
+            return self._apply(success, generation, duration)
+        finally:
+            self._lock.release()
