@@ -42,7 +42,8 @@ _Timed = tuple[State, int, int, "itertools.count[int]", "_Counter", list[int]]
 # What _window_generation holds while the state is not a live count window: equal to no generation
 # (None included), so that one comparison tells whether an outcome may take the fast path.
 _NOT_LIVE = object()
-# A count window wider than this many outcomes is kept in a ring of bytes, not shifted as an
+# A count window wider than this many outcomes is kept in a ring (a list of 0 and 1, whose
+# item reads and writes the interpreter specialises, unlike a bytearray's), not shifted as an
 # int: the interpreter's ints of one digit (30 bits) are cheap; past that every shift and
 # subtraction allocates a new int as long as the window (see _WideWindowBreaker).
 _NARROW_WINDOW = 29
@@ -150,7 +151,7 @@ class MemoryBreaker(Breaker):
         # _window_generation is _NOT_LIVE): its outcomes in _window_ring, oldest at
         # _window_pos, in place of _window_bits.
         self._wide_generation: int | object = _NOT_LIVE
-        self._window_ring = bytearray()
+        self._window_ring: list[int] = []
         self._window_pos = 0
         # The machine's rejection of the current state, while it holds (see
         # Breaker.rejecting): published by acquire, withdrawn by _commit.
@@ -351,7 +352,7 @@ class MemoryBreaker(Breaker):
             if cfg.window_size > _NARROW_WINDOW:
                 # Oldest first, then rotated by _window_pos as outcomes come in.
                 digits = format(bits, f"0{cfg.window_size}b").encode()
-                self._window_ring = bytearray(digits.translate(_TO_OUTCOMES))
+                self._window_ring = list(digits.translate(_TO_OUTCOMES))
                 self._window_pos = 0
                 self._window_generation = _NOT_LIVE
                 self._wide_generation = st.generation
@@ -364,6 +365,7 @@ class MemoryBreaker(Breaker):
                 self._steady = st
         else:
             self._window_generation = self._wide_generation = _NOT_LIVE
+            self.__class__ = MemoryBreaker
         timed = self._timed
         if timed is not None and (timed[1] != st.generation or not st.buckets):
             # Unpublish first, then read: every success counted before the read is in
@@ -402,7 +404,7 @@ class MemoryBreaker(Breaker):
             bits = self._window_bits
             if self._wide_generation is not _NOT_LIVE:
                 pos, ring = self._window_pos, self._window_ring
-                bits = int((ring[pos:] + ring[:pos]).translate(_TO_DIGITS), 2)
+                bits = int(bytes(ring[pos:] + ring[:pos]).translate(_TO_DIGITS), 2)
             st = self._state = _new(
                 State,
                 (
@@ -720,9 +722,10 @@ class _WideWindowBreaker(MemoryBreaker):
 
     _commit makes a breaker one (by its class, so that neither record pays a test per
     call) while such a window is live. Its step is MemoryBreaker.record's on the ring:
-    the outcome falling out read, the new one written, one byte each, whatever the
-    width. Either class's record is right for any state: MemoryBreaker.record leaves a
-    wide window to the machine, this one anything but a live wide window to it.
+    the outcome falling out read, the new one written, one item each, whatever the
+    width (at 8 bytes an outcome). Either class's record is right for any state:
+    MemoryBreaker.record leaves a wide window to the machine, this one anything but a
+    live wide window to it.
     """
 
     __slots__ = ()
@@ -733,8 +736,6 @@ class _WideWindowBreaker(MemoryBreaker):
             if st is self._steady:
                 self._successes.add()
                 return st
-        if generation != self._wide_generation:
-            return MemoryBreaker.record(self, success, generation, duration)
         self._lock.acquire()
         try:
             if generation == self._wide_generation:
