@@ -47,8 +47,10 @@ CREATE TABLE @extschema@.rc_circuit_breakers (
     cooldown_factor     double precision NOT NULL DEFAULT 1,
     max_cooldown        interval,
     CONSTRAINT rc_circuit_breakers_pkey PRIMARY KEY (resource_key, namespace),
+    -- One comparison, not four: PostgreSQL reads a CHECK constraint back from its stored form
+    -- on every UPDATE, at a cost that grows with the expression.
     CONSTRAINT rc_circuit_breakers_counters_check
-        CHECK (failure_count >= 0 AND generation >= 0 AND successes >= 0 AND failures >= 0)
+        CHECK (least(failure_count, generation, successes, failures) >= 0)
 );
 
 CREATE INDEX idx_rc_circuit_breakers_state ON @extschema@.rc_circuit_breakers (state);
@@ -1421,6 +1423,10 @@ LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    _held boolean;
+    _open_until timestamptz;
+    _cooldown interval;
 BEGIN
     -- The owner may use every namespace: tested inline (a simple expression), so that its
     -- calls skip a function call; any other role goes through rc_check_namespace.
@@ -1428,6 +1434,43 @@ BEGIN
         AND pg_has_role(session_user, current_user, 'MEMBER')) IS NOT TRUE THEN
         PERFORM @extschema@.rc_check_namespace(p_namespace);
     END IF;
+    -- rc_try_acquire_at's lock-free verdicts, inline: a nested call with a pinned search_path
+    -- and the query that returns its rows cost more than the whole verdict. The output
+    -- columns are assigned and returned with RETURN NEXT, which starts no query either.
+    IF char_length(p_key) BETWEEN 1 AND 255 AND char_length(p_namespace) BETWEEN 1 AND 255 THEN
+        SELECT b.state, b.generation, b.held, b.open_until, b.cooldown
+        INTO state, generation, _held, _open_until, _cooldown
+        FROM @extschema@.rc_circuit_breakers AS b
+        WHERE b.resource_key = p_key AND b.namespace = p_namespace;
+        IF NOT FOUND THEN
+            -- A breaker never used is CLOSED; admitting changes nothing, so no row is created.
+            permitted := true;
+            state := 'CLOSED';
+            generation := 0;
+            RETURN NEXT;
+            RETURN;
+        ELSIF state = 'CLOSED' OR state = 'DISABLED' THEN
+            permitted := true;
+            RETURN NEXT;
+            RETURN;
+        ELSIF state = 'OPEN' AND _held THEN
+            -- Held OPEN has no end of cooldown: callers come back after one cooldown (>= 1 s).
+            permitted := false;
+            retry_after := greatest(_cooldown, interval '1 second');
+            RETURN NEXT;
+            RETURN;
+        ELSIF state = 'OPEN' THEN
+            retry_after := _open_until - clock_timestamp();
+            IF retry_after > interval '0' THEN
+                permitted := false;
+                RETURN NEXT;
+                RETURN;
+            END IF;
+            -- Cooldown over (or never set): the transition is rc_try_acquire_at's.
+            retry_after := NULL;
+        END IF;
+    END IF;
+    -- A bad key, or a verdict that may change the row: the whole state machine.
     RETURN QUERY SELECT * FROM @extschema@.rc_try_acquire_at(p_key, p_namespace, NULL);
 END;
 $$;
@@ -1449,9 +1492,9 @@ BEGIN
         RAISE EXCEPTION 'rc: p_success must be true or false, got NULL'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    -- The two calls below, inline: every call of a function with a pinned search_path saves
-    -- and restores the setting, which costs more than these tests. The owner's test is a
-    -- simple expression; any other role goes through rc_check_namespace and its grants.
+    -- The calls below, inline: every call of a function with a pinned search_path saves and
+    -- restores the setting, which costs more than these tests. The owner's test is a simple
+    -- expression; any other role goes through rc_check_namespace and its grants.
     IF (char_length(p_namespace) BETWEEN 1 AND 255
         AND pg_has_role(session_user, current_user, 'MEMBER')) IS NOT TRUE THEN
         PERFORM @extschema@.rc_check_namespace(p_namespace);
@@ -1462,9 +1505,33 @@ BEGIN
         PERFORM set_config('rc.durable_commit', current_setting('synchronous_commit'), true);
         PERFORM set_config('synchronous_commit', 'off', true);
     END IF;
+    -- rc_record_at's healthy path: a success while CLOSED on a count window with no slow
+    -- calls counted only shifts the window and the counters, in one UPDATE. Any other
+    -- outcome (or a row that does not qualify, or does not exist, as for a bad key or
+    -- namespace) takes the state machine, which refuses bad input.
+    IF p_success AND (p_duration IS NULL
+                      OR (p_duration >= interval '0' AND extract(year FROM p_duration) = 0
+                          AND extract(month FROM p_duration) = 0)) THEN
+        UPDATE @extschema@.rc_circuit_breakers AS b
+        SET execution_log = b.execution_log[cardinality(b.execution_log) - b.window_size + 2 :]
+                            || true,
+            slow_log = '{}',
+            failure_count = 0,
+            successes = b.successes + 1,
+            updated_at = clock_timestamp()
+        WHERE b.resource_key = p_key AND b.namespace = p_namespace
+          AND b.state = 'CLOSED' AND b.window_duration IS NULL
+          AND b.slow_call_duration IS NULL
+          AND (p_generation IS NULL OR p_generation = b.generation)
+        RETURNING b.state, b.generation INTO state, generation;
+        IF FOUND THEN
+            RETURN NEXT;
+            RETURN;
+        END IF;
+    END IF;
     RETURN QUERY
-    SELECT * FROM @extschema@.rc_record_at(p_key, p_success, p_namespace, p_generation, NULL,
-                                           p_duration);
+    SELECT * FROM @extschema@.rc_record_many_at(p_key, p_namespace, ARRAY[p_success],
+                                                ARRAY[p_generation], NULL, ARRAY[p_duration]);
 END;
 $$;
 
