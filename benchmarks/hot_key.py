@@ -7,7 +7,9 @@ admission with immediate recording, and the floor) also run with 1, 2 and 4 proc
 Every process has its own storage and connection(s), as separate application
 processes would; the key's row is the point of contention. The server's floor is
 the same load issuing a plain one-row ``UPDATE`` of one shared row (label
-``floor``, plain psycopg).
+``floor``, plain psycopg); its second mode sends ``SELECT 1`` and then that ``UPDATE``,
+two round trips as a strict call makes, so what any two-round-trip call reaches on one
+row is measured in the same run.
 
 What limits each run is read from the server: a sampler process polls
 ``pg_stat_activity`` every SAMPLE_EVERY_S and sorts the benchmark's backends into
@@ -56,6 +58,8 @@ SELECT pid FROM pg_stat_activity
 WHERE datname = current_database() AND backend_type = 'client backend'
   AND pid <> pg_backend_pid()
 """
+# The floor's modes: the raw UPDATE, and the two round trips of a strict call at their least.
+FLOOR_MODES = ("one-row UPDATE", "SELECT 1 + one-row UPDATE")
 WAIT_KINDS = ("row lock", "commit (WAL flush)", "server CPU", "client (idle)", "other")
 
 
@@ -210,9 +214,16 @@ def child(label: str, dsn: str, mode: str, sync: str, key: str, seconds: float) 
         import psycopg
 
         conn = psycopg.connect(dsn, autocommit=True)
+        update = "UPDATE bench_floor SET n = n + 1 WHERE id = 1"
+        if mode == FLOOR_MODES[1]:
 
-        def call() -> Any:
-            return conn.execute("UPDATE bench_floor SET n = n + 1 WHERE id = 1")
+            def call() -> Any:
+                conn.execute("SELECT 1")
+                return conn.execute(update)
+        else:
+
+            def call() -> Any:
+                return conn.execute(update)
     else:
         from fractions import Fraction
 
@@ -394,7 +405,7 @@ def main() -> None:
     if args.mode:
         modes = args.mode
     elif args.label == "floor":
-        modes = ["one-row UPDATE"]
+        modes = list(FLOOR_MODES)
     else:
         from worker_rc import Api, modes_for
 

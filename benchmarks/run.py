@@ -465,7 +465,7 @@ def build_table(out: dict[str, dict[str, Any]], labels: dict[str, str]) -> Table
         t.add("Redis, for comparison (latency)", f"{lib} · {what}", pyb, key, b)
 
     hot = {w: out[f"hot_{w}"] for w in ("ours", "rc086", "floor")}
-    hot_modes = {"ours": our_modes, "rc086": old_modes[:1], "floor": ["one-row UPDATE"]}
+    hot_modes = {"ours": our_modes, "rc086": old_modes[:1], "floor": list(hot_key.FLOOR_MODES)}
     for sync in ("on", "off"):
         title = f"Hot key, {hot_key.PROCESSES} processes, synchronous_commit={sync} (throughput)"
         b = hot["ours"]["results"].get(f"hot.{pg_base}.{sync}")
@@ -850,7 +850,9 @@ def main() -> None:
     out["hot_floor"] = (
         failed(install_errors["psycopg"])
         if "psycopg" in install_errors
-        else hot("floor", venv_python("psycopg"), our_dsn, pg_error, ["one-row UPDATE"], False)
+        else hot(
+            "floor", venv_python("psycopg"), our_dsn, pg_error, list(hot_key.FLOOR_MODES), False
+        )
     )
 
     labels = {

@@ -441,6 +441,17 @@ def evaluate(out: dict[str, dict[str, Any]], labels: dict[str, str]) -> list[Tar
             continue
         ratio = strict["calls_per_s"] / update["calls_per_s"]
         waits = strict.get("waits") or {}
+        # What any call of two round trips reaches on one row: SELECT 1, then the UPDATE.
+        two = r.get("hot_floor", f"hot.SELECT-1-+-one-row-UPDATE.{sync}")
+        two_trips = (
+            ""
+            if two is None
+            else (
+                "; two plain statements (SELECT 1, then the UPDATE) reach "
+                f"{two['calls_per_s'] / update['calls_per_s']:.2f}x "
+                f"({two['calls_per_s']:,.0f} calls/s, CPU per call {_cpu(two)})"
+            )
+        )
         add(
             Target(
                 f"Hot key, 8 processes, synchronous_commit={sync}: strict/immediate ≥ 50% "
@@ -458,7 +469,7 @@ def evaluate(out: dict[str, dict[str, Any]], labels: dict[str, str]) -> list[Tar
                     "cores; the backends wait for their clients "
                     f"{100 * waits.get('client (idle)', 0):.0f}% of the time and for the row "
                     f"lock {100 * waits.get('row lock', 0):.0f}% (the scaling table; "
-                    "docs/capacity.md)"
+                    f"docs/capacity.md){two_trips}"
                 ),
             )
         )

@@ -47,8 +47,10 @@ CREATE TABLE @extschema@.rc_circuit_breakers (
     cooldown_factor     double precision NOT NULL DEFAULT 1,
     max_cooldown        interval,
     CONSTRAINT rc_circuit_breakers_pkey PRIMARY KEY (resource_key, namespace),
+    -- One comparison, not four: PostgreSQL reads a CHECK constraint back from its stored form
+    -- on every UPDATE, at a cost that grows with the expression.
     CONSTRAINT rc_circuit_breakers_counters_check
-        CHECK (failure_count >= 0 AND generation >= 0 AND successes >= 0 AND failures >= 0)
+        CHECK (least(failure_count, generation, successes, failures) >= 0)
 );
 
 CREATE INDEX idx_rc_circuit_breakers_state ON @extschema@.rc_circuit_breakers (state);
@@ -1421,13 +1423,44 @@ LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    _held boolean;
+    _open_until timestamptz;
+    _cooldown interval;
 BEGIN
-    -- The owner may use every namespace: tested inline (a simple expression), so that its
-    -- calls skip a function call; any other role goes through rc_check_namespace.
-    IF (char_length(p_namespace) BETWEEN 1 AND 255
+    -- PL/pgSQL prepares each expression it evaluates anew in every transaction, so a call
+    -- tests as few as it can. One test passes the owner's valid call; any other role goes
+    -- through rc_check_namespace and its grants, and a bad key through rc_check_names.
+    IF (char_length(p_key) BETWEEN 1 AND 255 AND char_length(p_namespace) BETWEEN 1 AND 255
         AND pg_has_role(session_user, current_user, 'MEMBER')) IS NOT TRUE THEN
         PERFORM @extschema@.rc_check_namespace(p_namespace);
+        IF (char_length(p_key) BETWEEN 1 AND 255 AND p_namespace IS NOT NULL) IS NOT TRUE THEN
+            PERFORM @extschema@.rc_check_names(p_key, p_namespace);
+        END IF;
     END IF;
+    -- The verdicts that need no lock are decided here rather than by rc_try_acquire_at: a
+    -- nested call with a pinned search_path, and the query that returns its rows, cost more
+    -- than the verdict. A CLOSED or DISABLED breaker admits, whatever concurrent calls do.
+    SELECT b.state IN ('CLOSED', 'DISABLED'), b.state, b.generation, b.held, b.open_until,
+           b.cooldown
+    INTO permitted, state, generation, _held, _open_until, _cooldown
+    FROM @extschema@.rc_circuit_breakers AS b
+    WHERE b.resource_key = p_key AND b.namespace = p_namespace;
+    IF permitted THEN
+        RETURN NEXT;
+        RETURN;
+    END IF;
+    IF state = 'OPEN' THEN
+        -- Held OPEN has no end of cooldown: callers come back after one cooldown (>= 1 s).
+        permitted := false;
+        retry_after := CASE WHEN _held THEN greatest(_cooldown, interval '1 second')
+                            ELSE _open_until - clock_timestamp() END;
+        IF _held OR retry_after > interval '0' THEN
+            RETURN NEXT;
+            RETURN;
+        END IF;
+    END IF;
+    -- A breaker never used, HALF_OPEN, or OPEN with its cooldown over: the state machine.
     RETURN QUERY SELECT * FROM @extschema@.rc_try_acquire_at(p_key, p_namespace, NULL);
 END;
 $$;
@@ -1445,15 +1478,15 @@ SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    IF p_success IS NULL THEN
-        RAISE EXCEPTION 'rc: p_success must be true or false, got NULL'
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    -- The two calls below, inline: every call of a function with a pinned search_path saves
-    -- and restores the setting, which costs more than these tests. The owner's test is a
-    -- simple expression; any other role goes through rc_check_namespace and its grants.
-    IF (char_length(p_namespace) BETWEEN 1 AND 255
+    -- PL/pgSQL prepares each expression it evaluates anew in every transaction, and every
+    -- call of a function with a pinned search_path saves and restores the setting: the checks
+    -- are one test for the owner's valid call; any other role goes through rc_check_namespace.
+    IF (p_success IS NOT NULL AND char_length(p_namespace) BETWEEN 1 AND 255
         AND pg_has_role(session_user, current_user, 'MEMBER')) IS NOT TRUE THEN
+        IF p_success IS NULL THEN
+            RAISE EXCEPTION 'rc: p_success must be true or false, got NULL'
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
         PERFORM @extschema@.rc_check_namespace(p_namespace);
     END IF;
     -- rc_relax_commit.
@@ -1462,9 +1495,34 @@ BEGIN
         PERFORM set_config('rc.durable_commit', current_setting('synchronous_commit'), true);
         PERFORM set_config('synchronous_commit', 'off', true);
     END IF;
+    -- Nearly every outcome is a success while CLOSED, which cannot move the breaker: on a
+    -- count window with no slow calls counted it only shifts the window and the counters, in
+    -- one UPDATE, as rc_record_many_at's healthy-batch path would. Any other outcome (or a row
+    -- that does not qualify, or does not exist, as for a bad key or namespace) takes the state
+    -- machine, which also refuses bad input.
+    IF p_success AND (p_duration IS NULL
+                      OR (p_duration >= interval '0' AND extract(year FROM p_duration) = 0
+                          AND extract(month FROM p_duration) = 0)) THEN
+        UPDATE @extschema@.rc_circuit_breakers AS b
+        SET execution_log = b.execution_log[cardinality(b.execution_log) - b.window_size + 2 :]
+                            || true,
+            slow_log = '{}',
+            failure_count = 0,
+            successes = b.successes + 1,
+            updated_at = clock_timestamp()
+        WHERE b.resource_key = p_key AND b.namespace = p_namespace
+          AND b.state = 'CLOSED' AND b.window_duration IS NULL
+          AND b.slow_call_duration IS NULL
+          AND (p_generation IS NULL OR p_generation = b.generation)
+        RETURNING b.state, b.generation INTO state, generation;
+        IF FOUND THEN
+            RETURN NEXT;
+            RETURN;
+        END IF;
+    END IF;
     RETURN QUERY
-    SELECT * FROM @extschema@.rc_record_at(p_key, p_success, p_namespace, p_generation, NULL,
-                                           p_duration);
+    SELECT * FROM @extschema@.rc_record_many_at(p_key, p_namespace, ARRAY[p_success],
+                                                ARRAY[p_generation], NULL, ARRAY[p_duration]);
 END;
 $$;
 
