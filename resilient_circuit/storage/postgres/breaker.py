@@ -115,6 +115,7 @@ class PgBreaker(Breaker):
         "_open_unheard",
         "_open_until",
         "_queue",
+        "_restoring",
         "_shed_logged_at",
         "_succeeded",
         "_trusted",
@@ -138,6 +139,9 @@ class PgBreaker(Breaker):
         self.config = config
         self._key_params = {"key": resource_key, "namespace": namespace}
         self._configured = False
+        # Whether the next rc_configure only restores (p_restore): after an announcement or
+        # a reply saying the row was made anew, which never replaces a stored configuration.
+        self._restoring = False
         self._admit_closed = Admission(True, CircuitState.CLOSED, -1, None)
         self._cached = False
         self._queue: OutcomeQueue | None = None
@@ -200,6 +204,7 @@ class PgBreaker(Breaker):
         """Adopt ``config``; it is stored in the row on the next contact."""
         self.config = config
         self._configured = False
+        self._restoring = False
 
     @property
     def is_configured(self) -> bool:
@@ -211,7 +216,9 @@ class PgBreaker(Breaker):
         if self._configured:
             return None
         self._config_epoch = self._epoch
-        return queries.configure_params(self.resource_key, self.namespace, self.config)
+        params = queries.configure_params(self.resource_key, self.namespace, self.config)
+        params["restore"] = self._restoring
+        return params
 
     def configured(self, row: tuple[Any, ...], stored: tuple[Any, ...] | None = None) -> None:
         """``rc_configure`` answered ``row``: the row holds ``config``.
@@ -220,16 +227,21 @@ class PgBreaker(Breaker):
         process declaring another configuration for the same key is worth one WARNING,
         since each process that starts replaces the other's.
         """
+        restored = self._restoring
         self._configured = True
+        self._restoring = False
         self._heard(queries.reply(row), self._config_epoch)
+        if restored:
+            # A restore replaces no stored configuration (the server keeps one it finds):
+            # nothing to say, whoever announced that the row was forgotten.
+            return
         differing = [] if stored is None else queries.differing_fields(stored, self.config)
         if not differing:
             return
         assert stored is not None
         told = (queries.describe_stored(stored), self.config.describe())
         if told == self._warned_config:
-            # Said already: a notification forged to look like a forgotten row (any role
-            # can send one) makes this process store its configuration again, not say so.
+            # Said already: the same difference declared again (reconfigured, forgotten).
             return
         self._warned_config = told
         logger.warning(
@@ -297,8 +309,11 @@ class PgBreaker(Breaker):
         """
         if event.generation == 0:
             # Generation 0 is a breaker forgotten (or never used): if it was forgotten,
-            # its row went with the configuration, so store ours again on next use.
+            # its row went with the configuration, so restore ours on next use. Any role
+            # can forge this: a restore stores nothing into a row holding a configuration,
+            # so a forgery costs one round trip and changes nothing.
             self._configured = False
+            self._restoring = True
         else:
             last = self._last
             if last is not None and (last.state, last.generation) == (event.new, event.generation):
@@ -346,6 +361,7 @@ class PgBreaker(Breaker):
             # looks the same; the next reply puts the newer generation back.)
             self._last = reply
             self._configured = False
+            self._restoring = True
         else:
             # Older than what is known: a late reply, or a row deleted without a word
             # (rc_gc) and made anew by a peer, whose generations started over past 0.
