@@ -495,7 +495,9 @@ class PgBreaker(Breaker):
         return self._heard(queries.reply(row), epoch)
 
     def _queued(self, success: bool, generation: int | None, duration: int | None) -> Reply | None:
-        """Queue the outcome if it belongs to a CLOSED phase; half-open trials go at once."""
+        """Queue the outcome if it belongs to a CLOSED phase; half-open trials go at once.
+
+        The caller then sees to a queue grown past its limit (``_overflowed``)."""
         queue, last = self._queue, self._last
         if (
             queue is not None
@@ -565,7 +567,13 @@ class PgBreaker(Breaker):
                 self._overflowed(queue)  # type: ignore[arg-type]
             return last
         host, epoch = self._host, self._epoch
-        return self._queued(success, generation, duration) or self._recorded(
+        queued = self._queued(success, generation, duration)
+        if queued is not None:
+            queue = self._queue
+            if queue is not None and len(queue) > queue.limit:
+                self._overflowed(queue)
+            return queued
+        return self._recorded(
             host.fetch(
                 self, host.statements.record, self._record_params(success, generation, duration)
             ),
@@ -576,7 +584,13 @@ class PgBreaker(Breaker):
         self, success: bool, generation: int | None, duration: int | None = None
     ) -> Reply:
         host, epoch = self._host, self._epoch
-        return self._queued(success, generation, duration) or self._recorded(
+        queued = self._queued(success, generation, duration)
+        if queued is not None:
+            queue = self._queue
+            if queue is not None and len(queue) > queue.limit:
+                await self._aoverflowed(queue)
+            return queued
+        return self._recorded(
             await host.afetch(
                 self, host.statements.record, self._record_params(success, generation, duration)
             ),
@@ -607,6 +621,15 @@ class PgBreaker(Breaker):
         if not self._last_flush_failed:
             try:
                 self.flush()
+            except Exception:  # pragma: no cover - a bug, not an outage: not the call's
+                logger.exception("flushing batched outcomes failed")
+        queue.shed()
+
+    async def _aoverflowed(self, queue: OutcomeQueue) -> None:
+        """The coroutine twin of ``_overflowed``: the caller awaits the flush."""
+        if not self._last_flush_failed:
+            try:
+                await self.aflush()
             except Exception:  # pragma: no cover - a bug, not an outage: not the call's
                 logger.exception("flushing batched outcomes failed")
         queue.shed()
@@ -649,6 +672,7 @@ class PgBreaker(Breaker):
             if self._flushing.acquire(blocking=False):
                 break
             await asyncio.sleep(0.001)
+        failed = False
         try:
             for _ in range(-(-len(queue) // self._batch_size)):
                 batch = queue.take(self._batch_size)
@@ -660,8 +684,10 @@ class PgBreaker(Breaker):
                     row = await self._host.afetch(self, statement, params)
                 except StorageError as exc:
                     self._unsent(queue, batch, exc)
+                    failed = True
                     break
                 self._flushed(row, epoch)
+            self._last_flush_failed = failed
         finally:
             self._flushing.release()
         self._report_shed(queue, False)
