@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any
@@ -127,6 +128,27 @@ def test_forged_forgets_say_nothing_and_change_nothing(
     assert stored == (1, None, timedelta(seconds=2))
     differing = [r for r in caplog.records if "stored configuration differs" in r.getMessage()]
     assert differing == []
+
+
+def test_a_forged_forget_before_the_first_call_keeps_the_declaration(
+    store: PostgresStorage, pg_dsn: str
+) -> None:
+    """Forged before this process first stored its configuration, a "forgotten" does not
+    turn its declaration into a restore: starting, it still replaces the stored one."""
+    policy = CircuitProtectorPolicy(resource_key="svc", storage=store, cooldown=timedelta(hours=1))
+    succeed, _ = _calls(policy)
+    heard = threading.Event()
+    store.subscribe(lambda event: heard.set())
+    assert store.wait_listening()
+    with psycopg.connect(pg_dsn, autocommit=True) as peer:
+        peer.execute(
+            "SELECT * FROM rc_configure('svc', %s, p_cooldown => interval '2 seconds')",
+            (NAMESPACE,),
+        )
+        peer.execute("SELECT pg_notify('resilient_circuit', %s)", (FORGOTTEN,))
+        assert heard.wait(5)
+        assert succeed() == "ok"
+        assert peer.execute(STORED, (NAMESPACE,)).fetchone() == (1, None, timedelta(hours=1))
 
 
 @pytest.mark.parametrize("made_anew_by", ["nobody", "an outcome"])

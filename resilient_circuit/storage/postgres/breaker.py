@@ -311,9 +311,10 @@ class PgBreaker(Breaker):
             # Generation 0 is a breaker forgotten (or never used): if it was forgotten,
             # its row went with the configuration, so restore ours on next use. Any role
             # can forge this: a restore stores nothing into a row holding a configuration,
-            # so a forgery costs one round trip and changes nothing.
+            # so a forgery costs one round trip and changes nothing. (Before this process
+            # first stored it, its declaration stays one: the last declaration wins.)
+            self._restoring = self._restoring or self._configured
             self._configured = False
-            self._restoring = True
         else:
             last = self._last
             if last is not None and (last.state, last.generation) == (event.new, event.generation):
@@ -360,8 +361,8 @@ class PgBreaker(Breaker):
             # it, and store ours again. (A late reply from before the first transition
             # looks the same; the next reply puts the newer generation back.)
             self._last = reply
+            self._restoring = self._restoring or self._configured
             self._configured = False
-            self._restoring = True
         else:
             # Older than what is known: a late reply, or a row deleted without a word
             # (rc_gc) and made anew by a peer, whose generations started over past 0.
