@@ -1161,7 +1161,8 @@ CREATE OR REPLACE FUNCTION @extschema@.rc_configure(
     p_slow_call_limit_num bigint DEFAULT NULL,
     p_slow_call_limit_den bigint DEFAULT NULL,
     p_cooldown_factor double precision DEFAULT 1,
-    p_max_cooldown interval DEFAULT NULL
+    p_max_cooldown interval DEFAULT NULL,
+    p_restore boolean DEFAULT false
 )
 RETURNS TABLE (state text, generation bigint)
 LANGUAGE plpgsql
@@ -1190,6 +1191,10 @@ BEGIN
         PERFORM @extschema@.rc_check_names(p_key, p_namespace);
     END IF;
     PERFORM @extschema@.rc_check_namespace(p_namespace);
+    IF p_restore IS NULL THEN
+        RAISE EXCEPTION 'rc: p_restore must be true or false, got NULL'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
 
     -- A fraction's sign moves to its numerator: the one bigint whose negation overflows is
     -- refused first, by name.
@@ -1357,6 +1362,27 @@ BEGIN
         FROM @extschema@.rc_circuit_breakers AS b
         WHERE b.resource_key = p_key AND b.namespace = p_namespace
         FOR UPDATE;
+    END IF;
+
+    -- A restore follows an announcement that the row was forgotten, which any role can forge:
+    -- it stores only into a row made anew without a configuration (by an outcome or
+    -- rc_set_state; the columns' defaults), never over one someone stored. Processes that
+    -- disagree on the configuration would otherwise take turns replacing it at each forgery,
+    -- and a change of window kind or duration empties the window, so the breaker never trips.
+    IF p_restore
+       AND (_row.failure_limit_num, _row.failure_limit_den, _row.window_size,
+            _row.success_limit_num, _row.success_limit_den, _row.cooldown, _row.half_open_timeout,
+            _row.window_duration, _row.minimum_calls, _row.slow_call_duration,
+            _row.slow_call_limit_num, _row.slow_call_limit_den, _row.cooldown_factor,
+            _row.max_cooldown)
+           IS DISTINCT FROM
+           (1, 1, 1, NULL::integer, NULL::integer, interval '0', interval '10 seconds',
+            NULL::interval, NULL::integer, NULL::interval, NULL::integer, NULL::integer,
+            1::double precision, NULL::interval) THEN
+        state := _row.state;
+        generation := _row.generation;
+        RETURN NEXT;
+        RETURN;
     END IF;
 
     -- Nothing is evaluated: the window is only cut to the current phase's new size, or, for a
@@ -2006,13 +2032,14 @@ COMMENT ON FUNCTION @extschema@.rc_record_runs(text, text, integer[], boolean[],
     'would record them spelled out. A run of successes of the current generation costs the '
     'same whatever its length.';
 COMMENT ON FUNCTION @extschema@.rc_configure(text, text, bigint, bigint, bigint, bigint, bigint, interval, interval,
-    interval, bigint, interval, bigint, bigint, double precision, interval) IS
+    interval, bigint, interval, bigint, bigint, double precision, interval, boolean) IS
     'Stores a breaker''s configuration. Limits are fractions in (0, 1]; the window defaults to '
     'the failure limit''s denominator, or is a time window of p_window_duration; '
     'p_minimum_calls outcomes are needed before a trip; calls longer than '
     'p_slow_call_duration are slow; each reopening multiplies the cooldown by '
     'p_cooldown_factor up to p_max_cooldown. Keys never configured use failure limit 1/1, '
-    'cooldown 0.';
+    'cooldown 0. With p_restore, the configuration is stored only into a row that is missing '
+    'or holds no stored configuration (made anew by an outcome after rc_forget or rc_gc).';
 COMMENT ON FUNCTION @extschema@.rc_force(text, text, text, boolean) IS
     'Forces a transition: OPEN for one cooldown (held OPEN with p_hold), DISABLED (every '
     'call permitted, nothing trips, until the next force or reset), or a fresh CLOSED or '
@@ -2083,7 +2110,7 @@ REVOKE EXECUTE ON FUNCTION
     @extschema@.rc_reset_at(text, text, timestamptz),
     @extschema@.rc_release_at(text, text, bigint, timestamptz),
     @extschema@.rc_configure(text, text, bigint, bigint, bigint, bigint, bigint, interval, interval,
-    interval, bigint, interval, bigint, bigint, double precision, interval),
+    interval, bigint, interval, bigint, bigint, double precision, interval, boolean),
     @extschema@.rc_try_acquire(text, text),
     @extschema@.rc_record(text, boolean, text, bigint, interval),
     @extschema@.rc_record_many(text, text, boolean[], bigint[], interval[]),

@@ -176,6 +176,7 @@ UNUSED_OPTIONS = {
     "slow_call_limit_den": None,
     "cooldown_factor": 1.0,
     "max_cooldown": None,
+    "restore": False,
 }
 
 

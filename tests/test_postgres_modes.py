@@ -194,6 +194,61 @@ def test_one_thread_calling_as_fast_as_it_can_sheds_nothing_on_a_healthy_databas
         store.close()
 
 
+async def test_coroutines_past_max_queued_flush_rather_than_shed_on_a_healthy_database(
+    pg_dsn: str,
+) -> None:
+    """A coroutine that finds more than ``max_queued`` outcomes waiting awaits a flush
+    (back-pressure), as a thread does: a database that answers never sees one shed. The
+    flusher thread is kept out of it (an hour between flushes)."""
+    store = PostgresStorage(pg_dsn, namespace="modes", max_queued=100, flush_interval=3600)
+    try:
+        policy = CircuitProtectorPolicy(
+            resource_key="async-flat-out", storage=store, admission="cached", recording="batched"
+        )
+
+        @policy
+        async def call() -> None:
+            pass
+
+        for _ in range(1000):
+            await call()
+        assert store.breakers()[0].dropped == 0
+        assert store.breakers()[0].queued <= 100
+        await store.breakers()[0].aflush()
+        assert counters(pg_dsn, "async-flat-out") == (1000, 0)
+    finally:
+        await store.aclose()
+        store.close()
+
+
+def test_timed_calls_past_max_queued_flush_rather_than_shed_on_a_healthy_database(
+    pg_dsn: str,
+) -> None:
+    """Outcomes that keep their duration (slow calls counted) take the general queued path:
+    past ``max_queued`` it flushes too."""
+    store = PostgresStorage(pg_dsn, namespace="modes", max_queued=100, flush_interval=3600)
+    try:
+        policy = CircuitProtectorPolicy(
+            resource_key="timed-flat-out",
+            storage=store,
+            admission="cached",
+            recording="batched",
+            slow_call_duration=timedelta(hours=1),
+        )
+
+        @policy
+        def call() -> None:
+            pass
+
+        for _ in range(1000):
+            call()
+        assert store.breakers()[0].dropped == 0
+        store.flush()
+        assert counters(pg_dsn, "timed-flat-out") == (1000, 0)
+    finally:
+        store.close()
+
+
 def test_cached_admission_stops_trusting_its_verdict_when_listen_drops(
     pg_dsn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

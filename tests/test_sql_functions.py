@@ -88,6 +88,7 @@ BAD_CALLS = [
     ("failure_limit_negative", "rc_configure('svc', 'default', -1, 2)", "p_failure_limit_num"),
     ("failure_limit_den_zero", "rc_configure('svc', 'default', 1, 0)", "p_failure_limit_den"),
     ("failure_limit_null", "rc_configure('svc', 'default', NULL, 2)", "p_failure_limit_num"),
+    ("restore_null", "rc_configure('svc', p_restore => NULL)", "p_restore"),
     (
         "success_limit_above_one",
         "rc_configure('svc', p_success_limit_num => 3, p_success_limit_den => 2)",

@@ -17,9 +17,9 @@ from itertools import groupby, repeat, starmap
 
 logger = logging.getLogger("resilient_circuit.storage")
 
-# Beyond this many unflushed outcomes per breaker, a synchronous call flushes them itself
-# while the database answers; once a flush has failed (a long outage), or from a
-# coroutine, the oldest go instead: logged and counted, never silently.
+# Beyond this many unflushed outcomes per breaker, the call (a thread's or a coroutine's)
+# flushes them itself while the database answers; once a flush has failed (a long outage),
+# the oldest go instead: logged and counted, never silently.
 MAX_QUEUED = 100_000
 
 # Outcomes per rc_record_many statement at most, whatever is queued: the function costs
@@ -40,8 +40,8 @@ class OutcomeQueue:
     call path takes no lock; only shedding (rare) does.
 
     The breaker's call path appends to ``items`` itself (one frame less per call), the
-    same preallocated outcome tuple for every success of a generation; past ``limit`` it
-    flushes before calling ``shed()``, where ``put`` (the coroutines' path) sheds at once.
+    same preallocated outcome tuple for every success of a generation, or through ``put``;
+    past ``limit`` it flushes before calling ``shed()``.
     """
 
     __slots__ = ("_shed_lock", "dropped", "items", "limit", "reported")
@@ -54,10 +54,7 @@ class OutcomeQueue:
         self._shed_lock = threading.Lock()
 
     def put(self, success: bool, generation: int | None, duration: int | None = None) -> None:
-        items = self.items
-        items.append((success, generation, duration))
-        if len(items) > self.limit:
-            self.shed()
+        self.items.append((success, generation, duration))
 
     def take(self, most: int) -> list[Outcome]:
         """The oldest ``most`` outcomes at most, removed from the queue; all of them when

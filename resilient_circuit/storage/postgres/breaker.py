@@ -115,6 +115,7 @@ class PgBreaker(Breaker):
         "_open_unheard",
         "_open_until",
         "_queue",
+        "_restoring",
         "_shed_logged_at",
         "_succeeded",
         "_trusted",
@@ -138,6 +139,9 @@ class PgBreaker(Breaker):
         self.config = config
         self._key_params = {"key": resource_key, "namespace": namespace}
         self._configured = False
+        # Whether the next rc_configure only restores (p_restore): after an announcement or
+        # a reply saying the row was made anew, which never replaces a stored configuration.
+        self._restoring = False
         self._admit_closed = Admission(True, CircuitState.CLOSED, -1, None)
         self._cached = False
         self._queue: OutcomeQueue | None = None
@@ -200,6 +204,7 @@ class PgBreaker(Breaker):
         """Adopt ``config``; it is stored in the row on the next contact."""
         self.config = config
         self._configured = False
+        self._restoring = False
 
     @property
     def is_configured(self) -> bool:
@@ -211,7 +216,9 @@ class PgBreaker(Breaker):
         if self._configured:
             return None
         self._config_epoch = self._epoch
-        return queries.configure_params(self.resource_key, self.namespace, self.config)
+        params = queries.configure_params(self.resource_key, self.namespace, self.config)
+        params["restore"] = self._restoring
+        return params
 
     def configured(self, row: tuple[Any, ...], stored: tuple[Any, ...] | None = None) -> None:
         """``rc_configure`` answered ``row``: the row holds ``config``.
@@ -220,16 +227,21 @@ class PgBreaker(Breaker):
         process declaring another configuration for the same key is worth one WARNING,
         since each process that starts replaces the other's.
         """
+        restored = self._restoring
         self._configured = True
+        self._restoring = False
         self._heard(queries.reply(row), self._config_epoch)
+        if restored:
+            # A restore replaces no stored configuration (the server keeps one it finds):
+            # nothing to say, whoever announced that the row was forgotten.
+            return
         differing = [] if stored is None else queries.differing_fields(stored, self.config)
         if not differing:
             return
         assert stored is not None
         told = (queries.describe_stored(stored), self.config.describe())
         if told == self._warned_config:
-            # Said already: a notification forged to look like a forgotten row (any role
-            # can send one) makes this process store its configuration again, not say so.
+            # Said already: the same difference declared again (reconfigured, forgotten).
             return
         self._warned_config = told
         logger.warning(
@@ -297,7 +309,11 @@ class PgBreaker(Breaker):
         """
         if event.generation == 0:
             # Generation 0 is a breaker forgotten (or never used): if it was forgotten,
-            # its row went with the configuration, so store ours again on next use.
+            # its row went with the configuration, so restore ours on next use. Any role
+            # can forge this: a restore stores nothing into a row holding a configuration,
+            # so a forgery costs one round trip and changes nothing. (Before this process
+            # first stored it, its declaration stays one: the last declaration wins.)
+            self._restoring = self._restoring or self._configured
             self._configured = False
         else:
             last = self._last
@@ -345,6 +361,7 @@ class PgBreaker(Breaker):
             # it, and store ours again. (A late reply from before the first transition
             # looks the same; the next reply puts the newer generation back.)
             self._last = reply
+            self._restoring = self._restoring or self._configured
             self._configured = False
         else:
             # Older than what is known: a late reply, or a row deleted without a word
@@ -479,7 +496,9 @@ class PgBreaker(Breaker):
         return self._heard(queries.reply(row), epoch)
 
     def _queued(self, success: bool, generation: int | None, duration: int | None) -> Reply | None:
-        """Queue the outcome if it belongs to a CLOSED phase; half-open trials go at once."""
+        """Queue the outcome if it belongs to a CLOSED phase; half-open trials go at once.
+
+        The caller then sees to a queue grown past its limit (``_overflowed``)."""
         queue, last = self._queue, self._last
         if (
             queue is not None
@@ -549,7 +568,13 @@ class PgBreaker(Breaker):
                 self._overflowed(queue)  # type: ignore[arg-type]
             return last
         host, epoch = self._host, self._epoch
-        return self._queued(success, generation, duration) or self._recorded(
+        queued = self._queued(success, generation, duration)
+        if queued is not None:
+            queue = self._queue
+            if queue is not None and len(queue) > queue.limit:
+                self._overflowed(queue)
+            return queued
+        return self._recorded(
             host.fetch(
                 self, host.statements.record, self._record_params(success, generation, duration)
             ),
@@ -560,7 +585,13 @@ class PgBreaker(Breaker):
         self, success: bool, generation: int | None, duration: int | None = None
     ) -> Reply:
         host, epoch = self._host, self._epoch
-        return self._queued(success, generation, duration) or self._recorded(
+        queued = self._queued(success, generation, duration)
+        if queued is not None:
+            queue = self._queue
+            if queue is not None and len(queue) > queue.limit:
+                await self._aoverflowed(queue)
+            return queued
+        return self._recorded(
             await host.afetch(
                 self, host.statements.record, self._record_params(success, generation, duration)
             ),
@@ -591,6 +622,15 @@ class PgBreaker(Breaker):
         if not self._last_flush_failed:
             try:
                 self.flush()
+            except Exception:  # pragma: no cover - a bug, not an outage: not the call's
+                logger.exception("flushing batched outcomes failed")
+        queue.shed()
+
+    async def _aoverflowed(self, queue: OutcomeQueue) -> None:
+        """The coroutine twin of ``_overflowed``: the caller awaits the flush."""
+        if not self._last_flush_failed:
+            try:
+                await self.aflush()
             except Exception:  # pragma: no cover - a bug, not an outage: not the call's
                 logger.exception("flushing batched outcomes failed")
         queue.shed()
@@ -633,6 +673,7 @@ class PgBreaker(Breaker):
             if self._flushing.acquire(blocking=False):
                 break
             await asyncio.sleep(0.001)
+        failed = False
         try:
             for _ in range(-(-len(queue) // self._batch_size)):
                 batch = queue.take(self._batch_size)
@@ -644,8 +685,10 @@ class PgBreaker(Breaker):
                     row = await self._host.afetch(self, statement, params)
                 except StorageError as exc:
                     self._unsent(queue, batch, exc)
+                    failed = True
                     break
                 self._flushed(row, epoch)
+            self._last_flush_failed = failed
         finally:
             self._flushing.release()
         self._report_shed(queue, False)

@@ -78,7 +78,7 @@ _STATEMENTS = {
         " %(success_limit_num)s, %(success_limit_den)s, %(cooldown)s, %(half_open_timeout)s,"
         " %(window_duration)s, %(minimum_calls)s, %(slow_call_duration)s,"
         " %(slow_call_limit_num)s, %(slow_call_limit_den)s, %(cooldown_factor)s,"
-        " %(max_cooldown)s)"
+        " %(max_cooldown)s, %(restore)s)"
     ),
     "force": (
         "SELECT state, generation FROM {s}.rc_force(%(key)s, %(state)s, %(namespace)s, %(hold)s)"
@@ -194,6 +194,7 @@ def configure_params(key: str, namespace: str, cfg: Config) -> dict[str, Any]:
         "slow_call_limit_den": None if slow is None else slow.denominator,
         "cooldown_factor": cfg.cooldown_factor,
         "max_cooldown": duration(cfg.max_cooldown_ns),
+        "restore": False,
     }
 
 
