@@ -753,6 +753,12 @@ class CircuitProtectorPolicy(OptionDrivers, ProtectionPolicy):
     # slow paths (a transition seen, a storage outage, a faulty predicate) are method
     # calls. With the default predicate (every exception is a failure) there is
     # nothing to ask, so it is not called; a rejection is built right here.
+    # An admission is an immutable reply, and a store repeats one object while nothing
+    # changes (the in-memory store for a whole CLOSED generation): the same object as
+    # the last one found permitted under the generation seen needs no field read (a
+    # NamedTuple field is a descriptor lookup the interpreter does not specialise).
+    # Skipping the checks is exact: that reply is still permitted, and the generation
+    # seen only moves forward, so _advance would do nothing with it.
 
     def _wrap_sync(
         self,
@@ -767,9 +773,14 @@ class CircuitProtectorPolicy(OptionDrivers, ProtectionPolicy):
         rejected = ProtectedCallError.rejected
         # A handle that reports calls to hooks must see every rejection.
         verdicts = breaker if via is None else _UNPUBLISHED
+        # The last admission found permitted under the generation seen, and that
+        # generation: a cell of this closure (cheaper to read than an attribute), one
+        # tuple replaced at once.
+        admitted: tuple[Admission | None, int] = (None, -1)
 
         @functools.wraps(func)
         def protected(*args: Any, **kwargs: Any) -> Any:
+            nonlocal admitted
             if switch:
                 return divert(*args, **kwargs)  # type: ignore[misc]
             held = verdicts.rejecting
@@ -785,13 +796,18 @@ class CircuitProtectorPolicy(OptionDrivers, ProtectionPolicy):
                 admission = breaker.acquire()
             except StorageError:
                 admission = _OUTAGE  # its generation is never seen: the branch below
-            generation = admission.generation
-            if generation != policy._seen_generation:
-                if admission is _OUTAGE:
-                    return policy._call_degraded(func, args, kwargs, check)
-                policy._advance(admission.state, generation)
-            if not admission.permitted:
-                raise rejected(policy.resource_key, admission.state, admission.retry_after)
+            if admission is admitted[0]:
+                generation = admitted[1]
+            else:
+                generation = admission.generation
+                if generation != policy._seen_generation:
+                    if admission is _OUTAGE:
+                        return policy._call_degraded(func, args, kwargs, check)
+                    policy._advance(admission.state, generation)
+                if not admission.permitted:
+                    raise rejected(policy.resource_key, admission.state, admission.retry_after)
+                if generation == policy._seen_generation:
+                    admitted = (admission, generation)
             try:
                 result = func(*args, **kwargs)
             except Exception:
@@ -845,9 +861,14 @@ class CircuitProtectorPolicy(OptionDrivers, ProtectionPolicy):
         rejected = ProtectedCallError.rejected
         # A handle that reports calls to hooks must see every rejection.
         verdicts = breaker if via is None else _UNPUBLISHED
+        # The last admission found permitted under the generation seen, and that
+        # generation: a cell of this closure (cheaper to read than an attribute), one
+        # tuple replaced at once.
+        admitted: tuple[Admission | None, int] = (None, -1)
 
         @functools.wraps(func)
         async def protected(*args: Any, **kwargs: Any) -> Any:
+            nonlocal admitted
             if switch:
                 return await divert(*args, **kwargs)  # type: ignore[misc]
             held = verdicts.rejecting
@@ -863,13 +884,18 @@ class CircuitProtectorPolicy(OptionDrivers, ProtectionPolicy):
                 admission = await breaker.aacquire()
             except StorageError:
                 admission = _OUTAGE  # its generation is never seen: the branch below
-            generation = admission.generation
-            if generation != policy._seen_generation:
-                if admission is _OUTAGE:
-                    return await policy._acall_degraded(func, args, kwargs, check)
-                policy._advance(admission.state, generation)
-            if not admission.permitted:
-                raise rejected(policy.resource_key, admission.state, admission.retry_after)
+            if admission is admitted[0]:
+                generation = admitted[1]
+            else:
+                generation = admission.generation
+                if generation != policy._seen_generation:
+                    if admission is _OUTAGE:
+                        return await policy._acall_degraded(func, args, kwargs, check)
+                    policy._advance(admission.state, generation)
+                if not admission.permitted:
+                    raise rejected(policy.resource_key, admission.state, admission.retry_after)
+                if generation == policy._seen_generation:
+                    admitted = (admission, generation)
             try:
                 result = await func(*args, **kwargs)
             except Exception:

@@ -12,7 +12,7 @@ import pytest
 from resilient_circuit import CircuitProtectorPolicy, CircuitState, ProtectedCallError
 from resilient_circuit.instrumentation.hooks import CallRejected, Event
 from resilient_circuit.storage import InMemoryStorage
-from tests._helpers import Clock, flaky, make
+from tests._helpers import Clock, aflaky, flaky, make
 
 
 @pytest.fixture
@@ -105,3 +105,47 @@ def test_a_rejection_keeps_its_fields_through_pickle() -> None:
     assert str(copy) == "circuit 'svc' is OPEN; the call was not made (retry after 2.500s)"
     copy.add_note("still an exception with a dictionary")
     assert copy.__notes__ == ["still an exception with a dictionary"]
+
+
+def test_a_repeated_admission_never_outlives_its_generation(storage: InMemoryStorage) -> None:
+    """The decorator reuses a permitted CLOSED admission it has checked once; a peer's
+    transition (a new reply) is still seen on the next call, once, and so is a return
+    to CLOSED under a generation the decorator has not checked yet."""
+    policy, events = make(storage, cooldown=timedelta(seconds=60))
+    peer = CircuitProtectorPolicy(
+        resource_key="svc", storage=storage, cooldown=timedelta(seconds=60)
+    )
+    call = flaky(policy)
+    assert call() == call() == "ok"
+    peer.status = CircuitState.OPEN
+    with pytest.raises(ProtectedCallError):
+        call()
+    peer.status = CircuitState.CLOSED
+    assert call() == call() == "ok"
+    assert events == [
+        (CircuitState.CLOSED, CircuitState.OPEN),
+        (CircuitState.OPEN, CircuitState.CLOSED),
+    ]
+    with pytest.raises(ConnectionError):
+        call(False)
+    assert policy.execution_log.failure_count == 1
+
+
+async def test_a_repeated_async_admission_never_outlives_its_generation(
+    storage: InMemoryStorage,
+) -> None:
+    policy, events = make(storage, cooldown=timedelta(seconds=60))
+    peer = CircuitProtectorPolicy(
+        resource_key="svc", storage=storage, cooldown=timedelta(seconds=60)
+    )
+    call = aflaky(policy)
+    assert await call() == await call() == "ok"
+    peer.status = CircuitState.OPEN
+    with pytest.raises(ProtectedCallError):
+        await call()
+    peer.status = CircuitState.CLOSED
+    assert await call() == "ok"
+    assert events == [
+        (CircuitState.CLOSED, CircuitState.OPEN),
+        (CircuitState.OPEN, CircuitState.CLOSED),
+    ]

@@ -249,16 +249,18 @@ class MemoryBreaker(Breaker):
                 self._successes.add()
                 return st
             timed = self._timed
-            # The clock read through a local: calling a slot's value as a method is not
-            # specialised by the interpreter, calling a local is.
-            clock = self._clock
-            if timed is not None and generation == timed[1] and clock() < timed[2]:
-                # Counted as of the state that published it: one a locked change made
-                # since then is still of this generation, and so later, not different.
-                ticket = next(timed[3])
-                if self._timed is not timed:
-                    self._late(timed, ticket)
-                return timed[0]
+            if timed is not None:
+                # The clock read through a local: calling a slot's value as a method is
+                # not specialised by the interpreter, calling a local is.
+                clock = self._clock
+                if generation == timed[1] and clock() < timed[2]:
+                    # Counted as of the state that published it: one a locked change
+                    # made since then is still of this generation, and so later, not
+                    # different.
+                    ticket = next(timed[3])
+                    if self._timed is not timed:
+                        self._late(timed, ticket)
+                    return timed[0]
         # lock.acquire() and release() cost half of what ``with lock`` does.
         self._lock.acquire()
         try:
