@@ -21,6 +21,7 @@ from resilient_circuit._machine import (
     Config,
 )
 from resilient_circuit.storage.base import Snapshot
+from resilient_circuit.storage.postgres.prepared import Prepared
 
 __all__ = (
     "Reply",
@@ -115,6 +116,23 @@ _STATEMENTS = {
 }
 
 
+# The statements of every strict call, as the store's own connections prepare them
+# (see prepared.py): PostgreSQL's placeholders, each cast to the function's parameter
+# type, and the names of ``_STATEMENTS``' parameters in the same order.
+_PREPARED = {
+    "acquire": (
+        "SELECT permitted, state, generation, retry_after"
+        " FROM {s}.rc_try_acquire($1::text, $2::text)",
+        ("key", "namespace"),
+    ),
+    "record": (
+        "SELECT state, generation FROM {s}.rc_record("
+        "$1::text, $2::boolean, $3::text, $4::bigint, $5::interval)",
+        ("key", "success", "namespace", "generation", "duration"),
+    ),
+}
+
+
 @dataclass(frozen=True, slots=True)
 class Statements:
     """The named statements, qualified once with the install schema."""
@@ -133,11 +151,31 @@ class Statements:
     forget: sql.Composed
     gc: sql.Composed
     reread: sql.Composed
+    acquire_prepared: Prepared
+    record_prepared: Prepared
 
     @classmethod
     def for_schema(cls, schema: str) -> Statements:
         s = sql.Identifier(schema)
-        return cls(**{name: sql.SQL(text).format(s=s) for name, text in _STATEMENTS.items()})
+
+        def prepared(name: str) -> Prepared:
+            text, params = _PREPARED[name]
+            return Prepared(f"rc_{name}".encode(), sql.SQL(text).format(s=s), params)
+
+        statements = {name: sql.SQL(text).format(s=s) for name, text in _STATEMENTS.items()}
+        return cls(
+            **statements,
+            acquire_prepared=prepared("acquire"),
+            record_prepared=prepared("record"),
+        )
+
+    def prepared(self, statement: object) -> Prepared | None:
+        """``statement`` as the store's own connections may prepare it (None: not one)."""
+        if statement is self.acquire:
+            return self.acquire_prepared
+        if statement is self.record:
+            return self.record_prepared
+        return None
 
     def reads_only(self, statement: object) -> bool:
         """Whether ``statement`` only reads, which a read-only or locked database answers."""
