@@ -7,6 +7,7 @@ by position and a function may return more columns later. Nothing here does I/O.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import timedelta
 from fractions import Fraction
@@ -116,21 +117,29 @@ _STATEMENTS = {
 }
 
 
-# The statements of every strict call, as the store's own connections prepare them
-# (see prepared.py): PostgreSQL's placeholders, each cast to the function's parameter
-# type, and the names of ``_STATEMENTS``' parameters in the same order.
-_PREPARED = {
-    "acquire": (
-        "SELECT permitted, state, generation, retry_after"
-        " FROM {s}.rc_try_acquire($1::text, $2::text)",
-        ("key", "namespace"),
-    ),
-    "record": (
-        "SELECT state, generation FROM {s}.rc_record("
-        "$1::text, $2::boolean, $3::text, $4::bigint, $5::interval)",
-        ("key", "success", "namespace", "generation", "duration"),
-    ),
+# The statements of every strict call, which the store's own connections prepare (see
+# prepared.py), and the SQL type of each of their parameters: there, ``_STATEMENTS``'
+# text with PostgreSQL's own placeholders, each cast to the function's parameter type.
+_PARAMETER_TYPES = {
+    "key": "text",
+    "namespace": "text",
+    "success": "boolean",
+    "generation": "bigint",
+    "duration": "interval",
 }
+_PLACEHOLDER = re.compile(r"%\((\w+)\)s")
+
+
+def _prepared(name: str, schema: sql.Identifier) -> Prepared:
+    """``_STATEMENTS[name]`` as the store's connections prepare it."""
+    params: list[str] = []
+
+    def numbered(found: re.Match[str]) -> str:
+        params.append(found.group(1))
+        return f"${len(params)}::{_PARAMETER_TYPES[found.group(1)]}"
+
+    text = _PLACEHOLDER.sub(numbered, _STATEMENTS[name])
+    return Prepared(f"rc_{name}".encode(), sql.SQL(text).format(s=schema), tuple(params))
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,15 +167,11 @@ class Statements:
     def for_schema(cls, schema: str) -> Statements:
         s = sql.Identifier(schema)
 
-        def prepared(name: str) -> Prepared:
-            text, params = _PREPARED[name]
-            return Prepared(f"rc_{name}".encode(), sql.SQL(text).format(s=s), params)
-
         statements = {name: sql.SQL(text).format(s=s) for name, text in _STATEMENTS.items()}
         return cls(
             **statements,
-            acquire_prepared=prepared("acquire"),
-            record_prepared=prepared("record"),
+            acquire_prepared=_prepared("acquire", s),
+            record_prepared=_prepared("record", s),
         )
 
     def prepared(self, statement: object) -> Prepared | None:
