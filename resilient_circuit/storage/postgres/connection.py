@@ -45,6 +45,7 @@ from resilient_circuit.storage.postgres.loop_pool import (
     LoopPool,
     budgeted_connection_class,
 )
+from resilient_circuit.storage.postgres.prepared import StoreConnection
 
 __all__ = ("Pools", "describe", "reaches_server", "setup_session")
 
@@ -228,7 +229,14 @@ class Pools:
         return nullcontext()
 
     def _configure(self, conn: psycopg.Connection[Any]) -> None:
-        self._configured(conn, setup_session(conn, self._timeout_ms()))
+        direct = setup_session(conn, self._timeout_ms())
+        self._configured(conn, direct)
+        if isinstance(conn, StoreConnection):
+            # A call's statements skip psycopg's cursor where nothing else must be
+            # sent around them (see prepared.py).
+            conn.rc_direct = (
+                direct and conn.prepare_threshold is not None and conn.info.encoding == "utf-8"
+            )
 
     async def _aconfigure(self, conn: psycopg.AsyncConnection[Any]) -> None:
         self._configured(conn, await asetup_session(conn, self._timeout_ms()))
@@ -245,6 +253,7 @@ class Pools:
                         max_size=self.max_connections,
                         max_idle=self.idle_timeout,
                         kwargs=self.connect_kwargs(),
+                        connection_class=StoreConnection,
                         configure=self._configure,
                         timeout=self.connect_timeout,
                         reconnect_timeout=0,

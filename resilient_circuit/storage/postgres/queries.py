@@ -7,6 +7,7 @@ by position and a function may return more columns later. Nothing here does I/O.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import timedelta
 from fractions import Fraction
@@ -21,6 +22,7 @@ from resilient_circuit._machine import (
     Config,
 )
 from resilient_circuit.storage.base import Snapshot
+from resilient_circuit.storage.postgres.prepared import Prepared
 
 __all__ = (
     "Reply",
@@ -115,6 +117,31 @@ _STATEMENTS = {
 }
 
 
+# The statements of every strict call, which the store's own connections prepare (see
+# prepared.py), and the SQL type of each of their parameters: there, ``_STATEMENTS``'
+# text with PostgreSQL's own placeholders, each cast to the function's parameter type.
+_PARAMETER_TYPES = {
+    "key": "text",
+    "namespace": "text",
+    "success": "boolean",
+    "generation": "bigint",
+    "duration": "interval",
+}
+_PLACEHOLDER = re.compile(r"%\((\w+)\)s")
+
+
+def _prepared(name: str, schema: sql.Identifier) -> Prepared:
+    """``_STATEMENTS[name]`` as the store's connections prepare it."""
+    params: list[str] = []
+
+    def numbered(found: re.Match[str]) -> str:
+        params.append(found.group(1))
+        return f"${len(params)}::{_PARAMETER_TYPES[found.group(1)]}"
+
+    text = _PLACEHOLDER.sub(numbered, _STATEMENTS[name])
+    return Prepared(f"rc_{name}".encode(), sql.SQL(text).format(s=schema), tuple(params))
+
+
 @dataclass(frozen=True, slots=True)
 class Statements:
     """The named statements, qualified once with the install schema."""
@@ -133,11 +160,27 @@ class Statements:
     forget: sql.Composed
     gc: sql.Composed
     reread: sql.Composed
+    acquire_prepared: Prepared
+    record_prepared: Prepared
 
     @classmethod
     def for_schema(cls, schema: str) -> Statements:
         s = sql.Identifier(schema)
-        return cls(**{name: sql.SQL(text).format(s=s) for name, text in _STATEMENTS.items()})
+
+        statements = {name: sql.SQL(text).format(s=s) for name, text in _STATEMENTS.items()}
+        return cls(
+            **statements,
+            acquire_prepared=_prepared("acquire", s),
+            record_prepared=_prepared("record", s),
+        )
+
+    def prepared(self, statement: object) -> Prepared | None:
+        """``statement`` as the store's own connections may prepare it (None: not one)."""
+        if statement is self.acquire:
+            return self.acquire_prepared
+        if statement is self.record:
+            return self.record_prepared
+        return None
 
     def reads_only(self, statement: object) -> bool:
         """Whether ``statement`` only reads, which a read-only or locked database answers."""

@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractContextManager
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
@@ -32,7 +32,7 @@ from resilient_circuit.storage.base import (
     check_key_and_namespace,
     check_name,
 )
-from resilient_circuit.storage.postgres import notify, queries, readiness
+from resilient_circuit.storage.postgres import notify, prepared, queries, readiness
 from resilient_circuit.storage.postgres.batch import MAX_QUEUED, Flusher
 from resilient_circuit.storage.postgres.borrowed import (
     Borrowed,
@@ -49,6 +49,7 @@ from resilient_circuit.storage.postgres.outage import (
     one_line,
     unavailable,
 )
+from resilient_circuit.storage.postgres.prepared import Prepared, StoreConnection
 
 __all__ = ("PostgresStorage", "shared_storage")
 
@@ -459,28 +460,33 @@ class PostgresStorage(CircuitBreakerStorage):
     ) -> Any:
         """Run one statement (configuring the breaker first if it never was)."""
         wrote, started = self._begin(statement, force)
-        wrote = wrote or (breaker is not None and not breaker.is_configured)
+        configured = breaker is None or breaker.is_configured
+        wrote = wrote or not configured
         used: psycopg.Connection[Any] | None = None
+        pools = self._pools
         try:
-            with self.pool().connection(timeout=self.connect_timeout) as conn:
-                used = conn
+            if isinstance(pools, Pools):
+                # Taken and given back by hand: the pool's context manager would also
+                # commit, which an autocommit connection never needs.
+                pool = pools.sync()
+                conn = used = pool.getconn(self.connect_timeout)
                 try:
-                    row = self._send(conn, breaker, statement, params)
-                except psycopg.Error as exc:
-                    if exc.sqlstate not in _UNDEFINED:
-                        raise
-                    found = readiness.inspect_functions(conn, self.schema)
-                    if found.installed and found.schema_usable:
-                        raise  # our functions are there: something else does not resolve
-                    problem = self._not_ready(found, statement)
-                    if not (isinstance(problem, SchemaNotReady) and _settings.auto_create()):
-                        raise problem from exc
-                    self._install()
-                    row = self._send(conn, breaker, statement, params)
+                    fast = (
+                        self.statements.prepared(statement)
+                        if configured and isinstance(conn, StoreConnection) and conn.rc_direct
+                        else None
+                    )
+                    row = self._answer(conn, breaker, statement, params, fast)
+                finally:
+                    pool.putconn(conn)
+            else:
+                with pools.sync().connection(timeout=self.connect_timeout) as conn:
+                    used = conn
+                    row = self._answer(conn, breaker, statement, params, None)
         except StorageNotUsable:
             raise
         except Exception as exc:
-            if used is not None and used.broken and isinstance(self._pools, Pools):
+            if used is not None and used.broken and isinstance(pools, Pools):
                 # The pool drops a broken connection without closing it: its socket is
                 # freed now rather than at garbage collection.
                 used.close()
@@ -489,6 +495,35 @@ class PostgresStorage(CircuitBreakerStorage):
                 raise
             raise failure from exc
         return self._finish(row, started, wrote, missing_ok)
+
+    def _answer(
+        self,
+        conn: psycopg.Connection[Any],
+        breaker: PgBreaker | None,
+        statement: Any,
+        params: Any,
+        fast: Prepared | None,
+    ) -> Any:
+        """The statement's row on ``conn``; ``fast``: the call's own prepared form of it.
+
+        A function that does not resolve is the schema not installed (or not usable):
+        said so, or installed now with ``RC_DB_AUTO_CREATE``.
+        """
+        try:
+            if fast is not None:
+                return prepared.run(cast(StoreConnection, conn), fast, params)
+            return self._send(conn, breaker, statement, params)
+        except psycopg.Error as exc:
+            if exc.sqlstate not in _UNDEFINED:
+                raise
+            found = readiness.inspect_functions(conn, self.schema)
+            if found.installed and found.schema_usable:
+                raise  # our functions are there: something else does not resolve
+            problem = self._not_ready(found, statement)
+            if not (isinstance(problem, SchemaNotReady) and _settings.auto_create()):
+                raise problem from exc
+            self._install()
+            return self._send(conn, breaker, statement, params)
 
     async def afetch(
         self,

@@ -1,0 +1,134 @@
+"""A strict call's two statements run as prepared statements of the store's own, on its
+direct connections: each argument and each column must mean what it means through
+psycopg's cursor, and whatever happens to the session must not turn into a failed call."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from fractions import Fraction
+
+import psycopg
+import pytest
+
+from resilient_circuit import CircuitProtectorPolicy, CircuitState, ProtectedCallError
+from resilient_circuit.exceptions import SchemaNotReady
+from resilient_circuit.storage import PostgresStorage
+
+pytestmark = pytest.mark.postgres
+
+NAMESPACE = "prepared"
+
+
+@pytest.fixture
+def store(pg_dsn: str) -> Iterator[PostgresStorage]:
+    made = PostgresStorage(pg_dsn, namespace=NAMESPACE)
+    yield made
+    made.close()
+
+
+def _prepared_names(store: PostgresStorage) -> set[str]:
+    # One thread, one call at a time: the pool lends its one connection again.
+    with store._get_connection() as conn:
+        return {row[0] for row in conn.execute("SELECT name FROM pg_prepared_statements")}
+
+
+def _lifetime(pg_dsn: str, key: str) -> tuple[int, int]:
+    with psycopg.connect(pg_dsn) as conn:
+        row = conn.execute(
+            "SELECT successes, failures FROM rc_circuit_breakers"
+            " WHERE resource_key = %s AND namespace = %s",
+            (key, NAMESPACE),
+        ).fetchone()
+    assert row is not None
+    return row[0], row[1]
+
+
+def _strict(store: PostgresStorage, **options: object) -> CircuitProtectorPolicy:
+    return CircuitProtectorPolicy(resource_key="svc", storage=store, **options)  # type: ignore[arg-type]
+
+
+def test_strict_calls_run_the_stores_own_prepared_statements(
+    store: PostgresStorage, pg_dsn: str
+) -> None:
+    call = _strict(store, failure_limit=Fraction(1, 2), window_size=4)(lambda ok: ok or 1 / 0)
+    for ok in (True, False, True):
+        try:
+            call(ok)
+        except ZeroDivisionError:
+            pass
+    assert {"rc_acquire", "rc_record"} <= _prepared_names(store)
+    assert _lifetime(pg_dsn, "svc") == (2, 1)
+
+
+def test_without_prepared_statements_nothing_is_prepared(pg_dsn: str) -> None:
+    store = PostgresStorage(pg_dsn, namespace=NAMESPACE, prepared_statements=False)
+    try:
+        call = _strict(store)(lambda: "ok")
+        assert [call() for _ in range(3)] == ["ok"] * 3
+        assert _prepared_names(store) == set()
+        assert _lifetime(pg_dsn, "svc") == (3, 0)
+    finally:
+        store.close()
+
+
+def test_statements_deallocated_on_the_session_are_prepared_again(
+    store: PostgresStorage, pg_dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """DEALLOCATE ALL sent on a connection the pool lends: the next calls prepare again."""
+    call = _strict(store)(lambda: "ok")
+    call()
+    with store._get_connection() as conn:
+        conn.execute("DEALLOCATE ALL")
+    assert _prepared_names(store) == set()
+    assert [call() for _ in range(2)] == ["ok"] * 2
+    assert {"rc_acquire", "rc_record"} <= _prepared_names(store)
+    assert _lifetime(pg_dsn, "svc") == (3, 0)
+    assert store.outage.down_since is None
+    assert not [r for r in caplog.records if r.levelname in ("WARNING", "ERROR")]
+
+
+def test_a_function_dropped_after_first_use_raises_schema_not_ready(
+    store: PostgresStorage, pg_dsn: str
+) -> None:
+    ran: list[int] = []
+    call = _strict(store)(lambda: ran.append(1))
+    call()
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("DROP FUNCTION rc_try_acquire(text, text)")
+    with pytest.raises(SchemaNotReady, match="pg-setup"):
+        call()
+    assert ran == [1]
+    assert store.outage.down_since is None
+
+
+def test_a_rejection_reads_the_remaining_cooldown_from_the_reply(store: PostgresStorage) -> None:
+    policy = _strict(store, cooldown=timedelta(seconds=30))
+    call = policy(lambda: "ok")
+    call()
+    policy.force(CircuitState.OPEN)
+    with pytest.raises(ProtectedCallError) as caught:
+        call()
+    assert caught.value.state is CircuitState.OPEN
+    assert caught.value.retry_after_ns is not None
+    assert 20e9 < caught.value.retry_after_ns <= 30e9
+
+
+@pytest.mark.parametrize(("pause", "state"), [(0.0, CircuitState.CLOSED), (0.03, "OPEN")])
+def test_a_calls_duration_reaches_the_server(
+    store: PostgresStorage, pause: float, state: CircuitState | str
+) -> None:
+    """Slow calls trip the breaker, fast ones do not: the duration is sent as measured."""
+    policy = _strict(
+        store,
+        failure_limit=Fraction(1, 1),
+        window_size=2,
+        slow_call_duration=timedelta(milliseconds=20),
+        slow_call_limit=Fraction(1, 1),
+        cooldown=timedelta(seconds=30),
+    )
+    call = policy(lambda: time.sleep(pause))
+    for _ in range(2):
+        call()
+    assert policy.status is CircuitState(state)
