@@ -58,8 +58,15 @@ SELECT pid FROM pg_stat_activity
 WHERE datname = current_database() AND backend_type = 'client backend'
   AND pid <> pg_backend_pid()
 """
-# The floor's modes: the raw UPDATE, and the two round trips of a strict call at their least.
-FLOOR_MODES = ("one-row UPDATE", "SELECT 1 + one-row UPDATE")
+# The floor's modes: the raw UPDATE; the two round trips of a strict call at their least;
+# and those two round trips as the security model (DESIGN §9) requires any function the
+# application calls to be: SECURITY DEFINER PL/pgSQL with a pinned search_path, the first
+# reading the row and the second updating it (worker_pg_floor.py creates them).
+FLOOR_MODES = (
+    "one-row UPDATE",
+    "SELECT 1 + one-row UPDATE",
+    "read + UPDATE in SECURITY DEFINER functions",
+)
 WAIT_KINDS = ("row lock", "commit (WAL flush)", "server CPU", "client (idle)", "other")
 
 
@@ -220,6 +227,11 @@ def child(label: str, dsn: str, mode: str, sync: str, key: str, seconds: float) 
             def call() -> Any:
                 conn.execute("SELECT 1")
                 return conn.execute(update)
+        elif mode == FLOOR_MODES[2]:
+
+            def call() -> Any:
+                conn.execute("SELECT bench_floor_read(1)")
+                return conn.execute("SELECT bench_floor_write(1)")
         else:
 
             def call() -> Any:

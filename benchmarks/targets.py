@@ -452,6 +452,16 @@ def evaluate(out: dict[str, dict[str, Any]], labels: dict[str, str]) -> list[Tar
                 f"({two['calls_per_s']:,.0f} calls/s, CPU per call {_cpu(two)})"
             )
         )
+        # The same two round trips as the security model requires any function to be.
+        definer = r.get("hot_floor", f"hot.read-+-UPDATE-in-SECURITY-DEFINER-functions.{sync}")
+        if definer is not None:
+            two_trips += (
+                "; and as two SECURITY DEFINER PL/pgSQL functions with a pinned search_path "
+                "(what DESIGN §9 requires of every function), the first reading the row and "
+                f"the second updating it, doing nothing else: "
+                f"{definer['calls_per_s'] / update['calls_per_s']:.2f}x "
+                f"({definer['calls_per_s']:,.0f} calls/s, CPU per call {_cpu(definer)})"
+            )
         add(
             Target(
                 f"Hot key, 8 processes, synchronous_commit={sync}: strict/immediate ≥ 50% "
