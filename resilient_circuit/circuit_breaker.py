@@ -831,6 +831,8 @@ class CircuitProtectorPolicy(OptionDrivers, ProtectionPolicy):
             try:
                 result = func(*args, **kwargs)
             except Exception:
+                # decide()'s rule for an exception with a permit held (record its
+                # verdict), inlined: the counted failure is a hot path too.
                 # Not bound with "as": the binding and its clean-up cost more than
                 # fetching the exception for the rare custom predicate.
                 if check is None:
@@ -917,6 +919,7 @@ class CircuitProtectorPolicy(OptionDrivers, ProtectionPolicy):
             try:
                 result = await func(*args, **kwargs)
             except Exception:
+                # decide()'s rule for an exception, inlined as in the sync driver.
                 if check is None:
                     success = False
                 else:
