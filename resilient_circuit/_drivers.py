@@ -18,6 +18,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from resilient_circuit._machine import Admission, Config
+from resilient_circuit._settle import Settle, decide
 from resilient_circuit.exceptions import ProtectedCallError
 from resilient_circuit.storage.base import Breaker, StorageError
 
@@ -83,7 +84,7 @@ class OptionDrivers:
             self,
             breaker: Breaker | None,
             generation: int | None,
-            success: bool,
+            settle: Settle,
             duration: int | None = None,
         ) -> None: ...
 
@@ -91,7 +92,7 @@ class OptionDrivers:
             self,
             breaker: Breaker | None,
             generation: int | None,
-            success: bool,
+            settle: Settle,
             duration: int | None = None,
         ) -> None: ...
 
@@ -187,28 +188,6 @@ class OptionDrivers:
             logger.exception("failure_if of %r failed; counting a failure", self.resource_key)
             return True
 
-    def _release(self, breaker: Breaker | None, generation: int | None) -> None:
-        if breaker is None:
-            return
-        try:
-            breaker.release(generation)
-        except StorageError:
-            pass  # an unreturned permit expires after half_open_timeout
-        except Exception:
-            # Never instead of the exception the caller is getting (its own, ignored or
-            # an interruption): the permit expires after half_open_timeout anyway.
-            logger.exception("returning the half-open permit of %r failed", self.resource_key)
-
-    async def _arelease(self, breaker: Breaker | None, generation: int | None) -> None:
-        if breaker is None:
-            return
-        try:
-            await breaker.arelease(generation)
-        except StorageError:
-            pass
-        except Exception:
-            logger.exception("returning the half-open permit of %r failed", self.resource_key)
-
     def _clock_start(self) -> int:
         return time.monotonic_ns() if self._config.slow_call_duration_ns is not None else 0
 
@@ -229,19 +208,16 @@ class OptionDrivers:
         except Exception as exc:
             duration = self._took(started)
             verdict = self._verdict(exc)
-            if verdict is None:
-                self._release(used, generation)
-                raise
-            self._settle(used, generation, verdict, duration)
-            if verdict or fallback is None:
+            self._settle(used, generation, decide(used is not None, exc, verdict), duration)
+            if verdict is not False or fallback is None:
                 raise
             return fallback(exc)
-        except BaseException:
-            self._release(used, generation)  # interrupted: no outcome, but no permit kept
+        except BaseException as exc:
+            self._settle(used, generation, decide(used is not None, exc, None))
             raise
         duration = self._took(started)
-        failed = self.failure_if is not None and self._result_failed(result)
-        self._settle(used, generation, not failed, duration)
+        verdict = self.failure_if is None or not self._result_failed(result)
+        self._settle(used, generation, decide(used is not None, None, verdict), duration)
         return result
 
     async def _run_async(self, func: Callable[..., Awaitable[Any]], args: Any, kwargs: Any) -> Any:
@@ -261,21 +237,16 @@ class OptionDrivers:
         except Exception as exc:
             duration = self._took(started)
             verdict = await self._averdict(exc)
-            if verdict is None:
-                await self._arelease(used, generation)
-                raise
-            await self._asettle(used, generation, verdict, duration)
-            if verdict or fallback is None:
+            await self._asettle(used, generation, decide(used is not None, exc, verdict), duration)
+            if verdict is not False or fallback is None:
                 raise
             return await _maybe_await(fallback(exc))
-        except BaseException:
-            # Cancelled (asyncio.timeout, asyncio.run ending): no outcome to count, but
-            # the half-open permit goes back now, not after half_open_timeout.
-            await self._arelease(used, generation)
+        except BaseException as exc:
+            await self._asettle(used, generation, decide(used is not None, exc, None))
             raise
         duration = self._took(started)
-        failed = self.failure_if is not None and await self._aresult_failed(result)
-        await self._asettle(used, generation, not failed, duration)
+        verdict = self.failure_if is None or not await self._aresult_failed(result)
+        await self._asettle(used, generation, decide(used is not None, None, verdict), duration)
         return result
 
     # -- with policy: / async with policy: ------------------------------------------
@@ -293,16 +264,8 @@ class OptionDrivers:
     ) -> None:
         used, generation, started = self._leave()
         duration = self._took(started)
-        if exc is None:
-            self._settle(used, generation, True, duration)
-        elif isinstance(exc, Exception):
-            verdict = self._verdict(exc)
-            if verdict is None:
-                self._release(used, generation)
-            else:
-                self._settle(used, generation, verdict, duration)
-        else:
-            self._release(used, generation)  # interrupted: no outcome to count
+        verdict = self._verdict(exc) if isinstance(exc, Exception) else True
+        self._settle(used, generation, decide(used is not None, exc, verdict), duration)
 
     async def __aenter__(self) -> Self:
         used, generation = await self._aadmit()
@@ -317,16 +280,8 @@ class OptionDrivers:
     ) -> None:
         used, generation, started = self._leave()
         duration = self._took(started)
-        if exc is None:
-            await self._asettle(used, generation, True, duration)
-        elif isinstance(exc, Exception):
-            verdict = await self._averdict(exc)
-            if verdict is None:
-                await self._arelease(used, generation)
-            else:
-                await self._asettle(used, generation, verdict, duration)
-        else:
-            await self._arelease(used, generation)
+        verdict = await self._averdict(exc) if isinstance(exc, Exception) else True
+        await self._asettle(used, generation, decide(used is not None, exc, verdict), duration)
 
     def _leave(self) -> tuple[Breaker | None, int | None, int]:
         entered = self._entered.get()

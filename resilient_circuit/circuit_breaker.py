@@ -32,6 +32,7 @@ from resilient_circuit._machine import (
     parse_state,
     to_ns,
 )
+from resilient_circuit._settle import NOTHING, RELEASE, SUCCESS, Settle, decide
 from resilient_circuit.exceptions import ProtectedCallError
 from resilient_circuit.instrumentation import _events
 from resilient_circuit.instrumentation.hooks import Hook, TransitionSource, checked_hooks
@@ -598,12 +599,13 @@ class CircuitProtectorPolicy(OptionDrivers, ProtectionPolicy):
         try:
             result = func(*args, **kwargs)
         except Exception as exc:
-            self._settle(used, generation, self._fast_verdict(exc, check))
+            verdict = self._fast_verdict(exc, check)
+            self._settle(used, generation, decide(used is not None, exc, verdict))
             raise
-        except BaseException:
-            self._release(used, generation)  # interrupted: no outcome, but no permit kept
+        except BaseException as exc:
+            self._settle(used, generation, decide(used is not None, exc, None))
             raise
-        self._settle(used, generation, True)
+        self._settle(used, generation, decide(used is not None, None, True))
         return result
 
     async def _acall_degraded(
@@ -617,12 +619,13 @@ class CircuitProtectorPolicy(OptionDrivers, ProtectionPolicy):
         try:
             result = await func(*args, **kwargs)
         except Exception as exc:
-            await self._asettle(used, generation, self._fast_verdict(exc, check))
+            verdict = self._fast_verdict(exc, check)
+            await self._asettle(used, generation, decide(used is not None, exc, verdict))
             raise
-        except BaseException:
-            await self._arelease(used, generation)
+        except BaseException as exc:
+            await self._asettle(used, generation, decide(used is not None, exc, None))
             raise
-        await self._asettle(used, generation, True)
+        await self._asettle(used, generation, decide(used is not None, None, True))
         return result
 
     def _fast_verdict(self, exc: Exception, check: Callable[[Exception], Any] | None) -> bool:
@@ -666,21 +669,26 @@ class CircuitProtectorPolicy(OptionDrivers, ProtectionPolicy):
         logger.exception("should_handle of %r failed; counting a failure", self.resource_key)
         return True
 
+    # The sync and async forms of one step: carry out what ``decide`` asked for.
+
     def _settle(
         self,
         breaker: Breaker | None,
         generation: int | None,
-        success: bool,
+        settle: Settle,
         duration: int | None = None,
     ) -> None:
-        if breaker is None:
+        if breaker is None or settle is NOTHING:
             return
         try:
-            reply = breaker.record(success, generation, duration)
+            if settle is RELEASE:
+                breaker.release(generation)
+                return
+            reply = breaker.record(settle is SUCCESS, generation, duration)
         except StorageError:
-            return
+            return  # the outage is the store's to report; an unreturned permit expires
         except Exception:
-            self._record_failed()
+            self._store_failed(settle)
             return
         if reply.generation != self._seen_generation and breaker is not self._local:
             self._advance(reply.state, reply.generation)
@@ -689,20 +697,32 @@ class CircuitProtectorPolicy(OptionDrivers, ProtectionPolicy):
         self,
         breaker: Breaker | None,
         generation: int | None,
-        success: bool,
+        settle: Settle,
         duration: int | None = None,
     ) -> None:
-        if breaker is None:
+        if breaker is None or settle is NOTHING:
             return
         try:
-            reply = await breaker.arecord(success, generation, duration)
+            if settle is RELEASE:
+                await breaker.arelease(generation)
+                return
+            reply = await breaker.arecord(settle is SUCCESS, generation, duration)
         except StorageError:
             return
         except Exception:
-            self._record_failed()
+            self._store_failed(settle)
             return
         if reply.generation != self._seen_generation and breaker is not self._local:
             self._advance(reply.state, reply.generation)
+
+    def _store_failed(self, settle: Settle) -> None:
+        # Never instead of what the caller is getting (its result, its own exception,
+        # an interruption).
+        if settle is RELEASE:
+            # The permit expires after half_open_timeout anyway.
+            logger.exception("returning the half-open permit of %r failed", self.resource_key)
+        else:
+            self._record_failed()
 
     # -- decorators ---------------------------------------------------------------
 
@@ -811,6 +831,8 @@ class CircuitProtectorPolicy(OptionDrivers, ProtectionPolicy):
             try:
                 result = func(*args, **kwargs)
             except Exception:
+                # decide()'s rule for an exception with a permit held (record its
+                # verdict), inlined: the counted failure is a hot path too.
                 # Not bound with "as": the binding and its clean-up cost more than
                 # fetching the exception for the rare custom predicate.
                 if check is None:
@@ -831,9 +853,7 @@ class CircuitProtectorPolicy(OptionDrivers, ProtectionPolicy):
                         policy._see(reply)
                 raise
             except BaseException:
-                # Interrupted (KeyboardInterrupt, SystemExit): no outcome to count, but a
-                # half-open permit goes back now, not after half_open_timeout.
-                policy._release(breaker, generation)
+                policy._settle(breaker, generation, decide(True, sys.exc_info()[1], None))
                 raise
             try:
                 reply = breaker.record(True, generation)
@@ -899,6 +919,7 @@ class CircuitProtectorPolicy(OptionDrivers, ProtectionPolicy):
             try:
                 result = await func(*args, **kwargs)
             except Exception:
+                # decide()'s rule for an exception, inlined as in the sync driver.
                 if check is None:
                     success = False
                 else:
@@ -918,9 +939,7 @@ class CircuitProtectorPolicy(OptionDrivers, ProtectionPolicy):
                         policy._see(reply)
                 raise
             except BaseException:
-                # Cancelled (asyncio.timeout, asyncio.run ending): no outcome to count,
-                # but a half-open permit goes back now, not after half_open_timeout.
-                await policy._arelease(breaker, generation)
+                await policy._asettle(breaker, generation, decide(True, sys.exc_info()[1], None))
                 raise
             try:
                 reply = await breaker.arecord(True, generation)

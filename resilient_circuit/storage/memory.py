@@ -94,7 +94,6 @@ class MemoryBreaker(Breaker):
         "_window_generation",
         "_window_len",
         "_window_mask",
-        "_window_moved",
         "_window_pos",
         "_window_ring",
         "_window_size",
@@ -141,12 +140,11 @@ class MemoryBreaker(Breaker):
         # lock, instead of in a new State per outcome: _window_generation is its generation
         # (_NOT_LIVE when the state is anything else) and _state's window is then the
         # one it had when it became current, until _settled() writes the slots back
-        # into a State (when _window_moved says they changed). The step is the machine's
+        # into a State (when they differ from its window). The step is the machine's
         # own, on the same integers; a trip is left to the machine.
         self._window_generation: int | object = _NOT_LIVE
         self._window_bits = self._window_len = self._window_failures = self._window_streak = 0
         self._window_size = self._window_trip = self._window_top = self._window_mask = 0
-        self._window_moved = False
         # A window wider than _NARROW_WINDOW is live under _wide_generation instead (and
         # _window_generation is _NOT_LIVE): its outcomes in _window_ring, oldest at
         # _window_pos, in place of _window_bits.
@@ -283,7 +281,6 @@ class MemoryBreaker(Breaker):
                         self._window_len = length = length + 1
                     self._window_bits = bits
                     self._window_streak = 0
-                    self._window_moved = True
                     # A success never makes a steady state unsteady: _steady is left
                     # as it is (None, or this very state) unless this one steadies it.
                     if not bits and length == self._window_size:
@@ -298,7 +295,6 @@ class MemoryBreaker(Breaker):
                         # one: a 1000-bit window allocates one int fewer.
                         self._window_bits = bits - self._window_mask
                         self._window_streak += 1
-                        self._window_moved = True
                         return self._state
                     return self._apply(success, generation, duration, False)
                 failures = self._window_failures + 1
@@ -310,7 +306,6 @@ class MemoryBreaker(Breaker):
                     self._window_len = length
                     self._window_failures = failures
                     self._window_streak += 1
-                    self._window_moved = True
                     return self._state
                 # A trip: the machine decides, with the time, on the state as the
                 # window left it.
@@ -340,7 +335,6 @@ class MemoryBreaker(Breaker):
         self._steady = None
         self._state = st
         self.rejecting = None  # after the swap: see acquire, which publishes it
-        self._window_moved = False
         cfg = self.config
         if st.state is CLOSED and cfg.plain and not st.buckets and st.window_len <= cfg.window_size:
             self._window_bits = bits = st.window_bits
@@ -399,14 +393,25 @@ class MemoryBreaker(Breaker):
         """The current state with the successes counted outside the lock placed, and the
         live count window written back (lock held)."""
         st = self._state
-        if self._window_moved:
+        live = self._window_generation is not _NOT_LIVE
+        if live or self._wide_generation is not _NOT_LIVE:
+            bits = self._window_bits
+            if not live:
+                pos, ring = self._window_pos, self._window_ring
+                bits = int(bytes(ring[pos:] + ring[:pos]).translate(_TO_DIGITS), 2)
+            # Compared rather than flagged by every outcome: a store per call saved.
+            moved = (
+                bits != st.window_bits
+                or self._window_len != st.window_len
+                or self._window_failures != st.window_failures
+                or self._window_streak != st.failure_count
+            )
+        else:
+            moved = False
+        if moved:
             # As _machine.record builds a plain CLOSED state: nothing past the window.
             steady = self._steady is not None
             self._steady = None
-            bits = self._window_bits
-            if self._wide_generation is not _NOT_LIVE:
-                pos, ring = self._window_pos, self._window_ring
-                bits = int(bytes(ring[pos:] + ring[:pos]).translate(_TO_DIGITS), 2)
             st = self._state = _new(
                 State,
                 (
@@ -427,7 +432,6 @@ class MemoryBreaker(Breaker):
                     (),
                 ),
             )
-            self._window_moved = False
             if steady:
                 self._steady = st
             return st
@@ -756,7 +760,6 @@ class _WideWindowBreaker(MemoryBreaker):
                     pos += 1
                     self._window_pos = 0 if pos == size else pos
                     self._window_streak = 0
-                    self._window_moved = True
                     if not self._window_failures and length == size:
                         self._steady = self._state
                     return self._state
@@ -772,7 +775,6 @@ class _WideWindowBreaker(MemoryBreaker):
                     self._window_len = length
                     self._window_failures = failures
                     self._window_streak += 1
-                    self._window_moved = True
                     return self._state
                 # A trip: the machine decides on the window as it was.
                 return self._apply(success, generation, duration, False)
