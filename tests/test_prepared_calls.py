@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from datetime import timedelta
 from fractions import Fraction
+from typing import cast
 
 import psycopg
 import pytest
@@ -15,6 +16,7 @@ import pytest
 from resilient_circuit import CircuitProtectorPolicy, CircuitState, ProtectedCallError
 from resilient_circuit.exceptions import SchemaNotReady
 from resilient_circuit.storage import PostgresStorage
+from resilient_circuit.storage.postgres import prepared
 
 pytestmark = pytest.mark.postgres
 
@@ -132,3 +134,33 @@ def test_a_calls_duration_reaches_the_server(
     for _ in range(2):
         call()
     assert policy.status is CircuitState(state)
+
+
+def test_an_interruption_after_the_server_prepared_leaves_the_connection_usable(
+    store: PostgresStorage,
+    pg_dsn: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Ctrl-C that lands once PREPARE is done but before the process notes it: the next
+    call on that connection must not fail with 'prepared statement already exists'."""
+    real = prepared._prepare
+
+    def interrupted(conn: prepared.StoreConnection, statement: prepared.Prepared) -> None:
+        real(conn, statement)
+        raise KeyboardInterrupt
+
+    call = _strict(store)(lambda: "ok")
+    call()  # the breaker's configuration stored: the next calls take the prepared path
+    with store._get_connection() as conn:
+        conn.execute("DEALLOCATE ALL")
+        cast(prepared.StoreConnection, conn).rc_prepared = None
+    monkeypatch.setattr(prepared, "_prepare", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        call()
+    monkeypatch.setattr(prepared, "_prepare", real)
+    caplog.clear()
+    assert [call() for _ in range(2)] == ["ok"] * 2
+    assert not [r for r in caplog.records if r.levelname in ("WARNING", "ERROR")]
+    assert _lifetime(pg_dsn, "svc") == (3, 0)
+    assert {"rc_acquire", "rc_record"} <= _prepared_names(store)
