@@ -12,6 +12,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg.conninfo import make_conninfo
 
 from resilient_circuit import CircuitProtectorPolicy, CircuitState, ProtectedCallError
 from resilient_circuit.storage import PostgresStorage, create_storage
@@ -141,3 +142,26 @@ def test_create_storage_reads_the_environment(
         assert policy.namespace == namespace
     finally:
         forget_shared_storages()
+
+
+@pytest.mark.parametrize("encoding", ["SQL_ASCII", "LATIN1"])
+def test_a_dsn_asking_another_client_encoding_still_protects_calls(
+    pg_dsn: str, encoding: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The store's own connections speak UTF-8 whatever the DSN or the database default:
+    under SQL_ASCII every text column would arrive as bytes, and no call could run."""
+    store = PostgresStorage(make_conninfo(pg_dsn, client_encoding=encoding), namespace="enc")
+    try:
+        policy = CircuitProtectorPolicy(resource_key="café", storage=store)
+        call = policy(lambda: "ok")
+        assert [call() for _ in range(3)] == ["ok"] * 3
+        assert not [r for r in caplog.records if r.levelname in ("WARNING", "ERROR")]
+        with store._get_connection() as conn:
+            row = conn.execute(
+                "SELECT successes FROM rc_circuit_breakers"
+                " WHERE resource_key = %s AND namespace = 'enc'",
+                ("café",),
+            ).fetchone()
+        assert row == (3,)
+    finally:
+        store.close()

@@ -4,10 +4,14 @@ psycopg's cursor, and whatever happens to the session must not turn into a faile
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from datetime import timedelta
 from fractions import Fraction
+from typing import cast
 
 import psycopg
 import pytest
@@ -15,6 +19,7 @@ import pytest
 from resilient_circuit import CircuitProtectorPolicy, CircuitState, ProtectedCallError
 from resilient_circuit.exceptions import SchemaNotReady
 from resilient_circuit.storage import PostgresStorage
+from resilient_circuit.storage.postgres import prepared
 
 pytestmark = pytest.mark.postgres
 
@@ -132,3 +137,73 @@ def test_a_calls_duration_reaches_the_server(
     for _ in range(2):
         call()
     assert policy.status is CircuitState(state)
+
+
+def test_an_interruption_after_the_server_prepared_leaves_the_connection_usable(
+    store: PostgresStorage,
+    pg_dsn: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Ctrl-C that lands once PREPARE is done but before the process notes it: the next
+    call on that connection must not fail with 'prepared statement already exists'."""
+    real = prepared._prepare
+
+    def interrupted(conn: prepared.StoreConnection, statement: prepared.Prepared) -> None:
+        real(conn, statement)
+        raise KeyboardInterrupt
+
+    call = _strict(store)(lambda: "ok")
+    call()  # the breaker's configuration stored: the next calls take the prepared path
+    with store._get_connection() as conn:
+        conn.execute("DEALLOCATE ALL")
+        cast(prepared.StoreConnection, conn).rc_prepared = None
+    monkeypatch.setattr(prepared, "_prepare", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        call()
+    monkeypatch.setattr(prepared, "_prepare", real)
+    caplog.clear()
+    assert [call() for _ in range(2)] == ["ok"] * 2
+    assert not [r for r in caplog.records if r.levelname in ("WARNING", "ERROR")]
+    assert _lifetime(pg_dsn, "svc") == (3, 0)
+    assert {"rc_acquire", "rc_record"} <= _prepared_names(store)
+
+
+def test_ctrl_c_while_a_prepared_statement_waits_cancels_it_and_keeps_the_pool_usable(
+    store: PostgresStorage, pg_dsn: str
+) -> None:
+    """The record waits on a row lock held elsewhere; SIGINT reaches the caller, the
+    statement is cancelled in the server, and the next calls run on a usable connection."""
+    call = _strict(store)(lambda: "ok")
+    call()
+    with psycopg.connect(pg_dsn) as holder:
+        holder.execute(
+            "SELECT 1 FROM rc_circuit_breakers WHERE resource_key = 'svc' AND namespace = %s"
+            " FOR UPDATE",
+            (NAMESPACE,),
+        )
+
+        def interrupt_once_blocked() -> None:
+            with psycopg.connect(pg_dsn, autocommit=True) as watcher:
+                while not watcher.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                    " AND query LIKE '%rc_record%'"
+                ).fetchone()[0]:  # type: ignore[index]
+                    time.sleep(0.01)
+            os.kill(os.getpid(), signal.SIGINT)
+
+        thread = threading.Thread(target=interrupt_once_blocked)
+        thread.start()
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                call()
+        finally:
+            thread.join()
+        with psycopg.connect(pg_dsn, autocommit=True) as watcher:
+            waiting = watcher.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+            ).fetchone()
+        assert waiting == (0,)
+    assert [call() for _ in range(2)] == ["ok"] * 2
+    assert store.outage.down_since is None
+    assert _lifetime(pg_dsn, "svc") == (3, 0)

@@ -178,13 +178,16 @@ class Pools:
         self._closers: dict[asyncio.AbstractEventLoop, AsyncIterator[None]] = {}
 
     def connect_kwargs(self) -> dict[str, Any]:
-        """Every connection's settings: autocommit and the store's timeouts."""
+        """Every connection's settings: autocommit, UTF-8 and the store's timeouts."""
         # libpq's connect_timeout is whole seconds (2 at least); the pool's own
         # timeout bounds the wait more finely.
         return {
             "autocommit": True,
             "connect_timeout": max(2, round(self.connect_timeout)),
             "application_name": "resilient_circuit",
+            # Whatever the DSN or the database's default asks: under SQL_ASCII psycopg
+            # reads every text column as bytes, and only UTF-8 carries any key.
+            "client_encoding": "UTF8",
             # Apart from the conninfo string, so that no message built from it shows it.
             **self.dsn.connect_kwargs(),
         }

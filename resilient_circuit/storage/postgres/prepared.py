@@ -83,8 +83,12 @@ def run(conn: StoreConnection, prepared: Prepared, params: dict[str, Any]) -> An
     pgconn = conn.pgconn
     with conn.lock:
         if name not in names:
-            _prepare(conn, prepared)
+            # Noted before PREPARE is sent: an interruption (Ctrl-C, a cancelled
+            # statement's reply) can land once the server has prepared it, and preparing
+            # again would fail on this connection for good ("already exists"). Noted but
+            # never prepared, the execution below reports 26000 and prepares it then.
             names.add(name)
+            _prepare(conn, prepared)
         pgconn.send_query_prepared(name, values, result_format=_BINARY)
         result = conn.wait(execute(pgconn))[-1]
         if result.status != _TUPLES_OK and result.error_field(_SQLSTATE) == _UNKNOWN_STATEMENT:
@@ -110,4 +114,7 @@ def _prepare(conn: StoreConnection, prepared: Prepared) -> None:
     pgconn.send_prepare(prepared.name, prepared.text.as_bytes(conn))
     result = conn.wait(execute(pgconn))[-1]
     if result.status != _COMMAND_OK:
+        # Refused by the server: not prepared, so prepared again by the next call.
+        if conn.rc_prepared is not None:
+            conn.rc_prepared.discard(prepared.name)
         raise psycopg.errors.error_from_result(result, encoding=conn.info.encoding)
