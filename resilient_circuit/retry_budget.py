@@ -356,7 +356,12 @@ class RetryBudget:
         if not timedelta(0) < flush_interval <= timedelta(minutes=1):
             raise ValueError(f"`flush_interval` must be in (0, 1 minute], got {flush_interval}")
         if store is not None and not callable(getattr(store, "settle", None)):
-            raise TypeError("`store` must have a settle() method, like InMemoryBudgetStore")
+            # A breaker storage is the likely mix-up: budgets have stores of their own.
+            raise TypeError(
+                "`store` must be a budget store (resilient_circuit.retry_budget."
+                "InMemoryBudgetStore() or PostgresBudgetStore(dsn), or anything with a "
+                f"settle() method), got {type(store).__name__}"
+            )
         self.name = name
         self.namespace = namespace
         self.ratio = ratio

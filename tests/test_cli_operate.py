@@ -149,7 +149,10 @@ def test_an_unknown_key_is_one_error_line(pg_dsn: str, command: list[str]) -> No
     """force, reset and forget of a key that has no breaker fail in one line, creating nothing."""
     code, out = _run(*command, "--namespace", "shop", "--dsn", pg_dsn)
     assert code == 1
-    assert out == "Error: no breaker shop/nope\n"
+    assert out == (
+        "Error: no breaker shop/nope: check the key and --namespace"
+        " (`resilient-circuit-cli status` lists the breakers you may see)\n"
+    )
     with psycopg.connect(pg_dsn) as conn:
         assert conn.execute("SELECT count(*) FROM rc_circuit_breakers").fetchone() == (0,)
 

@@ -918,3 +918,30 @@ def test_set_state_as_the_app_role_is_announced_and_kept_to_its_namespaces(
     finally:
         store.close()
         watcher.close()
+
+
+def test_an_install_older_than_the_client_is_not_ready_and_names_pg_setup(pg_dsn: str) -> None:
+    """An ``rc_configure`` without ``p_restore`` (before migration 0014) breaks every first
+    call of a breaker: pg-check says so and a call raises SchemaNotReady naming pg-setup,
+    instead of "ready" and an unexplained UndefinedFunction."""
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        for (signature,) in conn.execute(
+            "SELECT oid::regprocedure::text FROM pg_proc WHERE proname = 'rc_configure'"
+        ).fetchall():
+            conn.execute(f"DROP FUNCTION {signature}")
+        conn.execute(
+            "CREATE FUNCTION rc_configure(p_key text, p_namespace text DEFAULT 'default')"
+            " RETURNS void LANGUAGE sql AS ''"
+        )
+    older = pg_check("--dsn", pg_dsn)
+    assert older.exit_code == 1, older.output
+    assert "rc_configure" in older.output
+    assert "pg-setup" in older.output
+
+    store = PostgresStorage(pg_dsn)
+    protector = CircuitProtectorPolicy(resource_key="svc", storage=store)
+    try:
+        with pytest.raises(SchemaNotReady, match=r"rc_configure.*resilient-circuit-cli pg-setup"):
+            protector.call(lambda: "ok")
+    finally:
+        store.close()

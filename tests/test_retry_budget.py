@@ -383,3 +383,11 @@ def test_pending_deposits_are_flushed_when_the_process_exits(pg_dsn: str) -> Non
             "SELECT first_attempts FROM rc_retry_budgets WHERE name = 'exit' AND namespace = 'exit'"
         ).fetchone()
     assert row == (700,)
+
+
+def test_a_breaker_storage_given_as_the_budget_store_names_the_budget_stores() -> None:
+    """A newcomer passes the breakers' PostgresStorage: the error names what fits."""
+    from resilient_circuit.storage import InMemoryStorage
+
+    with pytest.raises(TypeError, match=r"`store`.*PostgresBudgetStore.*got InMemoryStorage"):
+        RetryBudget("checkout", store=InMemoryStorage())  # type: ignore[arg-type]

@@ -363,7 +363,15 @@ def forget(
     if _run_one(dsn, schema, "rc_budget_forget" if budget else "rc_forget", key, ns):
         click.echo(f"Forgot retry budget {named}." if budget else f"Forgot {named}.")
     else:
-        raise click.ClickException(f"no {'retry budget' if budget else 'breaker'} {named}")
+        lister = (
+            "`SELECT * FROM rc_budget_status()` lists the retry budgets"
+            if budget
+            else "`resilient-circuit-cli status` lists the breakers"
+        )
+        raise click.ClickException(
+            f"no {'retry budget' if budget else 'breaker'} {named}: check the"
+            f" {'name' if budget else 'key'} and --namespace ({lister} you may see)"
+        )
 
 
 @main.command("gc")

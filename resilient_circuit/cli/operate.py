@@ -229,7 +229,10 @@ def _existing(conn: Any, schema: str, key: str, namespace: str) -> None:
         [key, namespace],
     ).fetchone()
     if found is None:
-        raise click.ClickException(f"no breaker {printable(namespace)}/{printable(key)}")
+        raise click.ClickException(
+            f"no breaker {printable(namespace)}/{printable(key)}: check the key and"
+            " --namespace (`resilient-circuit-cli status` lists the breakers you may see)"
+        )
 
 
 def _takes_hold(conn: Any, schema: str) -> bool:

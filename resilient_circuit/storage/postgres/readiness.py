@@ -25,16 +25,23 @@ CALL_FUNCTIONS = (
 )
 #: What operators and the admin API run (``force``, ``reset``, ``set_state``).
 ADMIN_FUNCTIONS = ("rc_force", "rc_reset", "rc_set_state")
+#: A parameter this library passes that an older install's function lacks: such a
+#: function counts as missing, so that the fix named is ``pg-setup``, not a bare
+#: "function does not exist" at the first call of every breaker.
+REQUIRED_PARAMETERS = {"rc_configure": "p_restore"}  # migration 0014
 
 _QUERY = """
 SELECT f.name,
        EXISTS (SELECT 1 FROM pg_catalog.pg_proc AS p
-               WHERE p.pronamespace = n.oid AND p.proname = f.name),
+               WHERE p.pronamespace = n.oid AND p.proname = f.name
+                 AND (f.parameter IS NULL
+                      OR f.parameter OPERATOR(pg_catalog.=) ANY (p.proargnames))),
        EXISTS (SELECT 1 FROM pg_catalog.pg_proc AS p
                WHERE p.pronamespace = n.oid AND p.proname = f.name
                  AND pg_catalog.has_function_privilege(p.oid, 'EXECUTE')),
        n.oid IS NOT NULL AND pg_catalog.has_schema_privilege(n.oid, 'USAGE')
-FROM pg_catalog.unnest(%(names)s::text[]) WITH ORDINALITY AS f(name, i)
+FROM ROWS FROM (pg_catalog.unnest(%(names)s::text[]),
+                pg_catalog.unnest(%(parameters)s::text[])) WITH ORDINALITY AS f(name, parameter, i)
 LEFT JOIN pg_catalog.pg_namespace AS n ON n.nspname = %(schema)s
 ORDER BY f.i
 """
@@ -66,7 +73,7 @@ def inspect_functions(
     names: tuple[str, ...] = CALL_FUNCTIONS + ADMIN_FUNCTIONS,
 ) -> Functions:
     """Look ``names`` up in ``schema`` of ``conn``'s database."""
-    rows = conn.execute(_QUERY, {"names": list(names), "schema": schema}).fetchall()
+    rows = conn.execute(_QUERY, _params(names, schema)).fetchall()
     return _functions(rows)
 
 
@@ -76,8 +83,13 @@ async def ainspect_functions(
     names: tuple[str, ...] = CALL_FUNCTIONS + ADMIN_FUNCTIONS,
 ) -> Functions:
     """The coroutine twin of ``inspect_functions``."""
-    cur = await conn.execute(_QUERY, {"names": list(names), "schema": schema})
+    cur = await conn.execute(_QUERY, _params(names, schema))
     return _functions(await cur.fetchall())
+
+
+def _params(names: tuple[str, ...], schema: str) -> dict[str, Any]:
+    parameters = [REQUIRED_PARAMETERS.get(name) for name in names]
+    return {"names": list(names), "parameters": parameters, "schema": schema}
 
 
 def _functions(rows: list[tuple[Any, ...]]) -> Functions:
