@@ -54,6 +54,11 @@ class StoreConnection(psycopg.Connection[Any]):
     rc_direct = False
     rc_prepared: set[bytes] | None = None
     rc_loaders: abc.Transformer | None = None
+    #: While taken by a sync caller of the store (see ``Pools.take``): the pool it came
+    #: from, when it was taken, when it was last parked.
+    rc_pool: Any = None
+    rc_taken_at = 0.0
+    rc_parked_at = 0.0
 
 
 def _text(value: Any) -> bytes | None:

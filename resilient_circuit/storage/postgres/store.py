@@ -228,7 +228,10 @@ class PostgresStorage(CircuitBreakerStorage):
 
     def pool(self) -> ConnectionPool | SyncSource:
         """The pool of sync callers (the application's, when it lent one)."""
-        return self._pools.sync()
+        pools = self._pools
+        if isinstance(pools, Pools):
+            pools.unpark()  # every connection the store holds is the pool's to lend
+        return pools.sync()
 
     def _get_connection(self) -> AbstractContextManager[psycopg.Connection[Any]]:
         """0.4.5's way to reach the database: ``with storage._get_connection() as conn:``.
@@ -467,22 +470,21 @@ class PostgresStorage(CircuitBreakerStorage):
         try:
             if isinstance(pools, Pools):
                 # Taken and given back by hand: the pool's context manager would also
-                # commit, which an autocommit connection never needs.
-                pool = pools.sync()
-                conn = used = pool.getconn(self.connect_timeout)
+                # commit, which an autocommit connection never needs; after an error
+                # the pool checks the connection (see Pools.take).
+                conn = used = pools.take()
                 try:
-                    fast = (
-                        self.statements.prepared(statement)
-                        if configured and isinstance(conn, StoreConnection) and conn.rc_direct
-                        else None
-                    )
+                    direct = configured and conn.rc_direct
+                    fast = self.statements.prepared(statement) if direct else None
                     row = self._answer(conn, breaker, statement, params, fast)
-                finally:
-                    pool.putconn(conn)
+                except BaseException:
+                    pools.release(conn)
+                    raise
+                pools.give(conn)
             else:
-                with pools.sync().connection(timeout=self.connect_timeout) as conn:
-                    used = conn
-                    row = self._answer(conn, breaker, statement, params, None)
+                with pools.sync().connection(timeout=self.connect_timeout) as lent:
+                    used = lent
+                    row = self._answer(lent, breaker, statement, params, None)
         except StorageNotUsable:
             raise
         except Exception as exc:
