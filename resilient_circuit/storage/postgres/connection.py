@@ -47,7 +47,7 @@ from resilient_circuit.storage.postgres.loop_pool import (
     LoopPool,
     budgeted_connection_class,
 )
-from resilient_circuit.storage.postgres.prepared import StoreConnection
+from resilient_circuit.storage.postgres.prepared import AsyncStoreConnection, StoreConnection
 
 __all__ = ("Pools", "describe", "reaches_server", "setup_session")
 
@@ -249,14 +249,21 @@ class Pools:
         direct = setup_session(conn, self._timeout_ms())
         self._configured(conn, direct)
         if isinstance(conn, StoreConnection):
-            # A call's statements skip psycopg's cursor where nothing else must be
-            # sent around them (see prepared.py).
-            conn.rc_direct = (
-                direct and conn.prepare_threshold is not None and conn.info.encoding == "utf-8"
-            )
+            self._mark_direct(conn, direct)
 
     async def _aconfigure(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        self._configured(conn, await asetup_session(conn, self._timeout_ms()))
+        direct = await asetup_session(conn, self._timeout_ms())
+        self._configured(conn, direct)
+        if isinstance(conn, AsyncStoreConnection):
+            self._mark_direct(conn, direct)
+
+    @staticmethod
+    def _mark_direct(conn: StoreConnection | AsyncStoreConnection, direct: bool) -> None:
+        # A call's statements skip psycopg's cursor where nothing else must be sent
+        # around them (see prepared.py).
+        conn.rc_direct = (
+            direct and conn.prepare_threshold is not None and conn.info.encoding == "utf-8"
+        )
 
     def sync(self) -> ConnectionPool:
         """The pool of sync callers, opened (without waiting) on first use."""

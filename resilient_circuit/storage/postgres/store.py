@@ -49,7 +49,11 @@ from resilient_circuit.storage.postgres.outage import (
     one_line,
     unavailable,
 )
-from resilient_circuit.storage.postgres.prepared import Prepared, StoreConnection
+from resilient_circuit.storage.postgres.prepared import (
+    AsyncStoreConnection,
+    Prepared,
+    StoreConnection,
+)
 
 __all__ = ("PostgresStorage", "shared_storage")
 
@@ -552,7 +556,17 @@ class PostgresStorage(CircuitBreakerStorage):
             async with pool.connection(timeout=self.connect_timeout) as conn:
                 used = conn
                 try:
-                    row = await self._asend(conn, breaker, statement, params)
+                    fast = (
+                        self.statements.prepared(statement)
+                        if isinstance(conn, AsyncStoreConnection)
+                        and conn.rc_direct
+                        and (breaker is None or breaker.is_configured)
+                        else None
+                    )
+                    if fast is not None:
+                        row = await prepared.arun(cast(AsyncStoreConnection, conn), fast, params)
+                    else:
+                        row = await self._asend(conn, breaker, statement, params)
                 except psycopg.Error as exc:
                     if exc.sqlstate not in _UNDEFINED:
                         raise
