@@ -653,7 +653,9 @@ def test_event_loops_share_one_budget_and_idle_connections_close(
     call of any loop is handled as an outage.
     """
     caplog.set_level(logging.WARNING, logger="resilient_circuit")
-    store = PostgresStorage(pg_dsn, max_connections=3, idle_timeout=0.5)
+    # A caller waits for a share up to connect_timeout: a bound, long enough that a
+    # loaded machine's scheduling is not taken for one loop starving the others.
+    store = PostgresStorage(pg_dsn, max_connections=3, idle_timeout=0.5, connect_timeout=10.0)
     protector = CircuitProtectorPolicy(resource_key="budget", storage=store)
 
     @protector
@@ -720,7 +722,12 @@ def test_event_loops_share_one_budget_and_idle_connections_close(
             assert 2 <= max(pooled for pooled, _ in seen) <= 3, seen
             assert max(listen for _, listen in seen) == 0, seen
         assert all_closed()
-        assert [r.getMessage() for r in caplog.records if r.name.startswith("resilient")] == []
+        # Nothing went wrong: no outage, no error. Only a loop that waited out the whole
+        # bound for a share (a slow machine, not a fault) may have been said: that call
+        # alone is handled per on_storage_error, never as an outage of the store.
+        said = [r.getMessage() for r in caplog.records if r.name.startswith("resilient")]
+        assert [m for m in said if "while other event loops held" not in m] == [], said
+        assert store.outage.down_since is None
     finally:
         store.close()
 

@@ -33,9 +33,11 @@ from contextlib import (
     contextmanager,
     nullcontext,
 )
-from typing import Any
+from time import monotonic
+from typing import Any, cast
 
 import psycopg
+from psycopg import pq
 from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 
 from resilient_circuit._dsn import Dsn
@@ -45,11 +47,18 @@ from resilient_circuit.storage.postgres.loop_pool import (
     LoopPool,
     budgeted_connection_class,
 )
-from resilient_circuit.storage.postgres.prepared import StoreConnection
+from resilient_circuit.storage.postgres.prepared import AsyncStoreConnection, StoreConnection
 
 __all__ = ("Pools", "describe", "reaches_server", "setup_session")
 
 logger = logging.getLogger("resilient_circuit.storage")
+
+_IDLE = pq.TransactionStatus.IDLE
+# How long a sync caller's connection stays out of the pool between calls: parked idle
+# for longer, or out of the pool for longer since it was taken, it goes back (see
+# ``Pools.take``), so that the pool's own rules (idle timeout, lifetime, fairness
+# between threads) apply to it within about this delay.
+PARKED_FOR = 1.0
 
 
 def describe(dsn: str) -> str:
@@ -172,6 +181,11 @@ class Pools:
         self.through_pooler: bool | None = None  # unknown until a connection is made
         self._lock = threading.Lock()
         self._sync: ConnectionPool | None = None
+        # Sync callers' connections between two calls: taken from the pool, not given
+        # back yet (see ``take``). Appended and popped without a lock (atomic on a list).
+        self._parked: list[StoreConnection] = []
+        self._waiting = 0  # callers in the pool's getconn: a parked connection is theirs
+        self._sweeping = False  # a timer will give back the connections parked too long
         self._async: dict[asyncio.AbstractEventLoop, LoopPool] = {}
         # One suspended async generator per loop: asyncio closes it (and so the pool)
         # when the loop shuts down.
@@ -235,14 +249,21 @@ class Pools:
         direct = setup_session(conn, self._timeout_ms())
         self._configured(conn, direct)
         if isinstance(conn, StoreConnection):
-            # A call's statements skip psycopg's cursor where nothing else must be
-            # sent around them (see prepared.py).
-            conn.rc_direct = (
-                direct and conn.prepare_threshold is not None and conn.info.encoding == "utf-8"
-            )
+            self._mark_direct(conn, direct)
 
     async def _aconfigure(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        self._configured(conn, await asetup_session(conn, self._timeout_ms()))
+        direct = await asetup_session(conn, self._timeout_ms())
+        self._configured(conn, direct)
+        if isinstance(conn, AsyncStoreConnection):
+            self._mark_direct(conn, direct)
+
+    @staticmethod
+    def _mark_direct(conn: StoreConnection | AsyncStoreConnection, direct: bool) -> None:
+        # A call's statements skip psycopg's cursor where nothing else must be sent
+        # around them (see prepared.py).
+        conn.rc_direct = (
+            direct and conn.prepare_threshold is not None and conn.info.encoding == "utf-8"
+        )
 
     def sync(self) -> ConnectionPool:
         """The pool of sync callers, opened (without waiting) on first use."""
@@ -266,6 +287,107 @@ class Pools:
                     self._sync.open(wait=False)
                 pool = self._sync
         return pool
+
+    # -- the sync callers' connections ----------------------------------------------
+    #
+    # The pool's getconn and putconn cost a call more CPU than the call's own statement
+    # handling; a caller of the store takes a connection per round trip, twice per
+    # strict call. Between two round trips a healthy connection is parked here instead:
+    # still counted by the pool as in use (max_connections holds), the next caller of
+    # any thread pops it without the pool. Parked connections go back to the pool when
+    # a caller waits in the pool for one, when idle or out for ``PARKED_FOR``, after an
+    # error, and when the pools are drained or closed; a forked child drops the whole
+    # ``Pools`` (see ``abandon``), parked connections included.
+
+    def take(self) -> StoreConnection:
+        """A connection for one round trip: a parked one, else one from the pool."""
+        try:
+            return self._parked.pop()
+        except IndexError:
+            pass
+        pool = self.sync()
+        with self._lock:
+            self._waiting += 1
+        try:
+            # Counted as waiting before looking again: a caller that parks after this
+            # sees the count and hands its connection to the pool, so to this caller.
+            try:
+                return self._parked.pop()
+            except IndexError:
+                conn = cast(StoreConnection, pool.getconn(self.connect_timeout))
+        finally:
+            with self._lock:
+                self._waiting -= 1
+        conn.rc_pool = pool
+        conn.rc_taken_at = monotonic()
+        return conn
+
+    def give(self, conn: StoreConnection) -> None:
+        """After a round trip that succeeded: park ``conn``, or give it back to its pool."""
+        now = monotonic()
+        if (
+            conn.broken
+            or conn.pgconn.transaction_status != _IDLE
+            or now - conn.rc_taken_at >= PARKED_FOR
+            or conn.rc_pool is not self._sync
+        ):
+            self.release(conn)
+            return
+        conn.rc_parked_at = now
+        self._parked.append(conn)
+        if self._waiting:
+            self._unpark(1)
+        elif not self._sweeping:
+            self._arm()
+
+    def release(self, conn: StoreConnection) -> None:
+        """Give ``conn`` back to the pool it came from (which checks it, or drops it)."""
+        pool = conn.rc_pool
+        conn.rc_pool = None
+        if pool is None:  # pragma: no cover - given back twice
+            return
+        try:
+            pool.putconn(conn)
+        except Exception:  # pragma: no cover - a pool closed meanwhile
+            conn.close()
+
+    def unpark(self) -> None:
+        """Give every parked connection back to the pool."""
+        self._unpark(len(self._parked))
+
+    def _unpark(self, count: int) -> None:
+        for _ in range(count):
+            try:
+                conn = self._parked.pop(0)
+            except IndexError:
+                return
+            self.release(conn)
+
+    def _arm(self) -> None:
+        with self._lock:
+            if self._sweeping:
+                return
+            self._sweeping = True
+        timer = threading.Timer(PARKED_FOR, self._sweep)
+        timer.daemon = True
+        timer.start()
+
+    def _sweep(self) -> None:
+        """Give back the connections parked for ``PARKED_FOR`` (they are idle)."""
+        now = monotonic()
+        for conn in list(self._parked):
+            if now - conn.rc_parked_at >= PARKED_FOR:
+                try:
+                    self._parked.remove(conn)
+                except ValueError:
+                    continue  # taken meanwhile
+                self.release(conn)
+        with self._lock:
+            self._sweeping = False
+        # Cleared before looking: a connection parked meanwhile either is seen here or
+        # saw the flag cleared and armed a timer itself.
+        if self._parked and self._sync is not None:
+            self._arm()
 
     async def running_loop(self) -> AsyncConnectionPool:
         """The pool of the running event loop, opened (without waiting) on first use."""
@@ -326,6 +448,7 @@ class Pools:
 
     def drain(self) -> None:
         """Replace every pool's idle connections (each async pool within its own loop)."""
+        self.unpark()
         pool = self._sync
         if pool is not None:
             pool.drain()
@@ -350,8 +473,10 @@ class Pools:
     def close(self) -> None:
         """Close the sync pool and the pools of closed event loops, without waiting on any
         loop (the pools of running loops close with their loop, or with ``aclose``)."""
+        self.unpark()
         with self._lock:
             pool, self._sync = self._sync, None
+        self.unpark()  # parked by a call that ended meanwhile
         self._discard_ended_loops()
         if pool is not None:
             pool.close()
@@ -380,5 +505,6 @@ class Pools:
             # The pool's own close() would join threads and end sessions: neither here.
             pool._closed = True
         self._sync = None
+        self._parked = []
         self._async = {}
         self._closers = {}

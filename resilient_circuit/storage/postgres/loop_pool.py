@@ -23,6 +23,8 @@ from psycopg_pool import AsyncConnectionPool
 from psycopg_pool.pool_async import MaintenanceTask, StopWorker
 from psycopg_pool.sched_async import AsyncScheduler
 
+from resilient_circuit.storage.postgres.prepared import AsyncStoreConnection
+
 __all__ = ("POOL_NAME", "Budget", "BudgetSpent", "LoopPool", "budgeted_connection_class")
 
 logger = logging.getLogger("resilient_circuit.storage")
@@ -145,14 +147,14 @@ class Budget:
             self._refused.pop(pool, None)
 
 
-def budgeted_connection_class(budget: Budget) -> type[psycopg.AsyncConnection[Any]]:
+def budgeted_connection_class(budget: Budget) -> type[AsyncStoreConnection]:
     """An async connection class that holds a share of ``budget`` while it exists.
 
     The share is given back on ``close()``, or when the pool drops a broken
     connection without closing it (its socket lives until then anyway).
     """
 
-    class AsyncBudgetedConnection(psycopg.AsyncConnection[Any]):
+    class AsyncBudgetedConnection(AsyncStoreConnection):
         _share: weakref.finalize[[], None] | None = None
 
         @classmethod

@@ -18,15 +18,19 @@ missing functions and bad arguments are told apart as for any other statement.
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import abc, adapt, pq, sql
 from psycopg.generators import execute
 
-__all__ = ("Prepared", "StoreConnection", "run")
+if TYPE_CHECKING:
+    from psycopg.abc import PQGen
+
+__all__ = ("AsyncStoreConnection", "Prepared", "Prepares", "StoreConnection", "arun", "run")
 
 _TUPLES_OK = pq.ExecStatus.TUPLES_OK
 _COMMAND_OK = pq.ExecStatus.COMMAND_OK
@@ -47,13 +51,27 @@ class Prepared:
     params: tuple[str, ...]
 
 
-class StoreConnection(psycopg.Connection[Any]):
-    """A connection of the store's own pool: what it has prepared, how it reads replies."""
+class Prepares:
+    """What a connection of the store's own pools has prepared, and how it reads replies."""
 
     #: Set when the pool configures it: the statements of ``Prepared`` may run on it.
     rc_direct = False
     rc_prepared: set[bytes] | None = None
     rc_loaders: abc.Transformer | None = None
+
+
+class StoreConnection(Prepares, psycopg.Connection[Any]):
+    """A connection of the store's own sync pool."""
+
+    #: While taken by a sync caller of the store (see ``Pools.take``): the pool it came
+    #: from, when it was taken, when it was last parked.
+    rc_pool: Any = None
+    rc_taken_at = 0.0
+    rc_parked_at = 0.0
+
+
+class AsyncStoreConnection(Prepares, psycopg.AsyncConnection[Any]):
+    """A connection of an event loop's pool of the store."""
 
 
 def _text(value: Any) -> bytes | None:
@@ -73,30 +91,61 @@ def _text(value: Any) -> bytes | None:
     raise TypeError(f"no text format for a parameter of type {type(value).__name__}")
 
 
+# One call's exchange with the server, for both kinds of connection: the engine yields
+# each of psycopg's generators (send, then read the reply) for its caller to wait on,
+# with ``conn.wait`` or ``await conn.wait``, and receives the results; it returns the row.
+_Conn = StoreConnection | AsyncStoreConnection
+_Engine = Generator["PQGen[list[pq.abc.PGresult]]", "list[pq.abc.PGresult]", Any]
+
+
 def run(conn: StoreConnection, prepared: Prepared, params: dict[str, Any]) -> Any:
     """Execute ``prepared`` with ``params`` on ``conn``; its first row as a tuple (or None)."""
+    engine = _engine(conn, conn.pgconn, prepared, params)
+    with conn.lock:
+        try:
+            step = next(engine)
+            while True:
+                step = engine.send(conn.wait(step))
+        except StopIteration as done:
+            return done.value
+
+
+async def arun(conn: AsyncStoreConnection, prepared: Prepared, params: dict[str, Any]) -> Any:
+    """The coroutine twin of ``run``: the same engine, awaited."""
+    engine = _engine(conn, conn.pgconn, prepared, params)
+    async with conn.lock:
+        try:
+            step = next(engine)
+            while True:
+                step = engine.send(await conn.wait(step))
+        except StopIteration as done:
+            return done.value
+
+
+def _engine(
+    conn: _Conn, pgconn: pq.abc.PGconn, prepared: Prepared, params: dict[str, Any]
+) -> _Engine:
+    """Run ``prepared`` on ``conn``, whose lock its caller holds; the first row or None."""
     values = [_text(params[name]) for name in prepared.params]
     names = conn.rc_prepared
     if names is None:
         names = conn.rc_prepared = set()
     name = prepared.name
-    pgconn = conn.pgconn
-    with conn.lock:
-        if name not in names:
-            # Noted before PREPARE is sent: an interruption (Ctrl-C, a cancelled
-            # statement's reply) can land once the server has prepared it, and preparing
-            # again would fail on this connection for good ("already exists"). Noted but
-            # never prepared, the execution below reports 26000 and prepares it then.
-            names.add(name)
-            _prepare(conn, prepared)
+    if name not in names:
+        # Noted before PREPARE is sent: an interruption (Ctrl-C, a cancelled
+        # statement's reply) can land once the server has prepared it, and preparing
+        # again would fail on this connection for good ("already exists"). Noted but
+        # never prepared, the execution below reports 26000 and prepares it then.
+        names.add(name)
+        yield from _prepare(conn, pgconn, prepared)
+    pgconn.send_query_prepared(name, values, result_format=_BINARY)
+    result = (yield execute(pgconn))[-1]
+    if result.status != _TUPLES_OK and result.error_field(_SQLSTATE) == _UNKNOWN_STATEMENT:
+        # Deallocated behind the store's back (DISCARD ALL or DEALLOCATE sent on
+        # a pooled connection lent out by ``_get_connection``): prepared again, once.
+        yield from _prepare(conn, pgconn, prepared)
         pgconn.send_query_prepared(name, values, result_format=_BINARY)
-        result = conn.wait(execute(pgconn))[-1]
-        if result.status != _TUPLES_OK and result.error_field(_SQLSTATE) == _UNKNOWN_STATEMENT:
-            # Deallocated behind the store's back (DISCARD ALL or DEALLOCATE sent on
-            # a pooled connection lent out by ``_get_connection``): prepared again, once.
-            _prepare(conn, prepared)
-            pgconn.send_query_prepared(name, values, result_format=_BINARY)
-            result = conn.wait(execute(pgconn))[-1]
+        result = (yield execute(pgconn))[-1]
     if result.status != _TUPLES_OK:
         raise psycopg.errors.error_from_result(result, encoding=conn.info.encoding)
     if not result.ntuples:
@@ -108,11 +157,10 @@ def run(conn: StoreConnection, prepared: Prepared, params: dict[str, Any]) -> An
     return loaders.load_row(0, tuple)
 
 
-def _prepare(conn: StoreConnection, prepared: Prepared) -> None:
+def _prepare(conn: _Conn, pgconn: pq.abc.PGconn, prepared: Prepared) -> _Engine:
     """Prepare ``prepared`` on ``conn``, whose lock is held."""
-    pgconn = conn.pgconn
     pgconn.send_prepare(prepared.name, prepared.text.as_bytes(conn))
-    result = conn.wait(execute(pgconn))[-1]
+    result = (yield execute(pgconn))[-1]
     if result.status != _COMMAND_OK:
         # Refused by the server: not prepared, so prepared again by the next call.
         if conn.rc_prepared is not None:

@@ -49,7 +49,11 @@ from resilient_circuit.storage.postgres.outage import (
     one_line,
     unavailable,
 )
-from resilient_circuit.storage.postgres.prepared import Prepared, StoreConnection
+from resilient_circuit.storage.postgres.prepared import (
+    AsyncStoreConnection,
+    Prepared,
+    StoreConnection,
+)
 
 __all__ = ("PostgresStorage", "shared_storage")
 
@@ -228,7 +232,10 @@ class PostgresStorage(CircuitBreakerStorage):
 
     def pool(self) -> ConnectionPool | SyncSource:
         """The pool of sync callers (the application's, when it lent one)."""
-        return self._pools.sync()
+        pools = self._pools
+        if isinstance(pools, Pools):
+            pools.unpark()  # every connection the store holds is the pool's to lend
+        return pools.sync()
 
     def _get_connection(self) -> AbstractContextManager[psycopg.Connection[Any]]:
         """0.4.5's way to reach the database: ``with storage._get_connection() as conn:``.
@@ -467,22 +474,21 @@ class PostgresStorage(CircuitBreakerStorage):
         try:
             if isinstance(pools, Pools):
                 # Taken and given back by hand: the pool's context manager would also
-                # commit, which an autocommit connection never needs.
-                pool = pools.sync()
-                conn = used = pool.getconn(self.connect_timeout)
+                # commit, which an autocommit connection never needs; after an error
+                # the pool checks the connection (see Pools.take).
+                conn = used = pools.take()
                 try:
-                    fast = (
-                        self.statements.prepared(statement)
-                        if configured and isinstance(conn, StoreConnection) and conn.rc_direct
-                        else None
-                    )
+                    direct = configured and conn.rc_direct
+                    fast = self.statements.prepared(statement) if direct else None
                     row = self._answer(conn, breaker, statement, params, fast)
-                finally:
-                    pool.putconn(conn)
+                except BaseException:
+                    pools.release(conn)
+                    raise
+                pools.give(conn)
             else:
-                with pools.sync().connection(timeout=self.connect_timeout) as conn:
-                    used = conn
-                    row = self._answer(conn, breaker, statement, params, None)
+                with pools.sync().connection(timeout=self.connect_timeout) as lent:
+                    used = lent
+                    row = self._answer(lent, breaker, statement, params, None)
         except StorageNotUsable:
             raise
         except Exception as exc:
@@ -550,7 +556,17 @@ class PostgresStorage(CircuitBreakerStorage):
             async with pool.connection(timeout=self.connect_timeout) as conn:
                 used = conn
                 try:
-                    row = await self._asend(conn, breaker, statement, params)
+                    fast = (
+                        self.statements.prepared(statement)
+                        if isinstance(conn, AsyncStoreConnection)
+                        and conn.rc_direct
+                        and (breaker is None or breaker.is_configured)
+                        else None
+                    )
+                    if fast is not None:
+                        row = await prepared.arun(cast(AsyncStoreConnection, conn), fast, params)
+                    else:
+                        row = await self._asend(conn, breaker, statement, params)
                 except psycopg.Error as exc:
                     if exc.sqlstate not in _UNDEFINED:
                         raise
