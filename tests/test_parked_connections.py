@@ -141,3 +141,48 @@ def test_a_forked_child_never_uses_the_connection_its_parent_parked(pg_dsn: str)
     assert reply["pid"] != reply["parent"]
     assert reply["after"] == ["ok"] * 5
     assert reply["again"] == reply["parent"]
+
+
+def test_the_application_waiting_in_the_pool_is_handed_the_parked_connection(
+    store: PostgresStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """max_connections=1, a thread calling through the store all along: the application's
+    own ``pool().connection()`` waits in the pool, where the store's next round trip must
+    hand the connection over rather than park it again (parked, it would come back to
+    the pool only once idle: an hour here, so a PoolTimeout)."""
+    monkeypatch.setattr(connection, "PARKED_FOR", 3600.0)
+    call = CircuitProtectorPolicy(resource_key="parked", storage=store)(lambda: "ok")
+    call()
+    pool = store.pool()  # taken once, as an application keeps it
+    stop = threading.Event()
+    calls: list[str] = []
+
+    def calling() -> None:
+        while not stop.is_set():
+            calls.append(call())
+
+    thread = threading.Thread(target=calling)
+    thread.start()
+    try:
+        assert wait_for(lambda: len(calls) > 5, 30.0)
+        for _ in range(5):
+            with pool.connection(timeout=5.0) as conn:
+                assert conn.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        stop.set()
+        thread.join(60)
+    assert store.outage.down_since is None
+
+
+def test_a_pool_kept_by_the_application_lends_a_connection_parked_since(
+    store: PostgresStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pool taken from ``pool()`` before the store parked its connection: asking it
+    for one gets the parked one, not a wait until it is idle for an hour."""
+    monkeypatch.setattr(connection, "PARKED_FOR", 3600.0)
+    call = CircuitProtectorPolicy(resource_key="parked", storage=store)(lambda: "ok")
+    pool = store.pool()
+    assert call() == "ok"  # parked now
+    with pool.connection(timeout=2.0) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    assert call() == "ok"

@@ -49,7 +49,7 @@ from resilient_circuit.storage.postgres.loop_pool import (
 )
 from resilient_circuit.storage.postgres.prepared import AsyncStoreConnection, StoreConnection
 
-__all__ = ("Pools", "describe", "reaches_server", "setup_session")
+__all__ = ("Pools", "SyncPool", "describe", "reaches_server", "setup_session")
 
 logger = logging.getLogger("resilient_circuit.storage")
 
@@ -153,6 +153,42 @@ def _drain_async(pool: AsyncConnectionPool) -> None:
     task = asyncio.ensure_future(drain())
     _draining.add(task)
     task.add_done_callback(_draining.discard)
+
+
+class SyncPool(ConnectionPool):
+    """The sync callers' pool. Whoever asks it for a connection (a store's call, or the
+    application through ``PostgresStorage.pool()``, even a pool object it kept) is
+    counted as waiting, so that a connection parked meanwhile is handed to it, and
+    first gets one the store parked rather than waiting until that one is idle."""
+
+    def __init__(self, owner: Pools, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.rc_owner = owner
+
+    def getconn(self, timeout: float | None = None) -> Any:
+        owner = self.rc_owner
+        with owner.waiting():
+            # Counted before looking: a caller that parks after this sees the count
+            # and hands its connection to the pool, so to this caller.
+            owner.unpark_one()
+            return super().getconn(timeout)
+
+
+class _Waiting:
+    """A caller of the sync pool's getconn, counted while it waits."""
+
+    __slots__ = ("_pools",)
+
+    def __init__(self, pools: Pools) -> None:
+        self._pools = pools
+
+    def __enter__(self) -> None:
+        with self._pools._lock:
+            self._pools._waiting += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self._pools._lock:
+            self._pools._waiting -= 1
 
 
 class Pools:
@@ -271,7 +307,8 @@ class Pools:
         if pool is None:
             with self._lock:
                 if self._sync is None:
-                    self._sync = ConnectionPool(
+                    self._sync = SyncPool(
+                        self,
                         self.dsn.conninfo,
                         min_size=0,
                         max_size=self.max_connections,
@@ -306,18 +343,8 @@ class Pools:
         except IndexError:
             pass
         pool = self.sync()
-        with self._lock:
-            self._waiting += 1
-        try:
-            # Counted as waiting before looking again: a caller that parks after this
-            # sees the count and hands its connection to the pool, so to this caller.
-            try:
-                return self._parked.pop()
-            except IndexError:
-                conn = cast(StoreConnection, pool.getconn(self.connect_timeout))
-        finally:
-            with self._lock:
-                self._waiting -= 1
+        # The pool counts this caller as waiting and looks among the parked ones again.
+        conn = cast(StoreConnection, pool.getconn(self.connect_timeout))
         conn.rc_pool = pool
         conn.rc_taken_at = monotonic()
         return conn
@@ -351,9 +378,17 @@ class Pools:
         except Exception:  # pragma: no cover - a pool closed meanwhile
             conn.close()
 
+    def waiting(self) -> AbstractContextManager[None]:
+        """Around a wait in the sync pool (see ``SyncPool.getconn``)."""
+        return _Waiting(self)
+
     def unpark(self) -> None:
         """Give every parked connection back to the pool."""
         self._unpark(len(self._parked))
+
+    def unpark_one(self) -> None:
+        """Give the longest parked connection back to the pool, if any."""
+        self._unpark(1)
 
     def _unpark(self, count: int) -> None:
         for _ in range(count):
