@@ -186,3 +186,22 @@ def test_a_pool_kept_by_the_application_lends_a_connection_parked_since(
     with pool.connection(timeout=2.0) as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)
     assert call() == "ok"
+
+
+def test_a_connection_out_while_the_pools_are_drained_is_not_parked(
+    store: PostgresStorage,
+) -> None:
+    """The store drains its pools when a connection is lost, so that the connections
+    opened before (most likely dead too) each fail no call once the database is back. One
+    out on a round trip meanwhile is closed when given back, as the pool would close it,
+    never parked for the next caller."""
+    call = CircuitProtectorPolicy(resource_key="parked", storage=store)(lambda: "ok")
+    call()
+    pools = store._pools
+    assert isinstance(pools, connection.Pools)
+    conn = pools.take()
+    pools.drain()
+    pools.give(conn)
+    assert conn not in pools._parked
+    assert conn.closed
+    assert call() == "ok"

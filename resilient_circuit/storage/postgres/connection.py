@@ -352,11 +352,15 @@ class Pools:
     def give(self, conn: StoreConnection) -> None:
         """After a round trip that succeeded: park ``conn``, or give it back to its pool."""
         now = monotonic()
+        pool = conn.rc_pool
         if (
             conn.broken
             or conn.pgconn.transaction_status != _IDLE
             or now - conn.rc_taken_at >= PARKED_FOR
-            or conn.rc_pool is not self._sync
+            or pool is not self._sync
+            # Opened before the pool was drained (after a lost connection): the pool
+            # closes it when given back, as it would have without parking.
+            or conn._created_at <= cast(Any, pool)._drained_at
         ):
             self.release(conn)
             return
