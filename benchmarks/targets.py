@@ -518,12 +518,23 @@ def _rejection_target(r: Results) -> Target:
     )
     why = ""
     if ratio > 1.2:
+        decide = rv.get("floor_decide")
+        # A verdict holds until a moment on the clock: no rejection can decide without
+        # one clock read and comparison, whether or not retry_after is computed then.
+        floor = (
+            ""
+            if decide is None
+            else f"; with only the one clock read and comparison that deciding to reject "
+            f"needs (no retry_after computed at all), {decide:.2f}x"
+            + (", above the bound already" if decide > 1.2 else "")
+        )
         why = (
             f"the floor of any rejection, in the same rounds: a function with the decorator's "
             f"signature (*args, **kwargs) raising the same exception is "
-            f"{rv['floor_frame']:.2f}x; with the one clock read and subtraction that "
-            f"retry_after needs, {rv['floor_clock']:.2f}x. The rest is deciding to reject: "
-            f"the breaker's standing verdict read and compared, without calling acquire"
+            f"{rv['floor_frame']:.2f}x{floor}; with the subtraction that retry_after needs "
+            f"as well, {rv['floor_clock']:.2f}x. The rest is reading the breaker's standing "
+            f"verdict (a slot, a tuple, the store's clock) and the policy's generation, "
+            f"without calling acquire"
         )
     return Target(name, measured, "≤ 1.2x", _status(ratio <= 1.2), why)
 
