@@ -120,12 +120,18 @@ def measure() -> dict[str, Any]:
         raise rejected("open", state, 1)
 
     # The floor of any rejection: the decorator's signature raising the same
-    # exception; then with the one clock read and subtraction that retry_after needs.
+    # exception; then with the one clock read and comparison that deciding to reject
+    # needs whatever retry_after is (a verdict holds until a moment on the clock);
+    # then with the subtraction that retry_after needs as well.
     clock = time.monotonic_ns
     until = clock() + 3600 * 10**9
 
     def floor_frame(*args: Any, **kwargs: Any) -> None:
         raise rejected("open", state, 1)
+
+    def floor_decide(*args: Any, **kwargs: Any) -> None:
+        if clock() < until:
+            raise rejected("open", state, 1)
 
     def floor_clock(*args: Any, **kwargs: Any) -> None:
         now = clock()
@@ -155,6 +161,7 @@ def measure() -> dict[str, Any]:
         "nop3": partial(_nop3, "open", state, 1),
         "raise_rejection": build_and_raise,
         "floor_frame": floor_frame,
+        "floor_decide": floor_decide,
         "floor_clock": floor_clock,
     }
     rows = interleaved(fns)
@@ -233,6 +240,7 @@ def measure() -> dict[str, Any]:
         "exception_ns": diff("raise_rejection", "noop"),
         "rejection_ns": total_rejection,
         "floor_frame": per_exception("floor_frame"),
+        "floor_decide": per_exception("floor_decide"),
         "floor_clock": per_exception("floor_clock"),
     }
     for path, parts in paths.items():

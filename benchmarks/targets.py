@@ -314,16 +314,20 @@ def evaluate(out: dict[str, dict[str, Any]], labels: dict[str, str]) -> list[Tar
         slowest = max(measured.items(), key=lambda item: item[1].get("overhead_ns", 0))
         per = float(slowest[1].get("overhead_ns", float("nan")))
         memory = r.ns("ours", "breaker.rejection")
-        add(
-            Target(
-                "While OPEN: ≤ 1 µs per rejection (every mode)",
-                f"{fmt_ns(per)} (slowest: {slowest[0]}; latency "
-                f"{fmt_ns(float(slowest[1]['median_ns']))})",
-                "≤ 1 µs",
-                _status(per <= 1000),
-                "" if per <= 1000 else _why_open(r, per, memory or 0, slowest[0]),
+        same = r.get("ours_pg", "pg.open_rejection")
+        if same is not None and same.get("blocks"):
+            add(_open_per_rejection(same, per, slowest[0]))
+        else:
+            add(
+                Target(
+                    "While OPEN: ≤ 1 µs per rejection (every mode)",
+                    f"{fmt_ns(per)} (slowest: {slowest[0]}; latency "
+                    f"{fmt_ns(float(slowest[1]['median_ns']))})",
+                    "≤ 1 µs",
+                    _status(per <= 1000),
+                    "" if per <= 1000 else _why_open(r, per, memory or 0, slowest[0]),
+                )
             )
-        )
     else:
         add(Target("While OPEN: 0 round trips until open_until", "n/a", "0", "n/a"))
         add(Target("While OPEN: ≤ 1 µs per rejection", "n/a", "≤ 1 µs", "n/a"))
@@ -518,12 +522,23 @@ def _rejection_target(r: Results) -> Target:
     )
     why = ""
     if ratio > 1.2:
+        decide = rv.get("floor_decide")
+        # A verdict holds until a moment on the clock: no rejection can decide without
+        # one clock read and comparison, whether or not retry_after is computed then.
+        floor = (
+            ""
+            if decide is None
+            else f"; with only the one clock read and comparison that deciding to reject "
+            f"needs (no retry_after computed at all), {decide:.2f}x"
+            + (", above the bound already" if decide > 1.2 else "")
+        )
         why = (
             f"the floor of any rejection, in the same rounds: a function with the decorator's "
             f"signature (*args, **kwargs) raising the same exception is "
-            f"{rv['floor_frame']:.2f}x; with the one clock read and subtraction that "
-            f"retry_after needs, {rv['floor_clock']:.2f}x. The rest is deciding to reject: "
-            f"the breaker's standing verdict read and compared, without calling acquire"
+            f"{rv['floor_frame']:.2f}x{floor}; with the subtraction that retry_after needs "
+            f"as well, {rv['floor_clock']:.2f}x. The rest is reading the breaker's standing "
+            f"verdict (a slot, a tuple, the store's clock) and the policy's generation, "
+            f"without calling acquire"
         )
     return Target(name, measured, "≤ 1.2x", _status(ratio <= 1.2), why)
 
@@ -587,6 +602,41 @@ def _why_pg(r: Results) -> str:
         f"{fmt_ns(p['record'])} against the UPDATE's {fmt_ns(p['update'])} (executing "
         f"{fmt_ns(p['record_exec'])} against {fmt_ns(p['update_exec'])}), and the client side "
         f"(pool, psycopg, Python) adds {fmt_ns(p['call'] - p['acquire'] - p['record'])}"
+    )
+
+
+def _open_per_rejection(same: dict[str, Any], own: float, own_mode: str) -> Target:
+    """The 1 µs bound judged on the blocks of every mode's rejection timed in the same
+    rounds as an in-memory one and the bare exception, spread over seconds.
+
+    One process's own rounds fall in one phase of this machine's speed, which moves
+    1.6-1.8x between phases for any code (a bare raise included): the mode's own rounds
+    are shown beside it, not judged."""
+    blocks: dict[str, list[float]] = same["blocks"]
+    mode, per = max(same["pg_ns"].items(), key=lambda item: float(item[1]))
+    per = float(per)
+
+    def spread(name: str) -> str:
+        values = blocks[name]
+        return f"{fmt_ns(min(values))} … {fmt_ns(max(values))}"
+
+    measured = (
+        f"{fmt_ns(per)} (slowest: {mode}; median of {len(blocks[mode])} blocks of the same "
+        f"rounds, {spread(mode)}); its own rounds in another moment: {own_mode} {fmt_ns(own)}"
+    )
+    mem, exc = float(same["memory_ns"]), float(same["exception_ns"])
+    why = (
+        f"in the same blocks an in-memory rejection costs {fmt_ns(mem)} ({spread('memory')}) "
+        f"and building and raising the exception alone {fmt_ns(exc)} ({spread('exception')}): "
+        f"the {mode} rejection is {per / mem:.2f}x the in-memory one and moves with the "
+        "machine as the bare exception does"
+    )
+    return Target(
+        "While OPEN: ≤ 1 µs per rejection (every mode)",
+        measured,
+        "≤ 1 µs",
+        _status(per <= 1000),
+        why,
     )
 
 

@@ -142,3 +142,23 @@ def test_time_window_counts_every_outcome_from_many_threads() -> None:
     snap = policy.snapshot()
     assert snap.successes + snap.failures == 6 * 3000
     assert snap.failures == sum(1 for s in range(6) for i in range(3000) if (i + s) % 97 == 0)
+
+
+def test_count_and_time_windows_in_one_store_count_their_own_successes() -> None:
+    """A count window's steady successes and a time window's counted ones take different
+    unlocked paths of one store; interleaved, each breaker counts exactly its own."""
+    storage = InMemoryStorage()
+    count, _ = make(storage, resource_key="count", window_size=4)
+    timed, _ = make(storage, resource_key="timed", window_duration=timedelta(seconds=60))
+    count_call, timed_call = flaky(count), flaky(timed)
+    for i in range(50):
+        count_call()
+        timed_call()
+        if i == 20:
+            with pytest.raises(ConnectionError):
+                timed_call(False)
+    count_snap, timed_snap = count.snapshot(), timed.snapshot()
+    assert (count_snap.successes, count_snap.failures) == (50, 0)
+    assert count_snap.window == (True,) * 4
+    assert (timed_snap.successes, timed_snap.failures) == (50, 1)
+    assert timed_snap.state is CircuitState.CLOSED

@@ -242,14 +242,17 @@ class MemoryBreaker(Breaker):
         is not always (a live count window or a time window's counted successes are
         placed in a State when the state is read: ``state``, ``snapshot``)."""
         if success:
-            st = self._state
-            if st is self._steady:
-                self._successes.add()
-                return st
             timed = self._timed
-            if timed is not None:
-                # The clock read through a local: calling a slot's value as a method is
-                # not specialised by the interpreter, calling a local is.
+            if timed is None:
+                st = self._state
+                if st is self._steady:
+                    self._successes.add()
+                    return st
+            else:
+                # A time window is never steady (_steady is a count window's): its
+                # success tests only _timed. The clock read through a local: calling a
+                # slot's value as a method is not specialised by the interpreter,
+                # calling a local is.
                 clock = self._clock
                 if generation == timed[1] and clock() < timed[2]:
                     # Counted as of the state that published it: one a locked change
