@@ -1546,6 +1546,13 @@ BEGIN
             RETURN;
         END IF;
     END IF;
+    -- Refused here, not by rc_record_many_at, whose error names its own parameter.
+    IF p_duration < interval '0' OR extract(year FROM p_duration) <> 0
+       OR extract(month FROM p_duration) <> 0 THEN
+        RAISE EXCEPTION 'rc: p_duration must be NULL or a duration >= 0 in days, hours, minutes '
+            'or seconds (no months or years), got %', p_duration
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     RETURN QUERY
     SELECT * FROM @extschema@.rc_record_many_at(p_key, p_namespace, ARRAY[p_success],
                                                 ARRAY[p_generation], NULL, ARRAY[p_duration]);
