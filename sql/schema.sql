@@ -9,21 +9,33 @@
 -- Older installs are upgraded by sql/migrations/ instead; tests/test_schema_equivalence.py
 -- proves both paths give the same catalog.
 
+-- The counters an outcome writes never go below zero. The rule is a domain's CHECK, not the
+-- table's: PostgreSQL reads a table's CHECK constraints back from their stored form on every
+-- UPDATE it executes, whichever columns it assigns (a sixth of recording an outcome), while a
+-- domain's rule is kept prepared and runs only for the columns an UPDATE assigns. Both
+-- domains name the rule as the table constraint did, so a refused write reports the same
+-- constraint. generation, which functions return as bigint (a domain would not match their
+-- declared result), has the same rule in rc_check_breaker_row: only transitions write it.
+CREATE DOMAIN @extschema@.rc_count_int AS integer
+    CONSTRAINT rc_circuit_breakers_counters_check CHECK (VALUE >= 0);
+CREATE DOMAIN @extschema@.rc_count_bigint AS bigint
+    CONSTRAINT rc_circuit_breakers_counters_check CHECK (VALUE >= 0);
+
 CREATE TABLE @extschema@.rc_circuit_breakers (
     -- The first eight columns are the ones resilient_circuit 0.4.5 created, in its order, so
     -- monitoring queries written for it keep working and upgraded tables match this one.
     resource_key      varchar(255)  NOT NULL,
     namespace         varchar(255)  NOT NULL DEFAULT 'default',
     state             varchar(20)   NOT NULL DEFAULT 'CLOSED',
-    failure_count     integer       NOT NULL DEFAULT 0,
+    failure_count     @extschema@.rc_count_int    NOT NULL DEFAULT 0,
     open_until        timestamptz,
     execution_log     boolean[]     NOT NULL DEFAULT '{}',
     created_at        timestamptz   NOT NULL DEFAULT now(),
     updated_at        timestamptz   NOT NULL DEFAULT now(),
     generation        bigint        NOT NULL DEFAULT 0,
     permits           timestamptz[] NOT NULL DEFAULT '{}',
-    successes         bigint        NOT NULL DEFAULT 0,
-    failures          bigint        NOT NULL DEFAULT 0,
+    successes         @extschema@.rc_count_bigint NOT NULL DEFAULT 0,
+    failures          @extschema@.rc_count_bigint NOT NULL DEFAULT 0,
     failure_limit_num integer       NOT NULL DEFAULT 1,
     failure_limit_den integer       NOT NULL DEFAULT 1,
     window_size       integer       NOT NULL DEFAULT 1,
@@ -46,11 +58,7 @@ CREATE TABLE @extschema@.rc_circuit_breakers (
     slow_call_limit_den integer,
     cooldown_factor     double precision NOT NULL DEFAULT 1,
     max_cooldown        interval,
-    CONSTRAINT rc_circuit_breakers_pkey PRIMARY KEY (resource_key, namespace),
-    -- One comparison, not four: PostgreSQL reads a CHECK constraint back from its stored form
-    -- on every UPDATE, at a cost that grows with the expression.
-    CONSTRAINT rc_circuit_breakers_counters_check
-        CHECK (least(failure_count, generation, successes, failures) >= 0)
+    CONSTRAINT rc_circuit_breakers_pkey PRIMARY KEY (resource_key, namespace)
 );
 
 CREATE INDEX idx_rc_circuit_breakers_state ON @extschema@.rc_circuit_breakers (state);
@@ -62,8 +70,8 @@ CREATE INDEX idx_rc_circuit_breakers_namespace ON @extschema@.rc_circuit_breaker
 -- none of the columns these rules read. The trigger runs for every new row and for every
 -- UPDATE that assigns one of the columns the rules read (rc_circuit_breakers_check), so a
 -- row that passed them keeps passing them until one of those columns is written again, by
--- anyone, the owner included. The counters, which every outcome writes, keep their CHECK
--- constraint. Each rule is the former constraint's, under its name: a NULL passes, as in a
+-- anyone, the owner included. The counters an outcome writes are domains with their own
+-- rule. Each rule is the former constraint's, under its name: a NULL passes, as in a
 -- CHECK constraint.
 CREATE OR REPLACE FUNCTION @extschema@.rc_check_breaker_row()
 RETURNS trigger
@@ -135,6 +143,8 @@ BEGIN
                        AND extract(year FROM NEW.max_cooldown) = 0
                        AND extract(month FROM NEW.max_cooldown) = 0))) IS FALSE
             THEN 'rc_circuit_breakers_cooldown_growth_check'
+        WHEN (NEW.generation >= 0) IS FALSE
+            THEN 'rc_circuit_breakers_counters_check'
     END;
     IF _broken IS NOT NULL THEN
         RAISE EXCEPTION 'new row for relation "%" violates check constraint "%"',
@@ -152,7 +162,7 @@ AFTER INSERT OR UPDATE OF state, permits, held, failure_limit_num, failure_limit
     window_size, success_limit_num, success_limit_den, cooldown, half_open_timeout,
     last_cooldown, bucket_head, bucket_calls, bucket_failures, bucket_slow, window_duration,
     minimum_calls, slow_call_duration, slow_call_limit_num, slow_call_limit_den,
-    cooldown_factor, max_cooldown
+    cooldown_factor, max_cooldown, generation
 ON @extschema@.rc_circuit_breakers
 FOR EACH ROW EXECUTE FUNCTION @extschema@.rc_check_breaker_row();
 
@@ -1545,6 +1555,13 @@ BEGIN
             RETURN NEXT;
             RETURN;
         END IF;
+    END IF;
+    -- Refused here, not by rc_record_many_at, whose error names its own parameter.
+    IF p_duration < interval '0' OR extract(year FROM p_duration) <> 0
+       OR extract(month FROM p_duration) <> 0 THEN
+        RAISE EXCEPTION 'rc: p_duration must be NULL or a duration >= 0 in days, hours, minutes '
+            'or seconds (no months or years), got %', p_duration
+            USING ERRCODE = 'invalid_parameter_value';
     END IF;
     RETURN QUERY
     SELECT * FROM @extschema@.rc_record_many_at(p_key, p_namespace, ARRAY[p_success],

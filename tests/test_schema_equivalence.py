@@ -325,3 +325,35 @@ def test_seed_migration_is_the_0_4_5_table(pg_empty_dsn: str) -> None:
     # Running it twice is harmless (the installer never needs to, but a person might).
     with psycopg.connect(pg_empty_dsn, autocommit=True) as conn:
         conn.execute(sql.SQL(_installer.load_migrations()[0].sql))
+
+
+def test_an_upgrade_that_makes_the_status_view_again_keeps_its_grants(
+    pg_make_database: Callable[[], str],
+    pg_role: Callable[[], str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Version 15 drops and makes rc_circuit_breaker_status and rc_status again: an
+    application role's privileges on them (pg-setup grants both) survive the upgrade."""
+    dsn, role = pg_make_database(), pg_role()
+    every = _installer.load_migrations()
+    with monkeypatch.context() as older_package:
+        older_package.setattr(_installer, "load_migrations", lambda: every[:14])
+        install_by_replaying(dsn, "public")
+    privileges = sql.SQL(
+        "SELECT has_table_privilege({role}, 'rc_circuit_breaker_status', 'SELECT'),"
+        " has_function_privilege({role}, 'rc_status(text, text)', 'EXECUTE'),"
+        " has_function_privilege('public', 'rc_status(text, text)', 'EXECUTE')"
+    ).format(role=sql.Literal(role))
+    with connect(dsn) as conn:
+        conn.execute(
+            sql.SQL("GRANT SELECT ON rc_circuit_breaker_status TO {}").format(sql.Identifier(role))
+        )
+        conn.execute(
+            sql.SQL("GRANT EXECUTE ON FUNCTION rc_status(text, text) TO {}").format(
+                sql.Identifier(role)
+            )
+        )
+        assert conn.execute(privileges).fetchone() == (True, True, False)
+        _installer.install(conn, schema="public")
+        assert _installer.applied_versions(conn) == [m.version for m in every]
+        assert conn.execute(privileges).fetchone() == (True, True, False)

@@ -106,6 +106,24 @@ def test_bad_new_argument_is_refused_and_changes_nothing(
     assert _table(conn) == before
 
 
+@pytest.mark.parametrize("success", [True, False])
+@pytest.mark.parametrize("duration", ["-1 second", "1 month", "1 year 2 seconds"])
+def test_rc_record_names_its_own_parameter_for_a_bad_duration(
+    conn: Conn, success: bool, duration: str
+) -> None:
+    """rc_record's error names p_duration, not p_durations of the batch it may delegate to."""
+    conn.execute("SELECT * FROM rc_configure('svc', 'default', 1, 2)")
+    before = _table(conn)
+    with pytest.raises(psycopg.errors.InvalidParameterValue) as caught:
+        conn.execute(
+            "SELECT * FROM rc_record('svc', %s, 'default', NULL, %s::interval)", (success, duration)
+        )
+    message = str(caught.value)
+    assert "p_duration " in message
+    assert "p_durations" not in message
+    assert _table(conn) == before
+
+
 def test_calls_written_for_the_previous_version_still_work(conn: Conn) -> None:
     """rc_record, rc_force and rc_configure keep their old positional forms."""
     assert _row(conn, "SELECT * FROM rc_configure('svc', 'default', 1, 2)") == ("CLOSED", 0)

@@ -1,8 +1,10 @@
 """The breaker table refuses rows that break its rules, whoever writes them.
 
-Only the counters are CHECK constraints; the other rules run in a trigger
-(rc_circuit_breakers_check) on insert and on each UPDATE that assigns a column they
-read, so that an outcome, which assigns none of those columns, does not pay for them.
+The table has no CHECK constraint, which PostgreSQL would prepare again for every
+UPDATE: the counters an outcome writes are domains with the rule, and the other rules
+run in a trigger (rc_circuit_breakers_check) on insert and on each UPDATE that assigns a
+column they read, so that an outcome, which assigns none of those columns, does not pay
+for them.
 These tests pin the three things that keep that safe: each rule refuses a bad row
 written directly by the owner, the trigger watches every column its rules read, and
 rc_configure refuses a bad value first, with 22023 naming its parameter.
@@ -55,6 +57,8 @@ BAD_WRITES = [
     ("max_cooldown = '1 year'", "cooldown_growth"),
     ("successes = -1", "counters"),
     ("failure_count = -1", "counters"),
+    ("failures = -1", "counters"),
+    ("generation = -1", "counters"),
 ]
 
 
