@@ -9,8 +9,8 @@
 --     it executes, whichever columns it assigns; a domain's rule stays prepared and runs only
 --     for the columns an UPDATE assigns. Server instructions of rc_record's healthy success
 --     (callgrind, PostgreSQL 15): 236k -> 196k. A column's type cannot change under a view,
---     so rc_circuit_breaker_status and rc_status, which returns its rows, are made again,
---     with the privileges they had (pg-setup grants them to application roles).
+--     so rc_circuit_breaker_status and rc_status, which returns its rows, are made again
+--     (rc_status from its catalog definition), with the privileges they had.
 --   * rc_record refuses a bad p_duration itself, just before delegating to
 --     rc_record_many_at, whose error named its own parameter, p_durations. The healthy
 --     success it applies itself never reaches the test.
@@ -116,13 +116,18 @@ AFTER INSERT OR UPDATE OF state, permits, held, failure_limit_num, failure_limit
 ON @extschema@.rc_circuit_breakers
 FOR EACH ROW EXECUTE FUNCTION @extschema@.rc_check_breaker_row();
 
--- The privileges granted on the view and on rc_status, kept until they are made again.
-SELECT set_config('rc.migration_view_acl', coalesce((
-           SELECT c.relacl::text FROM pg_class AS c
-           WHERE c.oid = '@extschema@.rc_circuit_breaker_status'::regclass), ''), true),
-       set_config('rc.migration_status_acl', coalesce((
-           SELECT p.proacl::text FROM pg_proc AS p
-           WHERE p.oid = '@extschema@.rc_status(text, text)'::regprocedure), ''), true);
+-- A column's type cannot change under a view: the view and rc_status (which returns its
+-- rows) are dropped and made again. rc_status, the comments and the privileges come back
+-- from the catalog as they stand; the view is written out, since the catalog's text of it
+-- parses back into a different (equivalent) query tree than schema.sql's.
+SELECT set_config('rc.migration_status_def', pg_get_functiondef(p.oid), true),
+       set_config('rc.migration_status_comment', obj_description(p.oid, 'pg_proc'), true),
+       set_config('rc.migration_status_acl', coalesce(p.proacl::text, ''), true),
+       set_config('rc.migration_view_comment', obj_description(c.oid, 'pg_class'), true),
+       set_config('rc.migration_view_acl', coalesce(c.relacl::text, ''), true)
+FROM pg_proc AS p, pg_class AS c
+WHERE p.oid = '@extschema@.rc_status(text, text)'::regprocedure
+  AND c.oid = '@extschema@.rc_circuit_breaker_status'::regclass;
 
 DROP FUNCTION @extschema@.rc_status(text, text);
 DROP VIEW @extschema@.rc_circuit_breaker_status;
@@ -184,54 +189,38 @@ WHERE (SELECT @extschema@.rc_session_is_owner())
               WHERE g.role_oid = (SELECT r.oid FROM pg_roles AS r WHERE r.rolname = session_user)
                 AND g.namespace IN (b.namespace, '*'));
 
-CREATE OR REPLACE FUNCTION @extschema@.rc_status(p_key text, p_namespace text DEFAULT 'default')
-RETURNS SETOF @extschema@.rc_circuit_breaker_status
-LANGUAGE plpgsql
-STABLE
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    IF (char_length(p_key) BETWEEN 1 AND 255
-        AND char_length(p_namespace) BETWEEN 1 AND 255) IS NOT TRUE THEN
-        PERFORM @extschema@.rc_check_names(p_key, p_namespace);
-    END IF;
-    PERFORM @extschema@.rc_check_namespace(p_namespace);
-    RETURN QUERY
-    SELECT * FROM @extschema@.rc_circuit_breaker_status AS s
-    WHERE s.resource_key = p_key AND s.namespace = p_namespace;
-END;
-$$;
 
-COMMENT ON VIEW @extschema@.rc_circuit_breaker_status IS
-    'Every breaker of the namespaces the session''s login role may use, in readable form: '
-    'execution_log as S/F (oldest first), time left in the cooldown, live trial permits, '
-    'limits as fractions.';
-COMMENT ON FUNCTION @extschema@.rc_status(text, text) IS
-    'The rc_circuit_breaker_status row of one breaker (no row if it was never used).';
-
-REVOKE EXECUTE ON FUNCTION @extschema@.rc_status(text, text) FROM PUBLIC;
-
--- The privileges other roles held, granted again by the owner.
 DO $$
 DECLARE
+    _owner oid := (SELECT c.relowner FROM pg_class AS c
+                   WHERE c.oid = '@extschema@.rc_circuit_breakers'::regclass);
+    _target text;
+    _acl text;
     _grant record;
 BEGIN
-    FOR _grant IN
-        SELECT 'TABLE @extschema@.rc_circuit_breaker_status' AS target, a.privilege_type,
-               a.grantee, a.is_grantable
-        FROM aclexplode(nullif(current_setting('rc.migration_view_acl'), '')::aclitem[]) AS a
-        UNION ALL
-        SELECT 'FUNCTION @extschema@.rc_status(text, text)', a.privilege_type, a.grantee,
-               a.is_grantable
-        FROM aclexplode(nullif(current_setting('rc.migration_status_acl'), '')::aclitem[]) AS a
+    EXECUTE current_setting('rc.migration_status_def');
+    EXECUTE format('COMMENT ON VIEW @extschema@.rc_circuit_breaker_status IS %L',
+                   current_setting('rc.migration_view_comment'));
+    EXECUTE format('COMMENT ON FUNCTION @extschema@.rc_status(text, text) IS %L',
+                   current_setting('rc.migration_status_comment'));
+    -- The privileges other roles held, granted again by the owner. An empty list is the
+    -- default one, which the new objects have too.
+    FOR _target, _acl IN
+        VALUES ('TABLE @extschema@.rc_circuit_breaker_status',
+                current_setting('rc.migration_view_acl')),
+               ('FUNCTION @extschema@.rc_status(text, text)',
+                current_setting('rc.migration_status_acl'))
     LOOP
-        CONTINUE WHEN _grant.grantee = (SELECT c.relowner FROM pg_class AS c
-                                        WHERE c.oid = '@extschema@.rc_circuit_breakers'::regclass);
-        EXECUTE format('GRANT %s ON %s TO %s%s', _grant.privilege_type, _grant.target,
-                       CASE WHEN _grant.grantee = 0 THEN 'PUBLIC'
-                            ELSE _grant.grantee::regrole::text END,
-                       CASE WHEN _grant.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
+        CONTINUE WHEN _acl = '';
+        EXECUTE format('REVOKE ALL ON %s FROM PUBLIC', _target);
+        FOR _grant IN
+            SELECT * FROM aclexplode(_acl::aclitem[]) AS a WHERE a.grantee <> _owner
+        LOOP
+            EXECUTE format('GRANT %s ON %s TO %s%s', _grant.privilege_type, _target,
+                           CASE WHEN _grant.grantee = 0 THEN 'PUBLIC'
+                                ELSE _grant.grantee::regrole::text END,
+                           CASE WHEN _grant.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
+        END LOOP;
     END LOOP;
 END;
 $$;
