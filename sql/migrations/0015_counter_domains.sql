@@ -8,7 +8,7 @@
 --     table's CHECK constraints back from their stored form and prepares them on every UPDATE
 --     it executes, whichever columns it assigns; a domain's rule stays prepared and runs only
 --     for the columns an UPDATE assigns. Server instructions of rc_record's healthy success
---     (callgrind, PostgreSQL 15): 236k -> 196k. A column's type cannot change under a view,
+--     (callgrind, PostgreSQL 15): 236k -> 207k. A column's type cannot change under a view,
 --     so rc_circuit_breaker_status and rc_status, which returns its rows, are made again
 --     (rc_status from its catalog definition), with the privileges they had.
 --   * rc_record refuses a bad p_duration itself, just before delegating to
