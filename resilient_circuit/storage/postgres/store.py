@@ -478,8 +478,7 @@ class PostgresStorage(CircuitBreakerStorage):
                 # the pool checks the connection (see Pools.take).
                 conn = used = pools.take()
                 try:
-                    direct = configured and conn.rc_direct
-                    fast = self.statements.prepared(statement) if direct else None
+                    fast = self.statements.prepared(statement, conn, configured)
                     row = self._answer(conn, breaker, statement, params, fast)
                 except BaseException:
                     pools.release(conn)
@@ -556,12 +555,8 @@ class PostgresStorage(CircuitBreakerStorage):
             async with pool.connection(timeout=self.connect_timeout) as conn:
                 used = conn
                 try:
-                    fast = (
-                        self.statements.prepared(statement)
-                        if isinstance(conn, AsyncStoreConnection)
-                        and conn.rc_direct
-                        and (breaker is None or breaker.is_configured)
-                        else None
+                    fast = self.statements.prepared(
+                        statement, conn, breaker is None or breaker.is_configured
                     )
                     if fast is not None:
                         row = await prepared.arun(cast(AsyncStoreConnection, conn), fast, params)
