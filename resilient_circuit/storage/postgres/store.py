@@ -11,6 +11,7 @@ import asyncio
 import logging
 import threading
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractContextManager
 from datetime import datetime, timedelta, timezone
@@ -41,7 +42,7 @@ from resilient_circuit.storage.postgres.borrowed import (
     in_thread,
 )
 from resilient_circuit.storage.postgres.breaker import AdmissionMode, PgBreaker, RecordingMode
-from resilient_circuit.storage.postgres.connection import Pools, describe
+from resilient_circuit.storage.postgres.connection import Pools, close_with, describe
 from resilient_circuit.storage.postgres.notify import Transition
 from resilient_circuit.storage.postgres.outage import (
     Outage,
@@ -169,6 +170,7 @@ class PostgresStorage(CircuitBreakerStorage):
         self.max_connections = max_connections
         self.statements = queries.Statements.for_schema(self.schema)
         self._pools: Pools | Borrowed
+        self._closes_pools: weakref.finalize[[Pools, int], Any] | None = None
         if borrowed is None:
             assert self._dsn is not None
             self._pools = self._new_pools()
@@ -190,7 +192,7 @@ class PostgresStorage(CircuitBreakerStorage):
 
     def _new_pools(self) -> Pools:
         assert self._dsn is not None
-        return Pools(
+        pools = Pools(
             self._dsn,
             connect_timeout=self.connect_timeout,
             statement_timeout=self.statement_timeout,
@@ -198,6 +200,9 @@ class PostgresStorage(CircuitBreakerStorage):
             prepared_statements=self.prepared_statements,
             idle_timeout=self.idle_timeout,
         )
+        # Dropped without close(), the store closes them when collected.
+        self._closes_pools = close_with(self, pools)
+        return pools
 
     def _after_fork(self) -> None:
         """In a child process: what the parent connected, started and learnt is its own.
@@ -208,6 +213,8 @@ class PostgresStorage(CircuitBreakerStorage):
         call like a new process. Pools the application lent are the application's.
         """
         if isinstance(self._pools, Pools):
+            if self._closes_pools is not None:
+                self._closes_pools.detach()
             self._pools.abandon()
             self._pools = self._new_pools()
         self._start_afresh()
