@@ -36,7 +36,7 @@ from contextlib import (
     nullcontext,
 )
 from time import monotonic
-from typing import Any, cast
+from typing import Any
 
 import psycopg
 from psycopg import pq
@@ -346,7 +346,7 @@ class Pools:
             pass
         pool = self.sync()
         # The pool counts this caller as waiting and looks among the parked ones again.
-        conn = cast(StoreConnection, pool.getconn(self.connect_timeout))
+        conn: StoreConnection = pool.getconn(self.connect_timeout)  # type: ignore[assignment]
         conn.rc_pool = pool
         conn.rc_taken_at = monotonic()
         return conn
@@ -356,13 +356,14 @@ class Pools:
         now = monotonic()
         pool = conn.rc_pool
         if (
-            conn.broken
-            or conn.pgconn.transaction_status != _IDLE
+            # Broken or closed too: libpq reports no transaction status without a
+            # working connection.
+            conn.pgconn.transaction_status != _IDLE
             or now - conn.rc_taken_at >= PARKED_FOR
             or pool is not self._sync
             # Opened before the pool was drained (after a lost connection): the pool
             # closes it when given back, as it would have without parking.
-            or conn._created_at <= cast(Any, pool)._drained_at
+            or conn._created_at <= pool._drained_at  # type: ignore[union-attr]
         ):
             self.release(conn)
             return

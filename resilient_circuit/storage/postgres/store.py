@@ -53,7 +53,6 @@ from resilient_circuit.storage.postgres.outage import (
 from resilient_circuit.storage.postgres.prepared import (
     AsyncStoreConnection,
     Prepared,
-    StoreConnection,
 )
 
 __all__ = ("PostgresStorage", "shared_storage")
@@ -523,7 +522,7 @@ class PostgresStorage(CircuitBreakerStorage):
         """
         try:
             if fast is not None:
-                return prepared.run(cast(StoreConnection, conn), fast, params)
+                return prepared.run(conn, fast, params)  # type: ignore[arg-type]
             return self._send(conn, breaker, statement, params)
         except psycopg.Error as exc:
             if exc.sqlstate not in _UNDEFINED:
