@@ -52,7 +52,6 @@ from resilient_circuit.storage.postgres.outage import (
 )
 from resilient_circuit.storage.postgres.prepared import (
     AsyncStoreConnection,
-    Prepared,
 )
 
 __all__ = ("PostgresStorage", "shared_storage")
@@ -400,7 +399,13 @@ class PostgresStorage(CircuitBreakerStorage):
 
         ``force`` tries even so (the last flush before closing).
         """
-        if not force and self.outage.skip(self.connect_timeout + self.statement_timeout):
+        outage = self.outage
+        # down_since: skip's own first test, made here without the call.
+        if (
+            not force
+            and outage.down_since is not None
+            and outage.skip(self.connect_timeout + self.statement_timeout)
+        ):
             raise StorageError("breaker storage unavailable (backing off)")
         if self._listen_pending:
             self.listen()
@@ -485,7 +490,13 @@ class PostgresStorage(CircuitBreakerStorage):
                 conn = used = pools.take()
                 try:
                     fast = self.statements.prepared(statement, conn, configured)
-                    row = self._answer(conn, breaker, statement, params, fast)
+                    try:
+                        if fast is not None:
+                            row = prepared.run(conn, fast, params)
+                        else:
+                            row = self._send(conn, breaker, statement, params)
+                    except psycopg.Error as exc:
+                        row = self._unresolved(exc, conn, breaker, statement, params)
                 except BaseException:
                     pools.release(conn)
                     raise
@@ -493,7 +504,10 @@ class PostgresStorage(CircuitBreakerStorage):
             else:
                 with pools.sync().connection(timeout=self.connect_timeout) as lent:
                     used = lent
-                    row = self._answer(lent, breaker, statement, params, None)
+                    try:
+                        row = self._send(lent, breaker, statement, params)
+                    except psycopg.Error as exc:
+                        row = self._unresolved(exc, lent, breaker, statement, params)
         except StorageNotUsable:
             raise
         except Exception as exc:
@@ -505,36 +519,33 @@ class PostgresStorage(CircuitBreakerStorage):
             if failure is exc:
                 raise
             raise failure from exc
-        return self._finish(row, started, wrote, missing_ok)
+        if row is None or self.outage.watching:
+            return self._finish(row, started, wrote, missing_ok)
+        return row
 
-    def _answer(
+    def _unresolved(
         self,
+        exc: psycopg.Error,
         conn: psycopg.Connection[Any],
         breaker: PgBreaker | None,
         statement: Any,
         params: Any,
-        fast: Prepared | None,
     ) -> Any:
-        """The statement's row on ``conn``; ``fast``: the call's own prepared form of it.
+        """After ``exc``: the statement's row on ``conn`` if our functions are installed now.
 
         A function that does not resolve is the schema not installed (or not usable):
-        said so, or installed now with ``RC_DB_AUTO_CREATE``.
+        said so, or installed now with ``RC_DB_AUTO_CREATE``. Any other error is raised.
         """
-        try:
-            if fast is not None:
-                return prepared.run(conn, fast, params)  # type: ignore[arg-type]
-            return self._send(conn, breaker, statement, params)
-        except psycopg.Error as exc:
-            if exc.sqlstate not in _UNDEFINED:
-                raise
-            found = readiness.inspect_functions(conn, self.schema)
-            if found.installed and found.schema_usable:
-                raise  # our functions are there: something else does not resolve
-            problem = self._not_ready(found, statement)
-            if not (isinstance(problem, SchemaNotReady) and _settings.auto_create()):
-                raise problem from exc
-            self._install()
-            return self._send(conn, breaker, statement, params)
+        if exc.sqlstate not in _UNDEFINED:
+            raise exc
+        found = readiness.inspect_functions(conn, self.schema)
+        if found.installed and found.schema_usable:
+            raise exc  # our functions are there: something else does not resolve
+        problem = self._not_ready(found, statement)
+        if not (isinstance(problem, SchemaNotReady) and _settings.auto_create()):
+            raise problem from exc
+        self._install()
+        return self._send(conn, breaker, statement, params)
 
     async def afetch(
         self,
