@@ -57,7 +57,10 @@ class Prepares:
     #: Set when the pool configures it: the statements of ``Prepared`` may run on it.
     rc_direct = False
     rc_prepared: set[bytes] | None = None
-    rc_loaders: abc.Transformer | None = None
+    #: Per statement: psycopg's loaders of its columns, set from its first reply since
+    #: it was prepared (a prepared statement's columns cannot change: PostgreSQL
+    #: refuses to run one whose result type would).
+    rc_loaders: dict[bytes, abc.Transformer] | None = None
 
 
 class StoreConnection(Prepares, psycopg.Connection[Any]):
@@ -131,11 +134,7 @@ def run(conn: StoreConnection, prepared: Prepared, params: dict[str, Any]) -> An
                 raise psycopg.errors.error_from_result(result, encoding=conn.info.encoding)
         if not result.ntuples:
             return None
-        loaders = conn.rc_loaders
-        if loaders is None:
-            loaders = conn.rc_loaders = adapt.Transformer(conn)
-        loaders.set_pgresult(result, format=_BINARY)
-        return loaders.load_row(0, tuple)
+        return _first_row(conn, name, result)
 
 
 async def arun(conn: AsyncStoreConnection, prepared: Prepared, params: dict[str, Any]) -> Any:
@@ -172,11 +171,22 @@ def _engine(
         raise psycopg.errors.error_from_result(result, encoding=conn.info.encoding)
     if not result.ntuples:
         return None
+    return _first_row(conn, name, result)
+
+
+def _first_row(conn: _Conn, name: bytes, result: pq.abc.PGresult) -> Any:
+    """The reply's first row, read by the loaders of ``name``'s columns."""
     loaders = conn.rc_loaders
     if loaders is None:
-        loaders = conn.rc_loaders = adapt.Transformer(conn)
-    loaders.set_pgresult(result, format=_BINARY)
-    return loaders.load_row(0, tuple)
+        loaders = conn.rc_loaders = {}
+    row_loader = loaders.get(name)
+    if row_loader is None:
+        row_loader = adapt.Transformer(conn)
+        row_loader.set_pgresult(result, format=_BINARY)
+        loaders[name] = row_loader
+    else:
+        row_loader.set_pgresult(result, set_loaders=False)
+    return row_loader.load_row(0, tuple)
 
 
 def _note_prepared(conn: _Conn, name: bytes) -> None:
@@ -195,14 +205,22 @@ def _note_prepared(conn: _Conn, name: bytes) -> None:
 
 def _prepare(conn: _Conn, pgconn: pq.abc.PGconn, prepared: Prepared) -> _Engine:
     """Prepare ``prepared`` on ``conn``, whose lock is held."""
+    _forget_columns(conn, prepared)
     pgconn.send_prepare(prepared.name, prepared.text.as_bytes(conn))
     _check_prepared(conn, prepared, (yield execute(pgconn))[-1])
 
 
 def _prepare_now(conn: StoreConnection, pgconn: pq.abc.PGconn, prepared: Prepared) -> None:
     """``_prepare`` for a thread, waited on at once."""
+    _forget_columns(conn, prepared)
     pgconn.send_prepare(prepared.name, prepared.text.as_bytes(conn))
     _check_prepared(conn, prepared, conn.wait(execute(pgconn))[-1])
+
+
+def _forget_columns(conn: _Conn, prepared: Prepared) -> None:
+    # Prepared anew, perhaps on another version of the function: its columns read anew.
+    if conn.rc_loaders is not None:
+        conn.rc_loaders.pop(prepared.name, None)
 
 
 def _check_prepared(conn: _Conn, prepared: Prepared, result: pq.abc.PGresult) -> None:
