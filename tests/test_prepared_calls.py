@@ -225,20 +225,25 @@ def test_an_interruption_after_the_server_prepared_leaves_the_connection_usable(
     """An interruption that lands once PREPARE is done but before the process notes it
     (Ctrl-C in a thread, a cancellation in a coroutine): the next call on that
     connection must not fail with 'prepared statement already exists'."""
-    real = prepared._prepare
-    interruption = KeyboardInterrupt if side.loop is None else asyncio.CancelledError
+    # Threads prepare at once, coroutines through the engine they await.
+    name = "_prepare_now" if side.loop is None else "_prepare"
+    real = getattr(prepared, name)
+
+    def interrupted_now(*args: Any) -> None:
+        real(*args)
+        raise KeyboardInterrupt
 
     def interrupted(*args: Any) -> Any:
         yield from real(*args)
-        raise interruption
+        raise asyncio.CancelledError
 
     call = side.wrap(_strict(side.store), lambda: "ok")
     call()  # the breaker's configuration stored: the next calls take the prepared path
     side.forget_prepared()
-    monkeypatch.setattr(prepared, "_prepare", interrupted)
+    monkeypatch.setattr(prepared, name, interrupted_now if side.loop is None else interrupted)
     with pytest.raises((KeyboardInterrupt, asyncio.CancelledError, futures.CancelledError)):
         call()
-    monkeypatch.setattr(prepared, "_prepare", real)
+    monkeypatch.setattr(prepared, name, real)
     caplog.clear()
     assert [call() for _ in range(2)] == ["ok"] * 2
     assert not [r for r in caplog.records if r.levelname in ("WARNING", "ERROR")]

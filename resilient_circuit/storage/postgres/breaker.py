@@ -542,9 +542,12 @@ class PgBreaker(Breaker):
         if fast is not None and fast[1].is_set():
             return fast[0]
         host, epoch = self._host, self._epoch
-        return self._local_verdict() or self._admitted(
-            host.fetch(self, host.statements.acquire, self._key_params), epoch
-        )
+        # Without a held OPEN verdict nor cached admission there is no local verdict.
+        if self._open_deadline or self._cached:
+            verdict = self._local_verdict()
+            if verdict is not None:
+                return verdict
+        return self._admitted(host.fetch(self, host.statements.acquire, self._key_params), epoch)
 
     async def aacquire(self) -> Admission:
         fast = self._fast
@@ -568,7 +571,7 @@ class PgBreaker(Breaker):
                 self._overflowed(queue)  # type: ignore[arg-type]
             return last
         host, epoch = self._host, self._epoch
-        queued = self._queued(success, generation, duration)
+        queued = self._queued(success, generation, duration) if self._queue is not None else None
         if queued is not None:
             queue = self._queue
             if queue is not None and len(queue) > queue.limit:

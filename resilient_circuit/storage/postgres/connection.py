@@ -24,7 +24,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import threading
+import weakref
 from collections.abc import AsyncIterator, Iterator
 from contextlib import (
     AbstractAsyncContextManager,
@@ -34,7 +36,7 @@ from contextlib import (
     nullcontext,
 )
 from time import monotonic
-from typing import Any, cast
+from typing import Any
 
 import psycopg
 from psycopg import pq
@@ -49,7 +51,7 @@ from resilient_circuit.storage.postgres.loop_pool import (
 )
 from resilient_circuit.storage.postgres.prepared import AsyncStoreConnection, StoreConnection
 
-__all__ = ("Pools", "SyncPool", "describe", "reaches_server", "setup_session")
+__all__ = ("Pools", "SyncPool", "close_with", "describe", "reaches_server", "setup_session")
 
 logger = logging.getLogger("resilient_circuit.storage")
 
@@ -344,7 +346,7 @@ class Pools:
             pass
         pool = self.sync()
         # The pool counts this caller as waiting and looks among the parked ones again.
-        conn = cast(StoreConnection, pool.getconn(self.connect_timeout))
+        conn: StoreConnection = pool.getconn(self.connect_timeout)  # type: ignore[assignment]
         conn.rc_pool = pool
         conn.rc_taken_at = monotonic()
         return conn
@@ -354,13 +356,14 @@ class Pools:
         now = monotonic()
         pool = conn.rc_pool
         if (
-            conn.broken
-            or conn.pgconn.transaction_status != _IDLE
+            # Broken or closed too: libpq reports no transaction status without a
+            # working connection.
+            conn.pgconn.transaction_status != _IDLE
             or now - conn.rc_taken_at >= PARKED_FOR
             or pool is not self._sync
             # Opened before the pool was drained (after a lost connection): the pool
             # closes it when given back, as it would have without parking.
-            or conn._created_at <= cast(Any, pool)._drained_at
+            or conn._created_at <= pool._drained_at  # type: ignore[union-attr]
         ):
             self.release(conn)
             return
@@ -520,6 +523,10 @@ class Pools:
         if pool is not None:
             pool.close()
 
+    def holds_any(self) -> bool:
+        """Whether a sync pool or an event loop's pool is open (nothing to close if not)."""
+        return self._sync is not None or bool(self._async)
+
     async def aclose(self) -> None:
         """Close the async pool of the running event loop."""
         loop = asyncio.get_running_loop()
@@ -547,3 +554,29 @@ class Pools:
         self._parked = []
         self._async = {}
         self._closers = {}
+
+
+def close_with(owner: object, pools: Pools) -> weakref.finalize[[Pools, int], Any]:
+    """Close ``pools`` once ``owner`` is collected, if nothing closed them before.
+
+    A store dropped without ``close()`` would otherwise keep its pool's worker threads
+    and connections for the life of the process: the threads hold the pool, never the
+    store. Each store has pools of its own, so closing them takes nothing from another
+    store. Not at interpreter exit (as for a store never dropped), and nothing in a
+    forked child, whose copy of the parent's pools is the parent's (see ``abandon``).
+    """
+    finalizer = weakref.finalize(owner, _close_unreferenced, pools, os.getpid())
+    finalizer.atexit = False
+    return finalizer
+
+
+def _close_unreferenced(pools: Pools, pid: int) -> None:
+    if os.getpid() != pid or not pools.holds_any():
+        return
+    # In a thread of its own: the collection that runs this may happen in any thread,
+    # even one of these pools' workers or one holding their locks, and closing waits
+    # for the pool's workers to end.
+    try:
+        threading.Thread(target=pools.close, name="resilient_circuit-close", daemon=True).start()
+    except RuntimeError:  # pragma: no cover - the interpreter is shutting down
+        pass

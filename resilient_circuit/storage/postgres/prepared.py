@@ -57,7 +57,10 @@ class Prepares:
     #: Set when the pool configures it: the statements of ``Prepared`` may run on it.
     rc_direct = False
     rc_prepared: set[bytes] | None = None
-    rc_loaders: abc.Transformer | None = None
+    #: Per statement: psycopg's loaders of its columns, set from its first reply since
+    #: it was prepared (a prepared statement's columns cannot change: PostgreSQL
+    #: refuses to run one whose result type would).
+    rc_loaders: dict[bytes, abc.Transformer] | None = None
 
 
 class StoreConnection(Prepares, psycopg.Connection[Any]):
@@ -74,21 +77,29 @@ class AsyncStoreConnection(Prepares, psycopg.AsyncConnection[Any]):
     """A connection of an event loop's pool of the store."""
 
 
-def _text(value: Any) -> bytes | None:
-    """A parameter in PostgreSQL's text format (the statements cast each to its type)."""
-    if value is None:
-        return None
-    if value is True:
-        return b"t"
-    if value is False:
-        return b"f"
-    if isinstance(value, str):
-        return value.encode()
-    if isinstance(value, int):
-        return b"%d" % value
-    if isinstance(value, timedelta):
-        return b"%d microseconds" % (value // _US)
-    raise TypeError(f"no text format for a parameter of type {type(value).__name__}")
+def _texts(prepared: Prepared, params: dict[str, Any]) -> list[bytes | None]:
+    """The parameters in PostgreSQL's text format (the statements cast each to its type)."""
+    values: list[bytes | None] = []
+    for name in prepared.params:
+        value = params[name]
+        kind = type(value)
+        if kind is str:
+            values.append(value.encode())
+        elif value is None:
+            values.append(None)
+        elif value is True:
+            values.append(b"t")
+        elif value is False:
+            values.append(b"f")
+        elif isinstance(value, str):
+            values.append(value.encode())
+        elif isinstance(value, int):
+            values.append(b"%d" % value)
+        elif isinstance(value, timedelta):
+            values.append(b"%d microseconds" % (value // _US))
+        else:
+            raise TypeError(f"no text format for a parameter of type {kind.__name__}")
+    return values
 
 
 # One call's exchange with the server, for both kinds of connection: the engine yields
@@ -99,15 +110,31 @@ _Engine = Generator["PQGen[list[pq.abc.PGresult]]", "list[pq.abc.PGresult]", Any
 
 
 def run(conn: StoreConnection, prepared: Prepared, params: dict[str, Any]) -> Any:
-    """Execute ``prepared`` with ``params`` on ``conn``; its first row as a tuple (or None)."""
-    engine = _engine(conn, conn.pgconn, prepared, params)
+    """Execute ``prepared`` with ``params`` on ``conn``; its first row as a tuple (or None).
+
+    ``_engine``'s exchange, written out for threads: driving a generator costs a call
+    about as much as the rest of this function.
+    """
+    values = _texts(prepared, params)
+    pgconn = conn.pgconn
+    name = prepared.name
     with conn.lock:
-        try:
-            step = next(engine)
-            while True:
-                step = engine.send(conn.wait(step))
-        except StopIteration as done:
-            return done.value
+        names = conn.rc_prepared
+        if names is None or name not in names:
+            _note_prepared(conn, name)
+            _prepare_now(conn, pgconn, prepared)
+        pgconn.send_query_prepared(name, values, result_format=_BINARY)
+        result = conn.wait(execute(pgconn))[-1]
+        if result.status != _TUPLES_OK:
+            if result.error_field(_SQLSTATE) == _UNKNOWN_STATEMENT:
+                _prepare_now(conn, pgconn, prepared)
+                pgconn.send_query_prepared(name, values, result_format=_BINARY)
+                result = conn.wait(execute(pgconn))[-1]
+            if result.status != _TUPLES_OK:
+                raise psycopg.errors.error_from_result(result, encoding=conn.info.encoding)
+        if not result.ntuples:
+            return None
+        return _first_row(conn, name, result)
 
 
 async def arun(conn: AsyncStoreConnection, prepared: Prepared, params: dict[str, Any]) -> Any:
@@ -126,17 +153,11 @@ def _engine(
     conn: _Conn, pgconn: pq.abc.PGconn, prepared: Prepared, params: dict[str, Any]
 ) -> _Engine:
     """Run ``prepared`` on ``conn``, whose lock its caller holds; the first row or None."""
-    values = [_text(params[name]) for name in prepared.params]
+    values = _texts(prepared, params)
     names = conn.rc_prepared
-    if names is None:
-        names = conn.rc_prepared = set()
     name = prepared.name
-    if name not in names:
-        # Noted before PREPARE is sent: an interruption (Ctrl-C, a cancelled
-        # statement's reply) can land once the server has prepared it, and preparing
-        # again would fail on this connection for good ("already exists"). Noted but
-        # never prepared, the execution below reports 26000 and prepares it then.
-        names.add(name)
+    if names is None or name not in names:
+        _note_prepared(conn, name)
         yield from _prepare(conn, pgconn, prepared)
     pgconn.send_query_prepared(name, values, result_format=_BINARY)
     result = (yield execute(pgconn))[-1]
@@ -150,17 +171,59 @@ def _engine(
         raise psycopg.errors.error_from_result(result, encoding=conn.info.encoding)
     if not result.ntuples:
         return None
+    return _first_row(conn, name, result)
+
+
+def _first_row(conn: _Conn, name: bytes, result: pq.abc.PGresult) -> Any:
+    """The reply's first row, read by the loaders of ``name``'s columns."""
     loaders = conn.rc_loaders
     if loaders is None:
-        loaders = conn.rc_loaders = adapt.Transformer(conn)
-    loaders.set_pgresult(result, format=_BINARY)
-    return loaders.load_row(0, tuple)
+        loaders = conn.rc_loaders = {}
+    row_loader = loaders.get(name)
+    if row_loader is None:
+        row_loader = adapt.Transformer(conn)
+        row_loader.set_pgresult(result, format=_BINARY)
+        loaders[name] = row_loader
+    else:
+        row_loader.set_pgresult(result, set_loaders=False)
+    return row_loader.load_row(0, tuple)
+
+
+def _note_prepared(conn: _Conn, name: bytes) -> None:
+    """Note ``name`` as prepared on ``conn`` before PREPARE is sent.
+
+    An interruption (Ctrl-C, a cancelled statement's reply) can land once the server
+    has prepared it, and preparing again would fail on this connection for good
+    ("already exists"). Noted but never prepared, the execution that follows reports
+    26000 and prepares it then.
+    """
+    names = conn.rc_prepared
+    if names is None:
+        names = conn.rc_prepared = set()
+    names.add(name)
 
 
 def _prepare(conn: _Conn, pgconn: pq.abc.PGconn, prepared: Prepared) -> _Engine:
     """Prepare ``prepared`` on ``conn``, whose lock is held."""
+    _forget_columns(conn, prepared)
     pgconn.send_prepare(prepared.name, prepared.text.as_bytes(conn))
-    result = (yield execute(pgconn))[-1]
+    _check_prepared(conn, prepared, (yield execute(pgconn))[-1])
+
+
+def _prepare_now(conn: StoreConnection, pgconn: pq.abc.PGconn, prepared: Prepared) -> None:
+    """``_prepare`` for a thread, waited on at once."""
+    _forget_columns(conn, prepared)
+    pgconn.send_prepare(prepared.name, prepared.text.as_bytes(conn))
+    _check_prepared(conn, prepared, conn.wait(execute(pgconn))[-1])
+
+
+def _forget_columns(conn: _Conn, prepared: Prepared) -> None:
+    # Prepared anew, perhaps on another version of the function: its columns read anew.
+    if conn.rc_loaders is not None:
+        conn.rc_loaders.pop(prepared.name, None)
+
+
+def _check_prepared(conn: _Conn, prepared: Prepared, result: pq.abc.PGresult) -> None:
     if result.status != _COMMAND_OK:
         # Refused by the server: not prepared, so prepared again by the next call.
         if conn.rc_prepared is not None:

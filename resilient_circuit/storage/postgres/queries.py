@@ -174,8 +174,22 @@ class Statements:
             record_prepared=_prepared("record", s),
         )
 
-    def prepared(self, statement: object) -> Prepared | None:
-        """``statement`` as the store's own connections may prepare it (None: not one)."""
+    def prepared(self, statement: object, conn: Any, configured: bool) -> Prepared | None:
+        """How a round trip runs ``statement`` on ``conn``: its prepared form (see
+        prepared.py), or None for psycopg's path.
+
+        Prepared only for a breaker whose configuration is stored (storing it goes
+        through psycopg), on a connection of the store's own pools marked direct when
+        the pool configured it (``Prepares.rc_direct``), and for the two statements of
+        a strict call. The one rule for threads and coroutines alike.
+        """
+        if not configured:
+            return None
+        try:
+            if not conn.rc_direct:
+                return None
+        except AttributeError:  # a connection the application lends
+            return None
         if statement is self.acquire:
             return self.acquire_prepared
         if statement is self.record:

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import threading
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractContextManager
 from datetime import datetime, timedelta, timezone
@@ -41,7 +42,7 @@ from resilient_circuit.storage.postgres.borrowed import (
     in_thread,
 )
 from resilient_circuit.storage.postgres.breaker import AdmissionMode, PgBreaker, RecordingMode
-from resilient_circuit.storage.postgres.connection import Pools, describe
+from resilient_circuit.storage.postgres.connection import Pools, close_with, describe
 from resilient_circuit.storage.postgres.notify import Transition
 from resilient_circuit.storage.postgres.outage import (
     Outage,
@@ -51,8 +52,6 @@ from resilient_circuit.storage.postgres.outage import (
 )
 from resilient_circuit.storage.postgres.prepared import (
     AsyncStoreConnection,
-    Prepared,
-    StoreConnection,
 )
 
 __all__ = ("PostgresStorage", "shared_storage")
@@ -169,6 +168,7 @@ class PostgresStorage(CircuitBreakerStorage):
         self.max_connections = max_connections
         self.statements = queries.Statements.for_schema(self.schema)
         self._pools: Pools | Borrowed
+        self._closes_pools: weakref.finalize[[Pools, int], Any] | None = None
         if borrowed is None:
             assert self._dsn is not None
             self._pools = self._new_pools()
@@ -190,7 +190,7 @@ class PostgresStorage(CircuitBreakerStorage):
 
     def _new_pools(self) -> Pools:
         assert self._dsn is not None
-        return Pools(
+        pools = Pools(
             self._dsn,
             connect_timeout=self.connect_timeout,
             statement_timeout=self.statement_timeout,
@@ -198,6 +198,9 @@ class PostgresStorage(CircuitBreakerStorage):
             prepared_statements=self.prepared_statements,
             idle_timeout=self.idle_timeout,
         )
+        # Dropped without close(), the store closes them when collected.
+        self._closes_pools = close_with(self, pools)
+        return pools
 
     def _after_fork(self) -> None:
         """In a child process: what the parent connected, started and learnt is its own.
@@ -208,6 +211,8 @@ class PostgresStorage(CircuitBreakerStorage):
         call like a new process. Pools the application lent are the application's.
         """
         if isinstance(self._pools, Pools):
+            if self._closes_pools is not None:
+                self._closes_pools.detach()
             self._pools.abandon()
             self._pools = self._new_pools()
         self._start_afresh()
@@ -394,7 +399,13 @@ class PostgresStorage(CircuitBreakerStorage):
 
         ``force`` tries even so (the last flush before closing).
         """
-        if not force and self.outage.skip(self.connect_timeout + self.statement_timeout):
+        outage = self.outage
+        # down_since: skip's own first test, made here without the call.
+        if (
+            not force
+            and outage.down_since is not None
+            and outage.skip(self.connect_timeout + self.statement_timeout)
+        ):
             raise StorageError("breaker storage unavailable (backing off)")
         if self._listen_pending:
             self.listen()
@@ -478,9 +489,14 @@ class PostgresStorage(CircuitBreakerStorage):
                 # the pool checks the connection (see Pools.take).
                 conn = used = pools.take()
                 try:
-                    direct = configured and conn.rc_direct
-                    fast = self.statements.prepared(statement) if direct else None
-                    row = self._answer(conn, breaker, statement, params, fast)
+                    fast = self.statements.prepared(statement, conn, configured)
+                    try:
+                        if fast is not None:
+                            row = prepared.run(conn, fast, params)
+                        else:
+                            row = self._send(conn, breaker, statement, params)
+                    except psycopg.Error as exc:
+                        row = self._unresolved(exc, conn, breaker, statement, params)
                 except BaseException:
                     pools.release(conn)
                     raise
@@ -488,7 +504,10 @@ class PostgresStorage(CircuitBreakerStorage):
             else:
                 with pools.sync().connection(timeout=self.connect_timeout) as lent:
                     used = lent
-                    row = self._answer(lent, breaker, statement, params, None)
+                    try:
+                        row = self._send(lent, breaker, statement, params)
+                    except psycopg.Error as exc:
+                        row = self._unresolved(exc, lent, breaker, statement, params)
         except StorageNotUsable:
             raise
         except Exception as exc:
@@ -500,36 +519,33 @@ class PostgresStorage(CircuitBreakerStorage):
             if failure is exc:
                 raise
             raise failure from exc
-        return self._finish(row, started, wrote, missing_ok)
+        if row is None or self.outage.watching:
+            return self._finish(row, started, wrote, missing_ok)
+        return row
 
-    def _answer(
+    def _unresolved(
         self,
+        exc: psycopg.Error,
         conn: psycopg.Connection[Any],
         breaker: PgBreaker | None,
         statement: Any,
         params: Any,
-        fast: Prepared | None,
     ) -> Any:
-        """The statement's row on ``conn``; ``fast``: the call's own prepared form of it.
+        """After ``exc``: the statement's row on ``conn`` if our functions are installed now.
 
         A function that does not resolve is the schema not installed (or not usable):
-        said so, or installed now with ``RC_DB_AUTO_CREATE``.
+        said so, or installed now with ``RC_DB_AUTO_CREATE``. Any other error is raised.
         """
-        try:
-            if fast is not None:
-                return prepared.run(cast(StoreConnection, conn), fast, params)
-            return self._send(conn, breaker, statement, params)
-        except psycopg.Error as exc:
-            if exc.sqlstate not in _UNDEFINED:
-                raise
-            found = readiness.inspect_functions(conn, self.schema)
-            if found.installed and found.schema_usable:
-                raise  # our functions are there: something else does not resolve
-            problem = self._not_ready(found, statement)
-            if not (isinstance(problem, SchemaNotReady) and _settings.auto_create()):
-                raise problem from exc
-            self._install()
-            return self._send(conn, breaker, statement, params)
+        if exc.sqlstate not in _UNDEFINED:
+            raise exc
+        found = readiness.inspect_functions(conn, self.schema)
+        if found.installed and found.schema_usable:
+            raise exc  # our functions are there: something else does not resolve
+        problem = self._not_ready(found, statement)
+        if not (isinstance(problem, SchemaNotReady) and _settings.auto_create()):
+            raise problem from exc
+        self._install()
+        return self._send(conn, breaker, statement, params)
 
     async def afetch(
         self,
@@ -556,12 +572,8 @@ class PostgresStorage(CircuitBreakerStorage):
             async with pool.connection(timeout=self.connect_timeout) as conn:
                 used = conn
                 try:
-                    fast = (
-                        self.statements.prepared(statement)
-                        if isinstance(conn, AsyncStoreConnection)
-                        and conn.rc_direct
-                        and (breaker is None or breaker.is_configured)
-                        else None
+                    fast = self.statements.prepared(
+                        statement, conn, breaker is None or breaker.is_configured
                     )
                     if fast is not None:
                         row = await prepared.arun(cast(AsyncStoreConnection, conn), fast, params)
