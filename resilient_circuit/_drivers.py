@@ -204,7 +204,7 @@ class OptionDrivers:
             return fallback(rejected)
         started = self._clock_start()
         try:
-            result = func(*args, **kwargs)
+            result = func(*args, **kwargs) if kwargs else func(*args)
         except Exception as exc:
             duration = self._took(started)
             verdict = self._verdict(exc)
@@ -230,10 +230,11 @@ class OptionDrivers:
             return await _maybe_await(fallback(rejected))
         started = self._clock_start()
         try:
+            call = func(*args, **kwargs) if kwargs else func(*args)
             if self.timeout is None:
-                result = await func(*args, **kwargs)
+                result = await call
             else:
-                result = await _within(func(*args, **kwargs), self.timeout)
+                result = await _within(call, self.timeout)
         except Exception as exc:
             duration = self._took(started)
             verdict = await self._averdict(exc)

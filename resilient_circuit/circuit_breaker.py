@@ -829,7 +829,9 @@ class CircuitProtectorPolicy(OptionDrivers, ProtectionPolicy):
                 if generation == policy._seen_generation:
                     admitted = (admission, generation)
             try:
-                result = func(*args, **kwargs)
+                # Without keywords the call passes no dict: `**kwargs` would make a copy
+                # of the (empty) one per call.
+                result = func(*args, **kwargs) if kwargs else func(*args)
             except Exception:
                 # decide()'s rule for an exception with a permit held (record its
                 # verdict), inlined: the counted failure is a hot path too.
@@ -917,7 +919,7 @@ class CircuitProtectorPolicy(OptionDrivers, ProtectionPolicy):
                 if generation == policy._seen_generation:
                     admitted = (admission, generation)
             try:
-                result = await func(*args, **kwargs)
+                result = await (func(*args, **kwargs) if kwargs else func(*args))
             except Exception:
                 # decide()'s rule for an exception, inlined as in the sync driver.
                 if check is None:

@@ -162,3 +162,38 @@ def test_count_and_time_windows_in_one_store_count_their_own_successes() -> None
     assert count_snap.window == (True,) * 4
     assert (timed_snap.successes, timed_snap.failures) == (50, 1)
     assert timed_snap.state is CircuitState.CLOSED
+
+
+@pytest.mark.parametrize("options", [{}, {"failure_if": lambda result: False}])
+def test_arguments_reach_the_function_as_given(
+    storage: InMemoryStorage, options: dict[str, Any]
+) -> None:
+    """Positional and keyword arguments, or none, reach a sync function unchanged."""
+    policy = CircuitProtectorPolicy(resource_key="args", storage=storage, **options)
+
+    @policy
+    def echo(*args: Any, **kwargs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        return args, kwargs
+
+    assert echo() == ((), {})
+    assert echo(1, 2) == ((1, 2), {})
+    assert echo(1, b=2) == ((1,), {"b": 2})
+    assert echo(a=1) == ((), {"a": 1})
+    assert policy.call(echo.__wrapped__, 1, b=2) == ((1,), {"b": 2})  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("options", [{}, {"timeout": timedelta(seconds=5)}])
+async def test_arguments_reach_a_coroutine_function_as_given(
+    storage: InMemoryStorage, options: dict[str, Any]
+) -> None:
+    """Positional and keyword arguments, or none, reach an async function unchanged."""
+    policy = CircuitProtectorPolicy(resource_key="aargs", storage=storage, **options)
+
+    @policy
+    async def echo(*args: Any, **kwargs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        return args, kwargs
+
+    assert await echo() == ((), {})
+    assert await echo(1, 2) == ((1, 2), {})
+    assert await echo(1, b=2) == ((1,), {"b": 2})
+    assert await echo(a=1) == ((), {"a": 1})
