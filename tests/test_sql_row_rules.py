@@ -125,9 +125,7 @@ def test_an_outcome_while_closed_runs_no_rule_and_a_trip_runs_them(conn: Conn) -
 def test_a_success_in_a_time_windows_newest_bucket_runs_no_rule(conn: Conn) -> None:
     """A success counted in the current bucket of a time window assigns only bucket_calls."""
     conn.execute("SET track_functions = 'all'")
-    conn.execute(
-        "SELECT * FROM rc_configure('t', 'default', 1, 2, p_window_duration => '1 hour')"
-    )
+    conn.execute("SELECT * FROM rc_configure('t', 'default', 1, 2, p_window_duration => '1 hour')")
     conn.execute("SELECT * FROM rc_record('t', true)")  # starts the window: ten buckets
     # Counts not yet flushed to the statistics include earlier transactions': the difference.
     runs = "SELECT coalesce(pg_stat_get_xact_function_calls('rc_check_breaker_row'::regproc), 0)"
@@ -137,7 +135,8 @@ def test_a_success_in_a_time_windows_newest_bucket_runs_no_rule(conn: Conn) -> N
             before = conn.execute(runs).fetchone()
             conn.execute(query)
             after = conn.execute(runs).fetchone()
-        assert before is not None and after is not None
+        assert before is not None
+        assert after is not None
         return int(after[0]) - int(before[0])
 
     assert rule_runs("SELECT * FROM rc_record('t', true)") == 0
@@ -151,9 +150,7 @@ def test_bucket_calls_alone_of_another_length_than_bucket_failures_is_refused(
     conn: Conn,
 ) -> None:
     """The buckets' lengths are checked when bucket_calls is the only column assigned."""
-    conn.execute(
-        "SELECT * FROM rc_configure('t', 'default', 1, 2, p_window_duration => '1 hour')"
-    )
+    conn.execute("SELECT * FROM rc_configure('t', 'default', 1, 2, p_window_duration => '1 hour')")
     conn.execute("SELECT * FROM rc_record('t', false)")
     with pytest.raises(psycopg.errors.CheckViolation) as caught:
         conn.execute("UPDATE rc_circuit_breakers SET bucket_calls = '{}' WHERE resource_key = 't'")
