@@ -70,9 +70,9 @@ CREATE INDEX idx_rc_circuit_breakers_namespace ON @extschema@.rc_circuit_breaker
 -- none of the columns these rules read. The trigger runs for every new row and for every
 -- UPDATE that assigns one of the columns the rules read (rc_circuit_breakers_check), so a
 -- row that passed them keeps passing them until one of those columns is written again, by
--- anyone, the owner included. The counters an outcome writes are domains with their own
--- rule. Each rule is the former constraint's, under its name: a NULL passes, as in a
--- CHECK constraint.
+-- anyone, the owner included (bucket_calls, whose length alone the rules read, has a trigger
+-- of its own, below). The counters an outcome writes are domains with their own rule. Each
+-- rule is the former constraint's, under its name: a NULL passes, as in a CHECK constraint.
 CREATE OR REPLACE FUNCTION @extschema@.rc_check_breaker_row()
 RETURNS trigger
 LANGUAGE plpgsql
@@ -160,11 +160,23 @@ $$;
 CREATE TRIGGER rc_circuit_breakers_check
 AFTER INSERT OR UPDATE OF state, permits, held, failure_limit_num, failure_limit_den,
     window_size, success_limit_num, success_limit_den, cooldown, half_open_timeout,
-    last_cooldown, bucket_head, bucket_calls, bucket_failures, bucket_slow, window_duration,
+    last_cooldown, bucket_head, bucket_failures, bucket_slow, window_duration,
     minimum_calls, slow_call_duration, slow_call_limit_num, slow_call_limit_den,
     cooldown_factor, max_cooldown, generation
 ON @extschema@.rc_circuit_breakers
 FOR EACH ROW EXECUTE FUNCTION @extschema@.rc_check_breaker_row();
+
+-- bucket_calls is watched apart: a success counted in the newest bucket of a time window
+-- assigns it alone, and must not run every rule. The rules read only its length, which must
+-- equal bucket_failures' (and be 0 or 10): an UPDATE that assigns bucket_calls and none of
+-- the columns above keeps bucket_failures' length, which passed the rules, so it breaks them
+-- exactly when the two lengths differ. A writer assigning both is checked by the trigger above.
+CREATE TRIGGER rc_circuit_breakers_check_buckets
+AFTER UPDATE OF bucket_calls
+ON @extschema@.rc_circuit_breakers
+FOR EACH ROW
+WHEN (cardinality(NEW.bucket_calls) <> cardinality(NEW.bucket_failures))
+EXECUTE FUNCTION @extschema@.rc_check_breaker_row();
 
 -- Which namespaces each application role may use ('*': all of them). The functions check it
 -- for the session's login role; `pg-setup --app-role ROLE --namespace NS` writes it. Grants
@@ -849,7 +861,8 @@ BEGIN
     END IF;
     -- Nearly every outcome is a success while CLOSED, which cannot move the breaker: on a
     -- count window with no slow calls counted it only shifts the window and the counters,
-    -- in one UPDATE, as rc_record_many_at's healthy-batch path would. Any other outcome
+    -- in one UPDATE, as rc_record_many_at's healthy-batch path would; on a time window whose
+    -- newest bucket is current it counts one more call in that bucket. Any other outcome
     -- (or a row that does not qualify, or does not exist) takes the whole state machine.
     IF p_success AND (p_duration IS NULL
                       OR (p_duration >= interval '0' AND extract(year FROM p_duration) = 0
@@ -865,6 +878,26 @@ BEGIN
           AND b.state = 'CLOSED' AND b.window_duration IS NULL
           AND b.slow_call_duration IS NULL
           AND (p_generation IS NULL OR p_generation = b.generation)
+        RETURNING b.state, b.generation INTO state, generation;
+        IF FOUND THEN
+            RETURN NEXT;
+            RETURN;
+        END IF;
+        -- A time window whose newest bucket is current: one more call in it (as rc_record).
+        UPDATE @extschema@.rc_circuit_breakers AS b
+        SET bucket_calls[b.bucket_head % 10 + 1] = b.bucket_calls[b.bucket_head % 10 + 1] + 1,
+            slow_log = '{}',
+            failure_count = 0,
+            successes = b.successes + 1,
+            updated_at = coalesce(p_now, clock_timestamp())
+        WHERE b.resource_key = p_key AND b.namespace = p_namespace
+          AND b.state = 'CLOSED' AND b.window_duration IS NOT NULL
+          AND b.slow_call_duration IS NULL
+          AND (p_generation IS NULL OR p_generation = b.generation)
+          AND cardinality(b.bucket_calls) = 10 AND b.window_start IS NOT NULL
+          AND (extract(epoch FROM coalesce(p_now, clock_timestamp()) - b.window_start)
+               * 1000000)::bigint * 10
+              / (extract(epoch FROM b.window_duration) * 1000000)::bigint <= b.bucket_head
         RETURNING b.state, b.generation INTO state, generation;
         IF FOUND THEN
             RETURN NEXT;
@@ -1514,31 +1547,37 @@ SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    -- PL/pgSQL prepares each expression it evaluates anew in every transaction, and every
-    -- call of a function with a pinned search_path saves and restores the setting: the checks
-    -- are one test for the owner's valid call; any other role goes through rc_check_namespace.
+    -- PL/pgSQL prepares each expression it evaluates anew in every transaction, and pays per
+    -- node, so the owner's valid call is one test: it also relaxes the commit as
+    -- rc_relax_commit would (set_config only when the setting is not 'off' and the transaction
+    -- has written nothing yet). Any other role, and a NULL p_success, go through the checks.
     IF (p_success IS NOT NULL AND char_length(p_namespace) BETWEEN 1 AND 255
-        AND pg_has_role(session_user, current_user, 'MEMBER')) IS NOT TRUE THEN
+        AND pg_has_role(session_user, current_user, 'MEMBER')
+        AND (current_setting('synchronous_commit') = 'off'
+             OR pg_current_xact_id_if_assigned() IS NOT NULL
+             OR (set_config('rc.durable_commit', current_setting('synchronous_commit'), true)
+                     IS NOT NULL
+                 AND set_config('synchronous_commit', 'off', true) IS NOT NULL))) IS NOT TRUE
+    THEN
         IF p_success IS NULL THEN
             RAISE EXCEPTION 'rc: p_success must be true or false, got NULL'
                 USING ERRCODE = 'invalid_parameter_value';
         END IF;
         PERFORM @extschema@.rc_check_namespace(p_namespace);
+        -- rc_relax_commit.
+        IF pg_current_xact_id_if_assigned() IS NULL
+           AND current_setting('synchronous_commit') <> 'off' THEN
+            PERFORM set_config('rc.durable_commit', current_setting('synchronous_commit'), true);
+            PERFORM set_config('synchronous_commit', 'off', true);
+        END IF;
     END IF;
-    -- rc_relax_commit.
-    IF pg_current_xact_id_if_assigned() IS NULL
-       AND current_setting('synchronous_commit') <> 'off' THEN
-        PERFORM set_config('rc.durable_commit', current_setting('synchronous_commit'), true);
-        PERFORM set_config('synchronous_commit', 'off', true);
-    END IF;
-    -- Nearly every outcome is a success while CLOSED, which cannot move the breaker: on a
-    -- count window with no slow calls counted it only shifts the window and the counters, in
-    -- one UPDATE, as rc_record_many_at's healthy-batch path would. Any other outcome (or a row
-    -- that does not qualify, or does not exist, as for a bad key or namespace) takes the state
-    -- machine, which also refuses bad input.
-    IF p_success AND (p_duration IS NULL
-                      OR (p_duration >= interval '0' AND extract(year FROM p_duration) = 0
-                          AND extract(month FROM p_duration) = 0)) THEN
+    -- Nearly every outcome is a success while CLOSED, which cannot move the breaker: it only
+    -- shifts the window and the counters, in one UPDATE, as rc_record_many_at would. Any other
+    -- outcome (or a row that does not qualify, or does not exist, as for a bad key or
+    -- namespace) takes the state machine, which also refuses bad input. A duration matters
+    -- only where slow calls are counted, which these UPDATEs leave to the state machine.
+    IF p_success AND p_duration IS NULL THEN
+        -- A count window: the newest outcomes, with this success last.
         UPDATE @extschema@.rc_circuit_breakers AS b
         SET execution_log = b.execution_log[cardinality(b.execution_log) - b.window_size + 2 :]
                             || true,
@@ -1550,6 +1589,27 @@ BEGIN
           AND b.state = 'CLOSED' AND b.window_duration IS NULL
           AND b.slow_call_duration IS NULL
           AND (p_generation IS NULL OR p_generation = b.generation)
+        RETURNING b.state, b.generation INTO state, generation;
+        IF FOUND THEN
+            RETURN NEXT;
+            RETURN;
+        END IF;
+        -- A time window whose newest bucket is still current (rc_record_many_at's bucket
+        -- number, at the time read once the row is locked, is bucket_head): one more call in
+        -- it. A bucket to expire, or a window not started, takes the state machine.
+        UPDATE @extschema@.rc_circuit_breakers AS b
+        SET bucket_calls[b.bucket_head % 10 + 1] = b.bucket_calls[b.bucket_head % 10 + 1] + 1,
+            slow_log = '{}',
+            failure_count = 0,
+            successes = b.successes + 1,
+            updated_at = clock_timestamp()
+        WHERE b.resource_key = p_key AND b.namespace = p_namespace
+          AND b.state = 'CLOSED' AND b.window_duration IS NOT NULL
+          AND b.slow_call_duration IS NULL
+          AND (p_generation IS NULL OR p_generation = b.generation)
+          AND cardinality(b.bucket_calls) = 10 AND b.window_start IS NOT NULL
+          AND (extract(epoch FROM clock_timestamp() - b.window_start) * 1000000)::bigint * 10
+              / (extract(epoch FROM b.window_duration) * 1000000)::bigint <= b.bucket_head
         RETURNING b.state, b.generation INTO state, generation;
         IF FOUND THEN
             RETURN NEXT;

@@ -175,11 +175,11 @@ def test_upgrade_from_0_4_5_keeps_rows_and_states(pg_empty_dsn: str) -> None:
         assert acquire("probing") == (False, "HALF_OPEN", 0)
         record = "SELECT * FROM rc_record(%s, false)"
         assert tuple(conn.execute(record, ["closed"]).fetchone() or ()) == ("OPEN", 1)
-        # 0.4.5's updated_at trigger is gone; the one left checks the breaker's rules.
+        # 0.4.5's updated_at trigger is gone; the ones left check the breaker's rules.
         assert conn.execute(
-            "SELECT array_agg(tgname) FROM pg_trigger"
+            "SELECT array_agg(tgname ORDER BY tgname) FROM pg_trigger"
             " WHERE tgrelid = 'rc_circuit_breakers'::regclass AND NOT tgisinternal"
-        ).fetchone() == (["rc_circuit_breakers_check"],)
+        ).fetchone() == (["rc_circuit_breakers_check", "rc_circuit_breakers_check_buckets"],)
 
 
 @pytest.mark.parametrize("schema", ["public", "rc"])

@@ -4,7 +4,9 @@ The table has no CHECK constraint, which PostgreSQL would prepare again for ever
 UPDATE: the counters an outcome writes are domains with the rule, and the other rules
 run in a trigger (rc_circuit_breakers_check) on insert and on each UPDATE that assigns a
 column they read, so that an outcome, which assigns none of those columns, does not pay
-for them.
+for them; bucket_calls, whose length alone they read, has a trigger of its own
+(rc_circuit_breakers_check_buckets) that runs them when an UPDATE leaves it of another
+length than bucket_failures.
 These tests pin the three things that keep that safe: each rule refuses a bad row
 written directly by the owner, the trigger watches every column its rules read, and
 rc_configure refuses a bad value first, with 22023 naming its parameter.
@@ -90,7 +92,7 @@ def test_the_trigger_watches_every_column_its_rules_read(conn: Conn) -> None:
         JOIN pg_proc p ON p.oid = t.tgfoid
         JOIN pg_attribute a ON a.attrelid = t.tgrelid AND a.attnum = ANY (t.tgattr)
         WHERE t.tgrelid = 'rc_circuit_breakers'::regclass
-          AND t.tgname = 'rc_circuit_breakers_check'
+          AND t.tgname IN ('rc_circuit_breakers_check', 'rc_circuit_breakers_check_buckets')
         GROUP BY p.prosrc
         """
     ).fetchone() or (None, None)
@@ -118,6 +120,45 @@ def test_an_outcome_while_closed_runs_no_rule_and_a_trip_runs_them(conn: Conn) -
     assert rule_runs("SELECT * FROM rc_record('k', false)") == 1
     state = conn.execute("SELECT state FROM rc_circuit_breakers").fetchone()
     assert state == ("OPEN",)
+
+
+def test_a_success_in_a_time_windows_newest_bucket_runs_no_rule(conn: Conn) -> None:
+    """A success counted in the current bucket of a time window assigns only bucket_calls."""
+    conn.execute("SET track_functions = 'all'")
+    conn.execute("SELECT * FROM rc_configure('t', 'default', 1, 2, p_window_duration => '1 hour')")
+    conn.execute("SELECT * FROM rc_record('t', true)")  # starts the window: ten buckets
+    # Counts not yet flushed to the statistics include earlier transactions': the difference.
+    runs = "SELECT coalesce(pg_stat_get_xact_function_calls('rc_check_breaker_row'::regproc), 0)"
+
+    def rule_runs(query: str) -> int:
+        with conn.transaction():
+            before = conn.execute(runs).fetchone()
+            conn.execute(query)
+            after = conn.execute(runs).fetchone()
+        assert before is not None
+        assert after is not None
+        return int(after[0]) - int(before[0])
+
+    assert rule_runs("SELECT * FROM rc_record('t', true)") == 0
+    calls = conn.execute(
+        "SELECT bucket_calls, successes FROM rc_circuit_breakers WHERE resource_key = 't'"
+    ).fetchone()
+    assert calls == ([2] + [0] * 9, 2)
+
+
+def test_bucket_calls_alone_of_another_length_than_bucket_failures_is_refused(
+    conn: Conn,
+) -> None:
+    """The buckets' lengths are checked when bucket_calls is the only column assigned."""
+    conn.execute("SELECT * FROM rc_configure('t', 'default', 1, 2, p_window_duration => '1 hour')")
+    conn.execute("SELECT * FROM rc_record('t', false)")
+    with pytest.raises(psycopg.errors.CheckViolation) as caught:
+        conn.execute("UPDATE rc_circuit_breakers SET bucket_calls = '{}' WHERE resource_key = 't'")
+    assert caught.value.diag.constraint_name == "rc_circuit_breakers_buckets_check"
+    conn.execute(
+        "UPDATE rc_circuit_breakers SET bucket_calls = array_fill(3, ARRAY[10])"
+        " WHERE resource_key = 't'"
+    )
 
 
 # (the arguments of rc_configure after key and namespace, the parameter named)
