@@ -466,6 +466,7 @@ def evaluate(out: dict[str, dict[str, Any]], labels: dict[str, str]) -> list[Tar
                 f"{definer['calls_per_s'] / update['calls_per_s']:.2f}x "
                 f"({definer['calls_per_s']:,.0f} calls/s, CPU per call {_cpu(definer)})"
             )
+        two_trips += _hot_key_budget(strict, update, definer)
         add(
             Target(
                 f"Hot key, 8 processes, synchronous_commit={sync}: strict/immediate ≥ 50% "
@@ -499,6 +500,39 @@ def evaluate(out: dict[str, dict[str, Any]], labels: dict[str, str]) -> list[Tar
             )
         )
     return targets
+
+
+def _total_cpu(result: dict[str, Any]) -> float | None:
+    client = result.get("client_cpu_us_per_call")
+    server = result.get("server_cpu_us_per_call")
+    return None if client is None or server is None else float(client) + float(server)
+
+
+def _hot_key_budget(
+    strict: dict[str, Any], update: dict[str, Any], definer: dict[str, Any] | None
+) -> str:
+    """The CPU a strict call may cost for 0.5x, against the floor the security model sets.
+
+    Clients and server share the machine's cores and the backends wait on their clients,
+    not on the row lock: calls/s goes as 1 / (client + server CPU per call), so the rate
+    0.5x needs allows the strict call's CPU scaled by strict rate / needed rate.
+    """
+    spent = _total_cpu(strict)
+    floor = None if definer is None else _total_cpu(definer)
+    if spent is None or floor is None:
+        return ""
+    needed = 0.5 * update["calls_per_s"]
+    budget = spent * strict["calls_per_s"] / needed
+    return (
+        f". The arithmetic: 0.5x is {needed:,.0f} calls/s, which allows {budget:.0f} µs of "
+        f"CPU per call (client + server; this strict call spends {spent:.0f} µs at "
+        f"{strict['calls_per_s']:,.0f} calls/s); the two SECURITY DEFINER functions that do "
+        f"nothing but read and update the row spend {floor:.0f} µs, leaving "
+        f"{budget - floor:.0f} µs ({(budget - floor) / floor:+.0%} of that floor) for all of "
+        "the breaker's own work: the caller's namespace check, the window, the verdict, "
+        "the result rows, the client's reply handling (docs/capacity.md breaks the "
+        "server's part down by instructions)"
+    )
 
 
 def _cpu(result: dict[str, Any]) -> str:
