@@ -31,6 +31,7 @@ REPEAT = 3
 BATCH = 1000  # outcomes per rc_record_many statement in the batched scenario
 
 KEY = "bench-server-cpu"
+TIMED_KEY = "bench-server-cpu-timed"  # configured with a 60 s time window in main()
 NS = "bench"
 ACQUIRE = "SELECT permitted, state, generation, retry_after FROM rc_try_acquire(%s, %s)"
 RECORD = "SELECT state, generation FROM rc_record(%s, true, %s, NULL)"
@@ -40,13 +41,21 @@ RECORD_RUNS = (
 )
 SELECT1 = "SELECT 1"
 UPDATE = "UPDATE bench_floor SET n = n + 1 WHERE id = 1"
+# The least any two functions of the security model cost (worker_pg_floor.py makes them).
+DEFINER_READ = "SELECT bench_floor_read(1)"
+DEFINER_WRITE = "SELECT bench_floor_write(1)"
 
 # name: (statements with their parameters, outcomes per repetition)
 SCENARIOS: dict[str, tuple[list[tuple[str, tuple[Any, ...]]], int]] = {
     "floor: SELECT 1": ([(SELECT1, ())], 1),
     "floor: one-row UPDATE": ([(UPDATE, ())], 1),
     "floor: SELECT 1 + one-row UPDATE": ([(SELECT1, ()), (UPDATE, ())], 1),
+    "floor: read + UPDATE in SECURITY DEFINER functions": (
+        [(DEFINER_READ, ()), (DEFINER_WRITE, ())],
+        1,
+    ),
     "rc_try_acquire (CLOSED)": ([(ACQUIRE, (KEY, NS))], 1),
+    "rc_record (success, CLOSED, time window of 60 s)": ([(RECORD, (TIMED_KEY, NS))], 1),
     "rc_record (success, CLOSED)": ([(RECORD, (KEY, NS))], 1),
     "strict/immediate: rc_try_acquire + rc_record": (
         [(ACQUIRE, (KEY, NS)), (RECORD, (KEY, NS))],
@@ -99,6 +108,10 @@ def main() -> None:
     args = parser.parse_args()
     with psycopg.connect(args.dsn, autocommit=True) as conn:
         version = conn.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
+        conn.execute(
+            "SELECT * FROM rc_configure(%s, %s, 1, 2, p_window_duration => '60 seconds')",
+            (TIMED_KEY, NS),
+        )
     results: dict[str, float] = {}
     for name, (statements, outcomes) in SCENARIOS.items():
         results[name] = measure(args.dsn, statements, outcomes)
