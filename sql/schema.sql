@@ -1720,8 +1720,11 @@ BEGIN
     SET state = _target,
         generation = _row.generation + 1,
         failure_count = p_failure_count,
+        -- Finite both ways: -infinity would make every reader's open_until - now() fail.
         open_until = CASE WHEN _target = 'OPEN'
-                          THEN least(coalesce(p_open_until, _now), _now + interval '365 days') END,
+                          THEN greatest(least(coalesce(p_open_until, _now),
+                                              _now + interval '365 days'),
+                                        _now - interval '365 days') END,
         execution_log = _log,
         permits = '{}',
         slow_log = '{}',

@@ -809,3 +809,16 @@ def test_functions_find_their_schema_whatever_the_callers_search_path(pg_empty_d
         assert _one(caller, "SELECT * FROM \"Breakers 2\".rc_record('svc', false)") == ("OPEN", 1)
         assert _one(caller, "SELECT permitted FROM \"Breakers 2\".rc_try_acquire('svc')") == (True,)
         assert _one(caller, "SELECT state FROM \"Breakers 2\".rc_status('svc')") == ("HALF_OPEN",)
+
+
+@pytest.mark.parametrize("until", ["-infinity", "infinity"])
+def test_set_state_open_until_infinite_leaves_the_breaker_usable(conn: Conn, until: str) -> None:
+    """rc_set_state to OPEN until an infinite time stores a finite one: rc_try_acquire,
+    rc_record and rc_status keep answering for that breaker instead of failing with
+    "cannot subtract infinite timestamps"."""
+    conn.execute("SELECT * FROM rc_set_state('svc', 'OPEN', 0, %s, NULL)", [until])
+    assert _one(conn, "SELECT isfinite(open_until) FROM rc_circuit_breakers") == (True,)
+    permitted, state, _, _ = _one(conn, "SELECT * FROM rc_try_acquire('svc')")
+    assert (permitted, state) == ((True, "HALF_OPEN") if until == "-infinity" else (False, "OPEN"))
+    conn.execute("SELECT * FROM rc_record('svc', true)")
+    assert len(conn.execute("SELECT * FROM rc_status('svc')").fetchall()) == 1
