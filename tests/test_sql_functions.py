@@ -132,6 +132,11 @@ BAD_CALLS = [
     ("force_empty_state", "rc_force('svc', '')", "p_state"),
     ("force_null_state", "rc_force('svc', NULL)", "p_state"),
     ("force_at_unknown_state", "rc_force_at('svc', 'AJAR', 'default', NULL)", "p_state"),
+    (
+        "set_state_failure_count_overflowing",
+        "rc_set_state('svc', 'CLOSED', 2147483647, NULL, NULL)",
+        "p_failure_count",
+    ),
     ("record_null_success", "rc_record('svc', NULL)", "p_success"),
     ("record_at_null_success", "rc_record_at('svc', NULL, 'default', NULL, NULL)", "p_success"),
     ("record_many_null", "rc_record_many('svc', 'default', NULL)", "p_successes"),

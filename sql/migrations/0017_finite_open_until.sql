@@ -1,10 +1,13 @@
--- Version 17: rc_set_state stores a finite open_until.
+-- Version 17: rc_set_state stores a finite open_until and a failure count that cannot overflow.
 --
 --   * rc_set_state capped open_until at a year ahead but took '-infinity' as it came: every
 --     rc_try_acquire and rc_record of that breaker, and the status view, then failed with
---     "cannot subtract infinite timestamps". It is now kept within a year either way (in the
---     past, the cooldown is over, as before), and rows already holding an infinite one are
---     given the current time.
+--     "cannot subtract infinite timestamps". '-infinity' now counts as now (the cooldown is
+--     over, as for any time past), and rows already holding an infinite one are given the
+--     current time.
+--   * rc_set_state took any p_failure_count >= 0: at integer's maximum, every failure
+--     recorded afterwards failed with "integer out of range" (a HALF_OPEN trial's permit
+--     then held until its timeout). It is now refused above 1000000000, naming p_failure_count.
 
 CREATE OR REPLACE FUNCTION @extschema@.rc_set_state(
     p_key text,
@@ -37,8 +40,10 @@ BEGIN
             quote_nullable(left(p_state, 40))
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    IF (p_failure_count >= 0) IS NOT TRUE THEN
-        RAISE EXCEPTION 'rc: p_failure_count must be >= 0, got %',
+    -- Bounded well below integer's maximum: each failure adds one, and an overflow would
+    -- make every failure recorded afterwards an error.
+    IF (p_failure_count BETWEEN 0 AND 1000000000) IS NOT TRUE THEN
+        RAISE EXCEPTION 'rc: p_failure_count must be between 0 and 1000000000, got %',
             coalesce(p_failure_count::text, 'NULL')
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
@@ -68,11 +73,11 @@ BEGIN
     SET state = _target,
         generation = _row.generation + 1,
         failure_count = p_failure_count,
-        -- Finite both ways: -infinity would make every reader's open_until - now() fail.
+        -- Finite: -infinity (now) would make every reader's open_until - now() fail.
         open_until = CASE WHEN _target = 'OPEN'
-                          THEN greatest(least(coalesce(p_open_until, _now),
-                                              _now + interval '365 days'),
-                                        _now - interval '365 days') END,
+                          THEN least(CASE WHEN p_open_until = '-infinity' THEN _now
+                                          ELSE coalesce(p_open_until, _now) END,
+                                     _now + interval '365 days') END,
         execution_log = _log,
         permits = '{}',
         slow_log = '{}',
