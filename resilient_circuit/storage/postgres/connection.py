@@ -333,6 +333,7 @@ class Pools:
                 # sets its timeouts for each round trip there anyway.
                 conn.execute("DISCARD ALL", prepare=False)
                 conn.rc_prepared = None
+                conn.rc_loaders = None
             self._configure(conn)
         except Exception as exc:
             logger.warning(
