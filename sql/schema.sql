@@ -1749,8 +1749,10 @@ BEGIN
             quote_nullable(left(p_state, 40))
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    IF (p_failure_count >= 0) IS NOT TRUE THEN
-        RAISE EXCEPTION 'rc: p_failure_count must be >= 0, got %',
+    -- Bounded well below integer's maximum: each failure adds one, and an overflow would
+    -- make every failure recorded afterwards an error.
+    IF (p_failure_count BETWEEN 0 AND 1000000000) IS NOT TRUE THEN
+        RAISE EXCEPTION 'rc: p_failure_count must be between 0 and 1000000000, got %',
             coalesce(p_failure_count::text, 'NULL')
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
@@ -1780,8 +1782,11 @@ BEGIN
     SET state = _target,
         generation = _row.generation + 1,
         failure_count = p_failure_count,
+        -- Finite: -infinity (now) would make every reader's open_until - now() fail.
         open_until = CASE WHEN _target = 'OPEN'
-                          THEN least(coalesce(p_open_until, _now), _now + interval '365 days') END,
+                          THEN least(CASE WHEN p_open_until = '-infinity' THEN _now
+                                          ELSE coalesce(p_open_until, _now) END,
+                                     _now + interval '365 days') END,
         execution_log = _log,
         permits = '{}',
         slow_log = '{}',

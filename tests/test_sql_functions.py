@@ -132,6 +132,11 @@ BAD_CALLS = [
     ("force_empty_state", "rc_force('svc', '')", "p_state"),
     ("force_null_state", "rc_force('svc', NULL)", "p_state"),
     ("force_at_unknown_state", "rc_force_at('svc', 'AJAR', 'default', NULL)", "p_state"),
+    (
+        "set_state_failure_count_overflowing",
+        "rc_set_state('svc', 'CLOSED', 2147483647, NULL, NULL)",
+        "p_failure_count",
+    ),
     ("record_null_success", "rc_record('svc', NULL)", "p_success"),
     ("record_at_null_success", "rc_record_at('svc', NULL, 'default', NULL, NULL)", "p_success"),
     ("record_many_null", "rc_record_many('svc', 'default', NULL)", "p_successes"),
@@ -809,3 +814,16 @@ def test_functions_find_their_schema_whatever_the_callers_search_path(pg_empty_d
         assert _one(caller, "SELECT * FROM \"Breakers 2\".rc_record('svc', false)") == ("OPEN", 1)
         assert _one(caller, "SELECT permitted FROM \"Breakers 2\".rc_try_acquire('svc')") == (True,)
         assert _one(caller, "SELECT state FROM \"Breakers 2\".rc_status('svc')") == ("HALF_OPEN",)
+
+
+@pytest.mark.parametrize("until", ["-infinity", "infinity"])
+def test_set_state_open_until_infinite_leaves_the_breaker_usable(conn: Conn, until: str) -> None:
+    """rc_set_state to OPEN until an infinite time stores a finite one: rc_try_acquire,
+    rc_record and rc_status keep answering for that breaker instead of failing with
+    "cannot subtract infinite timestamps"."""
+    conn.execute("SELECT * FROM rc_set_state('svc', 'OPEN', 0, %s, NULL)", [until])
+    assert _one(conn, "SELECT isfinite(open_until) FROM rc_circuit_breakers") == (True,)
+    permitted, state, _, _ = _one(conn, "SELECT * FROM rc_try_acquire('svc')")
+    assert (permitted, state) == ((True, "HALF_OPEN") if until == "-infinity" else (False, "OPEN"))
+    conn.execute("SELECT * FROM rc_record('svc', true)")
+    assert len(conn.execute("SELECT * FROM rc_status('svc')").fetchall()) == 1

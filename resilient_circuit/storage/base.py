@@ -220,7 +220,8 @@ class AdminState:
     window: tuple[bool, ...]  # oldest first; True is a success
 
 
-_INT4_MAX = 2**31 - 1
+# Well below int4's maximum: each failure adds one, and PostgreSQL stores it as an int4.
+_MAX_FAILURE_COUNT = 1_000_000_000
 _MAX_EPOCH = 32503680000  # 3000-01-01
 
 
@@ -236,8 +237,10 @@ def check_admin_state(
     target = parse_state(state)
     if isinstance(failure_count, bool) or not isinstance(failure_count, int):
         raise TypeError("`failure_count` must be an int")
-    if not 0 <= failure_count <= _INT4_MAX:
-        raise ValueError(f"`failure_count` must be in [0, {_INT4_MAX}], got {failure_count}")
+    if not 0 <= failure_count <= _MAX_FAILURE_COUNT:
+        raise ValueError(
+            f"`failure_count` must be in [0, {_MAX_FAILURE_COUNT}], got {failure_count}"
+        )
     if isinstance(open_until, bool) or not isinstance(open_until, int | float):
         raise TypeError("`open_until` must be epoch seconds (0 for none)")
     if not -_MAX_EPOCH <= open_until <= _MAX_EPOCH:  # also refuses NaN

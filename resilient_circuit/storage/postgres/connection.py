@@ -40,6 +40,7 @@ from typing import Any
 
 import psycopg
 from psycopg import pq
+from psycopg.rows import tuple_row
 from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 
 from resilient_circuit._dsn import Dsn
@@ -56,6 +57,10 @@ __all__ = ("Pools", "SyncPool", "close_with", "describe", "reaches_server", "set
 logger = logging.getLogger("resilient_circuit.storage")
 
 _IDLE = pq.TransactionStatus.IDLE
+_INTRANS = pq.TransactionStatus.INTRANS
+_INERROR = pq.TransactionStatus.INERROR
+# psycopg's default prepare_threshold, which the store's connections keep unless told not to.
+_PREPARE_THRESHOLD = 5
 # How long a sync caller's connection stays out of the pool between calls: parked idle
 # for longer, or out of the pool for longer since it was taken, it goes back (see
 # ``Pools.take``), so that the pool's own rules (idle timeout, lifetime, fairness
@@ -173,7 +178,16 @@ class SyncPool(ConnectionPool):
             # Counted before looking: a caller that parks after this sees the count
             # and hands its connection to the pool, so to this caller.
             owner.unpark_one()
-            return super().getconn(timeout)
+            conn: StoreConnection = super().getconn(timeout)  # type: ignore[assignment]
+        # Lent until shown otherwise: the store's own callers clear it (``Pools.take``).
+        conn.rc_lent = True
+        return conn
+
+    def putconn(self, conn: Any) -> None:
+        if getattr(conn, "rc_lent", False):
+            conn.rc_lent = False
+            self.rc_owner.restore(conn)
+        super().putconn(conn)
 
 
 class _Waiting:
@@ -295,6 +309,39 @@ class Pools:
         if isinstance(conn, AsyncStoreConnection):
             self._mark_direct(conn, direct)
 
+    def restore(self, conn: StoreConnection) -> None:
+        """Undo what the application did to a connection it was lent, before the store's
+        own calls run on it again: its transaction, its connection attributes and, on a
+        direct connection, every session setting (``SET statement_timeout = 0``, ``SET
+        ROLE``, prepared statements, ``LISTEN``, temporary tables); the store's timeouts
+        are then set again. A connection that cannot be restored is closed (the pool then
+        drops it)."""
+        try:
+            status = conn.pgconn.transaction_status
+            if status in (_INTRANS, _INERROR):
+                conn.rollback()
+            elif status != _IDLE:
+                return  # the pool closes it
+            conn.autocommit = True
+            conn.read_only = None
+            conn.isolation_level = None
+            conn.deferrable = None
+            conn.row_factory = tuple_row
+            conn.prepare_threshold = _PREPARE_THRESHOLD
+            if not self.through_pooler:
+                # Through a pooler the session is not the client's to reset; the store
+                # sets its timeouts for each round trip there anyway.
+                conn.execute("DISCARD ALL", prepare=False)
+                conn.rc_prepared = None
+                conn.rc_loaders = None
+            self._configure(conn)
+        except Exception as exc:
+            logger.warning(
+                "a connection lent by the breaker storage could not be reset (%s): closed",
+                type(exc).__name__,
+            )
+            conn.close()
+
     @staticmethod
     def _mark_direct(conn: StoreConnection | AsyncStoreConnection, direct: bool) -> None:
         # A call's statements skip psycopg's cursor where nothing else must be sent
@@ -347,6 +394,7 @@ class Pools:
         pool = self.sync()
         # The pool counts this caller as waiting and looks among the parked ones again.
         conn: StoreConnection = pool.getconn(self.connect_timeout)  # type: ignore[assignment]
+        conn.rc_lent = False
         conn.rc_pool = pool
         conn.rc_taken_at = monotonic()
         return conn

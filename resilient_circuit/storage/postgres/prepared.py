@@ -69,6 +69,8 @@ class StoreConnection(Prepares, psycopg.Connection[Any]):
     #: While taken by a sync caller of the store (see ``Pools.take``): the pool it came
     #: from, when it was taken, when it was last parked.
     rc_pool: Any = None
+    #: Out of the pool for the application (``PostgresStorage.pool()``), not the store.
+    rc_lent = False
     rc_taken_at = 0.0
     rc_parked_at = 0.0
 
