@@ -162,3 +162,12 @@ def test_count_and_time_windows_in_one_store_count_their_own_successes() -> None
     assert count_snap.window == (True,) * 4
     assert (timed_snap.successes, timed_snap.failures) == (50, 1)
     assert timed_snap.state is CircuitState.CLOSED
+
+
+@pytest.mark.parametrize(("option", "value"), [("admission", "fast"), ("recording", "later")])
+def test_a_policy_without_resource_key_refuses_an_unknown_mode_when_built(
+    option: str, value: str
+) -> None:
+    """An unknown admission or recording raises ValueError naming it at construction, key or not."""
+    with pytest.raises(ValueError, match=f"`{option}` must be"):
+        CircuitProtectorPolicy(storage=InMemoryStorage(), **{option: value})
