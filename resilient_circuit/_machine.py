@@ -302,7 +302,8 @@ class Config:
             found.append(("minimum_calls", str(self.minimum_calls)))
         if self.slow_call_duration_ns is not None:
             found.append(("slow_call_duration", seconds(self.slow_call_duration_ns)))
-            found.append(("slow_call_limit", str(self.slow_call_limit)))
+            limit = Fraction(1) if self.slow_call_limit is None else self.slow_call_limit
+            found.append(("slow_call_limit", f"{limit.numerator}/{limit.denominator}"))
         if self.cooldown_factor != 1.0:
             found.append(("cooldown_factor", f"{self.cooldown_factor:g}"))
         if self.max_cooldown_ns is not None:

@@ -49,9 +49,17 @@ def database_dsn(env: Mapping[str, str] | None = None) -> str | None:
     host = env.get("RC_DB_HOST", "").strip()
     if not host:
         return None
+    port = env.get("RC_DB_PORT", "").strip() or "5432"
+    # Checked here, where the variable is known: the connection string built from the
+    # parts would be refused later under the name `dsn`, which the user never set.
+    for part in port.split(","):
+        if not (part.isascii() and part.strip().isdigit() and 1 <= int(part) <= 65535):
+            raise ValueError(
+                f"`RC_DB_PORT` must be a port number from 1 to 65535, got {part.strip()[:20]!r}"
+            )
     parts = {
         "host": host,
-        "port": env.get("RC_DB_PORT", "").strip() or "5432",
+        "port": port,
         "dbname": env.get("RC_DB_NAME", "").strip() or "resilient_circuit_db",
         "user": env.get("RC_DB_USER", "").strip() or "postgres",
     }
@@ -61,6 +69,9 @@ def database_dsn(env: Mapping[str, str] | None = None) -> str | None:
     parts.update(_tls_parameters(env))
     return " ".join(f"{name}={_quote(value)}" for name, value in parts.items())
 
+
+# libpq's, as resilient_circuit._dsn checks them (kept here: that module needs psycopg).
+_SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 
 # 0.8.6's TLS variables, each a libpq parameter of the same name.
 _TLS_VARIABLES = {
@@ -78,6 +89,11 @@ def _tls_parameters(env: Mapping[str, str]) -> dict[str, str]:
         value = env.get(variable, "").strip()
         if value:
             found[parameter] = value
+    sslmode = found.get("sslmode")
+    if sslmode is not None and sslmode not in _SSLMODES:
+        raise ValueError(
+            f"`RC_DB_SSLMODE` must be one of {', '.join(_SSLMODES)}, got {sslmode[:20]!r}"
+        )
     return found
 
 

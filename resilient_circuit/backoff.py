@@ -136,6 +136,8 @@ class FixedDelay(ExponentialDelay):
     """The same delay before every retry."""
 
     def __init__(self, delay: timedelta) -> None:
+        # Checked here so that the error names this class's parameter, not min_delay.
+        _check_delay(delay, "delay")
         super().__init__(min_delay=delay, max_delay=delay, factor=1)
 
     @property

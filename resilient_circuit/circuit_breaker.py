@@ -291,6 +291,12 @@ class CircuitProtectorPolicy(OptionDrivers, ProtectionPolicy):
         hooks: Iterable[Hook] | None = None,
     ) -> None:
         admission = _admission_mode(admission, admission_refresh_interval)
+        # Checked here as well as by the stores: a policy without resource_key binds its
+        # breaker only at its first call, too late for a typo in its configuration.
+        if admission not in ("strict", "cached"):
+            raise ValueError(f"`admission` must be 'strict' or 'cached', got {admission!r}")
+        if recording not in ("immediate", "batched"):
+            raise ValueError(f"`recording` must be 'immediate' or 'batched', got {recording!r}")
         if not callable(should_handle):
             raise TypeError("`should_handle` must be callable")
         if on_status_change is not None and not callable(on_status_change):

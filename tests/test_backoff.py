@@ -112,3 +112,12 @@ def test_bad_random_source_is_refused_naming_it() -> None:
     """An rng without uniform() raises TypeError naming `rng`."""
     with pytest.raises(TypeError, match="rng"):
         ExponentialDelay(SECOND, SECOND, jitter="full", rng=object())  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("delay", "error"), [(2, TypeError), (-SECOND, ValueError)])
+def test_fixed_delay_refuses_a_bad_delay_naming_its_own_parameter(
+    delay: object, error: type[Exception]
+) -> None:
+    """FixedDelay(delay=...) names `delay` in its error, not ExponentialDelay's `min_delay`."""
+    with pytest.raises(error, match=r"^`delay` must be"):
+        FixedDelay(delay)  # type: ignore[arg-type]

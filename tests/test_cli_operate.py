@@ -220,6 +220,16 @@ def test_gc_and_forget_through_the_cli(pg_dsn: str) -> None:
     assert [r["key"] for r in json.loads(listed)] == ["payments"]
 
 
+@pytest.mark.parametrize("idle", ["banana", "1 mon", "-5 days"])
+def test_gc_names_idle_when_it_is_not_a_usable_interval(pg_dsn: str, idle: str) -> None:
+    """gc refuses an --idle PostgreSQL cannot use with one line naming --idle and the value."""
+    code, out = _run("gc", "--idle", idle, "--dsn", pg_dsn)
+    assert code == 1
+    assert out.startswith("Error: --idle must be ")
+    assert repr(idle) in out
+    assert out.count("\n") == 1
+
+
 @pytest.mark.parametrize("command", sorted(cli.commands))
 def test_every_command_has_help_with_an_example(command: str) -> None:
     """--help of every command shows an example invocation."""

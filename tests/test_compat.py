@@ -221,6 +221,33 @@ def test_ssl_variables_become_libpq_parameters() -> None:
     assert _settings.database_dsn({"RC_DB_DSN": given, "RC_DB_SSLMODE": "disable"}) == given
 
 
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("RC_DB_PORT", "abc"), ("RC_DB_PORT", "70000"), ("RC_DB_SSLMODE", "sometimes")],
+)
+def test_a_bad_connection_variable_is_refused_naming_it(variable: str, value: str) -> None:
+    """A bad RC_DB_PORT or RC_DB_SSLMODE raises ValueError naming that variable, not `dsn`."""
+    env = {"RC_DB_HOST": "db.example", "RC_DB_PASSWORD": "S3cret", variable: value}
+    with pytest.raises(ValueError, match=f"^`{variable}` must be") as caught:
+        _settings.database_dsn(env)
+    assert "S3cret" not in str(caught.value)
+
+
+def test_the_environment_accepts_the_sslmodes_a_dsn_accepts() -> None:
+    """RC_DB_SSLMODE is checked against the same modes as a DSN's sslmode."""
+    from resilient_circuit import _dsn
+
+    assert _settings._SSLMODES == _dsn.SSLMODES
+
+
+def test_a_port_list_for_several_hosts_is_accepted() -> None:
+    """RC_DB_PORT may list one port per host, as libpq allows."""
+    env = {"RC_DB_HOST": "a,b", "RC_DB_PORT": "5432,5433"}
+    dsn = _settings.database_dsn(env)
+    assert dsn is not None
+    assert psycopg.conninfo.conninfo_to_dict(dsn)["port"] == "5432,5433"
+
+
 def test_boolean_variables_are_read_strictly() -> None:
     """RC_DB_STRICT, RC_DB_AUTO_CREATE and RC_DB_PREPARED_STATEMENTS: 1/0 and friends."""
     assert _settings.strict_storage({"RC_DB_STRICT": "1"}) is True

@@ -398,3 +398,11 @@ def test_memory_store_count_window_matches_the_machine_across_a_new_limit(
         reply = breaker.record(ok, generation)
         assert (reply.state, reply.generation) == (state.state, state.generation)
     assert breaker.state == state
+
+
+def test_describe_writes_every_limit_as_a_fraction() -> None:
+    """Config.describe writes slow_call_limit n/d, as it writes the other limits and as the
+    stored configuration it is compared with in warnings is written."""
+    described = Config.build(slow_call_duration=timedelta(seconds=2)).describe()
+    assert "failure_limit=1/1," in described
+    assert described.endswith("slow_call_duration=2s, slow_call_limit=1/1")

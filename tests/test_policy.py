@@ -197,3 +197,12 @@ async def test_arguments_reach_a_coroutine_function_as_given(
     assert await echo(1, 2) == ((1, 2), {})
     assert await echo(1, b=2) == ((1,), {"b": 2})
     assert await echo(a=1) == ((), {"a": 1})
+
+
+@pytest.mark.parametrize(("option", "value"), [("admission", "fast"), ("recording", "later")])
+def test_a_policy_without_resource_key_refuses_an_unknown_mode_when_built(
+    option: str, value: str
+) -> None:
+    """An unknown admission or recording raises ValueError naming it at construction, key or not."""
+    with pytest.raises(ValueError, match=f"`{option}` must be"):
+        CircuitProtectorPolicy(storage=InMemoryStorage(), **{option: value})

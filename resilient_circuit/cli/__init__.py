@@ -392,7 +392,18 @@ def gc(idle: str, dsn: str | None, schema: str | None) -> None:
       resilient-circuit-cli gc --idle '30 days'
     """
     # The budgets first: rc_gc collects them too, and would leave none to count.
-    budgets, breakers = _run_each(dsn, schema, [("rc_budget_gc", (idle,)), ("rc_gc", (idle,))])
+    try:
+        budgets, breakers = _run_each(dsn, schema, [("rc_budget_gc", (idle,)), ("rc_gc", (idle,))])
+    except click.ClickException as exc:
+        from psycopg import errors  # present: the connection was made
+
+        # PostgreSQL's own message names its parameter (p_idle) or none at all.
+        if isinstance(exc.__cause__, errors.DataError):
+            raise click.ClickException(
+                "--idle must be an interval between 0 and 3650 days, in days, hours, minutes"
+                f" or seconds (no months or years), such as '30 days'; got {idle!r}"
+            ) from exc.__cause__
+        raise
     click.echo(f"Deleted {breakers} CLOSED breaker(s) unchanged for {idle}.")
     click.echo(f"Deleted {budgets} retry budget(s) unused for {idle}.")
 
