@@ -32,6 +32,9 @@ from . import _fleet_workers as workers
 CTX = multiprocessing.get_context("spawn")
 KEY = "payments"
 NAMESPACE = "fleet"
+# Long enough that a loaded machine cannot let a trial permit expire before the call
+# meant to be refused by it; a test waits the permit out for real.
+HALF_OPEN_TIMEOUT = timedelta(seconds=3)
 PROCESSES = 8
 
 AUDIT = """
@@ -383,7 +386,7 @@ def test_a_killed_trial_callers_permit_is_released_after_half_open_timeout(
     pg_dsn: str,
 ) -> None:
     """SIGKILL a process inside its trial: others wait out half_open_timeout, then probe."""
-    config = {"half_open_timeout": timedelta(seconds=1)}
+    config = {"half_open_timeout": HALF_OPEN_TIMEOUT}
     store = PostgresStorage(pg_dsn, namespace=NAMESPACE)
     try:
         policy = CircuitProtectorPolicy(resource_key=KEY, storage=store, **config)
@@ -418,7 +421,7 @@ def test_a_killed_trial_callers_permit_is_released_after_half_open_timeout(
             call()
         assert rejected.value.state is CircuitState.HALF_OPEN
         assert rejected.value.retry_after is not None
-        assert timedelta(0) < rejected.value.retry_after <= timedelta(seconds=1)
+        assert timedelta(0) < rejected.value.retry_after <= HALF_OPEN_TIMEOUT
         assert ran == []
         time.sleep(rejected.value.retry_after.total_seconds() + 0.05)
         assert call() == "ok"  # the dead caller's permit expired: this call was the trial
@@ -432,7 +435,7 @@ def test_a_killed_trial_callers_permit_is_released_after_half_open_timeout(
 def test_a_late_outcome_from_an_older_phase_never_decides_the_new_one(pg_dsn: str) -> None:
     """A trial that outlives its phase reports success; the newer phase ignores it."""
     # Two outcomes per half-open phase; one success in two closes it.
-    config = {"success_limit": Fraction(1, 2), "half_open_timeout": timedelta(seconds=1)}
+    config = {"success_limit": Fraction(1, 2), "half_open_timeout": HALF_OPEN_TIMEOUT}
     store = PostgresStorage(pg_dsn, namespace=NAMESPACE)
     try:
         policy = CircuitProtectorPolicy(resource_key=KEY, storage=store, **config)

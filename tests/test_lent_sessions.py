@@ -77,3 +77,14 @@ def test_a_lent_connection_left_in_a_transaction_records_the_stores_outcomes(
             " WHERE namespace = 'lent' AND resource_key = 'lent_tx'"
         ).fetchone()
     assert row == (4,)
+
+
+def test_a_query_psycopg_prepared_runs_again_after_the_connection_came_back(
+    store: PostgresStorage,
+) -> None:
+    """psycopg prepares a query run often on a lent connection; once the session was reset,
+    running it again on that connection prepares it anew instead of failing."""
+    query = "SELECT current_setting('statement_timeout')"
+    for _ in range(10):  # past psycopg's prepare threshold, on the one connection
+        with store._get_connection() as conn:
+            assert conn.execute(query).fetchone() == ("1500ms",)

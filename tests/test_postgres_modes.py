@@ -277,19 +277,32 @@ def test_cached_admission_stops_trusting_its_verdict_when_listen_drops(
         store.close()
 
 
+@pytest.fixture
+def unflushed_store(pg_dsn: str) -> Iterator[PostgresStorage]:
+    """A store whose outcomes are sent only by the test's own flushes.
+
+    Its flusher thread would otherwise wake while the test's calls are still being made
+    (a loaded machine makes them slowly) and send them in pieces.
+    """
+    store = PostgresStorage(pg_dsn, namespace="modes", flush_interval=3600)
+    yield store
+    store.close()
+
+
 def test_a_healthy_batch_travels_as_one_run(
-    stores: list[PostgresStorage], pg_dsn: str, monkeypatch: pytest.MonkeyPatch
+    unflushed_store: PostgresStorage, pg_dsn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Successes of one generation go as a single run; a failure splits the runs in order."""
+    store = unflushed_store
     policy = CircuitProtectorPolicy(
         resource_key="runs",
-        storage=stores[0],
+        storage=store,
         admission="cached",
         recording="batched",
         failure_limit=Fraction(1, 2),
         window_size=10,
     )
-    assert stores[0].wait_listening()
+    assert store.wait_listening()
 
     @policy
     def call(ok: bool) -> None:
@@ -297,12 +310,12 @@ def test_a_healthy_batch_travels_as_one_run(
             raise ConnectionError("x")
 
     call(True)
-    stores[0].flush()
+    store.flush()
     generation = policy._breaker.last_known.generation  # type: ignore[attr-defined]
-    sent = count_round_trips(monkeypatch, stores[0])
+    sent = count_round_trips(monkeypatch, store)
     for _ in range(5000):
         call(True)
-    stores[0].flush()
+    store.flush()
     assert [(p["counts"], p["successes"]) for p in sent] == [("{5000}", "{t}")]
     assert sent[0]["generations"] == f"{{{generation}}}"
     sent.clear()
@@ -311,7 +324,7 @@ def test_a_healthy_batch_travels_as_one_run(
             call(ok)
         except ConnectionError:
             pass
-    stores[0].flush()
+    store.flush()
     assert [(p["counts"], p["successes"]) for p in sent] == [("{2,1,1}", "{t,f,t}")]
     assert counters(pg_dsn, "runs") == (1 + 5000 + 3, 1)
     assert list(policy.execution_log) == [True] * 7 + [True, False, True]

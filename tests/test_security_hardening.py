@@ -284,8 +284,18 @@ def test_cli_watch_never_crashes_on_a_payload(pg_dsn: str, pg_role: Callable[[],
     """watch skips hostile payloads and prints the real transition that follows."""
     forger = pg_role()
 
+    def listening() -> bool:
+        # Sent before watch listens, the payloads would prove nothing and the real
+        # transition would be missed: a loaded machine may take long to get there.
+        with _connect(pg_dsn) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND state = 'idle' AND query ILIKE 'LISTEN %'"
+            ).fetchone()
+        return row is not None and row[0] > 0
+
     def send() -> None:
-        time.sleep(1.0)
+        wait_for(listening, timeout=30, interval=0.05)
         with _connect(forger.dsn(pg_dsn)) as conn:
             for payload in _HOSTILE_PAYLOADS:
                 conn.execute("SELECT pg_notify('resilient_circuit', %s)", [payload])

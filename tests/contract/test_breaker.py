@@ -202,13 +202,16 @@ def test_half_open_admits_only_the_trials_still_needed(
 ) -> None:
     """With success_limit 2/3, three trials run at once across policies; a fourth waits for
     their outcome or for their permits to expire after half_open_timeout."""
-    half_open_timeout = timedelta(milliseconds=500)
+    # Long enough that a loaded machine cannot let the first permit expire before the
+    # fourth call is refused; on PostgreSQL the pause really sleeps it.
+    half_open_timeout = timedelta(seconds=3)
     limits: dict[str, Any] = {
         "success_limit": Fraction(2, 3),
         "half_open_timeout": half_open_timeout,
     }
     policy, _ = make(store, **limits)
     other, _ = make(peer, **limits)
+    other.snapshot()  # the peer's first connection is made before any permit runs down
     policy.status = CircuitState.OPEN  # no cooldown: the next call is a trial
     here, there = Gate(policy), Gate(other)
     try:

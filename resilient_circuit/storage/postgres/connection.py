@@ -332,6 +332,10 @@ class Pools:
                 # Through a pooler the session is not the client's to reset; the store
                 # sets its timeouts for each round trip there anyway.
                 conn.execute("DISCARD ALL", prepare=False)
+                # psycopg's cache still names the statements it prepared, which DISCARD
+                # ALL deallocated: its next execution of one would ask for a statement
+                # the session no longer has. Cleared, each is prepared anew.
+                conn._prepared.clear()
                 conn.rc_prepared = None
                 conn.rc_loaders = None
             self._configure(conn)
