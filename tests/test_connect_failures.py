@@ -21,6 +21,7 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from resilient_circuit import _installer
+from resilient_circuit.instrumentation import StorageOutageStarted, add_hook, remove_hook
 from resilient_circuit.storage import PostgresStorage, StorageError, create_storage
 
 from ._helpers import clear_database_settings, forget_shared_storages, wait_for
@@ -100,12 +101,22 @@ def test_sync_call_names_why_no_connection_was_made(
     make_store: Callable[..., PostgresStorage],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """A sync call's StorageError and the outage WARNING say what the server or libpq said."""
+    """A sync call's StorageError, the outage WARNING and the outage event say what the
+    server or libpq said."""
     caplog.set_level(logging.INFO, logger="resilient_circuit")
     dsn, reason = case(pg_admin_dsn)
     store = make_store(dsn)
-    with pytest.raises(StorageError) as raised:
-        store.check()
+    events: list[object] = []
+    add_hook(events.append)
+    try:
+        with pytest.raises(StorageError) as raised:
+            store.check()
+    finally:
+        remove_hook(events.append)
+    started = [e for e in events if isinstance(e, StorageOutageStarted)]
+    assert [e.error for e in started] == [
+        f"{reason} (no connection within {CONNECT_TIMEOUT:.2f} s)"
+    ], started
     message = str(raised.value)
     assert message.startswith(f"breaker storage unavailable: {reason}"), message
     assert f"(no connection within {CONNECT_TIMEOUT:.2f} s)" in message, message
