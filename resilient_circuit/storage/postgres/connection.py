@@ -275,9 +275,9 @@ class Pools:
 
     def describe_failure(self, exc: BaseException) -> str:
         """Why a connection attempt failed, in one line that never shows the password."""
-        reason = connect_reason(exc)
-        password = self.dsn.password
-        return redact(reason, password) if password else redact(reason)
+        # libpq does not quote the password in these messages; masked all the same, as
+        # psycopg's own log records of the same attempts are (see ``_dsn``).
+        return redact(connect_reason(exc), self.dsn.password or "")
 
     def connect_failure(
         self, pool: ConnectionPool | AsyncConnectionPool | None = None
