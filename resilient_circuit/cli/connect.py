@@ -17,6 +17,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from resilient_circuit._dsn import Dsn
 from resilient_circuit._installer import PermissionDenied, SetupError, Target
+from resilient_circuit.storage.postgres.outage import connect_reason
 
 __all__ = (
     "CannotConnect",
@@ -69,17 +70,6 @@ def _connect_target(dsn: str, exc: psycopg.Error | None) -> Target:
     )
 
 
-def _reason(exc: BaseException) -> str:
-    # libpq messages span lines and repeat the address; keep the server's words.
-    text = str(exc).strip()
-    text = re.sub(r"^connection failed:\s*", "", text)
-    text = re.sub(
-        r'^connection to server (?:at|on socket) "[^"]*"(?:, port \d+)? failed:\s*', "", text
-    )
-    text = re.sub(r"^FATAL:\s*", "", text)
-    return text.splitlines()[0].strip() if text else type(exc).__name__
-
-
 _AUTH_FAILURE = re.compile(
     r"authentication failed|role \".*\" does not exist|not permitted to log in"
     r"|permission denied|no pg_hba\.conf entry|password",
@@ -104,7 +94,8 @@ def connect(dsn: str, *, connect_timeout: int = 10) -> psycopg.Connection[Any]:
         return psycopg.connect(dsn, autocommit=True, **extra)
     except psycopg.OperationalError as exc:
         target = _connect_target(dsn, exc)
-        reason = _reason(exc)
+        # libpq messages span lines and repeat the address; keep the server's words.
+        reason = connect_reason(exc)
         message = str(exc)
         # libpq gives no SQLSTATE for failed connections, so the (English) message
         # is all there is to go on.

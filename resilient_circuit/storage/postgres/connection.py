@@ -43,13 +43,14 @@ from psycopg import pq
 from psycopg.rows import tuple_row
 from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 
-from resilient_circuit._dsn import Dsn
+from resilient_circuit._dsn import Dsn, redact
 from resilient_circuit.storage.postgres.loop_pool import (
     POOL_NAME,
     Budget,
     LoopPool,
     budgeted_connection_class,
 )
+from resilient_circuit.storage.postgres.outage import connect_reason
 from resilient_circuit.storage.postgres.prepared import AsyncStoreConnection, StoreConnection
 
 __all__ = ("Pools", "SyncPool", "close_with", "describe", "reaches_server", "setup_session")
@@ -171,6 +172,18 @@ class SyncPool(ConnectionPool):
     def __init__(self, owner: Pools, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.rc_owner = owner
+        #: Why the last connection attempt failed (None once one succeeds): a caller
+        #: that times out waiting is told this rather than the wait alone.
+        self.rc_connect_failure: str | None = None
+
+    def _connect(self, timeout: float | None = None) -> Any:
+        try:
+            conn = super()._connect(timeout)
+        except Exception as exc:
+            self.rc_connect_failure = self.rc_owner.describe_failure(exc)
+            raise
+        self.rc_connect_failure = None
+        return conn
 
     def getconn(self, timeout: float | None = None) -> Any:
         owner = self.rc_owner
@@ -259,6 +272,21 @@ class Pools:
         }
 
     # -- each new connection ------------------------------------------------------------
+
+    def describe_failure(self, exc: BaseException) -> str:
+        """Why a connection attempt failed, in one line that never shows the password."""
+        # libpq does not quote the password in these messages; masked all the same, as
+        # psycopg's own log records of the same attempts are (see ``_dsn``).
+        return redact(connect_reason(exc), self.dsn.password or "")
+
+    def connect_failure(
+        self, pool: ConnectionPool | AsyncConnectionPool | None = None
+    ) -> str | None:
+        """Why ``pool``'s last connection attempt failed (the sync pool's by default), or
+        None if it succeeded (or none was made)."""
+        source = self._sync if pool is None else pool
+        found = getattr(source, "rc_connect_failure", None)
+        return found if isinstance(found, str) else None
 
     def _configured(
         self, conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any], direct: bool
@@ -492,6 +520,7 @@ class Pools:
             pool = LoopPool(
                 self.dsn.conninfo,
                 budget=self.budget,
+                describe_failure=self.describe_failure,
                 min_size=0,
                 max_size=self.max_connections,
                 max_idle=self.idle_timeout,

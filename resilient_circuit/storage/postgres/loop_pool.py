@@ -13,6 +13,7 @@ import asyncio
 import logging
 import threading
 import weakref
+from collections.abc import Callable
 from contextvars import ContextVar
 from heapq import heappop
 from time import monotonic
@@ -234,9 +235,30 @@ class LoopPool(AsyncConnectionPool):
     keeps ``asyncio.run`` from ever returning, and its thread, and the process at exit.
     """
 
-    def __init__(self, *args: Any, budget: Budget, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        budget: Budget,
+        describe_failure: Callable[[BaseException], str],
+        **kwargs: Any,
+    ) -> None:
         self.budget = budget
+        self._describe_failure = describe_failure
+        #: Why the last connection attempt failed (None once one succeeds), as the
+        #: sync pool keeps it (see ``SyncPool``).
+        self.rc_connect_failure: str | None = None
         super().__init__(*args, reconnect_failed=budget.failed_to_grow, **kwargs)
+
+    async def _connect(self, timeout: float | None = None) -> Any:
+        try:
+            conn = await super()._connect(timeout)
+        except BudgetSpent:
+            raise  # refused by the budget, not by the database: nothing to tell
+        except Exception as exc:
+            self.rc_connect_failure = self._describe_failure(exc)
+            raise
+        self.rc_connect_failure = None
+        return conn
 
     def _start_workers(self) -> None:
         self._sched_runner = asyncio.create_task(

@@ -8,6 +8,7 @@ missing privilege, a bug or a caller's bad argument is not.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -17,7 +18,7 @@ from psycopg_pool import PoolTimeout
 
 from resilient_circuit.instrumentation import _events
 
-__all__ = ("Outage", "connection_lost", "one_line", "unavailable")
+__all__ = ("Outage", "connect_reason", "connection_lost", "one_line", "unavailable")
 
 logger = logging.getLogger("resilient_circuit.storage")
 
@@ -56,6 +57,29 @@ def one_line(exc: BaseException) -> str:
     """An exception as one log-friendly line: its type and the first line of its text."""
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}"
+
+
+# What libpq puts before the server's words (or its own) in a failed connection's
+# message: the address is known to whoever reads it, the server's reason is not.
+_CONNECT_PREFIX = re.compile(
+    r"^(?:connection (?:failed|is bad):\s*)?"
+    r'(?:connection to server (?:at|on socket) "[^"]*"(?: \([^)]*\))?(?:, port \d+)? failed:\s*)?'
+    r"(?:FATAL:\s*)?"
+)
+
+
+def connect_reason(exc: BaseException) -> str:
+    """Why a connection attempt failed, in one line: the server's reason (``database "x"
+    does not exist``) or libpq's (``Connection refused``), without the address before it.
+
+    libpq gives no SQLSTATE for a failed connection: its message is all there is. An
+    error raised after connecting (a session set-up statement) is told as ``one_line``.
+    """
+    if not isinstance(exc, psycopg.OperationalError) or exc.sqlstate:
+        return one_line(exc)
+    text = _CONNECT_PREFIX.sub("", str(exc).strip())
+    lines = text.splitlines()
+    return lines[0].strip() if lines and lines[0].strip() else type(exc).__name__
 
 
 class Outage:
@@ -127,8 +151,11 @@ class Outage:
             self.retry_at = now + probe_for
         return False
 
-    def failed(self, exc: BaseException, started: float | None = None) -> None:
-        """An attempt begun at ``started`` (monotonic seconds) failed."""
+    def failed(
+        self, exc: BaseException, started: float | None = None, reason: str | None = None
+    ) -> None:
+        """An attempt begun at ``started`` (monotonic seconds) failed, for ``reason`` (one
+        line; ``exc`` as ``one_line`` tells it, if not given)."""
         now = time.monotonic()
         if started is None:
             started = now
@@ -146,13 +173,15 @@ class Outage:
             self.watching = True
             self._backoff = self.min_backoff
             self.retry_at = now + self._backoff
+        if reason is None:
+            reason = one_line(exc)
         logger.warning(
             "breaker storage %s unavailable, %s until it answers: %s",
             self._describe,
             self._effect(),
-            one_line(exc),
+            reason,
         )
-        _events.outage_started(self._describe, one_line(exc))
+        _events.outage_started(self._describe, reason)
 
     def succeeded(self, started: float | None = None, conclusive: bool = True) -> None:
         """An attempt begun at ``started`` (monotonic seconds) got its answer.

@@ -18,7 +18,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, cast
 
 import psycopg
-from psycopg_pool import AsyncConnectionPool, ConnectionPool
+from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 
 from resilient_circuit import _fork, _settings
 from resilient_circuit._dsn import Dsn
@@ -280,8 +280,14 @@ class PostgresStorage(CircuitBreakerStorage):
             return f"{_EFFECTS[modes[0]]} (on_storage_error={modes[0]!r})"
         return "; ".join(f"with on_storage_error={m!r} {_EFFECTS[m]}" for m in modes)
 
-    def _failed(self, exc: Exception, started: float | None = None) -> Exception:
-        """The exception a failed round trip raises, by what went wrong."""
+    def _failed(
+        self,
+        exc: Exception,
+        started: float | None = None,
+        pool: AsyncConnectionPool | None = None,
+    ) -> Exception:
+        """The exception a failed round trip raises, by what went wrong (``pool``: the
+        event loop's pool it waited in, if any)."""
         sqlstate = getattr(exc, "sqlstate", None)
         if sqlstate in ("22023", "P0002"):
             # A bad argument, or a breaker that does not exist (rc_force, rc_reset).
@@ -299,8 +305,23 @@ class PostgresStorage(CircuitBreakerStorage):
             # Idle connections opened before this one died are most likely dead too:
             # replace them now, or each would fail once after the database is back.
             self._pools.drain()
-        self.outage.failed(exc, started)
-        return StorageError(f"breaker storage unavailable: {one_line(exc)}")
+        reason = self._unavailable_reason(exc, pool)
+        self.outage.failed(exc, started, reason)
+        return StorageError(f"breaker storage unavailable: {reason}")
+
+    def _unavailable_reason(self, exc: Exception, pool: AsyncConnectionPool | None) -> str:
+        """``exc`` in one line; for a pool's timeout, why its last connection attempt failed.
+
+        A wrong database name, an unknown role or a refused port makes every attempt fail
+        at once, and the caller then waits the pool's whole timeout: the timeout alone
+        would hide the only thing worth knowing.
+        """
+        pools = self._pools
+        if isinstance(exc, PoolTimeout) and isinstance(pools, Pools):
+            cause = pools.connect_failure(pool)
+            if cause is not None:
+                return f"{cause} (no connection within {self.connect_timeout:.2f} s)"
+        return one_line(exc)
 
     def _starved(self) -> StorageError:
         """This event loop waited ``connect_timeout`` while other loops held every
@@ -598,7 +619,7 @@ class PostgresStorage(CircuitBreakerStorage):
                 await used.close()
             if isinstance(pools, Pools) and pool is not None and pools.starved(pool, exc):
                 raise self._starved() from exc
-            failure = self._failed(exc, started)
+            failure = self._failed(exc, started, pool)
             if failure is exc:
                 raise
             raise failure from exc

@@ -1,0 +1,227 @@
+"""A store that cannot connect says why: the server's refusal, not only a pool timeout.
+
+A wrong database name, an unknown role or a closed port makes every connection attempt
+of the store's pools fail at once; the caller then waits for the pool's timeout. The
+StorageError of that call, the outage WARNING and the strict check of ``create_storage``
+name what the last attempt was told, and never the password of the DSN.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import traceback
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+
+from resilient_circuit import _installer
+from resilient_circuit.instrumentation import StorageOutageStarted, add_hook, remove_hook
+from resilient_circuit.storage import PostgresStorage, StorageError, create_storage
+
+from ._helpers import clear_database_settings, forget_shared_storages, wait_for
+
+NAMESPACE = "connect_failures"
+# Short: every attempt fails at once, the pool's timeout is all a call waits for.
+CONNECT_TIMEOUT = 1.0
+
+
+def closed_port() -> int:
+    """A local TCP port that nothing listens on (bound, then released)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def missing_database(admin_dsn: str) -> tuple[str, str]:
+    name = f"rc_missing_{uuid.uuid4().hex}"
+    return make_conninfo(admin_dsn, dbname=name), f'database "{name}" does not exist'
+
+
+def missing_role(admin_dsn: str) -> tuple[str, str]:
+    role = f"rc_nobody_{uuid.uuid4().hex}"
+    return make_conninfo(admin_dsn, user=role), f'role "{role}" does not exist'
+
+
+def refused_port(admin_dsn: str) -> tuple[str, str]:
+    return make_conninfo(admin_dsn, host="127.0.0.1", port=closed_port()), "Connection refused"
+
+
+CASES = {"missing database": missing_database, "missing role": missing_role}
+CASES["refused port"] = refused_port
+
+
+@pytest.fixture
+def make_store() -> Iterator[Callable[..., PostgresStorage]]:
+    """Stores closed after the test."""
+    made: list[PostgresStorage] = []
+
+    def make(dsn: str, **kwargs: Any) -> PostgresStorage:
+        kwargs.setdefault("namespace", NAMESPACE)
+        kwargs.setdefault("connect_timeout", CONNECT_TIMEOUT)
+        store = PostgresStorage(dsn, **kwargs)
+        made.append(store)
+        return store
+
+    yield make
+    for store in made:
+        store.close()
+
+
+def outage_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        record.getMessage()
+        for record in caplog.records
+        if record.name == "resilient_circuit.storage" and record.levelno == logging.WARNING
+    ]
+
+
+def everything_said(caplog: pytest.LogCaptureFixture, exc: BaseException) -> str:
+    """Every log line of the test and the whole traceback of ``exc``, causes included."""
+    lines = [f"{r.name} {r.levelname} {r.getMessage()}" for r in caplog.records]
+    return "\n".join([*lines, *traceback.format_exception(exc)])
+
+
+async def afetch_status(store: PostgresStorage) -> Any:
+    """One async round trip (the coroutine twin of ``check``)."""
+    params = {"key": "-", "namespace": store.namespace}
+    return await store.afetch(None, store.statements.status, params, missing_ok=True)
+
+
+@pytest.mark.parametrize("case", CASES.values(), ids=list(CASES))
+def test_sync_call_names_why_no_connection_was_made(
+    case: Callable[[str], tuple[str, str]],
+    pg_admin_dsn: str,
+    make_store: Callable[..., PostgresStorage],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A sync call's StorageError, the outage WARNING and the outage event say what the
+    server or libpq said."""
+    caplog.set_level(logging.INFO, logger="resilient_circuit")
+    dsn, reason = case(pg_admin_dsn)
+    store = make_store(dsn)
+    events: list[object] = []
+    add_hook(events.append)
+    try:
+        with pytest.raises(StorageError) as raised:
+            store.check()
+    finally:
+        remove_hook(events.append)
+    started = [e for e in events if isinstance(e, StorageOutageStarted)]
+    assert [e.error for e in started] == [
+        f"{reason} (no connection within {CONNECT_TIMEOUT:.2f} s)"
+    ], started
+    message = str(raised.value)
+    assert message.startswith(f"breaker storage unavailable: {reason}"), message
+    assert f"(no connection within {CONNECT_TIMEOUT:.2f} s)" in message, message
+    assert "PoolTimeout" not in message
+    warnings = outage_warnings(caplog)
+    assert len(warnings) == 1, warnings
+    assert warnings[0].endswith(f"{reason} (no connection within {CONNECT_TIMEOUT:.2f} s)")
+
+
+@pytest.mark.parametrize("case", CASES.values(), ids=list(CASES))
+async def test_async_call_names_why_no_connection_was_made(
+    case: Callable[[str], tuple[str, str]],
+    pg_admin_dsn: str,
+    make_store: Callable[..., PostgresStorage],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The coroutine twin: an event loop's pool remembers its last failed attempt too."""
+    caplog.set_level(logging.INFO, logger="resilient_circuit")
+    dsn, reason = case(pg_admin_dsn)
+    store = make_store(dsn)
+    try:
+        with pytest.raises(StorageError) as raised:
+            await afetch_status(store)
+    finally:
+        await store.aclose()
+    message = str(raised.value)
+    assert message.startswith(f"breaker storage unavailable: {reason}"), message
+    assert f"(no connection within {CONNECT_TIMEOUT:.2f} s)" in message, message
+    warnings = outage_warnings(caplog)
+    assert len(warnings) == 1, warnings
+    assert warnings[0].endswith(f"{reason} (no connection within {CONNECT_TIMEOUT:.2f} s)")
+
+
+def test_strict_create_storage_names_the_missing_database(
+    pg_admin_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RC_DB_STRICT=1: create_storage's StorageError says the database does not exist."""
+    clear_database_settings(monkeypatch)
+    dsn, reason = missing_database(pg_admin_dsn)
+    monkeypatch.setenv("RC_DB_DSN", dsn)
+    monkeypatch.setenv("RC_DB_STRICT", "1")
+    try:
+        with pytest.raises(StorageError, match=f"unavailable: {reason}"):
+            create_storage(NAMESPACE)
+    finally:
+        forget_shared_storages()
+
+
+async def test_password_of_the_dsn_is_never_shown(
+    pg_admin_dsn: str, make_store: Callable[..., PostgresStorage], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Neither the errors (with their causes) nor any log record show the DSN's password."""
+    caplog.set_level(logging.DEBUG)
+    password = f"pw-{uuid.uuid4().hex}"
+    dsn, reason = missing_database(make_conninfo(pg_admin_dsn, password=password))
+    store = make_store(dsn)
+    with pytest.raises(StorageError, match=reason) as sync_raised:
+        store.check()
+    try:
+        # A new store: the first one's outage backoff would answer without connecting.
+        astore = make_store(dsn)
+        with pytest.raises(StorageError, match=reason) as async_raised:
+            await afetch_status(astore)
+    finally:
+        await astore.aclose()
+    for raised in (sync_raised, async_raised):
+        said = everything_said(caplog, raised.value)
+        assert reason in said
+        assert password not in said
+
+
+def test_a_connection_made_clears_the_failure_remembered(
+    pg_admin_dsn: str, make_store: Callable[..., PostgresStorage]
+) -> None:
+    """Once the database exists, a later pool timeout (every connection lent) names no
+    stale cause: the failure a pool remembers is cleared by a connection made."""
+    dsn, reason = missing_database(pg_admin_dsn)
+    store = make_store(dsn, max_connections=1)
+    with pytest.raises(StorageError, match=reason):
+        store.check()
+    name = psycopg.conninfo.conninfo_to_dict(dsn)["dbname"]
+    with psycopg.connect(pg_admin_dsn, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        with psycopg.connect(dsn) as conn:
+            _installer.install(conn)
+
+        def answers() -> bool:
+            try:
+                store.check()
+            except StorageError:
+                return False
+            return True
+
+        assert wait_for(answers, timeout=10.0)
+        pool = store.pool()
+        held = pool.getconn()
+        try:
+            with pytest.raises(StorageError) as raised:
+                store.check()
+        finally:
+            pool.putconn(held)
+        assert "does not exist" not in str(raised.value)
+        assert "PoolTimeout" in str(raised.value)
+    finally:
+        store.close()
+        with psycopg.connect(pg_admin_dsn, autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
