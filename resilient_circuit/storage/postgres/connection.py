@@ -362,7 +362,9 @@ class Pools:
                 conn.execute("DISCARD ALL", prepare=False)
                 # psycopg's cache still names the statements it prepared, which DISCARD
                 # ALL deallocated: its next execution of one would ask for a statement
-                # the session no longer has. Cleared, each is prepared anew.
+                # the session no longer has. psycopg clears its cache on a DISCARD ALL
+                # only the first time the connection runs that query (later runs are
+                # counted, not validated), so it is cleared here; each is prepared anew.
                 conn._prepared.clear()
                 conn.rc_prepared = None
                 conn.rc_loaders = None
