@@ -205,6 +205,11 @@ def time_window_scenarios(api: Api, report: Report) -> None:
     storage = api.InMemoryStorage()
     fns: dict[str, Any] = {"noop": noop}
     fns["count"] = api.policy("bench-tw-count", storage, Fraction(1, 10))(noop)
+    # The floor of a time window's success: a count window's whole path plus the one
+    # clock read that knowing whether the newest bucket still runs takes (the same
+    # policy around a function that reads the clock once: over the noop baseline, its
+    # overhead is the count window's plus that read).
+    fns["count+clock"] = api.policy("bench-tw-count-clock", storage, Fraction(1, 10))(read_clock)
     for label, duration in TIME_WINDOWS.items():
         fns[label] = api.policy(
             f"bench-tw-{label}", storage, Fraction(1, 10), window_duration=duration
@@ -225,9 +230,20 @@ def time_window_scenarios(api: Api, report: Report) -> None:
         {"kind": "ratio", "ratio": median_ratio(overheads[short], overheads["count"])},
     )
     report.ok(
+        "time_window.ratio.floor",
+        {"kind": "ratio", "ratio": median_ratio(overheads["count+clock"], overheads["count"])},
+    )
+    report.ok(
         "time_window.ratio.duration",
         {"kind": "ratio", "ratio": median_ratio(overheads[long], overheads[short])},
     )
+
+
+def read_clock() -> None:
+    _monotonic_ns()
+
+
+_monotonic_ns = time.monotonic_ns
 
 
 def retry_scenarios(api: Api, report: Report) -> None:

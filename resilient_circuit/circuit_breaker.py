@@ -73,6 +73,7 @@ class _Unpublished:
 
     __slots__ = ()
     rejecting: Verdict | None = None
+    admitting: Admission | None = None
 
 
 _UNPUBLISHED = _Unpublished()
@@ -797,7 +798,7 @@ class CircuitProtectorPolicy(OptionDrivers, ProtectionPolicy):
         should_handle = self.should_handle
         check = None if should_handle is handle_all else should_handle
         rejected = ProtectedCallError.rejected
-        # A handle that reports calls to hooks must see every rejection.
+        # A handle that reports calls to hooks must see every admission and rejection.
         verdicts = breaker if via is None else _UNPUBLISHED
         # The last admission found permitted under the generation seen, and that
         # generation: a cell of this closure (cheaper to read than an attribute), one
@@ -818,10 +819,14 @@ class CircuitProtectorPolicy(OptionDrivers, ProtectionPolicy):
                 now = held[1]()
                 if now < held[0] and held[3] == policy._seen_generation:
                     raise rejected(policy.resource_key, held[2], held[4] - now)
-            try:
-                admission = breaker.acquire()
-            except StorageError:
-                admission = _OUTAGE  # its generation is never seen: the branch below
+            # The store's standing admission (CLOSED): one slot read, no call. Read after
+            # the rejection, which then costs no more than it did without it.
+            admission = verdicts.admitting
+            if admission is None:
+                try:
+                    admission = breaker.acquire()
+                except StorageError:
+                    admission = _OUTAGE  # its generation is never seen: the branch below
             if admission is admitted[0]:
                 generation = admitted[1]
             else:
@@ -887,7 +892,7 @@ class CircuitProtectorPolicy(OptionDrivers, ProtectionPolicy):
         should_handle = self.should_handle
         check = None if should_handle is handle_all else should_handle
         rejected = ProtectedCallError.rejected
-        # A handle that reports calls to hooks must see every rejection.
+        # A handle that reports calls to hooks must see every admission and rejection.
         verdicts = breaker if via is None else _UNPUBLISHED
         # The last admission found permitted under the generation seen, and that
         # generation: a cell of this closure (cheaper to read than an attribute), one
@@ -908,10 +913,14 @@ class CircuitProtectorPolicy(OptionDrivers, ProtectionPolicy):
                 now = held[1]()
                 if now < held[0] and held[3] == policy._seen_generation:
                     raise rejected(policy.resource_key, held[2], held[4] - now)
-            try:
-                admission = await breaker.aacquire()
-            except StorageError:
-                admission = _OUTAGE  # its generation is never seen: the branch below
+            # The store's standing admission (CLOSED): one slot read, no call. Read after
+            # the rejection, which then costs no more than it did without it.
+            admission = verdicts.admitting
+            if admission is None:
+                try:
+                    admission = await breaker.aacquire()
+                except StorageError:
+                    admission = _OUTAGE  # its generation is never seen: the branch below
             if admission is admitted[0]:
                 generation = admitted[1]
             else:

@@ -1,6 +1,7 @@
-"""Rejections while OPEN on the memory store: the decorator rejects from the breaker's
-standing verdict without calling acquire, and that verdict never outlives the state it
-was taken on (a force, another policy's transition, hooks that must see each call)."""
+"""Admissions while CLOSED and rejections while OPEN on the memory store: the decorator
+admits and rejects from the breaker's standing verdict without calling acquire, and that
+verdict never outlives the state it was taken on (a force, another policy's transition,
+hooks that must see each call)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from datetime import timedelta
 import pytest
 
 from resilient_circuit import CircuitProtectorPolicy, CircuitState, ProtectedCallError
-from resilient_circuit.instrumentation.hooks import CallRejected, Event
+from resilient_circuit.instrumentation.hooks import CallRejected, CallSucceeded, Event
 from resilient_circuit.storage import InMemoryStorage
+from resilient_circuit.storage.memory import MemoryBreaker
 from tests._helpers import Clock, aflaky, flaky, make
 
 
@@ -149,3 +151,46 @@ async def test_a_repeated_async_admission_never_outlives_its_generation(
         (CircuitState.CLOSED, CircuitState.OPEN),
         (CircuitState.OPEN, CircuitState.CLOSED),
     ]
+
+
+def test_a_closed_breaker_admits_without_acquire(
+    storage: InMemoryStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While CLOSED the decorator takes the published admission; a peer's OPEN withdraws
+    it before the next call, which is rejected and heard as a transition."""
+    acquired: list[object] = []
+    original = MemoryBreaker.acquire
+
+    def counting(self: MemoryBreaker) -> object:
+        acquired.append(self)
+        return original(self)
+
+    monkeypatch.setattr(MemoryBreaker, "acquire", counting)
+    policy, events = make(storage, cooldown=timedelta(seconds=60))
+    peer = CircuitProtectorPolicy(
+        resource_key="svc", storage=storage, cooldown=timedelta(seconds=60)
+    )
+    call = flaky(policy)
+    assert [call() for _ in range(5)] == ["ok"] * 5
+    assert acquired == []
+    peer.status = CircuitState.OPEN
+    with pytest.raises(ProtectedCallError):
+        call()
+    assert len(acquired) == 1  # the new generation goes through acquire, once
+    assert events == [(CircuitState.CLOSED, CircuitState.OPEN)]
+    peer.status = CircuitState.CLOSED
+    assert call() == "ok"
+    assert events[-1] == (CircuitState.OPEN, CircuitState.CLOSED)
+    assert len(acquired) == 1  # the new CLOSED generation published its own admission
+
+
+async def test_hooks_see_every_admission(storage: InMemoryStorage) -> None:
+    """A policy with hooks is not admitted from the published admission: each call is
+    reported, sync and async."""
+    seen: list[Event] = []
+    policy = CircuitProtectorPolicy(resource_key="svc", storage=storage, hooks=[seen.append])
+    call, acall = flaky(policy), aflaky(policy)
+    for _ in range(3):
+        assert call() == "ok"
+        assert await acall() == "ok"
+    assert sum(isinstance(event, CallSucceeded) for event in seen) == 6

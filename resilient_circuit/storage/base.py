@@ -79,6 +79,10 @@ class Breaker(abc.ABC):
     #: calling ``acquire``. The breaker withdraws it (None) as its state changes; a
     #: call that reads it while a change is under way is one made before that change.
     rejecting: Verdict | None = None
+    #: The admission every call gets while it holds one (a CLOSED breaker's): a store
+    #: that publishes it spares the decorator calling ``acquire`` at all. Withdrawn
+    #: (None) or replaced as the state changes, under the same rule as ``rejecting``.
+    admitting: Admission | None = None
 
     @property
     @abc.abstractmethod

@@ -100,6 +100,7 @@ class MemoryBreaker(Breaker):
         "_window_streak",
         "_window_top",
         "_window_trip",
+        "admitting",
         "config",
         "namespace",
         "rejecting",
@@ -130,6 +131,9 @@ class MemoryBreaker(Breaker):
             None,
             Admission(True, CLOSED, 0, None),
         )
+        # Published for the decorator (Breaker.admitting) while the state is CLOSED:
+        # the same reply acquire gives, set and withdrawn by _commit under the lock.
+        self.admitting: Admission | None = self._admit_closed[1]
         # The current state while a success changes nothing in it: CLOSED with a full
         # count window of successes and no failure streak, which every success of a
         # healthy breaker meets. Read without the lock: every change of the window or
@@ -338,6 +342,15 @@ class MemoryBreaker(Breaker):
         self._steady = None
         self._state = st
         self.rejecting = None  # after the swap: see acquire, which publishes it
+        if st.state is CLOSED:
+            # CLOSED admits every call with one reply per generation (see acquire).
+            admission = self._admit_closed[1]
+            if admission.generation != st.generation:
+                admission = Admission(True, CLOSED, st.generation, None)
+            self._admit_closed = (st, admission)
+            self.admitting = admission
+        else:
+            self.admitting = None
         cfg = self.config
         if st.state is CLOSED and cfg.plain and not st.buckets and st.window_len <= cfg.window_size:
             self._window_bits = bits = st.window_bits

@@ -120,6 +120,7 @@ class PgBreaker(Breaker):
         "_succeeded",
         "_trusted",
         "_warned_config",
+        "admitting",
         "config",
         "namespace",
         "rejecting",
@@ -165,6 +166,10 @@ class PgBreaker(Breaker):
         # The held OPEN verdict as the decorator reads it (see Breaker.rejecting):
         # published with _open_deadline, withdrawn wherever that is dropped.
         self.rejecting: Verdict | None = None
+        # Never published here (see Breaker.admitting): a cached admission holds only
+        # while the LISTEN connection does, which acquire checks per call. A slot, so
+        # that the decorator's read of it stays a slot read.
+        self.admitting: Admission | None = None
         self._fast = None
         self._succeeded = self._failed = _UNQUEUED
         self._last: Reply | None = None
