@@ -113,7 +113,9 @@ def to_limit(value: object, name: str) -> Fraction:
 def to_ns(value: object, name: str, *, allow_zero: bool = True) -> int:
     """Whole nanoseconds (at microsecond precision, as PostgreSQL keeps) from a timedelta."""
     if isinstance(value, bool) or not isinstance(value, timedelta | int | float):
-        raise TypeError(f"`{name}` must be a timedelta, got {type(value).__name__}")
+        raise TypeError(
+            f"`{name}` must be a timedelta or a number of seconds, got {type(value).__name__}"
+        )
     bound = ">= 0" if allow_zero else "> 0"
     if isinstance(value, int | float):
         try:

@@ -12,6 +12,7 @@ import functools
 import hashlib
 import inspect
 import logging
+import os
 import sys
 import threading
 import time
@@ -176,6 +177,7 @@ def function_key(func: Callable[..., Any]) -> str:
         # Lambdas share one name: their line tells them apart.
         code = getattr(func, "__code__", None)
         if code is not None:
+            module = _in_cell(module, code.co_filename)
             name = f"{name}:{code.co_firstlineno}"
     return _fit(f"{module}.{name}")
 
@@ -189,7 +191,25 @@ def _site_key(frame: FrameType | None) -> str:
     if frame is None:  # pragma: no cover - only from C code
         return "anonymous"
     module = frame.f_globals.get("__name__") or "__main__"
-    return _fit(f"{module}:{frame.f_lineno}")
+    return _fit(f"{_in_cell(module, frame.f_code.co_filename)}:{frame.f_lineno}")
+
+
+def _in_cell(module: str, filename: str) -> str:
+    """``module``, or for code of a notebook cell, the cell within it.
+
+    A line number is only a place within its cell: IPython compiles every cell as a
+    file of its own, named after a hash of the cell's code (``/tmp/ipykernel_<pid>/<hash>.py``,
+    formerly ``<ipython-input-<n>-<hash>>``), so two cells' line 3 are told apart by that
+    hash, which is the same when the cell runs again, in this kernel or the next.
+    """
+    if module != "__main__":
+        return module
+    stem = os.path.splitext(os.path.basename(filename))[0]
+    if f"{os.sep}ipykernel_" in filename:
+        return f"__main__.cell_{stem}"
+    if stem.startswith("<ipython-input-"):
+        return f"__main__.cell_{stem[1:-1].rsplit('-', 1)[-1]}"
+    return module
 
 
 def _fit(key: str) -> str:

@@ -477,6 +477,32 @@ def test_a_policy_decorating_several_functions_is_one_breaker_named_after_the_fi
     assert caught.value.resource_key == expected
 
 
+def _key_built_in(filename: str) -> tuple[str, str]:
+    """The keys of an anonymous policy and of a protected lambda, both built on line 2 of
+    code compiled as ``filename`` and run as ``__main__`` (a notebook cell, a script)."""
+    source = (
+        "from resilient_circuit import CircuitProtectorPolicy\n"
+        "site, lam = CircuitProtectorPolicy(storage=store), CircuitProtectorPolicy(storage=store)\n"
+        "lam(lambda: None)\n"
+    )
+    scope = {"__name__": "__main__", "store": InMemoryStorage()}
+    exec(compile(source, filename, "exec"), scope)
+    return scope["site"].resource_key, scope["lam"].resource_key
+
+
+def test_notebook_cells_give_anonymous_policies_keys_of_their_own() -> None:
+    """Two cells' line 2 are two breakers; one cell run again is the same one."""
+    first = _key_built_in("/tmp/ipykernel_4242/2847361905.py")
+    other = _key_built_in("/tmp/ipykernel_4242/1122334455.py")
+    again = _key_built_in("/tmp/ipykernel_5151/2847361905.py")  # the next kernel
+    older = _key_built_in("<ipython-input-7-9f8e7d6c5b4a>")
+    assert first == ("__main__.cell_2847361905:2", "__main__.cell_2847361905.<lambda>:3")
+    assert other == ("__main__.cell_1122334455:2", "__main__.cell_1122334455.<lambda>:3")
+    assert again == first
+    assert older == ("__main__.cell_9f8e7d6c5b4a:2", "__main__.cell_9f8e7d6c5b4a.<lambda>:3")
+    assert _key_built_in("/srv/app/main.py") == ("__main__:2", "__main__.<lambda>:3")
+
+
 # ------------------------------------------------------------- configuration conflicts
 
 
