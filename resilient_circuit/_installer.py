@@ -36,6 +36,7 @@ __all__ = [
     "STATUS_VIEW",
     "TABLE",
     "TRACKING_TABLE",
+    "DependentObjects",
     "Migration",
     "PermissionDenied",
     "RoleNotFound",
@@ -126,6 +127,10 @@ class WritableSchema(SetupError):
 
 class WrongSchemaOwner(SetupError):
     """The schema, or an object in it with one of our names, belongs to another role."""
+
+
+class DependentObjects(SetupError):
+    """An upgrade must replace one of our objects that objects of yours depend on."""
 
 
 # ------------------------------------------------------------------------ SQL files
@@ -728,6 +733,7 @@ def install(
         namespaces = _check_namespaces(namespaces)
     outermost = conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
     done: list[str] = []
+    applying: list[str] = []  # the migration being run, for messages
 
     def run(statement: sql.SQL | sql.Composed) -> None:
         done.append(statement.as_string(conn))
@@ -768,6 +774,7 @@ def install(
             if steps:
                 run(sql.SQL(_TRACKING_DDL).format(table=sql.Identifier(schema, TRACKING_TABLE)))
             for step in steps:
+                applying[:] = [m.filename for m in step.records]
                 if step.sql.strip():
                     run(sql.SQL(render(step.sql, schema, conn)))
                 record = _record_statement(schema, step.records)
@@ -790,6 +797,17 @@ def install(
             # another owner, undoes the whole install.
             _check_schema_safe(conn, schema)
             _restore_search_path(conn, previous_path)
+    except psycopg.errors.DependentObjectsStillExist as exc:
+        # A view or function of the user's built on our status view (or another object
+        # a migration replaces): PostgreSQL names them in its detail. Nothing was changed.
+        detail = (exc.diag.message_detail or "").replace("\n", "; ")
+        raise DependentObjects(
+            f"the upgrade ({', '.join(applying) or 'migration'}) must replace objects that "
+            f"others depend on, on {connection_target(conn)}: {exc.diag.message_primary}"
+            f"{f' ({detail})' if detail else ''}; nothing was changed. Drop those objects, "
+            "run pg-setup again, then create them again (pg-setup --dry-run prints the SQL "
+            "the upgrade runs)"
+        ) from exc
     except psycopg.errors.InsufficientPrivilege as exc:
         raise PermissionDenied(
             f"permission denied on {connection_target(conn)}: {exc.diag.message_primary}; "

@@ -22,6 +22,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from resilient_circuit import _installer, _settings, cli
 from resilient_circuit.cli import main
+from tests.test_schema_equivalence import install_by_replaying
 
 if TYPE_CHECKING:
     from tests.conftest import PgRole
@@ -457,6 +458,26 @@ def test_app_role_gets_the_functions_and_the_view_only(
 
     again = pg_setup("--yes", "--dsn", pg_dsn, "--app-role", role)
     assert again.exit_code == 0, again.output
+
+
+def test_an_upgrade_blocked_by_a_users_view_names_it_and_changes_nothing(
+    pg_empty_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Version 15 replaces the status view: a view of the user's built on it stops the
+    upgrade with a message naming that view and what to do, not a bare server error."""
+    every = _installer.load_migrations()
+    with monkeypatch.context() as older_package:
+        older_package.setattr(_installer, "load_migrations", lambda: every[:14])
+        install_by_replaying(pg_empty_dsn, "public")
+    with connect(pg_empty_dsn) as conn:
+        conn.execute("CREATE VIEW my_dashboard AS SELECT * FROM rc_circuit_breaker_status")
+    result = pg_setup("--dsn", pg_empty_dsn, "--yes")
+    assert result.exit_code != 0
+    assert "0015_counter_domains.sql" in result.output
+    assert "view my_dashboard depends on view rc_circuit_breaker_status" in result.output
+    assert "Drop those objects, run pg-setup again" in result.output
+    assert "Traceback" not in result.output
+    assert tracked_versions(pg_empty_dsn) == list(range(1, 15))
 
 
 def test_missing_app_role_fails_before_changing_anything(pg_empty_dsn: str) -> None:
