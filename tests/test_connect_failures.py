@@ -165,6 +165,57 @@ async def test_async_call_names_why_no_connection_was_made(
     assert warnings[0].endswith(f"{reason} (no connection within {CONNECT_TIMEOUT:.2f} s)")
 
 
+@pytest.fixture
+def silent_server() -> Iterator[str]:
+    """A DSN to a port that takes TCP connections into its backlog and never answers (a
+    hung host), with a libpq connect_timeout longer than any wait of the test."""
+    server = socket.create_server(("127.0.0.1", 0), backlog=16)
+    try:
+        port = server.getsockname()[1]
+        yield f"host=127.0.0.1 port={port} dbname=app user=app connect_timeout=60"
+    finally:
+        server.close()
+
+
+SILENT = re.compile(
+    r"the server has not answered a connection attempt begun \d+\.\d s ago "
+    rf"\(no connection within {CONNECT_TIMEOUT:.2f} s\)$"
+)
+
+
+def test_sync_call_names_a_server_that_never_answers(
+    silent_server: str, make_store: Callable[..., PostgresStorage], caplog: pytest.LogCaptureFixture
+) -> None:
+    """No attempt has failed yet when the caller stops waiting: it is told that the server
+    has not answered, not a bare pool timeout."""
+    caplog.set_level(logging.INFO, logger="resilient_circuit")
+    store = make_store(silent_server)
+    with pytest.raises(StorageError) as raised:
+        store.check()
+    assert SILENT.search(str(raised.value)), str(raised.value)
+    assert "PoolTimeout" not in str(raised.value)
+    warnings = outage_warnings(caplog)
+    assert len(warnings) == 1, warnings
+    assert SILENT.search(warnings[0]), warnings
+
+
+async def test_async_call_names_a_server_that_never_answers(
+    silent_server: str, make_store: Callable[..., PostgresStorage], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The coroutine twin: an event loop's pool knows its attempts under way too."""
+    caplog.set_level(logging.INFO, logger="resilient_circuit")
+    store = make_store(silent_server)
+    try:
+        with pytest.raises(StorageError) as raised:
+            await afetch_status(store)
+    finally:
+        await store.aclose()
+    assert SILENT.search(str(raised.value)), str(raised.value)
+    warnings = outage_warnings(caplog)
+    assert len(warnings) == 1, warnings
+    assert SILENT.search(warnings[0]), warnings
+
+
 def test_strict_create_storage_names_the_missing_database(
     pg_admin_dsn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

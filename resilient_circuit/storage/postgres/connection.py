@@ -50,7 +50,7 @@ from resilient_circuit.storage.postgres.loop_pool import (
     LoopPool,
     budgeted_connection_class,
 )
-from resilient_circuit.storage.postgres.outage import connect_reason
+from resilient_circuit.storage.postgres.outage import Attempts, connect_reason
 from resilient_circuit.storage.postgres.prepared import AsyncStoreConnection, StoreConnection
 
 __all__ = ("Pools", "SyncPool", "close_with", "describe", "reaches_server", "setup_session")
@@ -175,13 +175,18 @@ class SyncPool(ConnectionPool):
         #: Why the last connection attempt failed (None once one succeeds): a caller
         #: that times out waiting is told this rather than the wait alone.
         self.rc_connect_failure: str | None = None
+        #: The attempts under way, which the pool's workers make in threads of their own.
+        self.rc_attempts = Attempts(threading.Lock())
 
     def _connect(self, timeout: float | None = None) -> Any:
+        attempt = self.rc_attempts.begin()
         try:
             conn = super()._connect(timeout)
         except Exception as exc:
             self.rc_connect_failure = self.rc_owner.describe_failure(exc)
             raise
+        finally:
+            self.rc_attempts.end(attempt)
         self.rc_connect_failure = None
         return conn
 
@@ -286,7 +291,16 @@ class Pools:
         None if it succeeded (or none was made)."""
         source = self._sync if pool is None else pool
         found = getattr(source, "rc_connect_failure", None)
-        return found if isinstance(found, str) else None
+        if isinstance(found, str):
+            return found
+        # None failed yet: a server that takes the TCP connection and then says nothing
+        # (a hung or overloaded host, a half-open firewall) keeps the first attempt
+        # waiting for libpq's connect_timeout, longer than a caller waits for the pool.
+        attempts = getattr(source, "rc_attempts", None)
+        waited = attempts.waited() if isinstance(attempts, Attempts) else None
+        if waited is None:
+            return None
+        return f"the server has not answered a connection attempt begun {waited:.1f} s ago"
 
     def _configured(
         self, conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any], direct: bool

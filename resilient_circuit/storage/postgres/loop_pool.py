@@ -14,6 +14,7 @@ import logging
 import threading
 import weakref
 from collections.abc import Callable
+from contextlib import nullcontext
 from contextvars import ContextVar
 from heapq import heappop
 from time import monotonic
@@ -24,6 +25,7 @@ from psycopg_pool import AsyncConnectionPool
 from psycopg_pool.pool_async import MaintenanceTask, StopWorker
 from psycopg_pool.sched_async import AsyncScheduler
 
+from resilient_circuit.storage.postgres.outage import Attempts
 from resilient_circuit.storage.postgres.prepared import AsyncStoreConnection
 
 __all__ = ("POOL_NAME", "Budget", "BudgetSpent", "LoopPool", "budgeted_connection_class")
@@ -247,9 +249,12 @@ class LoopPool(AsyncConnectionPool):
         #: Why the last connection attempt failed (None once one succeeds), as the
         #: sync pool keeps it (see ``SyncPool``).
         self.rc_connect_failure: str | None = None
+        #: The attempts under way (see ``Attempts``), all in this pool's event loop.
+        self.rc_attempts = Attempts(nullcontext())
         super().__init__(*args, reconnect_failed=budget.failed_to_grow, **kwargs)
 
     async def _connect(self, timeout: float | None = None) -> Any:
+        attempt = self.rc_attempts.begin()
         try:
             conn = await super()._connect(timeout)
         except BudgetSpent:
@@ -257,6 +262,8 @@ class LoopPool(AsyncConnectionPool):
         except Exception as exc:
             self.rc_connect_failure = self._describe_failure(exc)
             raise
+        finally:
+            self.rc_attempts.end(attempt)
         self.rc_connect_failure = None
         return conn
 

@@ -12,6 +12,8 @@ import re
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any
 
 import psycopg
 from psycopg_pool import PoolTimeout
@@ -80,6 +82,39 @@ def connect_reason(exc: BaseException) -> str:
     text = _CONNECT_PREFIX.sub("", str(exc).strip())
     lines = text.splitlines()
     return lines[0].strip() if lines and lines[0].strip() else type(exc).__name__
+
+
+class Attempts:
+    """The connection attempts of one pool under way, and how long the oldest has waited.
+
+    A server that takes the TCP connection and then says nothing (a hung or overloaded
+    host, a half-open firewall) fails no attempt before libpq's connect_timeout, which
+    is longer than a caller waits for the pool: until then this is all there is to tell.
+    ``lock``: a thread lock for a pool whose workers are threads, a no-op context for
+    one that runs in a single event loop.
+    """
+
+    __slots__ = ("_lock", "_started")
+
+    def __init__(self, lock: AbstractContextManager[Any]) -> None:
+        self._lock = lock
+        self._started: dict[object, float] = {}
+
+    def begin(self) -> object:
+        token = object()
+        with self._lock:
+            self._started[token] = time.monotonic()
+        return token
+
+    def end(self, token: object) -> None:
+        with self._lock:
+            self._started.pop(token, None)
+
+    def waited(self) -> float | None:
+        """Seconds the oldest attempt under way has waited, or None if none is."""
+        with self._lock:
+            oldest = min(self._started.values(), default=None)
+        return None if oldest is None else time.monotonic() - oldest
 
 
 class Outage:
