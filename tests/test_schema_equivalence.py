@@ -252,7 +252,8 @@ def test_schema_sql_equals_replayed_migrations(
                 sql.Identifier(schema, "rc_notify_secret")
             )
             rows = conn.execute(query).fetchall()
-            assert len(rows) == 1 and len(rows[0][0]) == 32
+            assert len(rows) == 1
+            assert len(rows[0][0]) == 32
             secrets.add(bytes(rows[0][0]))
             assert _installer.plan(conn, schema) == []
             assert _installer.applied_versions(conn, schema) == [
