@@ -8,15 +8,19 @@ roles the namespace is granted to. Every role is created by the test and logs in
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 import pytest
 from psycopg import sql
 
-from resilient_circuit import _installer
+from resilient_circuit import CircuitProtectorPolicy, ProtectedCallError, _installer
 from resilient_circuit.cli.connect import connect
+from resilient_circuit.storage import PostgresStorage
+from tests._helpers import wait_for
 
 if TYPE_CHECKING:
     from tests.conftest import PgRole
@@ -149,3 +153,104 @@ def test_two_installs_in_one_database_do_not_hear_each_other(pg_dsn: str) -> Non
         _trip(owner, "sentinel", "shop")
         heard = _heard_until(listener, "shop", "sentinel")
     assert [p["key"] for p in heard] == ["sentinel"]
+
+
+# ------------------------------------------------------------------------------ the store
+
+
+def _cached(store: PostgresStorage, key: str, namespace: str) -> Callable[[], str]:
+    policy = CircuitProtectorPolicy(
+        resource_key=key,
+        storage=store,
+        namespace=namespace,
+        admission="cached",
+        cooldown=timedelta(minutes=5),
+    )
+
+    @policy
+    def call() -> str:
+        return "ok"
+
+    return call
+
+
+def test_a_store_listens_on_each_namespace_its_breakers_use(pg_dsn: str) -> None:
+    """A breaker of a second namespace, bound once listening, is invalidated by a peer's trip."""
+    store = PostgresStorage(pg_dsn, namespace="first")
+    try:
+        first = _cached(store, "svc", "first")
+        assert first() == "ok"
+        assert store.wait_listening()
+        second = _cached(store, "svc", "second")  # a namespace the listener did not know
+        assert second() == "ok"
+        assert store.wait_listening()
+        assert second() == "ok"  # now served from the cached verdict
+        with connect(pg_dsn) as owner:
+            owner.autocommit = True
+            owner.execute("SELECT * FROM rc_force('svc', 'OPEN', 'second')")
+        breaker = store.breakers()[1]
+        assert breaker.namespace == "second"
+        assert wait_for(lambda: not breaker._trusted)  # type: ignore[attr-defined]
+        with pytest.raises(ProtectedCallError):
+            second()
+        assert first() == "ok"
+    finally:
+        store.close()
+
+
+def test_a_store_whose_listen_role_lacks_the_namespace_never_trusts_a_cached_verdict(
+    pg_dsn: str, pg_role: Callable[[], PgRole], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A LISTEN role not granted the namespace is refused its channel: every call asks."""
+    elsewhere = _app(pg_dsn, pg_role(), "c")
+    store = PostgresStorage(pg_dsn, namespace="a", listen_dsn=elsewhere)
+    try:
+        call = _cached(store, "svc", "a")
+        assert call() == "ok"
+        assert wait_for(lambda: "may not use namespace 'a'" in caplog.text, timeout=30)
+        assert not store.listening("a")
+        with connect(pg_dsn) as owner:
+            owner.autocommit = True
+            owner.execute("SELECT * FROM rc_force('svc', 'OPEN', 'a')")
+        with pytest.raises(ProtectedCallError):
+            call()
+    finally:
+        store.close()
+
+
+def test_watch_as_a_role_granted_c_yields_only_c(
+    pg_dsn: str, pg_role: Callable[[], PgRole]
+) -> None:
+    """The store's watch listens on the channels of the login role's namespaces only."""
+    outsider = _app(pg_dsn, pg_role(), "c")
+    store = PostgresStorage(outsider, namespace="c")
+    seen: list[tuple[str, str]] = []
+    try:
+        events = store.watch(timeout=30)
+
+        def trip_when_listening() -> None:
+            assert wait_for(lambda: _listeners(pg_dsn) > 0, timeout=30)
+            with connect(pg_dsn) as owner:
+                owner.autocommit = True
+                _trip(owner, "payments", "a")
+                _trip(owner, "sentinel", "c")
+
+        tripper = threading.Thread(target=trip_when_listening)
+        tripper.start()
+        for event in events:
+            seen.append((event.namespace, event.resource_key))
+            if event.resource_key == "sentinel":
+                break
+        tripper.join()
+    finally:
+        store.close()
+    assert seen == [("c", "sentinel")]
+
+
+def _listeners(pg_dsn: str) -> int:
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND state = 'idle' AND query ILIKE 'LISTEN %%'"
+        ).fetchone()
+    return int(row[0]) if row else 0
