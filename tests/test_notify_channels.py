@@ -20,7 +20,7 @@ from psycopg import sql
 from resilient_circuit import CircuitProtectorPolicy, ProtectedCallError, _installer
 from resilient_circuit.cli.connect import connect
 from resilient_circuit.storage import PostgresStorage
-from tests._helpers import wait_for
+from tests._helpers import count_round_trips, wait_for
 
 if TYPE_CHECKING:
     from tests.conftest import PgRole
@@ -254,3 +254,23 @@ def _listeners(pg_dsn: str) -> int:
             " AND state = 'idle' AND query ILIKE 'LISTEN %%'"
         ).fetchone()
     return int(row[0]) if row else 0
+
+
+def test_a_schema_without_secret_channels_is_named_and_cached_admission_asks(
+    pg_dsn: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On an install older than the secret channels the listener says to run pg-setup."""
+    with connect(pg_dsn) as owner:
+        owner.autocommit = True
+        owner.execute("DROP FUNCTION rc_channel(text)")
+    store = PostgresStorage(pg_dsn, namespace="old")
+    try:
+        call = _cached(store, "svc", "old")
+        assert call() == "ok"
+        assert wait_for(lambda: "pg-setup" in caplog.text, timeout=30)
+        assert not store.listening("old")
+        sent = count_round_trips(monkeypatch, store)
+        assert call() == "ok"
+        assert len(sent) == 2  # admission asked, then the outcome was recorded
+    finally:
+        store.close()

@@ -812,8 +812,9 @@ class PostgresStorage(CircuitBreakerStorage):
         """Call ``callback(transition)`` for each transition heard; returns the unsubscribe.
 
         It runs in the store's LISTEN thread, once this process's breakers have dropped
-        what they cached for that key, so it must be quick. Subscribing starts the
-        LISTEN connection. A transition is an announcement that any role able to connect
+        what they cached for that key, so it must be quick; it hears the store's
+        namespace and every namespace its breakers use. Subscribing starts the LISTEN
+        connection. A transition is an announcement that a role knowing the channel
         could forge: treat it as a reason to look, not as the breaker's state.
         """
         if not callable(callback):
