@@ -217,3 +217,17 @@ def forget_shared_storages() -> None:
     for store in postgres._shared.values():
         store.close()
     postgres._shared.clear()
+
+
+def channel(owner_dsn: str, namespace: str | None = None) -> str:
+    """The channel of ``namespace``'s transitions (None: of every namespace's), as the owner.
+
+    A forger handed it is any role that learnt the name: it can notify, not read the rows.
+    """
+    with psycopg.connect(owner_dsn, autocommit=True) as conn:
+        if namespace is None:
+            row = conn.execute("SELECT channel FROM rc_channels()").fetchone()
+        else:
+            row = conn.execute("SELECT rc_channel(%s)", (namespace,)).fetchone()
+    assert row is not None
+    return str(row[0])

@@ -16,7 +16,7 @@ import pytest
 from resilient_circuit import CircuitProtectorPolicy, ProtectedCallError
 from resilient_circuit.storage import PostgresStorage
 
-from ._helpers import wait_for
+from ._helpers import channel, wait_for
 
 NAMESPACE = "forged"
 FORGOTTEN = json.dumps(
@@ -55,7 +55,8 @@ def _listening(store: PostgresStorage) -> None:
 def _forge(pg_dsn: str, *stores: PostgresStorage) -> None:
     """Announce the row forgotten, as any role can, and wait until every store heard it."""
     with psycopg.connect(pg_dsn, autocommit=True) as attacker:
-        attacker.execute("SELECT pg_notify('resilient_circuit', %s)", (FORGOTTEN,))
+        # A role that learnt the channel's name (one granted the namespace, say).
+        attacker.execute("SELECT pg_notify(%s, %s)", (channel(pg_dsn, NAMESPACE), FORGOTTEN))
     for each in stores:
         breaker = each.breakers()[0]
         assert wait_for(lambda b=breaker: not b.is_configured)  # type: ignore[misc]
@@ -145,7 +146,7 @@ def test_a_forged_forget_before_the_first_call_keeps_the_declaration(
             "SELECT * FROM rc_configure('svc', %s, p_cooldown => interval '2 seconds')",
             (NAMESPACE,),
         )
-        peer.execute("SELECT pg_notify('resilient_circuit', %s)", (FORGOTTEN,))
+        peer.execute("SELECT pg_notify(%s, %s)", (channel(pg_dsn, NAMESPACE), FORGOTTEN))
         assert heard.wait(5)
         assert succeed() == "ok"
         assert peer.execute(STORED, (NAMESPACE,)).fetchone() == (1, None, timedelta(hours=1))

@@ -13,12 +13,13 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from resilient_circuit import CircuitProtectorPolicy, CircuitState, ProtectedCallError
+from resilient_circuit import CircuitProtectorPolicy, CircuitState, ProtectedCallError, _installer
+from resilient_circuit.cli.connect import connect
 from resilient_circuit.instrumentation.hooks import CallRejected, Event
 from resilient_circuit.storage import PostgresStorage
 from resilient_circuit.storage.postgres.breaker import UNHEARD_OPEN_HOLD_NS, PgBreaker
 
-from ._helpers import wait_for
+from ._helpers import channel, wait_for
 
 NAMESPACE = "open"
 COOLDOWN = timedelta(hours=1)
@@ -200,7 +201,7 @@ def test_a_forged_notification_neither_opens_nor_closes(
         ' "generation": 99, "open_until": null}'
     )
     with psycopg.connect(pg_dsn, autocommit=True) as forger:
-        forger.execute("SELECT pg_notify('resilient_circuit', %s)", (forged,))
+        forger.execute("SELECT pg_notify(%s, %s)", (channel(pg_dsn, "open"), forged))
     assert wait_for(lambda: not breaker._open_deadline)  # type: ignore[attr-defined]
     assert run(True) is None
     assert breaker.last_known is not None
@@ -215,6 +216,8 @@ def test_losing_the_listen_connection_drops_held_open_verdicts(
 ) -> None:
     """With LISTEN gone, nothing could revoke a held verdict: the next call asks again."""
     listener = pg_role()
+    with connect(pg_dsn) as conn:  # only a role granted the namespace may learn its channel
+        _installer.install(conn, app_role=listener, namespaces=[NAMESPACE])
     store = make_store(listen_dsn=listener.dsn(pg_dsn))
     run = sync_call(policy_on(store))
     store.listen()
@@ -381,7 +384,7 @@ def test_every_invalidation_withdraws_the_standing_rejection(
             ' "generation": 99, "open_until": null}'
         )
         with psycopg.connect(pg_dsn, autocommit=True) as peer:
-            peer.execute("SELECT pg_notify('resilient_circuit', %s)", (payload,))
+            peer.execute("SELECT pg_notify(%s, %s)", (channel(pg_dsn, "open"), payload))
         assert wait_for(lambda: breaker.rejecting is None)
     assert breaker.rejecting is None
 

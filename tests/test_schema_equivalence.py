@@ -244,12 +244,22 @@ def test_schema_sql_equals_replayed_migrations(
     assert fresh["functions"], "schema.sql created no functions"
     if fresh != upgraded:
         pytest.fail("schema.sql and the migrations differ:\n" + differences(fresh, upgraded))
+    secrets = set()
     for dsn in (fresh_dsn, upgraded_dsn):
         with connect(dsn) as conn:
+            # Data, not catalog: each install (fresh or upgraded) drew its own channel secret.
+            query = sql.SQL("SELECT secret FROM {}").format(
+                sql.Identifier(schema, "rc_notify_secret")
+            )
+            rows = conn.execute(query).fetchall()
+            assert len(rows) == 1
+            assert len(rows[0][0]) == 32
+            secrets.add(bytes(rows[0][0]))
             assert _installer.plan(conn, schema) == []
             assert _installer.applied_versions(conn, schema) == [
                 m.version for m in _installer.load_migrations()
             ]
+    assert len(secrets) == 2
 
 
 @pytest.mark.parametrize("version", [m.version for m in _installer.load_migrations()[:-1]])

@@ -25,7 +25,7 @@ from resilient_circuit.cli.connect import connect
 from resilient_circuit.retry_budget import PostgresBudgetStore
 from resilient_circuit.storage import InMemoryStorage, PostgresStorage
 from resilient_circuit.storage.postgres.notify import Listener, Transition
-from tests._helpers import wait_for
+from tests._helpers import channel, wait_for
 
 if TYPE_CHECKING:
     from tests.conftest import PgRole
@@ -232,9 +232,11 @@ def test_a_listener_survives_hostile_payloads_and_a_failing_subscriber(
     store.listen()
     assert store.wait_listening()
     forger = pg_role()
+    # Told the channel's name: a role that may not learn it could not reach the listener.
+    known = channel(pg_dsn, "default")
     with _connect(forger.dsn(pg_dsn)) as conn:
         for payload in _HOSTILE_PAYLOADS:
-            conn.execute("SELECT pg_notify('resilient_circuit', %s)", [payload])
+            conn.execute("SELECT pg_notify(%s, %s)", [known, payload])
     with _connect(pg_dsn) as owner:
         owner.execute("SELECT * FROM rc_configure('k', 'default')")
         for _attempt in range(3):
@@ -262,7 +264,14 @@ def test_the_listener_reconnects_after_any_error_of_its_own(
             failed.set()
             raise OverflowError("a bug while handling a transition")
 
-    listener = Listener(pg_dsn, {"autocommit": True}, on_event, check_route=False)
+    listener = Listener(
+        pg_dsn,
+        {"autocommit": True},
+        on_event,
+        schema="public",
+        namespaces=["default"],
+        check_route=False,
+    )
     listener.start()
     try:
         assert listener.wait_until_listening(10)
@@ -296,9 +305,10 @@ def test_cli_watch_never_crashes_on_a_payload(pg_dsn: str, pg_role: Callable[[],
 
     def send() -> None:
         wait_for(listening, timeout=30, interval=0.05)
+        known = channel(pg_dsn)  # watch listens on the channel of every namespace
         with _connect(forger.dsn(pg_dsn)) as conn:
             for payload in _HOSTILE_PAYLOADS:
-                conn.execute("SELECT pg_notify('resilient_circuit', %s)", [payload])
+                conn.execute("SELECT pg_notify(%s, %s)", [known, payload])
         with _connect(pg_dsn) as owner:
             owner.execute("SELECT * FROM rc_configure('after', 'default')")
             owner.execute("SELECT * FROM rc_force('after', 'OPEN')")

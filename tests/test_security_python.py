@@ -28,7 +28,7 @@ from resilient_circuit.cli import main as cli
 from resilient_circuit.cli.connect import connect
 from resilient_circuit.storage import InMemoryStorage, PostgresStorage
 from tests._fleet_net import faulty_proxy
-from tests._helpers import db_counters, wait_for
+from tests._helpers import channel, db_counters, wait_for
 
 if TYPE_CHECKING:
     from tests.conftest import PgRole
@@ -68,12 +68,12 @@ def app_dsn(pg_dsn: str, pg_role: Callable[[], PgRole]) -> str:
 
 
 def _forge(pg_dsn: str, role: PgRole, key: str, old: str, new: str) -> None:
-    """A role with nothing but CONNECT announces a transition that never happened."""
+    """A role with nothing but CONNECT, told the channel, announces a transition never made."""
     payload = json.dumps(
         {"namespace": "default", "key": key, "from": old, "to": new, "generation": 999999999}
     )
     with psycopg.connect(role.dsn(pg_dsn), autocommit=True) as conn:
-        conn.execute("SELECT pg_notify('resilient_circuit', %s)", [payload])
+        conn.execute("SELECT pg_notify(%s, %s)", [channel(pg_dsn, "default"), payload])
 
 
 def _watched_policy(

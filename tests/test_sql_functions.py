@@ -22,6 +22,7 @@ from psycopg.rows import dict_row
 
 from resilient_circuit import _installer
 from resilient_circuit.cli.connect import connect
+from tests._helpers import channel
 from tests._reference_model import RefBreaker, RefConfig
 
 if TYPE_CHECKING:
@@ -422,9 +423,10 @@ def test_a_transition_and_the_callers_earlier_writes_commit_durably(conn: Conn) 
 
 
 def test_transitions_are_notified_after_commit(pg_dsn: str, conn: Conn) -> None:
-    """A committed transition sends its JSON on 'resilient_circuit'; others send nothing."""
+    """A committed transition sends its JSON on its namespace's channel; others send nothing."""
+    shop = channel(pg_dsn, "shop")
     with psycopg.connect(pg_dsn, autocommit=True) as listener:
-        listener.execute("LISTEN resilient_circuit")
+        listener.execute(sql.SQL("LISTEN {}").format(sql.Identifier(shop)))
         conn.execute("SELECT * FROM rc_configure('pay\"ments', 'shop', p_cooldown => '5 s')")
         conn.execute("SELECT * FROM rc_record('pay\"ments', true, 'shop')")  # no transition
         with conn.transaction(force_rollback=True):
@@ -432,7 +434,7 @@ def test_transitions_are_notified_after_commit(pg_dsn: str, conn: Conn) -> None:
         conn.execute("SELECT * FROM rc_record('pay\"ments', false, 'shop')")
         notices = list(listener.notifies(timeout=10, stop_after=1))
     assert len(notices) == 1
-    assert notices[0].channel == "resilient_circuit"
+    assert notices[0].channel == shop
     payload = json.loads(notices[0].payload)
     assert set(payload) == {"namespace", "key", "from", "to", "generation", "open_until"}
     assert (payload["namespace"], payload["key"]) == ("shop", 'pay"ments')
@@ -445,7 +447,7 @@ def test_transitions_are_notified_after_commit(pg_dsn: str, conn: Conn) -> None:
 def test_every_kind_of_transition_is_notified(pg_dsn: str, conn: Conn) -> None:
     """Trip, half-open, close, force and reset each announce from, to and generation."""
     with psycopg.connect(pg_dsn, autocommit=True) as listener:
-        listener.execute("LISTEN resilient_circuit")
+        listener.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel(pg_dsn, "default"))))
         conn.execute("SELECT * FROM rc_record('svc', false)")
         conn.execute("SELECT * FROM rc_try_acquire('svc')")
         conn.execute("SELECT * FROM rc_record('svc', true)")
@@ -767,6 +769,8 @@ def test_function_attributes(conn: Conn) -> None:
         "rc_budget_gc",
         "rc_budget_status",
         "rc_budget_withdraw",
+        "rc_channel",
+        "rc_channels",
         "rc_configure",
         "rc_force",
         "rc_forget",

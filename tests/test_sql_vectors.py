@@ -18,6 +18,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from tests._vectors import (
     check_step,
@@ -231,7 +232,9 @@ def run_vector(conn: psycopg.Connection[Any], vector: dict[str, Any]) -> None:
     )
     heard: list[str] = []
     conn.add_notify_handler(lambda notice: heard.append(notice.payload))
-    conn.execute("LISTEN resilient_circuit")
+    row = conn.execute("SELECT rc_channel(%s)", (NAMESPACE,)).fetchone()
+    assert row is not None
+    conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(row[0])))
     declared = vector["config"]
     _configure(conn, key, declared)
     before = _snapshot(conn, key)

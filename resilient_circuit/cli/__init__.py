@@ -273,7 +273,16 @@ def watch(dsn: str | None, namespace: str | None, count: int | None, timeout: fl
     _require_schema(target_dsn)
     seen = 0
     try:
-        for event in watch_transitions(parsed.conninfo, timeout=timeout, password=parsed.password):
+        # With --namespace only that namespace's channel (a role granted it may watch it);
+        # without, the channels of every namespace the login role may use.
+        events = watch_transitions(
+            parsed.conninfo,
+            timeout=timeout,
+            password=parsed.password,
+            schema=database_schema(),
+            namespaces=None if namespace is None else [namespace],
+        )
+        for event in events:
             if namespace is not None and event.namespace != namespace:
                 continue
             when = datetime.now().astimezone().strftime("%H:%M:%S.%f")[:-3]
@@ -413,15 +422,19 @@ def _require_schema(dsn: str) -> None:
     them no transition is ever announced, and watching would wait silently for ever."""
     from resilient_circuit._installer import SetupError
     from resilient_circuit.cli.connect import connect
-    from resilient_circuit.storage.postgres.readiness import CALL_FUNCTIONS, inspect_functions
+    from resilient_circuit.storage.postgres.readiness import (
+        CALL_FUNCTIONS,
+        LISTEN_FUNCTIONS,
+        inspect_functions,
+    )
 
     schema = database_schema()
     try:
         with connect(dsn, connect_timeout=5) as conn:
-            found = inspect_functions(conn, schema)
+            found = inspect_functions(conn, schema, CALL_FUNCTIONS + LISTEN_FUNCTIONS)
     except SetupError as exc:
         raise click.ClickException(f"cannot watch: {exc}") from exc
-    if set(CALL_FUNCTIONS) & set(found.missing):
+    if found.missing:
         raise click.ClickException(
             f"cannot watch: {found.describe_missing(schema)}; run "
             f"`resilient-circuit-cli pg-setup --schema {schema}`"

@@ -84,9 +84,9 @@ class BreakerHost(Protocol):
 
     def listen(self) -> None: ...
 
-    def listening(self) -> bool: ...
+    def listening(self, namespace: str | None = None) -> bool: ...
 
-    def listening_flag(self) -> threading.Event | None: ...
+    def listening_flag(self, namespace: str) -> threading.Event | None: ...
 
     def start_flusher(self) -> None: ...
 
@@ -434,7 +434,7 @@ class PgBreaker(Breaker):
             if not self._flusher_started:
                 self._flusher_started = True
                 self._host.start_flusher()
-        flag = self._host.listening_flag() if self._cached else None
+        flag = self._host.listening_flag(self.namespace) if self._cached else None
         if flag is None or not self._trusted or self._open_deadline:
             self._fast = None
             return
@@ -453,7 +453,7 @@ class PgBreaker(Breaker):
                 return Admission(False, CircuitState.OPEN, generation, self._open_until - now)
             # (A published verdict past its deadline rejects nothing: left in place.)
             self._open_deadline = 0
-        if self._cached and self._trusted and self._host.listening():
+        if self._cached and self._trusted and self._host.listening(self.namespace):
             last = self._last
             if last is not None and last.state is CircuitState.CLOSED:
                 admission = self._admit_closed
@@ -476,7 +476,7 @@ class PgBreaker(Breaker):
             # It is held for the whole cooldown only while NOTIFY can end it early (a
             # peer forcing CLOSED, a reset); unheard, for a second at most.
             hold = adm.retry_after
-            unheard = not self._host.listening()
+            unheard = not self._host.listening(self.namespace)
             if unheard:
                 # Held verdicts need LISTEN too: opened the first time one is held. The
                 # listener reads the verdict again once listening, and extends it.

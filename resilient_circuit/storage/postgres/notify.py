@@ -1,8 +1,11 @@
-"""Transitions announced by the database (``NOTIFY resilient_circuit``).
+"""Transitions announced by the database (LISTEN/NOTIFY).
 
-Every ``rc_*`` function that changes a breaker's state notifies the channel in the
-same transaction, so listeners learn of a peer's trip as soon as it commits,
-without polling.
+Every ``rc_*`` function that changes a breaker's state notifies in the same
+transaction, so listeners learn of a peer's trip as soon as it commits, without
+polling. Each namespace has its own channel, named from a secret of the install:
+any role that can connect may LISTEN on any channel, so only a role allowed the
+namespace can learn its name (``rc_channel``). ``rc_channels`` gives the channels of
+every transition the caller may see (for the owner and ``'*'``, one channel of all).
 """
 
 from __future__ import annotations
@@ -13,17 +16,17 @@ import os
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from resilient_circuit._machine import CircuitState
+from resilient_circuit._settings import database_schema
 from resilient_circuit.storage.postgres.connection import reaches_server
-
-CHANNEL = "resilient_circuit"
 
 logger = logging.getLogger("resilient_circuit.storage")
 
@@ -113,21 +116,50 @@ def _too_deep(payload: str) -> bool:
     return False
 
 
+def channel(conn: psycopg.Connection[Any], schema: str, namespace: str) -> str:
+    """The channel of ``namespace``'s transitions (insufficient_privilege if not granted)."""
+    query = sql.SQL("SELECT {}(%s)").format(sql.Identifier(schema, "rc_channel"))
+    row = conn.execute(query, [namespace], prepare=False).fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def _channels_query(schema: str, namespaces: Sequence[str] | None) -> tuple[sql.Composed, Any]:
+    """Which channels to LISTEN on: those of ``namespaces``, or of all the caller may see."""
+    if namespaces is None:
+        return sql.SQL("SELECT channel FROM {}()").format(
+            sql.Identifier(schema, "rc_channels")
+        ), None
+    return sql.SQL("SELECT {}(n) FROM unnest(%s::text[]) AS n").format(
+        sql.Identifier(schema, "rc_channel")
+    ), [list(namespaces)]
+
+
+def _listen(channels: Iterable[Any]) -> list[sql.Composed]:
+    return [sql.SQL("LISTEN {}").format(sql.Identifier(str(row[0]))) for row in channels]
+
+
 def watch(
     dsn: str,
     *,
     timeout: float | None = None,
     connect_timeout: int = 5,
     password: str | None = None,
+    schema: str | None = None,
+    namespaces: Sequence[str] | None = None,
 ) -> Iterator[Transition]:
     """Yield transitions as they are announced, from a dedicated connection.
 
-    Ends after ``timeout`` seconds without a notification (never, when None). Any role
-    that can connect may send on the channel: these are announcements, not proof.
+    Those of ``namespaces`` (default: of every namespace the login role may use), from
+    the install in ``schema`` (default: ``RC_DB_SCHEMA``). Ends after ``timeout``
+    seconds without a notification (never, when None). Any role that can connect may
+    send on a channel it knows: these are announcements, not proof.
     """
     extra: dict[str, Any] = {} if password is None else {"password": password}
+    query, params = _channels_query(schema or database_schema(), namespaces)
     with psycopg.connect(dsn, autocommit=True, connect_timeout=connect_timeout, **extra) as conn:
-        conn.execute(f"LISTEN {CHANNEL}")
+        for statement in _listen(conn.execute(query, params).fetchall()):
+            conn.execute(statement)
         while True:
             received = False
             for note in conn.notifies(timeout=timeout if timeout is not None else 1.0):
@@ -145,14 +177,19 @@ async def awatch(
     timeout: float | None = None,
     connect_timeout: int = 5,
     password: str | None = None,
+    schema: str | None = None,
+    namespaces: Sequence[str] | None = None,
 ) -> AsyncIterator[Transition]:
     """The coroutine twin of ``watch``, on an async connection."""
     extra: dict[str, Any] = {} if password is None else {"password": password}
+    query, params = _channels_query(schema or database_schema(), namespaces)
     conn = await psycopg.AsyncConnection.connect(
         dsn, autocommit=True, connect_timeout=connect_timeout, **extra
     )
     async with conn:
-        await conn.execute(f"LISTEN {CHANNEL}")
+        found = await (await conn.execute(query, params)).fetchall()
+        for statement in _listen(found):
+            await conn.execute(statement)
         while True:
             received = False
             async for note in conn.notifies(timeout=timeout if timeout is not None else 1.0):
@@ -167,12 +204,14 @@ async def awatch(
 class Listener:
     """A daemon thread holding one LISTEN connection for a store.
 
-    ``on_event(transition)`` runs for every notification that parses as a transition;
-    ``on_event(None)`` whenever the connection is (re)established, since what happened
-    while it was down is unknown. Any role that can connect can notify the channel, so
-    ``on_event`` must treat a transition as a hint to ask again, never as a fact.
-    ``on_listening(conn)``, when given, runs next on that connection, before
-    ``healthy`` turns True: what was cached while not listening can be read again
+    It listens on the channel of each namespace in ``namespaces``, and of each one
+    ``flag(namespace)`` asks for later. ``on_event(transition)`` runs for every
+    notification that parses as a transition; ``on_event(None)`` whenever the connection
+    is (re)established, or listens on another namespace, since what happened while it
+    did not is unknown. A role that knows a channel can notify it, so ``on_event``
+    must treat a transition as a hint to ask again, never as a fact.
+    ``on_listening(conn)``, when given, runs next on that connection, before the
+    namespaces' flags are set: what was cached while not listening can be read again
     there, since every later change is announced. ``on_lost()`` runs whenever a
     listening connection is lost (or the thread stops): what it vouched for is no
     longer vouched for. ``healthy`` is True only while the connection is listening.
@@ -194,12 +233,15 @@ class Listener:
         connect_kwargs: dict[str, Any],
         on_event: Callable[[Transition | None], None],
         *,
+        schema: str,
+        namespaces: Iterable[str] = (),
         check_route: bool = True,
         on_refused: Callable[[], None] | None = None,
         on_listening: Callable[[psycopg.Connection[Any]], None] | None = None,
         on_lost: Callable[[], None] | None = None,
     ) -> None:
         self._dsn = dsn
+        self._schema = schema
         self._check_route = check_route
         self._on_refused = on_refused
         self.refused = False
@@ -211,15 +253,28 @@ class Listener:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._listening = threading.Event()
+        # Per namespace: set exactly while its channel is listened on. A namespace is
+        # added, never removed; only the thread sets and clears them.
+        self._flags: dict[str, threading.Event] = {ns: threading.Event() for ns in namespaces}
+        # The namespaces the current connection listens on (or was refused), thread-only.
+        self._heard: set[str] = set()
+        self._warned_missing = False
 
     @property
     def healthy(self) -> bool:
         return self._listening.is_set()
 
-    @property
-    def flag(self) -> threading.Event:
-        """Set exactly while ``healthy``: for callers that test it on every call."""
-        return self._listening
+    def flag(self, namespace: str) -> threading.Event:
+        """Set exactly while ``namespace``'s channel is listened on (asked for from now on).
+
+        For callers that test it on every call: a verdict cached for a breaker of that
+        namespace holds only while it is set.
+        """
+        found = self._flags.get(namespace)
+        if found is None:
+            with self._lock:
+                found = self._flags.setdefault(namespace, threading.Event())
+        return found
 
     def start(self) -> None:
         with self._lock:
@@ -230,7 +285,12 @@ class Listener:
                 self._thread.start()
 
     def wait_until_listening(self, timeout: float) -> bool:
-        return self._listening.wait(timeout)
+        """Wait until the connection listens on every namespace asked for so far."""
+        deadline = time.monotonic() + timeout
+        if not self._listening.wait(timeout):
+            return False
+        flags = list(self._flags.values())
+        return all(f.wait(max(0.0, deadline - time.monotonic())) for f in flags)
 
     def stop(self) -> None:
         self._stop.set()
@@ -246,10 +306,8 @@ class Listener:
                     if self._check_route and not reaches_server(conn):
                         self._refuse()
                         return
-                    conn.execute(f"LISTEN {CHANNEL}")
-                    self._on_event(None)
-                    if self._on_listening is not None:
-                        self._on_listening(conn)
+                    self._heard = set()
+                    self._listen_new(conn)
                     self._listening.set()
                     backoff = 0.25
                     beat = time.monotonic() + self.heartbeat_interval
@@ -258,9 +316,16 @@ class Listener:
                             event = Transition.parse(note.payload)
                             if event is not None:
                                 self._on_event(event)
+                        if len(self._flags) > len(self._heard):
+                            self._listen_new(conn)
                         if time.monotonic() >= beat:
                             self._heartbeat(conn)
                             beat = time.monotonic() + self.heartbeat_interval
+            except psycopg.errors.UndefinedFunction as exc:
+                # An install older than secret channels: nothing to listen on until upgraded.
+                log = logger.debug if self._warned_missing else logger.warning
+                self._warned_missing = True
+                log("transition listener: %s; run `resilient-circuit-cli pg-setup`", exc)
             except psycopg.Error as exc:
                 logger.debug("transition listener disconnected: %s", exc)
             except Exception:
@@ -272,6 +337,32 @@ class Listener:
                 self._lost()
             self._stop.wait(backoff)
             backoff = min(backoff * 2, 5.0)
+
+    def _listen_new(self, conn: psycopg.Connection[Any]) -> None:
+        """LISTEN on the channels of the namespaces not listened on yet, then vouch for them.
+
+        What was cached before is dropped (``on_event(None)``) and read again
+        (``on_listening``) once the LISTEN is in place, so nothing changed in between
+        goes unheard; only then are the namespaces' flags set.
+        """
+        with self._lock:
+            wanted = [ns for ns in self._flags if ns not in self._heard]
+        listened: list[str] = []
+        for namespace in wanted:
+            self._heard.add(namespace)
+            try:
+                name = channel(conn, self._schema, namespace)
+            except psycopg.errors.InsufficientPrivilege as exc:
+                # Its calls fail the same way: nothing to vouch for, and nothing to retry.
+                logger.warning("transition listener: %s", exc)
+                continue
+            conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(name)))
+            listened.append(namespace)
+        self._on_event(None)
+        if self._on_listening is not None:
+            self._on_listening(conn)
+        for namespace in listened:
+            self._flags[namespace].set()
 
     def _heartbeat(self, conn: psycopg.Connection[Any]) -> None:
         """One round trip, or the connection cut once ``heartbeat_timeout`` has passed.
@@ -293,9 +384,12 @@ class Listener:
             sock.close()
 
     def _lost(self) -> None:
-        if not self._listening.is_set():
+        flags = [f for f in list(self._flags.values()) if f.is_set()]
+        if not (flags or self._listening.is_set()):
             return
         self._listening.clear()
+        for each in flags:
+            each.clear()
         if self._on_lost is not None:
             try:
                 self._on_lost()

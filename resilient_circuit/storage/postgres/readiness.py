@@ -12,7 +12,13 @@ from typing import Any
 
 import psycopg
 
-__all__ = ("ADMIN_FUNCTIONS", "CALL_FUNCTIONS", "Functions", "inspect_functions")
+__all__ = (
+    "ADMIN_FUNCTIONS",
+    "CALL_FUNCTIONS",
+    "LISTEN_FUNCTIONS",
+    "Functions",
+    "inspect_functions",
+)
 
 #: What every protected call may run: without these no breaker works.
 CALL_FUNCTIONS = (
@@ -25,6 +31,8 @@ CALL_FUNCTIONS = (
 )
 #: What operators and the admin API run (``force``, ``reset``, ``set_state``).
 ADMIN_FUNCTIONS = ("rc_force", "rc_reset", "rc_set_state")
+#: What hearing transitions needs: the channels are named by the database (migration 0018).
+LISTEN_FUNCTIONS = ("rc_channel", "rc_channels")
 #: A parameter this library passes that an older install's function lacks: such a
 #: function counts as missing, so that the fix named is ``pg-setup``, not a bare
 #: "function does not exist" at the first call of every breaker.

@@ -649,6 +649,9 @@ class PostgresStorage(CircuitBreakerStorage):
             elif found.config != config:
                 found.reconfigure(config)
             self._error_modes = self._error_modes | {on_storage_error}
+            listener = self._listener
+        if listener is not None:
+            listener.flag(namespace)  # its channel joins those listened on
         found.set_modes(admission, recording)
         return found
 
@@ -677,6 +680,8 @@ class PostgresStorage(CircuitBreakerStorage):
                     target.conninfo,
                     {**kwargs, **target.connect_kwargs()},
                     self._announced,
+                    schema=self.schema,
+                    namespaces=self._namespaces(),
                     # A listen_dsn is the operator's word that it reaches PostgreSQL.
                     check_route=self._listen_dsn is None,
                     on_refused=self._listen_refused,
@@ -684,6 +689,13 @@ class PostgresStorage(CircuitBreakerStorage):
                     on_lost=self._listen_lost,
                 )
                 self._listener.start()
+
+    def _namespaces(self) -> set[str]:
+        """The namespaces whose channels LISTEN covers: the store's and its breakers'.
+
+        Called with ``_lock`` held; a breaker bound later adds its own (see ``breaker``).
+        """
+        return {self.namespace} | {namespace for namespace, _ in self._breakers}
 
     def _listen_target(self) -> Dsn | None:
         """Where LISTEN goes: ``listen_dsn``, else the store's DSN, else the lent pool's."""
@@ -712,18 +724,23 @@ class PostgresStorage(CircuitBreakerStorage):
             self._warned_unlistened = True
         logger.warning("breaker storage %s: %s", self._where, _UNLISTENED)
 
-    def listening(self) -> bool:
+    def listening(self, namespace: str | None = None) -> bool:
+        """Whether the LISTEN connection is up (and listens on ``namespace``'s channel)."""
         listener = self._listener
-        return listener is not None and listener.healthy
+        if listener is None:
+            return False
+        if namespace is None:
+            return listener.healthy
+        return listener.flag(namespace).is_set()
 
-    def listening_flag(self) -> threading.Event | None:
-        """The event set while the current LISTEN connection listens (None: no listener).
+    def listening_flag(self, namespace: str) -> threading.Event | None:
+        """The event set while ``namespace``'s channel is listened on (None: no listener).
 
         A breaker's cached verdict holds only while it is set; reading it per call
         costs one method call, where ``listening()`` costs three.
         """
         listener = self._listener
-        return None if listener is None else listener.flag
+        return None if listener is None else listener.flag(namespace)
 
     def wait_listening(self, timeout: float = 5.0) -> bool:
         """Block until the LISTEN connection is up (for start-up and tests).
@@ -795,8 +812,9 @@ class PostgresStorage(CircuitBreakerStorage):
         """Call ``callback(transition)`` for each transition heard; returns the unsubscribe.
 
         It runs in the store's LISTEN thread, once this process's breakers have dropped
-        what they cached for that key, so it must be quick. Subscribing starts the
-        LISTEN connection. A transition is an announcement that any role able to connect
+        what they cached for that key, so it must be quick; it hears the store's
+        namespace and every namespace its breakers use. Subscribing starts the LISTEN
+        connection. A transition is an announcement that a role knowing the channel
         could forge: treat it as a reason to look, not as the breaker's state.
         """
         if not callable(callback):
@@ -844,14 +862,18 @@ class PostgresStorage(CircuitBreakerStorage):
             found.flush()
 
     def watch(self, *, timeout: float | None = None) -> Iterator[Transition]:
-        """Transitions of every breaker in the database, as they commit."""
+        """Transitions of every namespace the login role may use, as they commit."""
         target = self._watch_target()
-        return notify.watch(target.conninfo, timeout=timeout, password=target.password)
+        return notify.watch(
+            target.conninfo, timeout=timeout, password=target.password, schema=self.schema
+        )
 
     def awatch(self, *, timeout: float | None = None) -> AsyncIterator[Transition]:
         """The async twin of ``watch``."""
         target = self._watch_target()
-        return notify.awatch(target.conninfo, timeout=timeout, password=target.password)
+        return notify.awatch(
+            target.conninfo, timeout=timeout, password=target.password, schema=self.schema
+        )
 
     def _watch_target(self) -> Dsn:
         target = self._listen_target()
