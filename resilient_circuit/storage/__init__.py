@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from resilient_circuit._settings import database_dsn, strict_storage
-from resilient_circuit.storage.base import CircuitBreakerStorage, StorageError
+from resilient_circuit.storage.base import CircuitBreakerStorage, StorageClosed, StorageError
 from resilient_circuit.storage.memory import InMemoryStorage
 
 if TYPE_CHECKING:
@@ -16,6 +16,7 @@ __all__ = (
     "CircuitBreakerStorage",
     "InMemoryStorage",
     "PostgresStorage",
+    "StorageClosed",
     "StorageError",
     "Transition",
     "create_storage",

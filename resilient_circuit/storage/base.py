@@ -15,6 +15,7 @@ __all__ = (
     "CircuitBreakerStorage",
     "Observed",
     "Snapshot",
+    "StorageClosed",
     "StorageError",
     "StorageErrorMode",
     "Verdict",
@@ -34,6 +35,15 @@ Verdict = tuple[int, Callable[[], int], CircuitState, int, int, object]
 
 class StorageError(Exception):
     """The store could not answer (database down, pool exhausted, timeout, read-only)."""
+
+
+class StorageClosed(StorageError):
+    """The store was closed by ``close()``/``aclose()``: it never connects again.
+
+    Not an outage (nothing is down, no outage is logged or reported to hooks): the
+    policies handle the call per ``on_storage_error`` as they would during one, and
+    the store says once that it was closed (see ``PostgresStorage.close``).
+    """
 
 
 class Observed(Protocol):

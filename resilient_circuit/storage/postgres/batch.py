@@ -131,6 +131,8 @@ class Flusher:
         while not self._stopped.is_set():
             self._wake.wait(self.interval)
             self._wake.clear()
+            if self._stopped.is_set():
+                break  # stop() makes the last flush itself (the store refuses others then)
             self._flush_quietly()
 
     def _flush_quietly(self, flush: Callable[[], None] | None = None) -> None:

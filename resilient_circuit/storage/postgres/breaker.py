@@ -24,6 +24,7 @@ from resilient_circuit.storage.base import Breaker, Snapshot, StorageError, Verd
 from resilient_circuit.storage.postgres import queries
 from resilient_circuit.storage.postgres.batch import (
     MAX_BATCH,
+    MAX_RUN_TOTAL,
     Outcome,
     OutcomeQueue,
     runs,
@@ -98,6 +99,7 @@ class PgBreaker(Breaker):
         "_admit_closed",
         "_batch_size",
         "_cached",
+        "_closed",
         "_config_epoch",
         "_configured",
         "_epoch",
@@ -145,6 +147,7 @@ class PgBreaker(Breaker):
         self._restoring = False
         self._admit_closed = Admission(True, CircuitState.CLOSED, -1, None)
         self._cached = False
+        self._closed = False  # the store was closed: nothing cached nor queued any more
         self._queue: OutcomeQueue | None = None
         # The call path's shortcuts, kept by _rearm() from the state below, each read
         # with one attribute load so that another thread replacing it is never half
@@ -274,6 +277,18 @@ class PgBreaker(Breaker):
             self._open_deadline = 0
         self._trusted = False
         self._fast = None
+
+    def close(self) -> None:
+        """The store was closed: from now on every call asks it (and it refuses).
+
+        No verdict admits or rejects from memory and no outcome is queued, since no
+        connection will ever check a verdict or flush a queue again; the store then
+        handles each call as closed (see ``PostgresStorage.close``). Kept by a forked
+        child, as the store's own flag is.
+        """
+        self._closed = True
+        self.invalidate()
+        self._rearm()
 
     def held_unheard(self) -> tuple[int, int] | None:
         """The epoch and generation of an OPEN verdict held unheard, to read it again."""
@@ -422,7 +437,7 @@ class PgBreaker(Breaker):
         ``_queued`` would queue them.
         """
         last = self._last
-        if last is None or last.state is not CircuitState.CLOSED:
+        if last is None or last.state is not CircuitState.CLOSED or self._closed:
             self._succeeded = self._failed = _UNQUEUED
             self._fast = None
             return
@@ -510,6 +525,7 @@ class PgBreaker(Breaker):
             and last is not None
             and last.state is CircuitState.CLOSED
             and generation == last.generation
+            and not self._closed
         ):
             queue.put(success, generation, duration)
             if not self._flusher_started:
@@ -707,6 +723,13 @@ class PgBreaker(Breaker):
             # The statement outran statement_timeout: send less at a time.
             self._batch_size = max(_MIN_BATCH, self._batch_size // 2)
         return exc
+
+    def discard_queued(self) -> int:
+        """Drop every queued outcome (the store closed: nothing sends them); how many."""
+        queue = self._queue
+        if queue is None:
+            return 0
+        return len(queue.take(MAX_RUN_TOTAL))
 
     def report_shed(self) -> None:
         """Log the outcomes shed and not yet told of, now (at close)."""

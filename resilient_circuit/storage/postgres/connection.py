@@ -41,7 +41,7 @@ from typing import Any
 import psycopg
 from psycopg import pq
 from psycopg.rows import tuple_row
-from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
+from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolClosed, PoolTimeout
 
 from resilient_circuit._dsn import Dsn, redact
 from resilient_circuit.storage.postgres.loop_pool import (
@@ -147,6 +147,12 @@ def reaches_server(conn: psycopg.Connection[Any]) -> bool:
 
 
 _draining: set[asyncio.Future[None]] = set()
+# Pools closing in the loop of the thread that closed the store (see Pools.close).
+_closing: set[asyncio.Task[None]] = set()
+
+
+def _closed() -> PoolClosed:
+    return PoolClosed("the breaker storage was closed by close(): it opens no connection again")
 
 
 def _drain_async(pool: AsyncConnectionPool) -> None:
@@ -256,6 +262,10 @@ class Pools:
         self._parked: list[StoreConnection] = []
         self._waiting = 0  # callers in the pool's getconn: a parked connection is theirs
         self._sweeping = False  # a timer will give back the connections parked too long
+        self._sweeper: threading.Timer | None = None
+        # Set by close(), for good: no pool opens again (a call after it would open one
+        # that nothing closes any more).
+        self.closed = False
         self._async: dict[asyncio.AbstractEventLoop, LoopPool] = {}
         # One suspended async generator per loop: asyncio closes it (and so the pool)
         # when the loop shuts down.
@@ -403,6 +413,8 @@ class Pools:
         pool = self._sync
         if pool is None:
             with self._lock:
+                if self.closed:
+                    raise _closed()
                 if self._sync is None:
                     self._sync = SyncPool(
                         self,
@@ -503,12 +515,12 @@ class Pools:
 
     def _arm(self) -> None:
         with self._lock:
-            if self._sweeping:
+            if self._sweeping or self.closed:
                 return
             self._sweeping = True
-        timer = threading.Timer(PARKED_FOR, self._sweep)
-        timer.daemon = True
-        timer.start()
+            timer = self._sweeper = threading.Timer(PARKED_FOR, self._sweep)
+            timer.daemon = True
+            timer.start()
 
     def _sweep(self) -> None:
         """Give back the connections parked for ``PARKED_FOR`` (they are idle)."""
@@ -532,6 +544,8 @@ class Pools:
         loop = asyncio.get_running_loop()
         pool = self._async.get(loop)
         if pool is None:
+            if self.closed:
+                raise _closed()
             self._discard_ended_loops()
             pool = LoopPool(
                 self.dsn.conninfo,
@@ -610,28 +624,66 @@ class Pools:
                 pool.discard()
 
     def close(self) -> None:
-        """Close the sync pool and the pools of closed event loops, without waiting on any
-        loop (the pools of running loops close with their loop, or with ``aclose``)."""
+        """Close every pool, for good: none opens again afterwards.
+
+        The sync pool and its sweeping timer here; each event loop's pool within its
+        loop: waited for when another thread runs that loop, scheduled when this thread
+        does (it cannot wait for itself: ``aclose`` can), ended from here when the loop
+        is not running (closed, or between two ``run_until_complete``).
+        """
         self.unpark()
         with self._lock:
+            self.closed = True
             pool, self._sync = self._sync, None
+            sweeper, self._sweeper = self._sweeper, None
+        if sweeper is not None:
+            sweeper.cancel()
+            if sweeper is not threading.current_thread():
+                sweeper.join()
         self.unpark()  # parked by a call that ended meanwhile
-        self._discard_ended_loops()
+        self._close_loop_pools()
         if pool is not None:
             pool.close()
+
+    def _close_loop_pools(self) -> None:
+        try:
+            current: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            current = None
+        for loop, apool in list(self._async.items()):
+            if self._async.pop(loop, None) is not apool:
+                continue  # closed meanwhile, by its loop
+            self._closers.pop(loop, None)
+            self.budget.forget(apool)
+            if loop.is_closed() or not loop.is_running():
+                apool.discard()
+            elif loop is current:
+                _closing.add(task := loop.create_task(apool.close()))
+                task.add_done_callback(_closing.discard)
+            else:
+                try:
+                    asyncio.run_coroutine_threadsafe(apool.close(), loop).result(
+                        self.connect_timeout + 5.0
+                    )
+                except Exception:  # the loop stopped meanwhile: its connections end with it
+                    logger.debug("closing an event loop's pool failed", exc_info=True)
 
     def holds_any(self) -> bool:
         """Whether a sync pool or an event loop's pool is open (nothing to close if not)."""
         return self._sync is not None or bool(self._async)
 
     async def aclose(self) -> None:
-        """Close the async pool of the running event loop."""
+        """Close the async pool of the running event loop (``close`` closes the others)."""
         loop = asyncio.get_running_loop()
         pool = self._async.pop(loop, None)
         self._closers.pop(loop, None)
         if pool is not None:
             self.budget.forget(pool)
             await pool.close()
+        # A close() called in this loop scheduled its pool's closing: wait for it here.
+        pending = [task for task in _closing if task.get_loop() is loop]
+        if pending:
+            await asyncio.gather(*pending)
 
     def abandon(self) -> None:
         """In a forked child: drop the parent's pools without touching their connections.

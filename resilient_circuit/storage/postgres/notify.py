@@ -293,10 +293,18 @@ class Listener:
         return all(f.wait(max(0.0, deadline - time.monotonic())) for f in flags)
 
     def stop(self) -> None:
+        """Stop listening; returns once the thread has ended, even mid-reconnect.
+
+        The thread checks the stop at least every half second, except while it connects
+        (``connect_timeout``) or waits for a heartbeat (``heartbeat_timeout``): the wait
+        is bounded by those, so that close() leaves no thread behind.
+        """
         self._stop.set()
         thread = self._thread
-        if thread is not None:
-            thread.join(5)
+        # Not from the thread itself (a subscriber closing the store): it ends on its own.
+        if thread is not None and thread is not threading.current_thread():
+            connecting = float(self._kwargs.get("connect_timeout") or 5)
+            thread.join(max(5.0, connecting + self.heartbeat_timeout + 1.0))
 
     def _run(self) -> None:
         backoff = 0.25

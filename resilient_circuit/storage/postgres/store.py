@@ -27,6 +27,7 @@ from resilient_circuit._settings import database_schema, default_namespace
 from resilient_circuit.exceptions import SchemaNotReady, StorageAccessDenied, StorageNotUsable
 from resilient_circuit.storage.base import (
     CircuitBreakerStorage,
+    StorageClosed,
     StorageError,
     StorageErrorMode,
     check_admin_state,
@@ -185,6 +186,10 @@ class PostgresStorage(CircuitBreakerStorage):
         self._error_modes: frozenset[StorageErrorMode] = frozenset()
         self._breakers: dict[tuple[str, str], PgBreaker] = {}
         self._subscribers: tuple[Callable[[Transition], None], ...] = ()
+        #: Whether ``close()`` was called: for good, in a forked child too.
+        self.closed = False
+        self._closed_told = False
+        self._closed_dropped = 0  # outcomes of calls that ended after close()
         self._start_afresh()
         _fork.after_fork_in_child(self, PostgresStorage._after_fork)
 
@@ -215,6 +220,8 @@ class PostgresStorage(CircuitBreakerStorage):
                 self._closes_pools.detach()
             self._pools.abandon()
             self._pools = self._new_pools()
+            # Closed before the fork: closed in the child too (close() is final).
+            self._pools.closed = self.closed
         self._start_afresh()
 
     def _start_afresh(self) -> None:
@@ -255,21 +262,76 @@ class PostgresStorage(CircuitBreakerStorage):
         return await self._pools.running_loop()
 
     def close(self) -> None:
-        """Flush queued outcomes, stop listening, close the sync pool.
+        """Close the store for good: flush queued outcomes, stop listening, close the pools.
 
-        The last flush is tried even while an outage backoff is running; what it could
-        not write is logged (a WARNING naming the breakers and how many outcomes).
-        Async pools belong to their event loop: close them with ``aclose``.
+        Final and idempotent. From the moment it is called the store opens no
+        connection and starts no thread again: when it returns, its LISTEN and flusher
+        threads have ended and its pools are closed, each event loop's pool within its
+        loop (from a coroutine, ``await asyncio.to_thread(store.close)``: see
+        ``aclose``). The last flush is tried even while an outage backoff is running;
+        what it could not write is logged (a WARNING naming the breakers and how many
+        outcomes) and counted in ``dropped_outcomes``. In a forked child it closes the
+        child's own connections only; a store closed before a fork is closed in the
+        child too.
+
+        A call made after it (or racing it) is not an outage: it is handled per its
+        policy's ``on_storage_error``, as during one, and the store logs once, as a
+        WARNING, that it was closed. Not raised as an error (``StorageNotUsable`` is
+        for a store an operator must fix): the requests still finishing while an
+        application shuts down would fail on every deploy, the breaker becoming the
+        outage it guards against. A call already running keeps its own result or
+        exception; its outcome, which can no longer be recorded, is counted in
+        ``dropped_outcomes`` and told by that same line.
         """
+        with self._lock:
+            first, self.closed = not self.closed, True
+        if first:
+            for each in self.breakers():
+                each.close()  # no cached verdict, nothing queued: each call asks the store
         self._flusher.stop()
+        # A call that took the queued path as the breakers closed may have queued after
+        # the last flush: nothing will send that any more.
+        late = sum(each.discard_queued() for each in self.breakers())
+        if late:
+            self._closed_drop(late)
         listener, self._listener = self._listener, None
         if listener is not None:
             listener.stop()
         self._pools.close()
 
     async def aclose(self) -> None:
-        """Close the async pool of the running event loop."""
+        """Close the async pool of the running event loop; the store stays usable.
+
+        Not a final close: the loop's pool opens again if a coroutine of this loop calls
+        once more (a worker that ends each ``asyncio.run`` with it keeps its store). To
+        close the store for good from a coroutine, ``await asyncio.to_thread(store.close)``
+        (which also closes this loop's pool, without blocking the loop); ``close()``
+        called in the loop itself cannot wait for that pool, ``await aclose()`` after it
+        does.
+        """
         await self._pools.aclose()
+
+    def _refused(self, breaker: PgBreaker | None, statement: Any) -> StorageClosed:
+        """What a round trip after ``close()`` raises, said once per store (not an outage).
+
+        An outcome it would have recorded is counted in ``dropped_outcomes``.
+        """
+        self._closed_drop(int(breaker is not None and statement is self.statements.record))
+        return StorageClosed(f"breaker storage {self._where} was closed by close()")
+
+    def _closed_drop(self, dropped: int) -> None:
+        """Count ``dropped`` outcomes lost to ``close()``; the first time, say it was closed."""
+        with self._lock:
+            self._closed_dropped += dropped
+            told, self._closed_told = self._closed_told, True
+        if not told:
+            logger.warning(
+                "breaker storage %s was closed by close() (not an outage): calls made since"
+                " are handled per on_storage_error: %s; outcomes of calls ending after it"
+                " are not recorded (counted in dropped_outcomes)",
+                self._where,
+                self._outage_effect(),
+            )
 
     # -- one round trip -----------------------------------------------------------
 
@@ -415,11 +477,15 @@ class PostgresStorage(CircuitBreakerStorage):
             self._where,
         )
 
-    def _begin(self, statement: Any, force: bool = False) -> tuple[bool, float]:
+    def _begin(
+        self, breaker: PgBreaker | None, statement: Any, force: bool = False
+    ) -> tuple[bool, float]:
         """Before a round trip (sync or async): skip a database known down, note the time.
 
         ``force`` tries even so (the last flush before closing).
         """
+        if self.closed and not force:
+            raise self._refused(breaker, statement)
         outage = self.outage
         # down_since: skip's own first test, made here without the call.
         if (
@@ -498,7 +564,7 @@ class PostgresStorage(CircuitBreakerStorage):
         force: bool = False,
     ) -> Any:
         """Run one statement (configuring the breaker first if it never was)."""
-        wrote, started = self._begin(statement, force)
+        wrote, started = self._begin(breaker, statement, force)
         configured = breaker is None or breaker.is_configured
         wrote = wrote or not configured
         used: psycopg.Connection[Any] | None = None
@@ -536,6 +602,9 @@ class PostgresStorage(CircuitBreakerStorage):
                 # The pool drops a broken connection without closing it: its socket is
                 # freed now rather than at garbage collection.
                 used.close()
+            if self.closed and not force:
+                # Raced close() (its pool closed under it): the close, not an outage.
+                raise self._refused(breaker, statement) from exc
             failure = self._failed(exc, started)
             if failure is exc:
                 raise
@@ -584,7 +653,7 @@ class PostgresStorage(CircuitBreakerStorage):
             return await in_thread(
                 lambda: self.fetch(breaker, statement, params, missing_ok=missing_ok, force=force)
             )
-        wrote, started = self._begin(statement, force)
+        wrote, started = self._begin(breaker, statement, force)
         wrote = wrote or (breaker is not None and not breaker.is_configured)
         used: psycopg.AsyncConnection[Any] | None = None
         pool: AsyncConnectionPool | None = None
@@ -617,6 +686,8 @@ class PostgresStorage(CircuitBreakerStorage):
             if used is not None and used.broken and isinstance(self._pools, Pools):
                 # As in fetch; this also gives its share of the event loops' budget back.
                 await used.close()
+            if self.closed and not force:
+                raise self._refused(breaker, statement) from exc
             if isinstance(pools, Pools) and pool is not None and pools.starved(pool, exc):
                 raise self._starved() from exc
             failure = self._failed(exc, started, pool)
@@ -664,6 +735,8 @@ class PostgresStorage(CircuitBreakerStorage):
     def listen(self) -> None:
         """Start the LISTEN connection that keeps cached verdicts honest (once needed)."""
         self._listen_pending = False
+        if self.closed:
+            return  # a thread started now would outlive close()
         listener = self._listener
         if listener is not None:
             # Called on every OPEN reply while not listening: cheap once warned.
@@ -674,7 +747,7 @@ class PostgresStorage(CircuitBreakerStorage):
         if target is None:
             return  # a connection factory alone: no connection string to listen on
         with self._lock:
-            if self._listener is None:
+            if self._listener is None and not self.closed:
                 kwargs = {k: v for k, v in self._pools.connect_kwargs().items() if k != "password"}
                 self._listener = notify.Listener(
                     target.conninfo,
@@ -834,8 +907,10 @@ class PostgresStorage(CircuitBreakerStorage):
 
     @property
     def dropped_outcomes(self) -> int:
-        """Batched outcomes shed so far because too many were waiting (each one logged)."""
-        return sum(b.dropped for b in self.breakers())
+        """Outcomes not recorded (each kind logged): batched ones shed because too many
+        were waiting, those ``close()`` could not write, those of calls that ended after
+        it."""
+        return sum(b.dropped for b in self.breakers()) + self._closed_dropped
 
     def _last_flush(self) -> None:
         # One attempt, made even during an outage backoff: after the first breaker that
@@ -855,6 +930,12 @@ class PostgresStorage(CircuitBreakerStorage):
                 ", ".join(f"{b.namespace}/{b.resource_key}: {n}" for b, n in left),
                 failure or "the database did not answer",
             )
+            if self.closed:
+                # Told just now: counted as dropped, and out of the queues, so that what
+                # close() finds queued afterwards is only what came later.
+                lost = sum(b.discard_queued() for b, _ in left)
+                with self._lock:
+                    self._closed_dropped += lost
 
     def flush(self) -> None:
         """Send every breaker's queued outcomes now."""
@@ -985,6 +1066,7 @@ def shared_storage(dsn: str, namespace: str | None) -> PostgresStorage:
     """One PostgresStorage (one pool) per DSN and namespace in this process."""
     with _shared_lock:
         found = _shared.get((dsn, namespace))
-        if found is None:
+        if found is None or found.closed:
+            # A closed store never connects again: policies made after it get a new one.
             found = _shared[(dsn, namespace)] = PostgresStorage(dsn, namespace=namespace)
         return found
