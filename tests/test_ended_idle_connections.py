@@ -49,8 +49,7 @@ def warnings_logged(caplog: pytest.LogCaptureFixture) -> Callable[[], list[str]]
         return [
             f"{r.name}: {r.getMessage()}"
             for r in caplog.records
-            if r.levelno >= logging.WARNING
-            and r.name.startswith(("resilient_circuit", "psycopg"))
+            if r.levelno >= logging.WARNING and r.name.startswith(("resilient_circuit", "psycopg"))
         ]
 
     return read
@@ -114,7 +113,8 @@ def fill_sync_pool(store: PostgresStorage, call: Callable[[], Any]) -> set[int]:
         assert len({a.info.backend_pid, b.info.backend_pid, c.info.backend_pid}) == CONNECTIONS
     call()
     pids = idle_sync_pids(store)
-    assert len(pids) == CONNECTIONS and len(store._pools._parked) == 1
+    assert len(pids) == CONNECTIONS
+    assert len(store._pools._parked) == 1
     return pids
 
 
