@@ -137,8 +137,15 @@ def test_sync_calls_after_every_idle_connection_was_terminated(
     assert store.outage.down_since is None
     assert warnings_logged() == []
     assert idle_sync_pids(store).isdisjoint(pids)
-    stats = store._pools.sync().get_stats()
-    assert stats["pool_size"] <= CONNECTIONS
+    assert store._pools.sync().get_stats()["pool_size"] <= CONNECTIONS
+    store._pools.unpark()
+    # The pool counts the replaced connections right: all of them can be out at once.
+    with (
+        store.pool().connection(timeout=5.0) as a,
+        store.pool().connection(timeout=5.0) as b,
+        store.pool().connection(timeout=5.0) as c,
+    ):
+        assert len({a.info.backend_pid, b.info.backend_pid, c.info.backend_pid}) == CONNECTIONS
 
 
 def test_sync_failure_recorded_once_across_the_replacement(
@@ -239,6 +246,12 @@ async def test_async_calls_after_every_idle_connection_was_terminated(
     assert {conn.info.backend_pid for conn in pool._pool}.isdisjoint(pids)
     assert pool.get_stats()["pool_size"] <= CONNECTIONS
     assert store._pools.budget._used <= CONNECTIONS
+    async with (
+        pool.connection(timeout=5.0) as a,
+        pool.connection(timeout=5.0) as b,
+        pool.connection(timeout=5.0) as c,
+    ):
+        assert len({a.info.backend_pid, b.info.backend_pid, c.info.backend_pid}) == CONNECTIONS
     await store.aclose()
 
 
