@@ -10,7 +10,9 @@ The check is exact for what it looks at: between two statements the server sends
 idle client connection nothing unless it was asked to (``LISTEN``: the store's
 connections never listen, its ``LISTEN`` connection is opened apart, in ``notify``; a
 session setting that changes is reported in the reply to the statement that changed
-it). A socket that can be read has therefore received the server's termination notice
+it; a connection lent to the application comes back through ``DISCARD ALL``, which
+ends its ``LISTEN``, except from an event loop's pool, where one still listening is
+merely replaced). A socket that can be read has therefore received the server's termination notice
 (``FATAL``, admin shutdown), an end of file, or some message nobody waits for: the
 connection is replaced in every case, which costs a new connection on a rare path
 only, and never sends a statement twice.
