@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -441,22 +442,59 @@ def test_connections_terminated_while_functions_run(
     make_store: Callable[..., PostgresStorage],
     logs: Logs,
 ) -> None:
-    """pg_terminate_backend of the pool's connections mid-call: the call returns its result."""
+    """pg_terminate_backend of the connection recording a call's outcome, while the
+    statement runs: the call returns its result; the outcome is lost, an outage.
+
+    (A connection ended while it waits idle in the pool is replaced before use, no
+    outage: the statement is held here on a row lock until it is terminated.)"""
     store = make_store(pg_dsn)
     policy = policy_for(store)
     terminated: list[int] = []
+    locked = threading.Event()
+    threads: list[threading.Thread] = []
+
+    def terminate_the_recording() -> None:
+        dbname = conninfo_to_dict(pg_dsn)["dbname"]
+        with (
+            psycopg.connect(pg_dsn) as holder,
+            psycopg.connect(pg_admin_dsn, autocommit=True) as admin,
+        ):
+            holder.execute(
+                "SELECT 1 FROM rc_circuit_breakers"
+                " WHERE resource_key = %s AND namespace = %s FOR UPDATE",
+                (KEY, NAMESPACE),
+            )
+            locked.set()
+
+            def waiting() -> list[int]:
+                rows = admin.execute(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = %s"
+                    " AND application_name = 'resilient_circuit' AND wait_event_type = 'Lock'",
+                    [dbname],
+                ).fetchall()
+                return [row[0] for row in rows]
+
+            assert wait_for(lambda: len(waiting()) == 1, 10.0)
+            rows = admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid", [waiting()]
+            ).fetchall()
+            terminated.append(len(rows))
+            holder.rollback()
 
     @policy
     def call(n: int) -> int:
         if n == 3:
-            # The connection that admitted this call is back in the pool: cut it now.
-            terminated.append(terminate_pool_connections(pg_admin_dsn, pg_dsn))
+            # Its outcome's round trip waits on the row lock until it is terminated.
+            threads.append(threading.Thread(target=terminate_the_recording, daemon=True))
+            threads[0].start()
+            assert locked.wait(10.0)
         return n
 
     for n in range(3):
         assert call(n) == n
     assert call(3) == 3  # its outcome could not be recorded; the caller never knows
-    assert terminated[0] >= 1
+    threads[0].join(10.0)
+    assert terminated == [1]
     assert [level for level, _ in logs()] == ["WARNING"]
     assert wait_for(lambda: (call(4), store.outage.down_since is None)[1], 12.0)
     assert_one_outage(logs)

@@ -82,15 +82,16 @@ def test_the_pool_lends_a_connection_the_store_parked(store: PostgresStorage) ->
 
 
 def test_a_broken_parked_connection_is_discarded(store: PostgresStorage, pg_dsn: str) -> None:
-    """Its session ended by the server: the call on it fails once (an outage, as for a
-    dead connection idle in the pool), then a new connection is used."""
+    """Its session ended by the server: the next call either sees the termination when it
+    takes the connection (replaced before use) or, were the notice still on its way,
+    fails on it once (an outage); either way a new connection is used after."""
     call = CircuitProtectorPolicy(resource_key="parked", storage=store)(lambda: "ok")
     call()
     pid = _backend_pid(store)
     call()  # parked again
     with psycopg.connect(pg_dsn, autocommit=True) as admin:
         admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
-    call()  # on the dead connection: handled per on_storage_error ("open": it runs)
+    call()  # replaced, or handled per on_storage_error ("open": it runs)
     assert wait_for(lambda: (call(), store.outage.down_since is None)[1], 15.0)
     assert _backend_pid(store) != pid
 

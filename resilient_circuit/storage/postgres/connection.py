@@ -44,6 +44,7 @@ from psycopg.rows import tuple_row
 from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolClosed, PoolTimeout
 
 from resilient_circuit._dsn import Dsn, redact
+from resilient_circuit.storage.postgres.idle import ended_while_idle
 from resilient_circuit.storage.postgres.loop_pool import (
     POOL_NAME,
     Budget,
@@ -195,6 +196,28 @@ class SyncPool(ConnectionPool):
             self.rc_attempts.end(attempt)
         self.rc_connect_failure = None
         return conn
+
+    def _getconn_unchecked(self, timeout: float) -> Any:
+        # Every connection leaves the pool here (the pool's own ``check`` hook would
+        # sleep a second after each connection that fails it): one ended while it was
+        # idle is replaced rather than handed out (see ``idle``).
+        deadline = monotonic() + timeout
+        while True:
+            conn = super()._getconn_unchecked(deadline - monotonic())
+            if not ended_while_idle(conn):
+                return conn
+            self.rc_discard(conn)
+            self._check_open_getconn()  # closed meanwhile: no connection will come
+
+    def rc_discard(self, conn: Any) -> None:
+        """Close ``conn``, taken from this pool and ended while idle, and have the pool
+        open another in its place, quietly: it is no outage."""
+        conn.close()
+        if self._maybe_close_connection(conn):
+            return  # the pool is closed: nothing to replace
+        # As a connection that failed the pool's check on its way out: counted as lost
+        # and replaced (``putconn`` would warn that it was given back closed).
+        self._putconn(conn, from_getconn=True)
 
     def getconn(self, timeout: float | None = None) -> Any:
         owner = self.rc_owner
@@ -446,14 +469,22 @@ class Pools:
     # ``Pools`` (see ``abandon``), parked connections included.
 
     def take(self) -> StoreConnection:
-        """A connection for one round trip: a parked one, else one from the pool."""
-        try:
-            return self._parked.pop()
-        except IndexError:
-            pass
+        """A connection for one round trip: a parked one, else one from the pool.
+
+        A parked connection that was ended meanwhile (the server restarted) is replaced
+        before any statement is sent on it (see ``idle``), as the pool replaces its own.
+        """
+        while True:
+            try:
+                conn = self._parked.pop()
+            except IndexError:
+                break
+            if not ended_while_idle(conn):
+                return conn
+            self._discard(conn)
         pool = self.sync()
         # The pool counts this caller as waiting and looks among the parked ones again.
-        conn: StoreConnection = pool.getconn(self.connect_timeout)  # type: ignore[assignment]
+        conn = pool.getconn(self.connect_timeout)  # type: ignore[assignment]
         conn.rc_lent = False
         conn.rc_pool = pool
         conn.rc_taken_at = monotonic()
@@ -491,6 +522,15 @@ class Pools:
         try:
             pool.putconn(conn)
         except Exception:  # pragma: no cover - a pool closed meanwhile
+            conn.close()
+
+    def _discard(self, conn: StoreConnection) -> None:
+        """Close a parked connection ended while idle; its pool opens another."""
+        pool = conn.rc_pool
+        conn.rc_pool = None
+        if isinstance(pool, SyncPool):
+            pool.rc_discard(conn)
+        else:  # pragma: no cover - parked connections all come from the sync pool
             conn.close()
 
     def waiting(self) -> AbstractContextManager[None]:

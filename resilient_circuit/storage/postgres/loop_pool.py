@@ -25,6 +25,7 @@ from psycopg_pool import AsyncConnectionPool
 from psycopg_pool.pool_async import MaintenanceTask, StopWorker
 from psycopg_pool.sched_async import AsyncScheduler
 
+from resilient_circuit.storage.postgres.idle import ended_while_idle
 from resilient_circuit.storage.postgres.outage import Attempts
 from resilient_circuit.storage.postgres.prepared import AsyncStoreConnection
 
@@ -266,6 +267,21 @@ class LoopPool(AsyncConnectionPool):
             self.rc_attempts.end(attempt)
         self.rc_connect_failure = None
         return conn
+
+    async def _getconn_unchecked(self, timeout: float) -> Any:
+        # As the sync pool does (see ``SyncPool``): a connection ended while it was idle
+        # is closed, which gives its share of the budget back, and replaced.
+        deadline = monotonic() + timeout
+        while True:
+            conn = await super()._getconn_unchecked(deadline - monotonic())
+            if not ended_while_idle(conn):
+                return conn
+            await conn.close()
+            if await self._maybe_close_connection(conn):
+                self._check_open_getconn()  # closed meanwhile: no connection will come
+            # As a connection that failed the pool's check on its way out: counted as
+            # lost and replaced, quietly.
+            await self._putconn(conn, from_getconn=True)
 
     def _start_workers(self) -> None:
         self._sched_runner = asyncio.create_task(
