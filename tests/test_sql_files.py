@@ -84,6 +84,7 @@ def test_every_table_constraint_is_named() -> None:
     assert [name for name, _ in tables] == [
         "rc_circuit_breakers",
         "rc_namespace_grants",
+        "rc_notify_secret",
         "rc_retry_budgets",
     ]
     for name, table in tables:
