@@ -23,6 +23,7 @@ except ImportError as exc:  # pragma: no cover - depends on the install
     ) from exc
 
 from resilient_circuit._dsn import Dsn, redact
+from resilient_circuit._machine import as_timedelta
 from resilient_circuit.retry_budget import (
     BudgetUnavailable,
     Settlement,
@@ -55,12 +56,12 @@ class PostgresBudgetStore(SettlingStore):
         self._dsn = Dsn(dsn, "dsn")
         if not isinstance(schema, str) or not schema:
             raise ValueError("`schema` must be a non-empty str")
+        connect_timeout = as_timedelta(connect_timeout, "connect_timeout")
+        statement_timeout = as_timedelta(statement_timeout, "statement_timeout")
         for name, value in (
             ("connect_timeout", connect_timeout),
             ("statement_timeout", statement_timeout),
         ):
-            if not isinstance(value, timedelta):
-                raise TypeError(f"`{name}` must be a timedelta, got {type(value).__name__}")
             if value < timedelta(milliseconds=1):
                 raise ValueError(f"`{name}` must be at least 1 ms, got {value}")
         self.schema = schema

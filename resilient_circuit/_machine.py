@@ -87,8 +87,13 @@ def to_limit(value: object, name: str) -> Fraction:
     if isinstance(value, Fraction):
         limit = value
     elif isinstance(value, int | Decimal):
-        limit = Fraction(value)
+        try:
+            limit = Fraction(value)
+        except (ValueError, OverflowError):  # Decimal NaN or infinity
+            raise ValueError(f"`{name}` must be in (0, 1], got {value!r}") from None
     elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"`{name}` must be in (0, 1], got {value!r}")
         limit = Fraction(repr(value))
     elif isinstance(value, str):
         try:
@@ -110,20 +115,30 @@ def to_limit(value: object, name: str) -> Fraction:
     return limit
 
 
-def to_ns(value: object, name: str, *, allow_zero: bool = True) -> int:
-    """Whole nanoseconds (at microsecond precision, as PostgreSQL keeps) from a timedelta."""
-    if isinstance(value, bool) or not isinstance(value, timedelta | int | float):
+def as_timedelta(value: object, name: str) -> timedelta:
+    """A duration parameter as a timedelta: every one takes a timedelta or a number of
+    seconds (``cooldown=30``); anything else is a TypeError naming the parameter."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(
             f"`{name}` must be a timedelta or a number of seconds, got {type(value).__name__}"
         )
+    try:
+        return timedelta(seconds=value)
+    except (OverflowError, ValueError):  # NaN, infinities, past timedelta's range
+        raise ValueError(f"`{name}` must be a finite number of seconds, got {value!r}") from None
+
+
+def to_ns(value: object, name: str, *, allow_zero: bool = True) -> int:
+    """Whole nanoseconds (at microsecond precision, as PostgreSQL keeps) from a timedelta."""
     bound = ">= 0" if allow_zero else "> 0"
-    if isinstance(value, int | float):
-        try:
-            value = timedelta(seconds=value)
-        except (OverflowError, ValueError):
-            raise ValueError(
-                f"`{name}` must be {bound} and at most {MAX_DURATION.days} days, got {value!r}"
-            ) from None
+    try:
+        value = as_timedelta(value, name)
+    except ValueError:
+        raise ValueError(
+            f"`{name}` must be {bound} and at most {MAX_DURATION.days} days, got {value!r}"
+        ) from None
     micros = value // timedelta(microseconds=1)
     if micros < 0 or (micros == 0 and not allow_zero) or value > MAX_DURATION:
         raise ValueError(
@@ -240,6 +255,18 @@ class Config:
         if minimum_calls is None:
             k = 0
         elif duration is None:
+            in_range = not isinstance(minimum_calls, int) or 1 <= minimum_calls <= n
+            if not in_range and not isinstance(minimum_calls, bool):
+                # Its bound is the window, which the caller may not have set.
+                source = (
+                    "window_size"
+                    if window_size is not None
+                    else f"the denominator of failure_limit {f}; pass window_size to widen it"
+                )
+                raise ValueError(
+                    f"`minimum_calls` must be in [1, {n}]: a count window holds {n} "
+                    f"outcomes ({source}), got {minimum_calls}"
+                )
             k = _count(minimum_calls, "minimum_calls", 1, n)
         else:
             k = _count(minimum_calls, "minimum_calls", 1, 2**31 - 1)

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Literal, Protocol
 
+from resilient_circuit._machine import as_timedelta
+
 __all__ = ("JITTER_KINDS", "ExponentialDelay", "FixedDelay", "RandomSource")
 
 JitterKind = Literal["proportional", "full", "equal", "decorrelated"]
@@ -26,11 +28,11 @@ class RandomSource(Protocol):
     def uniform(self, a: float, b: float) -> float: ...
 
 
-def _check_delay(value: object, name: str) -> None:
-    if not isinstance(value, timedelta):
-        raise TypeError(f"`{name}` must be a timedelta, got {type(value).__name__}")
-    if value < timedelta(0):
-        raise ValueError(f"`{name}` must be >= 0, got {value}")
+def _delay(value: object, name: str) -> timedelta:
+    delay = as_timedelta(value, name)
+    if delay < timedelta(0):
+        raise ValueError(f"`{name}` must be >= 0, got {delay}")
+    return delay
 
 
 @dataclass(frozen=True)
@@ -53,8 +55,9 @@ class ExponentialDelay:
     rng: RandomSource | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        _check_delay(self.min_delay, "min_delay")
-        _check_delay(self.max_delay, "max_delay")
+        # Frozen: the delays given in seconds are stored as the timedeltas they mean.
+        object.__setattr__(self, "min_delay", _delay(self.min_delay, "min_delay"))
+        object.__setattr__(self, "max_delay", _delay(self.max_delay, "max_delay"))
         if self.max_delay < self.min_delay:
             raise ValueError(
                 f"`max_delay` must be >= `min_delay`, got {self.max_delay} < {self.min_delay}"
@@ -137,7 +140,7 @@ class FixedDelay(ExponentialDelay):
 
     def __init__(self, delay: timedelta) -> None:
         # Checked here so that the error names this class's parameter, not min_delay.
-        _check_delay(delay, "delay")
+        delay = _delay(delay, "delay")
         super().__init__(min_delay=delay, max_delay=delay, factor=1)
 
     @property

@@ -30,6 +30,7 @@ from resilient_circuit._machine import (
     Admission,
     CircuitState,
     Config,
+    as_timedelta,
     parse_state,
     to_ns,
 )
@@ -115,8 +116,7 @@ def _admission_mode(admission: str, interval: Any) -> Literal["strict", "cached"
     """
     if interval is None:
         return cast(Literal["strict", "cached"], admission)
-    if not isinstance(interval, timedelta):
-        raise TypeError("`admission_refresh_interval` must be a timedelta or None")
+    interval = as_timedelta(interval, "admission_refresh_interval")
     if interval < timedelta(0):
         raise ValueError(f"`admission_refresh_interval` must be >= 0, got {interval!r}")
     if interval:
@@ -374,7 +374,8 @@ class CircuitProtectorPolicy(OptionDrivers, ProtectionPolicy):
         self.namespace = check_name(
             namespace if namespace is not None else self.storage.namespace, "namespace"
         )
-        self.cooldown = cooldown
+        # As 0.4.5 kept it, a timedelta, also when given in seconds.
+        self.cooldown = as_timedelta(cooldown, "cooldown")
         self.should_handle = should_handle
         self._sync_problem = self._find_sync_problem()
         self.on_storage_error = on_storage_error

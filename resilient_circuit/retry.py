@@ -11,6 +11,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 from resilient_circuit import _testing
+from resilient_circuit._machine import as_timedelta
 from resilient_circuit._retry_engine import (
     Call,
     DelayStrategy,
@@ -123,10 +124,7 @@ class RetryWithBackoffPolicy(ProtectionPolicy):
             if value is not None and not callable(value):
                 raise TypeError(f"`{name}` must be callable or None")
         if max_duration is not None:
-            if not isinstance(max_duration, timedelta):
-                raise TypeError(
-                    f"`max_duration` must be a timedelta, got {type(max_duration).__name__}"
-                )
+            max_duration = as_timedelta(max_duration, "max_duration")
             if max_duration <= timedelta(0):
                 raise ValueError(f"`max_duration` must be positive, got {max_duration}")
         if budget is not None:

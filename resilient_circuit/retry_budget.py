@@ -33,6 +33,7 @@ from datetime import timedelta
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any, Protocol
 
+from resilient_circuit._machine import as_timedelta
 from resilient_circuit._settings import database_dsn, database_schema, default_namespace
 
 if TYPE_CHECKING:
@@ -349,10 +350,7 @@ class RetryBudget:
             )
         if not 0 <= min_per_second <= 1_000_000:
             raise ValueError(f"`min_per_second` must be in [0, 1000000], got {min_per_second}")
-        if not isinstance(flush_interval, timedelta):
-            raise TypeError(
-                f"`flush_interval` must be a timedelta, got {type(flush_interval).__name__}"
-            )
+        flush_interval = as_timedelta(flush_interval, "flush_interval")
         if not timedelta(0) < flush_interval <= timedelta(minutes=1):
             raise ValueError(f"`flush_interval` must be in (0, 1 minute], got {flush_interval}")
         if store is not None and not callable(getattr(store, "settle", None)):

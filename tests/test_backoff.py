@@ -114,7 +114,9 @@ def test_bad_random_source_is_refused_naming_it() -> None:
         ExponentialDelay(SECOND, SECOND, jitter="full", rng=object())  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize(("delay", "error"), [(2, TypeError), (-SECOND, ValueError)])
+@pytest.mark.parametrize(
+    ("delay", "error"), [("2", TypeError), (-SECOND, ValueError), (-2, ValueError)]
+)
 def test_fixed_delay_refuses_a_bad_delay_naming_its_own_parameter(
     delay: object, error: type[Exception]
 ) -> None:

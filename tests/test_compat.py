@@ -81,11 +81,14 @@ def test_admission_refresh_interval_selects_the_admission_mode(
 
 
 def test_admission_refresh_interval_is_validated() -> None:
-    """A negative or non-timedelta interval, or zero with cached admission, is refused by name."""
+    """A negative interval, one neither a timedelta nor a number of seconds, or zero with
+    cached admission, is refused by name."""
     with pytest.raises(ValueError, match="admission_refresh_interval"):
         CircuitProtectorPolicy(admission_refresh_interval=timedelta(seconds=-1))
+    with pytest.raises(ValueError, match="admission_refresh_interval"):
+        CircuitProtectorPolicy(admission_refresh_interval=-1.0)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="admission_refresh_interval"):
-        CircuitProtectorPolicy(admission_refresh_interval=1.0)  # type: ignore[arg-type]
+        CircuitProtectorPolicy(admission_refresh_interval="1")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="admission_refresh_interval"):
         CircuitProtectorPolicy(admission="cached", admission_refresh_interval=timedelta(0))
 

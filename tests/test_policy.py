@@ -6,12 +6,20 @@ from __future__ import annotations
 
 import threading
 from datetime import timedelta
+from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 
 import pytest
 
-from resilient_circuit import CircuitProtectorPolicy, CircuitState, ProtectedCallError
+from resilient_circuit import (
+    CircuitProtectorPolicy,
+    CircuitState,
+    ProtectedCallError,
+    RetryBudget,
+    RetryWithBackoffPolicy,
+)
+from resilient_circuit.backoff import ExponentialDelay, FixedDelay
 from resilient_circuit.storage import InMemoryStorage
 from tests._helpers import Clock, Gate, flaky, make
 
@@ -102,6 +110,12 @@ def test_defaults_match_0_4_5(storage: InMemoryStorage) -> None:
         ({"on_status_change": 1}, TypeError, "on_status_change"),
         ({"on_storage_error": "maybe"}, ValueError, "on_storage_error"),
         ({"storage": {}}, TypeError, "storage"),
+        ({"failure_limit": float("nan")}, ValueError, "`failure_limit`"),
+        ({"failure_limit": Decimal("NaN")}, ValueError, "`failure_limit`"),
+        ({"cooldown": float("inf")}, ValueError, "`cooldown`"),
+        ({"cooldown": "30"}, TypeError, "`cooldown` must be a timedelta or a number of seconds"),
+        ({"minimum_calls": -1}, ValueError, r"holds 1 outcomes \(the denominator of failure_limit"),
+        ({"minimum_calls": 20, "window_size": 10}, ValueError, r"\[1, 10\].*\(window_size\)"),
     ],
 )
 def test_bad_input_names_the_parameter(
@@ -111,6 +125,20 @@ def test_bad_input_names_the_parameter(
     kwargs.setdefault("storage", storage)
     with pytest.raises(error, match=name):
         CircuitProtectorPolicy(**kwargs)
+
+
+def test_every_duration_takes_a_number_of_seconds(storage: InMemoryStorage) -> None:
+    """A number where a duration is expected is that many seconds, kept as a timedelta,
+    on the breaker, the retry, its delays and the retry budget alike."""
+    policy = CircuitProtectorPolicy(resource_key="s", storage=storage, cooldown=30)
+    assert policy.cooldown == timedelta(seconds=30)
+    assert FixedDelay(2).delay == timedelta(seconds=2)  # type: ignore[arg-type]
+    delays = ExponentialDelay(0.5, 10)  # type: ignore[arg-type]
+    assert (delays.min_delay, delays.max_delay) == (timedelta(seconds=0.5), timedelta(seconds=10))
+    retry = RetryWithBackoffPolicy(max_duration=5)  # type: ignore[arg-type]
+    assert retry.max_duration == timedelta(seconds=5)
+    budget = RetryBudget("s", flush_interval=0.5)  # type: ignore[arg-type]
+    assert budget.flush_interval == timedelta(milliseconds=500)
 
 
 def test_time_window_counts_every_outcome_from_many_threads() -> None:

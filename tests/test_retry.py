@@ -159,7 +159,7 @@ def test_exponential_delay_caps_jitters_and_survives_huge_attempts() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "error", "name"),
     [
-        ({"min_delay": 1, "max_delay": timedelta(1)}, TypeError, "min_delay"),
+        ({"min_delay": "1", "max_delay": timedelta(1)}, TypeError, "min_delay"),
         ({"min_delay": timedelta(-1), "max_delay": timedelta(1)}, ValueError, "min_delay"),
         ({"min_delay": timedelta(2), "max_delay": timedelta(1)}, ValueError, "max_delay"),
         ({"min_delay": timedelta(0), "max_delay": timedelta(1), "factor": 0.5}, ValueError, "fac"),

@@ -329,7 +329,8 @@ async def test_patching_the_modules_async_sleep_takes_effect(
 @pytest.mark.parametrize(
     ("kwargs", "error", "name"),
     [
-        ({"max_duration": 5}, TypeError, "max_duration"),
+        ({"max_duration": "5"}, TypeError, "max_duration"),
+        ({"max_duration": -5}, ValueError, "max_duration"),
         ({"max_duration": timedelta(0)}, ValueError, "max_duration"),
         ({"retry_if_result": 1}, TypeError, "retry_if_result"),
         ({"on_give_up": "x"}, TypeError, "on_give_up"),

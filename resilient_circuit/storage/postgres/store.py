@@ -22,7 +22,7 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 
 from resilient_circuit import _fork, _settings
 from resilient_circuit._dsn import Dsn
-from resilient_circuit._machine import CircuitState, Config
+from resilient_circuit._machine import CircuitState, Config, as_timedelta
 from resilient_circuit._settings import database_schema, default_namespace
 from resilient_circuit.exceptions import SchemaNotReady, StorageAccessDenied, StorageNotUsable
 from resilient_circuit.storage.base import (
@@ -987,8 +987,7 @@ class PostgresStorage(CircuitBreakerStorage):
 
     def gc(self, idle: timedelta) -> int:
         """Delete the CLOSED breakers (of this role's namespaces) unchanged for ``idle``."""
-        if not isinstance(idle, timedelta):
-            raise TypeError(f"`idle` must be a timedelta, got {type(idle).__name__}")
+        idle = as_timedelta(idle, "idle")
         if not timedelta(0) <= idle <= MAX_GC_IDLE:
             raise ValueError(f"`idle` must be between 0 and {MAX_GC_IDLE.days} days, got {idle}")
         row = self.fetch(None, self.statements.gc, {"idle": idle})
