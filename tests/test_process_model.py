@@ -115,6 +115,81 @@ def test_a_fork_pool_maps_calls_without_deadlock(pg_dsn: str) -> None:
     assert (key, state, successes, failures) == (APP_KEY, "CLOSED", 206, 0)
 
 
+_MEMORY_FORK = """
+import json, os, sys, threading
+from datetime import timedelta
+from resilient_circuit import CircuitProtectorPolicy, CircuitState, ProtectedCallError
+from resilient_circuit.storage import InMemoryStorage
+
+store = InMemoryStorage()
+policy = CircuitProtectorPolicy(resource_key="k", storage=store, cooldown=timedelta(hours=1))
+call = policy(lambda: "ok")
+call()
+breaker = store.breaker("k", "default", policy._config)
+
+def child(before_fork):
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read)
+        seen = []
+        for _ in range(2):
+            try:
+                seen.append(call())
+            except ProtectedCallError:
+                seen.append("rejected")
+        policy.status = CircuitState.CLOSED  # takes the store's lock
+        seen.append(call())
+        os.write(write, json.dumps(seen).encode())
+        os._exit(0)
+    os.close(write)
+    before_fork()
+    with os.fdopen(read) as pipe:
+        seen = json.loads(pipe.read() or "null")
+    os.waitpid(pid, 0)
+    return seen
+
+# 1. Another thread of the parent holds the store's lock at the fork.
+holding, release = threading.Event(), threading.Event()
+def hold():
+    with store._lock:
+        holding.set()
+        release.wait()
+holder = threading.Thread(target=hold)
+holder.start()
+holding.wait()
+held = child(release.set)
+holder.join()
+
+# 2. The parent forks while a transition to OPEN is half-made: the state swapped, the
+# admission of the CLOSED state it replaced still published (as _commit leaves them
+# between the two, for an instant).
+policy.status = CircuitState.OPEN
+store._lock.acquire()
+admitting = breaker._admit_closed[1]
+breaker.admitting = admitting
+store._lock.release()
+half = child(lambda: None)
+print(json.dumps({"held": held, "half": half}))
+"""
+
+
+def test_a_child_forked_from_a_threaded_parent_uses_the_memory_store() -> None:
+    """A lock another thread held at the fork, or a transition half-made, does not
+    carry into the child: it neither hangs nor admits past an OPEN state."""
+    done = subprocess.run(
+        [sys.executable, "-c", _MEMORY_FORK],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["held"] == ["ok", "ok", "ok"]
+    assert result["half"] == ["rejected", "rejected", "ok"]
+
+
 def _request(port: int, line: str) -> str:
     with socket.create_connection(("127.0.0.1", port), timeout=20) as conn:
         conn.sendall((line + "\n").encode())

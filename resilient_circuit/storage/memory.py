@@ -11,7 +11,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, Literal
 
-from resilient_circuit import _machine
+from resilient_circuit import _fork, _machine
 from resilient_circuit._machine import (
     CLOSED,
     DISABLED,
@@ -397,6 +397,23 @@ class MemoryBreaker(Breaker):
             self._timed = (st, st.generation, _machine.bucket_end(st, self.config), *timed[3:])
         return st
 
+    def _mend(self) -> None:
+        """After a fork (no other thread exists): what a thread of the parent may have left
+        half-made. The live window's failure count is read again from its outcomes; a
+        published admission or verdict that is not the current state's is published
+        again from it (a _commit cut off between the swap and the publication)."""
+        if self._window_generation is not _NOT_LIVE:
+            self._window_failures = self._window_bits.bit_count()
+        elif self._wide_generation is not _NOT_LIVE:
+            self._window_failures = sum(self._window_ring)
+        st, held, admitting = self._state, self.rejecting, self.admitting
+        if (
+            (held is not None and held[5] is not st)
+            or (admitting is None) == (st.state is CLOSED)
+            or (admitting is not None and admitting.generation != st.generation)
+        ):
+            self._commit(self._settled())
+
     def _late(self, timed: _Timed, ticket: int) -> None:
         """A success counted without the lock while the state changed: if its counter was
         retired before it counted, it belongs to an older generation (not in the window)
@@ -589,6 +606,17 @@ class InMemoryStorage(CircuitBreakerStorage):
         self._released: weakref.WeakValueDictionary[tuple[str, str], MemoryBreaker] = (
             weakref.WeakValueDictionary()
         )
+        _fork.after_fork_in_child(self, InMemoryStorage._after_fork)
+
+    def _after_fork(self) -> None:
+        """In a forked child: a lock that a thread of the parent held at the fork would
+        stay held for ever (that thread is not in the child), so the store and its
+        breakers get a new one; a change that thread left half-made is made whole."""
+        lock = threading.Lock()
+        self._lock = lock
+        for breaker in [*self._breakers.values(), *self._released.values()]:
+            breaker._lock = lock
+            breaker._mend()
 
     # -- the bound (call with the lock held) ------------------------------------------
 
