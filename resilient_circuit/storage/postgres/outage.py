@@ -2,7 +2,8 @@
 
 Only availability failures are outages (connection lost, admin shutdown, too many
 connections, timeouts, read-only, pool exhausted, OS errors); a missing schema, a
-missing privilege, a bug or a caller's bad argument is not.
+missing privilege, a missing database, a refused login, a bug or a caller's bad
+argument is not.
 """
 
 from __future__ import annotations
