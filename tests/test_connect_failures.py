@@ -487,3 +487,41 @@ async def test_async_created_database_is_used_without_a_restart(
         await store.aclose()
     assert ran == [1]
     assert db_counters(dsn, KEY, NAMESPACE) == (1, 0)
+
+
+def test_database_dropped_under_a_batched_store_keeps_its_outcomes(
+    missing_then_created: tuple[str, Callable[[], None]],
+    pg_admin_dsn: str,
+    make_store: Callable[..., PostgresStorage],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A database dropped under a working store: its calls raise StorageNotUsable, and a
+    flush keeps the queued outcomes (no batch lost, nothing logged per flush)."""
+    caplog.set_level(logging.INFO, logger="resilient_circuit")
+    dsn, create = missing_then_created
+    create()
+    store = make_store(dsn, flush_interval=3600)
+    policy = CircuitProtectorPolicy(resource_key=KEY, storage=store, recording="batched")
+    protected = policy(lambda: None)
+    for _ in range(5):
+        protected()
+    queued = store.breakers()[0].queued
+    assert queued > 0
+    name = psycopg.conninfo.conninfo_to_dict(dsn)["dbname"]
+    with psycopg.connect(pg_admin_dsn, autocommit=True) as admin:
+        admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+
+    def refused() -> bool:
+        try:
+            protected()
+        except StorageNotUsable:
+            return True
+        return False
+
+    assert wait_for(refused, timeout=15.0)
+    for _ in range(3):
+        store.flush()
+    assert store.breakers()[0].queued >= queued
+    said = storage_records(caplog)
+    assert [level for level, _ in said if level == "ERROR"] == ["ERROR"], said
+    assert not [r for r in caplog.records if r.exc_info], said

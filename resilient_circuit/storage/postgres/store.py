@@ -956,7 +956,7 @@ class PostgresStorage(CircuitBreakerStorage):
     def _last_flush(self) -> None:
         # One attempt, made even during an outage backoff: after the first breaker that
         # cannot be written, the others are not tried (each would wait for a timeout).
-        failure: StorageError | None = None
+        failure: StorageError | StorageNotUsable | None = None
         breakers = self.breakers()
         for found in breakers:
             if failure is None and found.queued:
