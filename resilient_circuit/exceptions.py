@@ -114,6 +114,8 @@ class RetryLimitReached(ProtectionException):
 class StorageNotUsable(ProtectionException):
     """The breaker store answers but cannot be used as configured; an operator must act.
 
+    Raised as such when the database does not exist (the server refused the connection
+    for it); its subclasses name the other cases.
     Unlike an outage (which the policies ride out per ``on_storage_error``), this is
     raised to the caller before the protected function runs, on every call, until
     it is fixed: a deployment mistake should be loud, not a silently missing breaker.
@@ -126,5 +128,6 @@ class SchemaNotReady(StorageNotUsable):
 
 
 class StorageAccessDenied(StorageNotUsable):
-    """The database role may not use the breaker functions or this namespace: grant it
-    with ``resilient-circuit-cli pg-setup --app-role ROLE``."""
+    """The database role may not use the breaker functions or this namespace (grant it
+    with ``resilient-circuit-cli pg-setup --app-role ROLE``), or the server refused its
+    login: no such role, not permitted to log in, password refused."""

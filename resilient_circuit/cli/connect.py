@@ -8,7 +8,6 @@ missing database comes with the ``createdb`` command that creates it.
 from __future__ import annotations
 
 import os
-import re
 import shlex
 from typing import Any
 
@@ -17,7 +16,12 @@ from psycopg.conninfo import conninfo_to_dict
 
 from resilient_circuit._dsn import Dsn
 from resilient_circuit._installer import PermissionDenied, SetupError, Target
-from resilient_circuit.storage.postgres.outage import connect_reason
+from resilient_circuit.storage.postgres.outage import (
+    DATABASE_MISSING,
+    LOGIN_REFUSED,
+    connect_reason,
+    connect_refusal,
+)
 
 __all__ = (
     "CannotConnect",
@@ -70,13 +74,6 @@ def _connect_target(dsn: str, exc: psycopg.Error | None) -> Target:
     )
 
 
-_AUTH_FAILURE = re.compile(
-    r"authentication failed|role \".*\" does not exist|not permitted to log in"
-    r"|permission denied|no pg_hba\.conf entry|password",
-    re.IGNORECASE,
-)
-
-
 def connect(dsn: str, *, connect_timeout: int = 10) -> psycopg.Connection[Any]:
     """Open an autocommit connection, turning failures into one-line ``SetupError``s."""
     try:
@@ -97,11 +94,11 @@ def connect(dsn: str, *, connect_timeout: int = 10) -> psycopg.Connection[Any]:
         # libpq messages span lines and repeat the address; keep the server's words.
         reason = connect_reason(exc)
         message = str(exc)
-        # libpq gives no SQLSTATE for failed connections, so the (English) message
-        # is all there is to go on.
-        if re.search(r'database ".*" does not exist', reason):
+        # The store tells these apart from an outage by the same (English) words.
+        refusal = connect_refusal(exc)
+        if refusal == DATABASE_MISSING:
             raise DatabaseNotFound(f"{target} does not exist", target) from exc
-        if _AUTH_FAILURE.search(message):
+        if refusal == LOGIN_REFUSED:
             raise PermissionDenied(f"{target}: login refused: {reason}") from exc
         if "FATAL" not in message and "server closed" not in message:
             # libpq itself failed: no server spoke to us at all.

@@ -30,7 +30,8 @@ def create_storage(namespace: str | None = None) -> CircuitBreakerStorage:
     uses one connection pool. A database that does not answer yet is not a reason to
     fall back to memory for ever: the policies fail open (by default) and use it as
     soon as it answers. With ``RC_DB_STRICT=1`` the database is tried at once: a
-    StorageError (or SchemaNotReady) is raised here when it cannot be used.
+    StorageError (or a StorageNotUsable: SchemaNotReady, StorageAccessDenied, no such
+    database) is raised here when it cannot be used.
     """
     dsn = database_dsn()
     if dsn is None:

@@ -20,6 +20,7 @@ import time
 from typing import Any, Literal, Protocol, cast
 
 from resilient_circuit._machine import Admission, CircuitState, Config
+from resilient_circuit.exceptions import StorageNotUsable
 from resilient_circuit.storage.base import Breaker, Snapshot, StorageError, Verdict
 from resilient_circuit.storage.postgres import queries
 from resilient_circuit.storage.postgres.batch import (
@@ -659,11 +660,13 @@ class PgBreaker(Breaker):
                 logger.exception("flushing batched outcomes failed")
         queue.shed()
 
-    def flush(self, *, final: bool = False) -> StorageError | None:
+    def flush(self, *, final: bool = False) -> StorageError | StorageNotUsable | None:
         """Send the queued outcomes with ``rc_record_many``, in statements of bounded size.
 
-        What cannot be sent stays queued (and the error is returned). ``final`` is the
-        last attempt before closing: it is made even while the store backs off.
+        What cannot be sent stays queued (and the error is returned), also while the store
+        is not usable (a database or login refused: the flusher would otherwise lose a
+        batch and log it every interval). ``final`` is the last attempt before closing:
+        it is made even while the store backs off.
         """
         queue = self._queue
         if queue is None:
@@ -679,7 +682,7 @@ class PgBreaker(Breaker):
                 statement, params = self._batch_statement(batch)
                 try:
                     row = self._host.fetch(self, statement, params, force=final)
-                except StorageError as exc:
+                except (StorageError, StorageNotUsable) as exc:
                     failure = self._unsent(queue, batch, exc)
                     break
                 self._flushed(row, epoch)
@@ -707,7 +710,7 @@ class PgBreaker(Breaker):
                 statement, params = self._batch_statement(batch)
                 try:
                     row = await self._host.afetch(self, statement, params)
-                except StorageError as exc:
+                except (StorageError, StorageNotUsable) as exc:
                     self._unsent(queue, batch, exc)
                     failed = True
                     break
@@ -717,7 +720,9 @@ class PgBreaker(Breaker):
             self._flushing.release()
         self._report_shed(queue, False)
 
-    def _unsent(self, queue: OutcomeQueue, batch: list[Outcome], exc: StorageError) -> StorageError:
+    def _unsent(
+        self, queue: OutcomeQueue, batch: list[Outcome], exc: StorageError | StorageNotUsable
+    ) -> StorageError | StorageNotUsable:
         queue.give_back(batch)
         if getattr(exc.__cause__, "sqlstate", None) == "57014":
             # The statement outran statement_timeout: send less at a time.

@@ -51,7 +51,7 @@ from resilient_circuit.storage.postgres.loop_pool import (
     LoopPool,
     budgeted_connection_class,
 )
-from resilient_circuit.storage.postgres.outage import Attempts, connect_reason
+from resilient_circuit.storage.postgres.outage import Attempts, connect_reason, connect_refusal
 from resilient_circuit.storage.postgres.prepared import AsyncStoreConnection, StoreConnection
 
 __all__ = ("Pools", "SyncPool", "close_with", "describe", "reaches_server", "setup_session")
@@ -182,6 +182,9 @@ class SyncPool(ConnectionPool):
         #: Why the last connection attempt failed (None once one succeeds): a caller
         #: that times out waiting is told this rather than the wait alone.
         self.rc_connect_failure: str | None = None
+        #: Whether that failure was the server refusing the store as configured (see
+        #: ``connect_refusal``), and how.
+        self.rc_connect_refusal: str | None = None
         #: The attempts under way, which the pool's workers make in threads of their own.
         self.rc_attempts = Attempts(threading.Lock())
 
@@ -191,11 +194,24 @@ class SyncPool(ConnectionPool):
             conn = super()._connect(timeout)
         except Exception as exc:
             self.rc_connect_failure = self.rc_owner.describe_failure(exc)
+            self.rc_connect_refusal = refusal = connect_refusal(exc)
+            if refusal is not None:
+                self._fail_waiting(exc)
             raise
         finally:
             self.rc_attempts.end(attempt)
-        self.rc_connect_failure = None
+        self.rc_connect_failure = self.rc_connect_refusal = None
         return conn
+
+    def _fail_waiting(self, exc: Exception) -> None:
+        """Give the callers waiting for a connection ``exc`` now, not a timeout later: the
+        server refused the store as configured, and the next attempt would be refused
+        too (as ``close`` fails them)."""
+        with self._lock:
+            waiting = list(self._waiting)
+            self._waiting.clear()
+        for pos in waiting:
+            pos.fail(exc)
 
     def _getconn_unchecked(self, timeout: float) -> Any:
         # Every connection leaves the pool here (the pool's own ``check`` hook would
@@ -316,6 +332,15 @@ class Pools:
         # libpq does not quote the password in these messages; masked all the same, as
         # psycopg's own log records of the same attempts are (see ``_dsn``).
         return redact(connect_reason(exc), self.dsn.password or "")
+
+    def connect_refusal(
+        self, pool: ConnectionPool | AsyncConnectionPool | None = None
+    ) -> str | None:
+        """Whether ``pool``'s last connection attempt (the sync pool's by default) was
+        refused as configured: ``DATABASE_MISSING``, ``LOGIN_REFUSED`` or None."""
+        source = self._sync if pool is None else pool
+        found = getattr(source, "rc_connect_refusal", None)
+        return found if isinstance(found, str) else None
 
     def connect_failure(
         self, pool: ConnectionPool | AsyncConnectionPool | None = None

@@ -26,7 +26,7 @@ from psycopg_pool.pool_async import MaintenanceTask, StopWorker
 from psycopg_pool.sched_async import AsyncScheduler
 
 from resilient_circuit.storage.postgres.idle import ended_while_idle
-from resilient_circuit.storage.postgres.outage import Attempts
+from resilient_circuit.storage.postgres.outage import Attempts, connect_refusal
 from resilient_circuit.storage.postgres.prepared import AsyncStoreConnection
 
 __all__ = ("POOL_NAME", "Budget", "BudgetSpent", "LoopPool", "budgeted_connection_class")
@@ -250,6 +250,7 @@ class LoopPool(AsyncConnectionPool):
         #: Why the last connection attempt failed (None once one succeeds), as the
         #: sync pool keeps it (see ``SyncPool``).
         self.rc_connect_failure: str | None = None
+        self.rc_connect_refusal: str | None = None
         #: The attempts under way (see ``Attempts``), all in this pool's event loop.
         self.rc_attempts = Attempts(nullcontext())
         super().__init__(*args, reconnect_failed=budget.failed_to_grow, **kwargs)
@@ -262,11 +263,22 @@ class LoopPool(AsyncConnectionPool):
             raise  # refused by the budget, not by the database: nothing to tell
         except Exception as exc:
             self.rc_connect_failure = self._describe_failure(exc)
+            self.rc_connect_refusal = refusal = connect_refusal(exc)
+            if refusal is not None:
+                await self._fail_waiting(exc)
             raise
         finally:
             self.rc_attempts.end(attempt)
-        self.rc_connect_failure = None
+        self.rc_connect_failure = self.rc_connect_refusal = None
         return conn
+
+    async def _fail_waiting(self, exc: Exception) -> None:
+        """As the sync pool does (see ``SyncPool``): the callers waiting get ``exc`` now."""
+        async with self._lock:
+            waiting = list(self._waiting)
+            self._waiting.clear()
+        for pos in waiting:
+            await pos.fail(exc)
 
     async def _getconn_unchecked(self, timeout: float) -> Any:
         # As the sync pool does (see ``SyncPool``): a connection ended while it was idle

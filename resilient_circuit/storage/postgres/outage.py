@@ -2,7 +2,8 @@
 
 Only availability failures are outages (connection lost, admin shutdown, too many
 connections, timeouts, read-only, pool exhausted, OS errors); a missing schema, a
-missing privilege, a bug or a caller's bad argument is not.
+missing privilege, a missing database, a refused login, a bug or a caller's bad
+argument is not.
 """
 
 from __future__ import annotations
@@ -18,9 +19,19 @@ from typing import Any
 import psycopg
 from psycopg_pool import PoolTimeout
 
+from resilient_circuit.exceptions import StorageNotUsable
 from resilient_circuit.instrumentation import _events
 
-__all__ = ("Outage", "connect_reason", "connection_lost", "one_line", "unavailable")
+__all__ = (
+    "DATABASE_MISSING",
+    "LOGIN_REFUSED",
+    "Outage",
+    "connect_reason",
+    "connect_refusal",
+    "connection_lost",
+    "one_line",
+    "unavailable",
+)
 
 logger = logging.getLogger("resilient_circuit.storage")
 
@@ -84,6 +95,36 @@ def connect_reason(exc: BaseException) -> str:
     return lines[0].strip() if lines and lines[0].strip() else type(exc).__name__
 
 
+#: What ``connect_refusal`` tells apart: the server answered, and said no for good.
+DATABASE_MISSING = "database missing"
+LOGIN_REFUSED = "login refused"
+
+_DATABASE_MISSING = re.compile(r'database ".*" does not exist')
+_LOGIN_REFUSED = re.compile(
+    r"authentication failed|role \".*\" does not exist|not permitted to log in"
+    r"|permission denied|no pg_hba\.conf entry|password",
+    re.IGNORECASE,
+)
+
+
+def connect_refusal(exc: BaseException) -> str | None:
+    """``DATABASE_MISSING`` or ``LOGIN_REFUSED`` when a connection attempt failed because
+    the server refused it as configured (a deployment mistake, not an outage), else None.
+
+    libpq gives no SQLSTATE for a failed connection: the server's (English) message is
+    all there is. A server whose ``lc_messages`` speaks another language says these in
+    its own words, which are not recognised: such a failure stays an outage. "Too many
+    connections", "the database system is starting up" or "shutting down" are outages.
+    """
+    if not isinstance(exc, psycopg.OperationalError) or exc.sqlstate:
+        return None
+    if _DATABASE_MISSING.search(connect_reason(exc)):
+        return DATABASE_MISSING
+    if _LOGIN_REFUSED.search(str(exc)):
+        return LOGIN_REFUSED
+    return None
+
+
 class Attempts:
     """The connection attempts of one pool under way, and how long the oldest has waited.
 
@@ -128,6 +169,12 @@ class Outage:
     the database last answered) is old news and changes nothing. A read answering
     is not enough to end an outage of a store that records (a read-only or locked
     database still answers reads): that takes a write.
+
+    A connection the server refused as configured (no such database, login refused) is
+    down the same way, with the same backoff and one probe at a time, but ``refused``
+    holds what calls raise meanwhile: one ERROR when it starts and one INFO when the
+    database lets the store in, and no outage events (it is no outage, as a missing
+    schema is none). Any answer ends it: the connection was the problem.
     """
 
     __slots__ = (
@@ -140,6 +187,7 @@ class Outage:
         "down_since",
         "max_backoff",
         "min_backoff",
+        "refused",
         "retry_at",
         "up_since",
         "watching",
@@ -163,6 +211,9 @@ class Outage:
         self.retry_at = 0.0
         self._failed_at = 0.0  # when the last failure that moved the backoff was seen
         self.answered = False  # has the database ever answered (hooks were told so)?
+        #: While down because the server refused the store's connections as configured:
+        #: what every call raises until a probe connects.
+        self.refused: StorageNotUsable | None = None
         # What a round trip checks before calling succeeded(): one attribute, true
         # while down or before the first answer, the only times an answer is news.
         self.watching = True
@@ -187,27 +238,50 @@ class Outage:
         return False
 
     def failed(
-        self, exc: BaseException, started: float | None = None, reason: str | None = None
+        self,
+        exc: BaseException,
+        started: float | None = None,
+        reason: str | None = None,
+        refused: StorageNotUsable | None = None,
     ) -> None:
         """An attempt begun at ``started`` (monotonic seconds) failed, for ``reason`` (one
-        line; ``exc`` as ``one_line`` tells it, if not given)."""
+        line; ``exc`` as ``one_line`` tells it, if not given); ``refused``: what calls
+        raise meanwhile, when the server refused the connection as configured."""
         now = time.monotonic()
         if started is None:
             started = now
         with self._lock:
-            if self.down_since is not None:
-                if started >= self._failed_at:
-                    # A probe, sent after the last failure was known: back off further.
-                    self._backoff = min(self._backoff * 2, self.max_backoff)
-                    self._failed_at = now
-                    self.retry_at = now + self._backoff
-                return
-            if started < self.up_since:
-                return  # it began before the database last answered: old news
-            self.down_since = self._failed_at = now
-            self.watching = True
-            self._backoff = self.min_backoff
-            self.retry_at = now + self._backoff
+            down_since = self.down_since
+            if down_since is not None:
+                if started < self._failed_at:
+                    return  # begun before the last failure was known: old news
+                # A probe, sent after the last failure was known: back off further.
+                self._backoff = min(self._backoff * 2, self.max_backoff)
+                self._failed_at = now
+                self.retry_at = now + self._backoff
+                was, self.refused = self.refused, refused
+                if (was is None) == (refused is None):
+                    return  # the same kind of failure as before: nothing new to tell
+                if refused is None:
+                    self.down_since = now  # an outage from now on, no more a refusal
+            else:
+                if started < self.up_since:
+                    return  # it began before the database last answered: old news
+                self.down_since = self._failed_at = now
+                self.watching = True
+                self._backoff = self.min_backoff
+                self.retry_at = now + self._backoff
+                self.refused = refused
+        if refused is not None:
+            logger.error(
+                "%s (not an outage: protected calls raise %s until it is fixed)",
+                refused,
+                type(refused).__name__,
+            )
+            if down_since is not None:
+                # It was an outage until now: as far as the hooks are told, that one ended.
+                _events.outage_ended(self._describe, now - down_since)
+            return
         if reason is None:
             reason = one_line(exc)
         logger.warning(
@@ -231,21 +305,30 @@ class Outage:
             started = now
         with self._lock:
             down_since = self.down_since
+            refused = self.refused
+            first = not self.answered
             if down_since is None:
                 # The first answer ever (or one racing it): up from now on, until a failure.
-                first, self.answered, self.watching = not self.answered, True, False
+                self.answered, self.watching = True, False
             elif started < down_since:
                 return  # it began before the outage was known: old news
-            elif not conclusive:
+            elif not conclusive and refused is None:
                 if started >= self._failed_at:
                     self.retry_at = 0.0
                 return
             else:
                 self.down_since = None
+                self.refused = None
                 self.answered, self.watching = True, False
                 self.up_since = now
                 self.retry_at = 0.0
-        if down_since is None:
+        if refused is not None and down_since is not None:
+            logger.info(
+                "breaker storage %s usable again after %.1fs: it accepts the connection",
+                self._describe,
+                now - down_since,
+            )
+        if down_since is None or refused is not None:
             if first:
                 _events.storage_available(self._describe)
             return

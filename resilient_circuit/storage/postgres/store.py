@@ -46,7 +46,9 @@ from resilient_circuit.storage.postgres.breaker import AdmissionMode, PgBreaker,
 from resilient_circuit.storage.postgres.connection import Pools, close_with, describe
 from resilient_circuit.storage.postgres.notify import Transition
 from resilient_circuit.storage.postgres.outage import (
+    DATABASE_MISSING,
     Outage,
+    connect_refusal,
     connection_lost,
     one_line,
     unavailable,
@@ -356,6 +358,10 @@ class PostgresStorage(CircuitBreakerStorage):
             return ValueError(str(exc).strip())
         if sqlstate == "42501":
             return StorageAccessDenied(self._access_denied(exc))
+        refused = self._refused_connection(exc, pool)
+        if refused is not None:
+            self.outage.failed(exc, started, str(refused), refused)
+            return refused
         if not unavailable(exc):
             if not isinstance(exc, psycopg.Error):
                 return exc  # not the database's answer: a misuse or a bug, raised as is
@@ -370,6 +376,37 @@ class PostgresStorage(CircuitBreakerStorage):
         reason = self._unavailable_reason(exc, pool)
         self.outage.failed(exc, started, reason)
         return StorageError(f"breaker storage unavailable: {reason}")
+
+    def _refused_connection(
+        self, exc: Exception, pool: AsyncConnectionPool | None
+    ) -> StorageNotUsable | None:
+        """What to raise when the server refused the store's connections as configured (no
+        such database, login refused): a deployment mistake, not an outage. None otherwise,
+        also for words not recognised (a server speaking another language): an outage."""
+        pools = self._pools
+        if not isinstance(pools, Pools):
+            return None  # the application's own pool: its connections are its business
+        refusal, reason = connect_refusal(exc), ""
+        if refusal is not None:
+            reason = pools.describe_failure(exc)
+        elif isinstance(exc, PoolTimeout):
+            # Waiting callers are given the refusal itself (see SyncPool); one that timed
+            # out as it came is told what the last attempt was told.
+            refusal = pools.connect_refusal(pool)
+            reason = pools.connect_failure(pool) or ""
+        if refusal is None:
+            return None
+        if refusal == DATABASE_MISSING:
+            return StorageNotUsable(
+                f"breaker storage {self._where} is not usable: {reason}: create that"
+                " database (then run `resilient-circuit-cli pg-setup` in it), or correct"
+                " RC_DB_NAME or the DSN"
+            )
+        return StorageAccessDenied(
+            f"breaker storage {self._where} is not usable: {reason}: the server refused"
+            f" the login of role {self._role(exc)!r}; check the role's name (RC_DB_USER or"
+            " the DSN), that it exists and may log in, its password and pg_hba.conf"
+        )
 
     def _unavailable_reason(self, exc: Exception, pool: AsyncConnectionPool | None) -> str:
         """``exc`` in one line; for a pool's timeout, why its last connection attempt failed.
@@ -493,6 +530,10 @@ class PostgresStorage(CircuitBreakerStorage):
             and outage.down_since is not None
             and outage.skip(self.connect_timeout + self.statement_timeout)
         ):
+            refused = outage.refused
+            if refused is not None:
+                # A new exception per call: one raised again would pile up tracebacks.
+                raise type(refused)(*refused.args)
             raise StorageError("breaker storage unavailable (backing off)")
         if self._listen_pending:
             self.listen()
@@ -915,7 +956,7 @@ class PostgresStorage(CircuitBreakerStorage):
     def _last_flush(self) -> None:
         # One attempt, made even during an outage backoff: after the first breaker that
         # cannot be written, the others are not tried (each would wait for a timeout).
-        failure: StorageError | None = None
+        failure: StorageError | StorageNotUsable | None = None
         breakers = self.breakers()
         for found in breakers:
             if failure is None and found.queued:
