@@ -1,4 +1,4 @@
-"""Privileges other roles hold on the owner-only objects: pg-setup takes them back, pg-check says so.
+"""Privileges other roles hold on owner-only objects: pg-setup takes them back, pg-check says so.
 
 A role's ``ALTER DEFAULT PRIVILEGES`` applies to the tables and functions it creates, the
 breaker's included: a reporting role given SELECT on future tables would read the channel
@@ -55,9 +55,9 @@ def _grant_behind_the_installers_back(dsn: str, reporter: str) -> None:
         to = sql.Identifier(reporter)
         conn.execute(sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA public TO {}").format(to))
         conn.execute(
-            sql.SQL("GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA public TO {} WITH GRANT OPTION").format(
-                to
-            )
+            sql.SQL(
+                "GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA public TO {} WITH GRANT OPTION"
+            ).format(to)
         )
 
 
@@ -94,8 +94,8 @@ def test_pg_setup_revokes_them_from_an_existing_install_then_has_nothing_to_do(
 
     dry = _cli("pg-setup", "--dry-run", "--dsn", pg_dsn)
     assert dry.exit_code == 0, dry.output
-    assert f'REVOKE ALL ON TABLE public.rc_notify_secret FROM {reporter} CASCADE' in dry.stdout
-    assert f'REVOKE ALL ON FUNCTION public.rc_notify_channel(text) FROM {reporter}' in dry.stdout
+    assert f"REVOKE ALL ON TABLE public.rc_notify_secret FROM {reporter} CASCADE" in dry.stdout
+    assert f"REVOKE ALL ON FUNCTION public.rc_notify_channel(text) FROM {reporter}" in dry.stdout
     assert _refused(reporter.dsn(pg_dsn)) == []
 
     fixed = _cli("pg-setup", "--yes", "--dsn", pg_dsn)
