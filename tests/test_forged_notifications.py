@@ -296,7 +296,12 @@ def test_a_subscriber_never_hears_a_namespace_claimed_on_another_namespaces_chan
             seen.append((event.namespace, event.resource_key))
 
     listener = notify.Listener(
-        watcher, {"autocommit": True}, heard, schema="public", namespaces=["a", "c"], check_route=False
+        watcher,
+        {"autocommit": True},
+        heard,
+        schema="public",
+        namespaces=["a", "c"],
+        check_route=False,
     )
     listener.start()
     try:
