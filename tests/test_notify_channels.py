@@ -335,3 +335,20 @@ def test_rc_listen_refuses_a_namespace_not_granted_and_null(
         assert [row[0] for row in listening] == [
             conn.execute("SELECT rc_channel('c')").fetchone()[0]  # type: ignore[index]
         ]
+
+
+def test_the_upgrade_to_rc_listen_grants_it_to_the_roles_that_could_call(
+    pg_dsn: str, pg_role: Callable[[], PgRole]
+) -> None:
+    """Applying 0019 to an install whose app role could call rc_try_acquire lets it listen."""
+    app = _app(pg_dsn, pg_role(), "a")
+    with connect(pg_dsn) as owner:
+        owner.autocommit = True
+        owner.execute("DROP FUNCTION rc_listen(text)")
+        owner.execute("DROP FUNCTION rc_listen_all()")
+        owner.execute("DELETE FROM rc_schema_migrations WHERE version = 19")
+        ran = _installer.install(owner)
+    assert any("rc_listen" in statement for statement in ran)
+    with psycopg.connect(app, autocommit=True) as conn:
+        assert conn.execute("SELECT namespace FROM rc_listen_all()").fetchall() == [("a",)]
+        assert conn.execute("SELECT rc_listen('a')").fetchone() is not None
