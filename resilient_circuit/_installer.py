@@ -37,6 +37,7 @@ __all__ = [
     "TABLE",
     "TRACKING_TABLE",
     "DependentObjects",
+    "ForeignPrivilege",
     "Migration",
     "PermissionDenied",
     "RoleNotFound",
@@ -47,6 +48,7 @@ __all__ = [
     "WrongSchemaOwner",
     "applied_versions",
     "connection_target",
+    "foreign_privileges",
     "granted_namespaces",
     "install",
     "load_migrations",
@@ -640,6 +642,107 @@ def _public_functions(conn: psycopg.Connection[Any], schema: str) -> list[tuple[
     return [(name, args) for name, args in conn.execute(query, [schema]).fetchall()]
 
 
+# Privileges on our objects held by roles other than their owner (PUBLIC included), which
+# only the owner's functions should use: every table and sequence (not the status view, whose
+# SELECT is granted on purpose and which shows only the namespaces granted) and every
+# function an application is not granted. A role's ALTER DEFAULT PRIVILEGES applies to
+# whatever it creates, ours included: without this, a reporting role given SELECT on future
+# tables would read the channel secret and every namespace's rows.
+_FOREIGN_PRIVILEGES = rf"""
+    SELECT 'TABLE' AS kind, quote_ident(n.nspname) || '.' || quote_ident(c.relname) AS object,
+           a.grantee, string_agg(a.privilege_type, ', ' ORDER BY a.privilege_type) AS held
+    FROM pg_catalog.pg_class AS c JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
+    CROSS JOIN LATERAL pg_catalog.aclexplode(c.relacl) AS a
+    WHERE n.nspname = %(schema)s AND c.relkind IN ('r', 'p', 'S', 'v', 'm')
+      AND (c.relname LIKE 'rc\_%%' OR c.relname LIKE '\_rc\_%%')
+      AND c.relname <> %(view)s AND a.grantee <> c.relowner
+    GROUP BY 1, 2, 3
+    UNION ALL
+    SELECT 'FUNCTION', p.oid::pg_catalog.regprocedure::text, a.grantee,
+           string_agg(a.privilege_type, ', ' ORDER BY a.privilege_type)
+    FROM pg_catalog.pg_proc AS p JOIN pg_catalog.pg_namespace AS n ON n.oid = p.pronamespace
+    CROSS JOIN LATERAL pg_catalog.aclexplode(p.proacl) AS a
+    WHERE n.nspname = %(schema)s
+      AND (p.proname LIKE 'rc\_%%' OR p.proname LIKE '\_rc\_%%')
+      AND NOT ({_PUBLIC_FUNCTION_FILTER.replace("%", "%%")}) AND a.grantee <> p.proowner
+    GROUP BY 1, 2, 3
+    ORDER BY 1, 2, 3
+"""
+
+
+@dataclass(frozen=True)
+class ForeignPrivilege:
+    """Privileges a role other than the owner holds on one of the owner-only objects."""
+
+    kind: Literal["TABLE", "FUNCTION"]
+    object: str  # qualified and quoted, as the catalog prints it
+    grantee: str  # quoted role name, or PUBLIC
+    privileges: str
+
+    def __str__(self) -> str:
+        return f"{self.privileges} on {self.kind.lower()} {self.object} to {self.grantee}"
+
+
+def foreign_privileges(conn: psycopg.Connection[Any], schema: str) -> list[ForeignPrivilege]:
+    """Privileges that roles other than the owner hold on the tables and internal functions.
+
+    Reads the catalog only, so any role may ask (``pg-check`` does).
+    """
+    rows = conn.execute(
+        f"""
+        SELECT f.kind, f.object,
+               CASE WHEN f.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(r.rolname) END, f.held
+        FROM ({_FOREIGN_PRIVILEGES}) AS f LEFT JOIN pg_catalog.pg_roles AS r ON r.oid = f.grantee
+        ORDER BY 1, 2, 3
+        """,
+        {"schema": schema, "view": STATUS_VIEW},
+    ).fetchall()
+    return [ForeignPrivilege(kind, obj, grantee, held) for kind, obj, grantee, held in rows]
+
+
+def _revoke_foreign_statements(
+    conn: psycopg.Connection[Any], schema: str, *, objects_exist: bool
+) -> list[sql.SQL | sql.Composed]:
+    """REVOKE, grantee by grantee, what ``foreign_privileges`` finds (before app grants)."""
+    if objects_exist:
+        # Names come from the catalog (quoted by the server), never from user input. CASCADE
+        # also takes back what a grantee passed on WITH GRANT OPTION.
+        return [
+            sql.SQL("REVOKE ALL ON {} {} FROM {} CASCADE").format(
+                sql.SQL(found.kind), sql.SQL(found.object), sql.SQL(found.grantee)
+            )
+            for found in foreign_privileges(conn, schema)
+        ]
+    # A dry run cannot list objects that the pending SQL has not created yet, so it shows
+    # the same catalog lookup done on the server.
+    body = sql.SQL(
+        """
+DECLARE
+    f record;
+BEGIN
+    FOR f IN
+        SELECT x.kind, x.object,
+               CASE WHEN x.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(r.rolname) END AS grantee
+        FROM ({query}) AS x LEFT JOIN pg_roles AS r ON r.oid = x.grantee
+    LOOP
+        EXECUTE format('REVOKE ALL ON %s %s FROM %s CASCADE', f.kind, f.object, f.grantee);
+    END LOOP;
+END
+"""
+    ).format(
+        query=sql.SQL(
+            _FOREIGN_PRIVILEGES.replace("%%", "%")
+            .replace("%(schema)s", sql.Literal(schema).as_string(conn))
+            .replace("%(view)s", sql.Literal(STATUS_VIEW).as_string(conn))
+        )
+    )
+    text = body.as_string(conn)
+    tag = "$revoke$"
+    while tag in text:  # the schema's name could contain the dollar-quote tag
+        tag = tag[:-1] + "_$"
+    return [sql.SQL("DO " + tag + text + tag)]
+
+
 def _grant_statements(
     conn: psycopg.Connection[Any], schema: str, role: str, *, functions_exist: bool
 ) -> list[sql.SQL | sql.Composed]:
@@ -760,7 +863,7 @@ def install(
             if schema_exists:
                 _check_schema_safe(conn, schema)
             steps = plan(conn, schema)
-            if not steps and app_role is None:
+            if not steps and app_role is None and not foreign_privileges(conn, schema):
                 _restore_search_path(conn, previous_path)
                 return []
             done.append(lock.as_string(conn))
@@ -781,6 +884,11 @@ def install(
                 if record is not None:
                     run(record)
             conn.execute("SET LOCAL search_path TO pg_catalog, pg_temp")
+            # Before the app role's grants: they are what a role other than the owner holds.
+            for statement in _revoke_foreign_statements(
+                conn, schema, objects_exist=not (dry_run and steps)
+            ):
+                run(statement)
             if app_role is not None:
                 grants = _grant_statements(
                     conn, schema, app_role, functions_exist=not (dry_run and steps)

@@ -469,6 +469,50 @@ BEGIN
 END;
 $$;
 
+-- LISTENs on p_namespace's channel for the session (from its next commit, as LISTEN does),
+-- for a role that may use the namespace, and returns the channel: notifications name it.
+CREATE OR REPLACE FUNCTION @extschema@.rc_listen(p_namespace text DEFAULT 'default')
+RETURNS text
+LANGUAGE plpgsql
+VOLATILE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    _channel text;
+BEGIN
+    -- rc_check_namespace refuses a bad length but leaves NULL to its caller.
+    IF p_namespace IS NULL THEN
+        RAISE EXCEPTION 'rc: p_namespace must be 1 to 255 characters long, got NULL'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    PERFORM @extschema@.rc_check_namespace(p_namespace);
+    _channel := @extschema@.rc_notify_channel(p_namespace);
+    EXECUTE format('LISTEN %I', _channel);
+    RETURN _channel;
+END;
+$$;
+
+-- LISTENs on every channel rc_channels() gives the caller, and returns them.
+CREATE OR REPLACE FUNCTION @extschema@.rc_listen_all()
+RETURNS TABLE (namespace text, channel text)
+LANGUAGE plpgsql
+VOLATILE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    _row record;
+BEGIN
+    FOR _row IN SELECT c.namespace, c.channel FROM @extschema@.rc_channels() AS c LOOP
+        EXECUTE format('LISTEN %I', _row.channel);
+        namespace := _row.namespace;
+        channel := _row.channel;
+        RETURN NEXT;
+    END LOOP;
+END;
+$$;
+
 CREATE OR REPLACE FUNCTION @extschema@.rc_try_acquire_at(p_key text, p_namespace text, p_now timestamptz)
 RETURNS TABLE (permitted boolean, state text, generation bigint, retry_after interval)
 LANGUAGE plpgsql
@@ -2273,6 +2317,13 @@ COMMENT ON FUNCTION @extschema@.rc_channels() IS
     'The channels to LISTEN on for every transition the session''s login role may see: '
     'namespace ''*'' and the channel of all namespaces for the owner and roles granted ''*'', '
     'else one per namespace granted.';
+COMMENT ON FUNCTION @extschema@.rc_listen(text) IS
+    'LISTENs on p_namespace''s channel and returns it, so that the channel never appears in a '
+    'statement''s text; insufficient_privilege unless the session''s login role may use the '
+    'namespace.';
+COMMENT ON FUNCTION @extschema@.rc_listen_all() IS
+    'LISTENs on every channel rc_channels() gives the session and returns them (namespace, '
+    'channel).';
 COMMENT ON FUNCTION @extschema@.rc_relax_commit() IS
     'Lets the current transaction, if it has written nothing yet, commit without waiting for '
     'its WAL flush: for recorded outcomes; a transition undoes it.';
@@ -2285,6 +2336,8 @@ REVOKE EXECUTE ON FUNCTION
     @extschema@.rc_notify_channel(text),
     @extschema@.rc_channel(text),
     @extschema@.rc_channels(),
+    @extschema@.rc_listen(text),
+    @extschema@.rc_listen_all(),
     @extschema@.rc_try_acquire_at(text, text, timestamptz),
     @extschema@.rc_record_many_at(text, text, boolean[], bigint[], timestamptz, interval[]),
     @extschema@.rc_record_runs_at(text, text, integer[], boolean[], bigint[], timestamptz),

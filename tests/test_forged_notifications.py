@@ -3,6 +3,8 @@ again, they cannot change the breaker's configuration nor make it say the same t
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import threading
@@ -12,9 +14,12 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg.conninfo import conninfo_to_dict
 
-from resilient_circuit import CircuitProtectorPolicy, ProtectedCallError
+from resilient_circuit import CircuitProtectorPolicy, ProtectedCallError, _installer
+from resilient_circuit.cli.connect import connect
 from resilient_circuit.storage import PostgresStorage
+from resilient_circuit.storage.postgres import notify
 
 from ._helpers import channel, wait_for
 
@@ -201,3 +206,108 @@ def test_rc_configure_p_restore_stores_only_where_nothing_is_stored(pg_dsn: str)
         assert conn.execute(restore, (NAMESPACE,)).fetchone() == ("CLOSED", 0)
         after = conn.execute("SELECT * FROM rc_status('svc', %s)", (NAMESPACE,)).fetchone()
         assert after == before
+
+
+def _ac_watcher_and_c_forger(pg_dsn: str, pg_role: Callable[[], Any]) -> tuple[str, str]:
+    """A role granted 'a' and 'c', and one granted only 'c': their DSNs."""
+    watcher, forger = pg_role(), pg_role()
+    with connect(pg_dsn) as conn:
+        _installer.install(conn, app_role=watcher, namespaces=["a", "c"])
+        _installer.install(conn, app_role=forger, namespaces=["c"])
+    return watcher.dsn(pg_dsn), forger.dsn(pg_dsn)
+
+
+def _forge_a_on_cs_channel_then_trip_c(pg_dsn: str, forger: str) -> None:
+    """The forger claims a transition of 'a' on 'c''s channel; then 'c' really trips."""
+    with psycopg.connect(forger, autocommit=True) as conn:
+        on_c = conn.execute("SELECT rc_channel('c')").fetchone()
+        assert on_c is not None
+        conn.execute("SELECT pg_notify(%s, %s)", (on_c[0], FORGED_A))
+    with psycopg.connect(pg_dsn, autocommit=True) as owner:
+        owner.execute("SELECT * FROM rc_record('sentinel', false, 'c')")
+
+
+FORGED_A = json.dumps(
+    {
+        "namespace": "a",
+        "key": "payments",
+        "from": "CLOSED",
+        "to": "OPEN",
+        "generation": 7,
+        "open_until": None,
+    }
+)
+
+
+def _watching(pg_dsn: str, watcher: str) -> bool:
+    """The watcher's session has run its statements and waits idle, i.e. it listens."""
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND usename = %s AND state = 'idle' AND query <> ''",
+            (conninfo_to_dict(watcher)["user"],),
+        ).fetchone()
+    return row is not None and row[0] > 0
+
+
+@pytest.mark.parametrize("how", ["watch", "awatch"])
+def test_watch_drops_a_namespace_claimed_on_another_namespaces_channel(
+    pg_dsn: str, pg_role: Callable[[], Any], how: str
+) -> None:
+    """A transition of 'a' sent on 'c''s channel is not yielded; the real one of 'c' is."""
+    watcher, forger = _ac_watcher_and_c_forger(pg_dsn, pg_role)
+
+    def forge() -> None:
+        assert wait_for(lambda: _watching(pg_dsn, watcher), timeout=30)
+        _forge_a_on_cs_channel_then_trip_c(pg_dsn, forger)
+
+    seen: list[tuple[str, str]] = []
+    forger_thread = threading.Thread(target=forge)
+    forger_thread.start()
+    if how == "watch":
+        for event in notify.watch(watcher, timeout=30, schema="public", namespaces=["a", "c"]):
+            seen.append((event.namespace, event.resource_key))
+            if event.resource_key == "sentinel":
+                break
+    else:
+
+        async def collect() -> None:
+            events = notify.awatch(watcher, timeout=30, schema="public", namespaces=["a", "c"])
+            async with contextlib.aclosing(events):
+                async for event in events:
+                    seen.append((event.namespace, event.resource_key))
+                    if event.resource_key == "sentinel":
+                        break
+
+        asyncio.run(collect())
+    forger_thread.join()
+    assert seen == [("c", "sentinel")]
+
+
+def test_a_subscriber_never_hears_a_namespace_claimed_on_another_namespaces_channel(
+    pg_dsn: str, pg_role: Callable[[], Any]
+) -> None:
+    """A store's listener drops the forged 'a' transition and delivers the real 'c' one."""
+    watcher, forger = _ac_watcher_and_c_forger(pg_dsn, pg_role)
+    seen: list[tuple[str, str]] = []
+
+    def heard(event: notify.Transition | None) -> None:
+        if event is not None:
+            seen.append((event.namespace, event.resource_key))
+
+    listener = notify.Listener(
+        watcher,
+        {"autocommit": True},
+        heard,
+        schema="public",
+        namespaces=["a", "c"],
+        check_route=False,
+    )
+    listener.start()
+    try:
+        assert listener.wait_until_listening(30)
+        _forge_a_on_cs_channel_then_trip_c(pg_dsn, forger)
+        assert wait_for(lambda: ("c", "sentinel") in seen, timeout=30)
+    finally:
+        listener.stop()
+    assert seen == [("c", "sentinel")]

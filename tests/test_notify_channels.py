@@ -251,7 +251,7 @@ def _listeners(pg_dsn: str) -> int:
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         row = conn.execute(
             "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-            " AND state = 'idle' AND query ILIKE 'LISTEN %%'"
+            " AND state = 'idle' AND query ILIKE '%%rc\\_listen%%'"
         ).fetchone()
     return int(row[0]) if row else 0
 
@@ -259,10 +259,11 @@ def _listeners(pg_dsn: str) -> int:
 def test_a_schema_without_secret_channels_is_named_and_cached_admission_asks(
     pg_dsn: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """On an install older than the secret channels the listener says to run pg-setup."""
+    """On an install older than rc_listen (0019) the listener says to run pg-setup."""
     with connect(pg_dsn) as owner:
         owner.autocommit = True
-        owner.execute("DROP FUNCTION rc_channel(text)")
+        owner.execute("DROP FUNCTION rc_listen(text)")
+        owner.execute("DROP FUNCTION rc_listen_all()")
     store = PostgresStorage(pg_dsn, namespace="old")
     try:
         call = _cached(store, "svc", "old")
@@ -274,3 +275,80 @@ def test_a_schema_without_secret_channels_is_named_and_cached_admission_asks(
         assert len(sent) == 2  # admission asked, then the outcome was recorded
     finally:
         store.close()
+
+
+def test_no_statement_text_names_a_channel_to_a_monitoring_role(
+    pg_dsn: str, pg_role: Callable[[], PgRole]
+) -> None:
+    """pg_read_all_stats reads every query: none of a watcher's or listener's names a channel."""
+    app = _app(pg_dsn, pg_role(), "a")
+    monitor = pg_role()
+    with connect(pg_dsn) as owner:
+        owner.autocommit = True
+        owner.execute(sql.SQL("GRANT pg_read_all_stats TO {}").format(sql.Identifier(monitor)))
+        secrets = [
+            str(owner.execute("SELECT rc_channel('a')").fetchone()[0]),  # type: ignore[index]
+            str(owner.execute("SELECT channel FROM rc_channels()").fetchone()[0]),  # type: ignore[index]
+        ]
+    store = PostgresStorage(app, namespace="a")
+    heard: list[str] = []
+    watched: list[str] = []
+    try:
+        store.subscribe(lambda event: heard.append(event.resource_key))
+        assert store.wait_listening()
+        events = store.watch(timeout=30)
+
+        def trip_when_watching() -> None:
+            assert wait_for(lambda: _listeners(pg_dsn) > 1, timeout=30)
+            with psycopg.connect(monitor.dsn(pg_dsn), autocommit=True) as spy:
+                queries = [str(q) for (q,) in spy.execute("SELECT query FROM pg_stat_activity")]
+            watched.extend(q for q in queries if any(s in q for s in secrets))
+            with connect(pg_dsn) as owner:
+                owner.autocommit = True
+                _trip(owner, "payments", "a")
+
+        tripper = threading.Thread(target=trip_when_watching)
+        tripper.start()
+        for event in events:
+            if event.resource_key == "payments":
+                break
+        tripper.join()
+        assert wait_for(lambda: "payments" in heard, timeout=30)
+    finally:
+        store.close()
+    assert watched == []
+
+
+def test_rc_listen_refuses_a_namespace_not_granted_and_null(
+    pg_dsn: str, pg_role: Callable[[], PgRole]
+) -> None:
+    """rc_listen('a') is refused a role granted only 'c'; NULL is refused naming p_namespace."""
+    outsider = _app(pg_dsn, pg_role(), "c")
+    with psycopg.connect(outsider, autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("SELECT rc_listen('a')")
+        with pytest.raises(psycopg.errors.InvalidParameterValue, match="p_namespace"):
+            conn.execute("SELECT rc_listen(NULL)")
+        rows = conn.execute("SELECT namespace FROM rc_listen_all()").fetchall()
+        assert rows == [("c",)]
+        listening = conn.execute("SELECT pg_listening_channels()").fetchall()
+        assert [row[0] for row in listening] == [
+            conn.execute("SELECT rc_channel('c')").fetchone()[0]  # type: ignore[index]
+        ]
+
+
+def test_the_upgrade_to_rc_listen_grants_it_to_the_roles_that_could_call(
+    pg_dsn: str, pg_role: Callable[[], PgRole]
+) -> None:
+    """Applying 0019 to an install whose app role could call rc_try_acquire lets it listen."""
+    app = _app(pg_dsn, pg_role(), "a")
+    with connect(pg_dsn) as owner:
+        owner.autocommit = True
+        owner.execute("DROP FUNCTION rc_listen(text)")
+        owner.execute("DROP FUNCTION rc_listen_all()")
+        owner.execute("DELETE FROM rc_schema_migrations WHERE version = 19")
+        ran = _installer.install(owner)
+    assert any("rc_listen" in statement for statement in ran)
+    with psycopg.connect(app, autocommit=True) as conn:
+        assert conn.execute("SELECT namespace FROM rc_listen_all()").fetchall() == [("a",)]
+        assert conn.execute("SELECT rc_listen('a')").fetchone() is not None

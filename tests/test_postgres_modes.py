@@ -43,16 +43,16 @@ def counters(dsn: str, key: str, namespace: str = "modes") -> tuple[int, int]:
 
 
 def listening_sessions(dsn: str) -> int:
-    """Other sessions of this database whose last statement, a LISTEN, has completed.
+    """Other sessions of this database whose last statement, an rc_listen, has completed.
 
-    A session's LISTEN takes effect when that statement commits, and it then waits
-    idle for notifications: from then on it hears every transition.
+    A session's LISTEN (run inside rc_listen) takes effect when that statement commits,
+    and it then waits idle for notifications: from then on it hears every transition.
     """
     with psycopg.connect(dsn, autocommit=True) as conn:
         row = conn.execute(
             "SELECT count(*) FROM pg_stat_activity"
             " WHERE datname = current_database() AND pid <> pg_backend_pid()"
-            " AND state = 'idle' AND query ILIKE 'LISTEN %%'"
+            " AND state = 'idle' AND query ILIKE '%%rc\\_listen%%'"
         ).fetchone()
     assert row is not None
     return int(row[0])

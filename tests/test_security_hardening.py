@@ -299,7 +299,7 @@ def test_cli_watch_never_crashes_on_a_payload(pg_dsn: str, pg_role: Callable[[],
         with _connect(pg_dsn) as conn:
             row = conn.execute(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-                " AND state = 'idle' AND query ILIKE 'LISTEN %'"
+                " AND state = 'idle' AND query ILIKE '%rc\\_listen%'"
             ).fetchone()
         return row is not None and row[0] > 0
 

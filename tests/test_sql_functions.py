@@ -775,6 +775,8 @@ def test_function_attributes(conn: Conn) -> None:
         "rc_force",
         "rc_forget",
         "rc_gc",
+        "rc_listen",
+        "rc_listen_all",
         "rc_record",
         "rc_record_many",
         "rc_record_runs",

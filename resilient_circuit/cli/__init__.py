@@ -9,6 +9,7 @@ into such lines; ``demo`` is the runnable tour behind the ``demo`` command.
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -153,8 +154,9 @@ def pg_setup(
                 _print_script(where, statements)
                 return
             steps = _installer.plan(conn, schema_name)
-            intent, outcome = _describe(steps)
-            if not steps and app_role is None:
+            foreign = _installer.foreign_privileges(conn, schema_name) if not steps else []
+            intent, outcome = _describe(steps, foreign)
+            if not steps and app_role is None and not foreign:
                 versions = _installer.applied_versions(conn, schema_name)
                 click.echo(f"Already up to date: {where} (version {max(versions)}).")
                 return
@@ -174,7 +176,8 @@ def pg_setup(
             if app_role is not None:
                 click.echo(
                     f"Granted role {app_role!r} USAGE on the schema, EXECUTE on the rc_* "
-                    f"functions and SELECT on {_installer.STATUS_VIEW} (no table privileges)."
+                    f"functions and SELECT on {_installer.STATUS_VIEW}; no role but the owner "
+                    f"holds a privilege on the tables."
                 )
                 _echo_namespaces(
                     app_role, _installer.granted_namespaces(conn, schema_name, app_role)
@@ -204,7 +207,7 @@ def _echo_namespaces(role: str, granted: list[str]) -> None:
     click.echo(f"Role {role!r} may use namespaces: {', '.join(map(repr, granted))}.")
 
 
-def _describe(steps: list[Step]) -> tuple[str, str]:
+def _describe(steps: list[Step], foreign: Sequence[object] = ()) -> tuple[str, str]:
     """What the plan will do, and how to report it once done."""
     kinds = {step.kind for step in steps}
     names = ", ".join(
@@ -219,6 +222,13 @@ def _describe(steps: list[Step]) -> tuple[str, str]:
         )
     if steps:
         return f"Apply {names}", f"Upgraded ({names})"
+    if foreign:
+        listed = "; ".join(str(each) for each in foreign)
+        return (
+            f"Revoke privileges other roles hold on the breaker's tables and internal "
+            f"functions ({listed})",
+            "Revoked privileges other roles held on the breaker's tables and internal functions",
+        )
     return "Nothing to install", "Already up to date"
 
 

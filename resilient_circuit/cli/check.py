@@ -2,7 +2,8 @@
 
 Exit status, as resilient_circuit 0.8.6: 0 ready; 1 not usable (schema not
 installed, the role may not run the functions or use the namespace, the database
-refuses the login or does not exist); 2 unreachable (no server answered); 3 usable
+refuses the login or does not exist, or roles other than the owner hold privileges on
+the breaker's tables or internal functions); 2 unreachable (no server answered); 3 usable
 but incomplete (calls work; the install is older than this library, or the role
 may not run the admin functions). Reads only: it changes nothing.
 """
@@ -69,6 +70,19 @@ def _judge(conn: psycopg.Connection[Any], schema: str, namespace: str, where: st
             NOT_USABLE,
             f"not usable: {exc.diag.message_primary}; grant it with "
             f"`{setup} --app-role {role} --namespace {namespace}`",
+        )
+    foreign = _installer.foreign_privileges(conn, schema)
+    if foreign:
+        # Not "usable but incomplete" (3): calls work, but any role holding these reads every
+        # namespace's rows or the channel secret, bypassing the namespace grants. A probe
+        # that passed would let that go unnoticed; pg-setup takes them back in one run.
+        listed = "; ".join(str(each) for each in foreign[:10])
+        more = f" and {len(foreign) - 10} more" if len(foreign) > 10 else ""
+        return Verdict(
+            NOT_USABLE,
+            f"not safe: in {where}, roles other than the owner hold privileges on the "
+            f"breaker's tables or internal functions ({listed}{more}), which bypass the "
+            f"namespace grants; run `{setup}` as the owner to revoke them",
         )
     if found.missing:
         return Verdict(INCOMPLETE, f"usable but incomplete: {found.describe_missing(schema)}")

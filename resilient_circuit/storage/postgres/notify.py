@@ -4,8 +4,10 @@ Every ``rc_*`` function that changes a breaker's state notifies in the same
 transaction, so listeners learn of a peer's trip as soon as it commits, without
 polling. Each namespace has its own channel, named from a secret of the install:
 any role that can connect may LISTEN on any channel, so only a role allowed the
-namespace can learn its name (``rc_channel``). ``rc_channels`` gives the channels of
+namespace can learn its name. ``rc_listen`` LISTENs on a namespace's channel inside the
+database (so the name never appears in a statement's text), ``rc_listen_all`` on those of
 every transition the caller may see (for the owner and ``'*'``, one channel of all).
+A notification counts only on its own namespace's channel.
 """
 
 from __future__ import annotations
@@ -116,27 +118,47 @@ def _too_deep(payload: str) -> bool:
     return False
 
 
-def channel(conn: psycopg.Connection[Any], schema: str, namespace: str) -> str:
-    """The channel of ``namespace``'s transitions (insufficient_privilege if not granted)."""
-    query = sql.SQL("SELECT {}(%s)").format(sql.Identifier(schema, "rc_channel"))
+def listen(conn: psycopg.Connection[Any], schema: str, namespace: str) -> str:
+    """LISTEN on ``namespace``'s channel and return it (insufficient_privilege if not granted).
+
+    The database runs the LISTEN (``rc_listen``): a channel sent as SQL text would stay
+    readable in ``pg_stat_activity`` and ``pg_stat_statements`` by roles without a grant.
+    """
+    query = sql.SQL("SELECT {}(%s)").format(sql.Identifier(schema, "rc_listen"))
     row = conn.execute(query, [namespace], prepare=False).fetchone()
     assert row is not None
     return str(row[0])
 
 
-def _channels_query(schema: str, namespaces: Sequence[str] | None) -> tuple[sql.Composed, Any]:
-    """Which channels to LISTEN on: those of ``namespaces``, or of all the caller may see."""
+def _listen_query(schema: str, namespaces: Sequence[str] | None) -> tuple[sql.Composed, Any]:
+    """LISTEN on the channels of ``namespaces`` (or of all the caller may see), as rows of
+    (namespace, channel)."""
     if namespaces is None:
-        return sql.SQL("SELECT channel FROM {}()").format(
-            sql.Identifier(schema, "rc_channels")
+        return sql.SQL("SELECT namespace, channel FROM {}()").format(
+            sql.Identifier(schema, "rc_listen_all")
         ), None
-    return sql.SQL("SELECT {}(n) FROM unnest(%s::text[]) AS n").format(
-        sql.Identifier(schema, "rc_channel")
+    return sql.SQL("SELECT n, {}(n) FROM unnest(%s::text[]) AS n").format(
+        sql.Identifier(schema, "rc_listen")
     ), [list(namespaces)]
 
 
-def _listen(channels: Iterable[Any]) -> list[sql.Composed]:
-    return [sql.SQL("LISTEN {}").format(sql.Identifier(str(row[0]))) for row in channels]
+def _channel_map(rows: Iterable[Any]) -> dict[str, str]:
+    """Channel to namespace, from ``rc_listen``/``rc_listen_all`` rows."""
+    return {str(channel_name): str(namespace) for namespace, channel_name in rows}
+
+
+def _from_its_channel(channels: dict[str, str], channel_name: str, event: Transition) -> bool:
+    """Whether ``event`` came on its own namespace's channel (or on that of every namespace).
+
+    A role granted only one namespace can send on that namespace's channel a payload that
+    claims another: a listener granted both would otherwise take it for the other's.
+    """
+    namespace = channels.get(channel_name)
+    return namespace == ALL_NAMESPACES or namespace == event.namespace
+
+
+#: The namespace ``rc_listen_all`` gives for the channel of every namespace's transitions.
+ALL_NAMESPACES = "*"
 
 
 def watch(
@@ -156,16 +178,15 @@ def watch(
     send on a channel it knows: these are announcements, not proof.
     """
     extra: dict[str, Any] = {} if password is None else {"password": password}
-    query, params = _channels_query(schema or database_schema(), namespaces)
+    query, params = _listen_query(schema or database_schema(), namespaces)
     with psycopg.connect(dsn, autocommit=True, connect_timeout=connect_timeout, **extra) as conn:
-        for statement in _listen(conn.execute(query, params).fetchall()):
-            conn.execute(statement)
+        channels = _channel_map(conn.execute(query, params).fetchall())
         while True:
             received = False
             for note in conn.notifies(timeout=timeout if timeout is not None else 1.0):
                 received = True
                 event = Transition.parse(note.payload)
-                if event is not None:
+                if event is not None and _from_its_channel(channels, note.channel, event):
                     yield event
             if not received and timeout is not None:
                 return
@@ -182,20 +203,18 @@ async def awatch(
 ) -> AsyncIterator[Transition]:
     """The coroutine twin of ``watch``, on an async connection."""
     extra: dict[str, Any] = {} if password is None else {"password": password}
-    query, params = _channels_query(schema or database_schema(), namespaces)
+    query, params = _listen_query(schema or database_schema(), namespaces)
     conn = await psycopg.AsyncConnection.connect(
         dsn, autocommit=True, connect_timeout=connect_timeout, **extra
     )
     async with conn:
-        found = await (await conn.execute(query, params)).fetchall()
-        for statement in _listen(found):
-            await conn.execute(statement)
+        channels = _channel_map(await (await conn.execute(query, params)).fetchall())
         while True:
             received = False
             async for note in conn.notifies(timeout=timeout if timeout is not None else 1.0):
                 received = True
                 event = Transition.parse(note.payload)
-                if event is not None:
+                if event is not None and _from_its_channel(channels, note.channel, event):
                     yield event
             if not received and timeout is not None:
                 return
@@ -258,6 +277,8 @@ class Listener:
         self._flags: dict[str, threading.Event] = {ns: threading.Event() for ns in namespaces}
         # The namespaces the current connection listens on (or was refused), thread-only.
         self._heard: set[str] = set()
+        # Channel to namespace, for the current connection (thread-only).
+        self._channels: dict[str, str] = {}
         self._warned_missing = False
 
     @property
@@ -315,6 +336,7 @@ class Listener:
                         self._refuse()
                         return
                     self._heard = set()
+                    self._channels = {}
                     self._listen_new(conn)
                     self._listening.set()
                     backoff = 0.25
@@ -322,7 +344,9 @@ class Listener:
                     while not self._stop.is_set():
                         for note in conn.notifies(timeout=0.5):
                             event = Transition.parse(note.payload)
-                            if event is not None:
+                            if event is not None and _from_its_channel(
+                                self._channels, note.channel, event
+                            ):
                                 self._on_event(event)
                         if len(self._flags) > len(self._heard):
                             self._listen_new(conn)
@@ -359,12 +383,12 @@ class Listener:
         for namespace in wanted:
             self._heard.add(namespace)
             try:
-                name = channel(conn, self._schema, namespace)
+                name = listen(conn, self._schema, namespace)
             except psycopg.errors.InsufficientPrivilege as exc:
                 # Its calls fail the same way: nothing to vouch for, and nothing to retry.
                 logger.warning("transition listener: %s", exc)
                 continue
-            conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(name)))
+            self._channels[name] = namespace
             listened.append(namespace)
         self._on_event(None)
         if self._on_listening is not None:

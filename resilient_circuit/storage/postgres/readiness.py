@@ -31,8 +31,8 @@ CALL_FUNCTIONS = (
 )
 #: What operators and the admin API run (``force``, ``reset``, ``set_state``).
 ADMIN_FUNCTIONS = ("rc_force", "rc_reset", "rc_set_state")
-#: What hearing transitions needs: the channels are named by the database (migration 0018).
-LISTEN_FUNCTIONS = ("rc_channel", "rc_channels")
+#: What hearing transitions needs: the database names the channels and LISTENs (0018, 0019).
+LISTEN_FUNCTIONS = ("rc_listen", "rc_listen_all")
 #: A parameter this library passes that an older install's function lacks: such a
 #: function counts as missing, so that the fix named is ``pg-setup``, not a bare
 #: "function does not exist" at the first call of every breaker.
