@@ -424,7 +424,8 @@ def test_close_while_the_listener_reconnects_ends_its_thread(
         admin.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
             " WHERE datname = current_database() AND application_name = 'resilient_circuit'"
-            " AND query LIKE 'LISTEN%'"
+            # The LISTEN connection's last statement: its rc_listen, or a heartbeat since.
+            " AND (query LIKE '%rc\\_listen%' OR query = 'SELECT 1')"
         )
     assert wait_for(lambda: not store.listening(), WAIT)
     store.close()

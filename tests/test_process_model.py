@@ -735,8 +735,9 @@ def app_connections(dsn: str) -> tuple[int, int]:
     """(pooled, LISTEN) sessions of the library in ``dsn``'s database."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         row = conn.execute(
-            "SELECT count(*) FILTER (WHERE query NOT ILIKE 'LISTEN%%'),"
-            " count(*) FILTER (WHERE query ILIKE 'LISTEN%%')"
+            # A LISTEN connection's first statement is its rc_listen.
+            "SELECT count(*) FILTER (WHERE query NOT ILIKE '%%rc\\_listen%%'),"
+            " count(*) FILTER (WHERE query ILIKE '%%rc\\_listen%%')"
             " FROM pg_stat_activity"
             " WHERE datname = current_database() AND application_name = 'resilient_circuit'"
             " AND pid <> pg_backend_pid()"
