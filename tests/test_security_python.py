@@ -245,9 +245,13 @@ def test_close_writes_the_queue_even_during_an_outage_backoff(
 
         for _ in range(6000):
             call()
-        proxy.drop()  # every connection dies once; new ones go through
+        # Every connection dies and new ones are refused, so the flush fails (a pooled
+        # connection ended while idle would just be replaced); then the server is back.
+        proxy.set_mode("refuse")
+        proxy.drop()
         store.flush()
         assert store.outage.down_since is not None  # now backing off
+        proxy.set_mode("forward")
         store.close()
     assert db_counters(pg_dsn, "closing", "default") == (6000, 0)
     assert not [r for r in caplog.records if "could not" in r.getMessage()]
